@@ -1,0 +1,3 @@
+from celery_vitals.cli import main
+
+main()

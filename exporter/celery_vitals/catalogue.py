@@ -1,0 +1,194 @@
+"""The metric catalogue: every metric celery-vitals exports, named once.
+
+Collectors build their families from these specs, ``docs/metrics.md`` is
+generated from them (``python -m celery_vitals.catalogue``), and the tests
+check dashboards and alert rules against them. A metric that is not here
+does not exist.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+
+MetricType = Literal["counter", "gauge", "histogram", "info"]
+
+TASK_LABELS = ("name", "queue_name")
+OPTIONAL_TASK_LABEL = "hostname"  # added to task metrics by --task-hostname-label
+WORKER_LABELS = ("hostname",)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+    group: str = "exporter"
+
+    @property
+    def family_name(self) -> str:
+        """The name prometheus_client wants: counters without ``_total``, info without ``_info``."""
+        if self.type == "counter":
+            return self.name.removesuffix("_total")
+        if self.type == "info":
+            return self.name.removesuffix("_info")
+        return self.name
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """Every sample name this metric puts on /metrics (what PromQL may use)."""
+        if self.type == "histogram":
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        if self.type == "counter":
+            return (self.name, f"{self.family_name}_created")
+        return (self.name,)
+
+
+def _task(name: str, type_: MetricType, help_: str, extra: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, type_, help_, TASK_LABELS + extra, group="task")
+
+
+def _worker(name: str, type_: MetricType, help_: str) -> MetricSpec:
+    return MetricSpec(name, type_, help_, WORKER_LABELS, group="worker")
+
+
+SPECS: tuple[MetricSpec, ...] = (
+    # -- tasks -------------------------------------------------------------
+    _task("celery_task_sent_total", "counter",
+          "Tasks published by a client (task-sent events; needs task_send_sent_event)."),
+    _task("celery_task_received_total", "counter",
+          "Tasks received by a worker (task-received events), redeliveries included."),
+    _task("celery_task_started_total", "counter", "Tasks a worker started executing."),
+    _task("celery_task_succeeded_total", "counter", "Tasks that finished successfully."),
+    _task("celery_task_failed_total", "counter",
+          "Tasks that failed, by exception class name (NotRegistered for unknown task names).",
+          ("exception",)),
+    _task("celery_task_retried_total", "counter", "Task executions that ended in a retry."),
+    _task("celery_task_rejected_total", "counter",
+          "Tasks rejected by a worker; requeue=false sends them to the dead-letter route.",
+          ("requeue",)),
+    _task("celery_task_revoked_total", "counter",
+          "Tasks revoked, expired ones included (see celery_task_expired_total)."),
+    _task("celery_task_expired_total", "counter",
+          "Tasks discarded because their expiry passed (a subset of revoked)."),
+    _task("celery_task_redelivered_total", "counter",
+          "A second task-received for a uuid with the same retry count: the broker "
+          "redelivered it (visibility timeout or lost worker)."),
+    _task("celery_task_runtime_seconds", "histogram",
+          "Task execution time reported by the worker on success."),
+    _task("celery_task_queue_wait_seconds", "histogram",
+          "Time from publication (or ETA) to start of execution."),
+    _task("celery_task_prefetch_wait_seconds", "histogram",
+          "Time a worker held a task before starting it (received to started)."),
+    _task("celery_task_last_success_timestamp_seconds", "gauge",
+          "Unix time of the last successful run (dead-man's switch for periodic tasks)."),
+    # -- workers -----------------------------------------------------------
+    _worker("celery_worker_up", "gauge",
+            "1 while the worker sends heartbeats, 0 once it went offline or missed them "
+            "for the worker timeout."),
+    _worker("celery_worker_last_heartbeat_timestamp_seconds", "gauge",
+            "Unix time (exporter clock) at which the worker's last heartbeat arrived."),
+    _worker("celery_worker_tasks_active", "gauge",
+            "Tasks the worker is executing, from its last heartbeat."),
+    _worker("celery_worker_tasks_reserved", "gauge",
+            "Tasks the worker received but has not started (prefetched)."),
+    _worker("celery_worker_tasks_processed", "gauge",
+            "Tasks the worker processed since it started, from its heartbeat (resets on restart)."),
+    _worker("celery_worker_load1", "gauge", "One-minute load average of the worker's host."),
+    _worker("celery_worker_starts_total", "counter", "worker-online events: starts and restarts."),
+    _worker("celery_worker_task_events_missing", "gauge",
+            "1 when the worker's heartbeats report processed tasks but no task event arrived "
+            "from it: task events are disabled on that worker."),
+    # -- the exporter itself -----------------------------------------------
+    MetricSpec("celery_vitals_event_stream_up", "gauge",
+               "1 while the event stream is connected to the broker."),
+    MetricSpec("celery_vitals_events_total", "counter",
+               "Events received, by type (unknown types as other).", ("type",)),
+    MetricSpec("celery_vitals_events_skipped_total", "counter",
+               "Events or message bodies dropped because they could not be used.", ("reason",)),
+    MetricSpec("celery_vitals_observations_skipped_total", "counter",
+               "Durations not observed because the event data made them meaningless.",
+               ("metric", "reason")),
+    MetricSpec("celery_vitals_event_stream_reconnects_total", "counter",
+               "Times the event stream lost its broker connection and reconnected."),
+    MetricSpec("celery_vitals_event_lag_seconds", "gauge",
+               "Exporter receive time minus the timestamp of the latest event."),
+    MetricSpec("celery_vitals_tracked_tasks", "gauge",
+               "Tasks in the uuid map (received or sent, not finished)."),
+    MetricSpec("celery_vitals_tracker_evictions_total", "counter",
+               "Unfinished tasks dropped from the uuid map, by reason (capacity or age).",
+               ("reason",)),
+    MetricSpec("celery_vitals_unknown_uuid_events_total", "counter",
+               "Task events whose uuid the exporter had not seen sent or received.", ("type",)),
+    MetricSpec("celery_vitals_label_values_folded_total", "counter",
+               "Label values replaced by 'other' by the cardinality guard.", ("label", "reason")),
+    MetricSpec("celery_vitals_enable_events_requests_total", "counter",
+               "enable_events broadcasts sent to workers, by result.", ("result",)),
+    MetricSpec("celery_vitals_build_info", "info",
+               "Build information of the exporter.", ("version", "celery_version", "python_version")),
+)
+
+BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}
+
+Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | InfoMetricFamily
+
+
+def family(name: str, labels: tuple[str, ...] | None = None) -> Family:
+    """An empty metric family for catalogue metric ``name``.
+
+    ``labels`` overrides the label names (task metrics with the optional
+    hostname label); by default the catalogue's are used. For info metrics
+    the label names come with each sample.
+    """
+    spec = BY_NAME[name]
+    names = list(spec.labels if labels is None else labels)
+    if spec.type == "counter":
+        return CounterMetricFamily(spec.family_name, spec.help, labels=names)
+    if spec.type == "gauge":
+        return GaugeMetricFamily(spec.name, spec.help, labels=names)
+    if spec.type == "histogram":
+        return HistogramMetricFamily(spec.name, spec.help, labels=names)
+    return InfoMetricFamily(spec.family_name, spec.help)
+
+
+def all_series_names() -> set[str]:
+    """Every sample name any catalogue metric can produce."""
+    return {series for spec in SPECS for series in spec.series_names}
+
+
+def markdown() -> str:
+    """docs/metrics.md, generated: the reference users read."""
+    titles = {"task": "Tasks", "worker": "Workers", "exporter": "The exporter itself"}
+    lines = [
+        "# Metric reference",
+        "",
+        "Generated from `exporter/celery_vitals/catalogue.py` by",
+        "`python -m celery_vitals.catalogue > docs/metrics.md`; a test fails when it is stale.",
+        "",
+        f"Task metrics carry `{'`, `'.join(TASK_LABELS)}`; `--task-hostname-label` adds "
+        f"`{OPTIONAL_TASK_LABEL}` (beware: one series per worker on Kubernetes). Every label "
+        "value passes a cardinality guard: past its cap, or when it is not a usable string, "
+        "it becomes `other` and `celery_vitals_label_values_folded_total` counts it.",
+        "",
+    ]
+    for group, title in titles.items():
+        lines += [f"## {title}", "", "| metric | type | labels | meaning |", "|---|---|---|---|"]
+        for spec in SPECS:
+            if spec.group == group:
+                labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
+                lines.append(f"| `{spec.name}` | {spec.type} | {labels} | {spec.help} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

@@ -1,0 +1,157 @@
+"""The ``celery-vitals`` command.
+
+Every option has an environment variable ``CELERY_VITALS_<OPTION>``, so
+docker-compose and Helm need no flags. Values are validated together by
+``config.build``; a bad value is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+from prometheus_client import CollectorRegistry
+
+from celery_vitals import __version__, logs
+from celery_vitals.config import (
+    DEFAULT_RUNTIME_BUCKETS,
+    DEFAULT_WAIT_BUCKETS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    build,
+)
+
+log = logging.getLogger("celery_vitals")
+_DEFAULTS = Config(broker_url="")
+
+# (option, default, help). The environment variable is derived from the name.
+_OPTIONS: list[tuple[str, Any, str]] = [
+    ("--broker-url", None, "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pw@host//."),
+    ("--listen-address", "0.0.0.0:9808", "HOST:PORT for /metrics, /healthz and /readyz."),
+    ("--log-level", "info", f"One of {', '.join(LOG_LEVELS)}."),
+    ("--log-format", "text", f"One of {', '.join(LOG_FORMATS)}."),
+    ("--runtime-buckets", DEFAULT_RUNTIME_BUCKETS,
+     "Comma-separated upper bounds (seconds) of celery_task_runtime_seconds."),
+    ("--wait-buckets", DEFAULT_WAIT_BUCKETS,
+     "Comma-separated upper bounds (seconds) of the queue-wait and prefetch-wait histograms."),
+    ("--max-tracked-tasks", _DEFAULTS.max_tracked_tasks,
+     "Most unfinished tasks remembered by uuid; the oldest is evicted beyond it."),
+    ("--max-task-age", _DEFAULTS.max_task_age,
+     "Seconds an unfinished task is remembered before it is evicted."),
+    ("--worker-timeout", _DEFAULTS.worker_timeout,
+     "Seconds without a heartbeat after which a worker is down (celery_worker_up 0)."),
+    ("--worker-purge-after", _DEFAULTS.worker_purge_after,
+     "Seconds without a heartbeat after which a worker's series are removed."),
+    ("--max-task-names", _DEFAULTS.max_task_names, "Cap on distinct `name` label values."),
+    ("--max-queue-names", _DEFAULTS.max_queue_names,
+     "Cap on distinct `queue_name` label values."),
+    ("--max-exception-names", _DEFAULTS.max_exception_names,
+     "Cap on distinct `exception` label values."),
+    ("--max-workers", _DEFAULTS.max_workers, "Cap on distinct `hostname` label values."),
+    ("--max-label-length", _DEFAULTS.max_label_length,
+     "Longer label values become `other`."),
+    ("--default-queue", _DEFAULTS.default_queue,
+     "queue_name for tasks whose queue no task-sent event told."),
+    ("--enable-events-interval", _DEFAULTS.enable_events_interval,
+     "Seconds between enable_events broadcasts."),
+    ("--event-queue-ttl", _DEFAULTS.event_queue_ttl,
+     "Message TTL (seconds) of the exporter's event queue on RabbitMQ."),
+    ("--event-queue-expires", _DEFAULTS.event_queue_expires,
+     "Seconds after which RabbitMQ deletes the exporter's event queue once unused."),
+]
+
+
+def envvar(option: str) -> str:
+    return "CELERY_VITALS_" + option.lstrip("-").replace("-", "_").upper()
+
+
+def _with_options(command: Any) -> Any:
+    for option, default, help_text in reversed(_OPTIONS):
+        command = click.option(option, default=default, envvar=envvar(option),
+                               show_envvar=True, show_default=default is not None,
+                               help=help_text)(command)
+    command = click.option(
+        "--task-hostname-label/--no-task-hostname-label", default=False,
+        envvar=envvar("--task-hostname-label"), show_envvar=True, show_default=True,
+        help="Add the worker hostname as a label on task metrics (one series per worker).",
+    )(command)
+    command = click.option(
+        "--enable-events/--no-enable-events", default=True,
+        envvar=envvar("--enable-events"), show_envvar=True, show_default=True,
+        help="Periodically ask workers to send task events (celery control enable_events).",
+    )(command)
+    command = click.option(
+        "--broker-transport-option", multiple=True, metavar="KEY=VALUE",
+        envvar=envvar("--broker-transport-option"), show_envvar=True,
+        help="Kombu transport option, repeatable (VALUE parsed as JSON when it is JSON), e.g. "
+             "visibility_timeout=3600 or global_keyprefix=prod: . In the environment, "
+             "separate pairs with spaces.",
+    )(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="celery-vitals")
+def cli() -> None:
+    """Prometheus exporter for Celery."""
+
+
+@cli.command()
+@_with_options
+def serve(**options: Any) -> None:
+    """Consume the Celery event stream and serve Prometheus metrics."""
+    config = build(options)
+    logs.setup(config.log_level, config.log_format, secrets=[config.broker_password or ""])
+    from celery_vitals.service import Exporter  # imports celery: keep --help fast
+
+    registry = CollectorRegistry()
+    try:
+        exporter = Exporter(config, registry)
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port,
+                  error.strerror or error)
+        sys.exit(1)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    exporter.start()
+    log.info("celery-vitals %s serving on http://%s:%d/metrics, broker %s", __version__,
+             config.listen_host, exporter.http.port, config.safe_broker_url)
+    stop.wait()
+    log.info("shutting down")
+    exporter.stop()
+
+
+@cli.command("metrics-doc")
+def metrics_doc() -> None:
+    """Print the metric reference (docs/metrics.md) generated from the catalogue."""
+    from celery_vitals.catalogue import markdown
+
+    click.echo(markdown(), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors, exit 2 for bad usage or options, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="celery-vitals", standalone_mode=False)
+    except ConfigError as error:
+        click.echo(f"celery-vitals: error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.format_message(), err=True)  # `celery-vitals` alone: show help
+        sys.exit(2)
+    except click.UsageError as error:
+        hint = f" (try '{error.ctx.command_path} --help')" if error.ctx else ""
+        click.echo(f"celery-vitals: error: {error.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        click.echo(f"celery-vitals: error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)

@@ -1,0 +1,127 @@
+"""Wiring: config -> guards -> trackers -> router -> stream, collectors -> registry -> HTTP."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+from prometheus_client import CollectorRegistry
+
+from celery_vitals.collectors import ExporterCollector, TaskCollector, WorkerCollector
+from celery_vitals.config import Config
+from celery_vitals.http import HttpServer, make_app
+from celery_vitals.labels import LabelGuard
+from celery_vitals.router import EventRouter
+from celery_vitals.stream import EventStream
+from celery_vitals.tasks import TaskTracker
+from celery_vitals.workers import WorkerTracker
+
+log = logging.getLogger(__name__)
+
+
+def celery_app(config: Config) -> Celery:
+    """A Celery app used only as a connection factory and for control broadcasts."""
+    app = Celery("celery-vitals", broker=config.broker_url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=dict(config.broker_transport_options),
+        broker_connection_retry_on_startup=False,
+        event_queue_ttl=config.event_queue_ttl,
+        event_queue_expires=config.event_queue_expires,
+    )
+    return app
+
+
+class EventsEnabler:
+    """Periodically asks every worker to turn task events on (``celery control enable_events``).
+
+    The most common reason an exporter shows nothing is workers started
+    without ``-E``. Runs on its own thread: never on the scrape path.
+    """
+
+    def __init__(self, app: Celery, interval: float) -> None:
+        self.app = app
+        self.interval = interval
+        self.results = {"ok": 0, "error": 0}
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.app.control.enable_events()
+                self.results["ok"] += 1
+            except Exception as error:
+                self.results["error"] += 1
+                log.warning("enable_events broadcast failed (%s: %s)", type(error).__name__, error)
+            self._stopping.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+class Exporter:
+    """Everything that makes up one running exporter, built from a Config."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry,
+                 app: Celery | None = None) -> None:
+        self.config = config
+        length = config.max_label_length
+        self.guards = {
+            "name": LabelGuard("name", config.max_task_names, length),
+            "queue_name": LabelGuard("queue_name", config.max_queue_names, length),
+            "exception": LabelGuard("exception", config.max_exception_names, length),
+            "task_hostname": LabelGuard("hostname", config.max_workers, length),
+            "worker_hostname": LabelGuard("hostname", config.max_workers, length),
+        }
+        self.tasks = TaskTracker(
+            max_tasks=config.max_tracked_tasks,
+            max_age=config.max_task_age,
+            default_queue=config.default_queue,
+            runtime_buckets=config.runtime_buckets,
+            wait_buckets=config.wait_buckets,
+            names=self.guards["name"],
+            queues=self.guards["queue_name"],
+            exceptions=self.guards["exception"],
+            hostnames=self.guards["task_hostname"],
+            hostname_label=config.task_hostname_label,
+        )
+        self.workers = WorkerTracker(timeout=config.worker_timeout,
+                                     purge_after=config.worker_purge_after,
+                                     hostnames=self.guards["worker_hostname"])
+        self.router = EventRouter(self.tasks, self.workers)
+        self.app = app or celery_app(config)
+        self.stream = EventStream(self.app, self.router.handle, self.router.tick,
+                                  self.router.count_skip,
+                                  queue_ttl=config.event_queue_ttl,
+                                  queue_expires=config.event_queue_expires)
+        self.enabler = (EventsEnabler(self.app, config.enable_events_interval)
+                        if config.enable_events else None)
+        registry.register(TaskCollector(self.tasks))
+        registry.register(WorkerCollector(self.workers, self.tasks))
+        registry.register(ExporterCollector(
+            self.router, self.guards.values(),
+            stream_up=self.stream.connected.is_set,
+            reconnects=lambda: self.stream.reconnects,
+            enable_events=lambda: self.enabler.results if self.enabler else {},
+        ))
+        self.http = HttpServer(make_app(registry, ready=self.stream.connected.is_set),
+                               config.listen_host, config.listen_port)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.http.start()
+        targets = [("events", self.stream.run)]
+        if self.enabler is not None:
+            targets.append(("enable-events", self.enabler.run))
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self.stream.stop()
+        if self.enabler is not None:
+            self.enabler.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.http.stop()

@@ -1,0 +1,133 @@
+"""EventStream: one kombu consumer on Celery's event exchange, reconnecting forever.
+
+The queue is declared the way Celery's own EventReceiver declares it
+(``celeryev.<id>``, auto-delete, TTL and expiry), bound to the ``celeryev``
+exchange (fanout on Redis, topic on AMQP). Bodies are decoded here and handed
+to the router; an undecodable body is a counted skip, a lost connection is
+a reconnect with exponential backoff and jitter. Nothing here ends the
+process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.events.event import get_exchange
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
+
+from celery_vitals.logs import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+skip_log = RateLimitedLogger(log)
+
+TICK_INTERVAL = 1.0
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
+    """Exponential backoff with full jitter: uniform in [cap/2, cap] of the step's ceiling."""
+    ceiling = min(cap, base * (2 ** min(attempt, 16)))
+    return ceiling * (0.5 + 0.5 * rng())
+
+
+class EventStream:
+    def __init__(
+        self,
+        app: Celery,
+        on_body: Callable[[Any], None],
+        on_tick: Callable[[], None],
+        on_skip: Callable[[str], None],
+        *,
+        queue_ttl: float,
+        queue_expires: float,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.app = app
+        self.on_body = on_body
+        self.on_tick = on_tick
+        self.on_skip = on_skip
+        self.queue_ttl = queue_ttl
+        self.queue_expires = queue_expires
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.rng = rng
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self._stopping = threading.Event()
+        self._node_id = f"celery-vitals.{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Consume until stop(); reconnects on any failure."""
+        attempt = 0
+        ever_connected = False
+        while not self._stopping.is_set():
+            try:
+                with self.app.connection_for_read() as connection:
+                    connection.ensure_connection(max_retries=1)
+                    if ever_connected:
+                        self.reconnects += 1
+                        log.info("event stream reconnected")
+                    else:
+                        log.info("event stream connected to %s", connection.as_uri())
+                    ever_connected = True
+                    attempt = 0
+                    self._consume(connection)
+            except Exception as error:  # any failure: never let the thread die
+                self.connected.clear()
+                if self._stopping.is_set():
+                    break
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, self.rng)
+                attempt += 1
+                log.warning("event stream unavailable (%s: %s); retrying in %.1fs",
+                            type(error).__name__, error, delay)
+                self._stopping.wait(delay)
+        self.connected.clear()
+
+    def _queue(self, connection: Connection) -> Queue:
+        return Queue(
+            f"{self.app.conf.event_queue_prefix}.{self._node_id}",
+            exchange=get_exchange(connection, name=self.app.conf.event_exchange),
+            routing_key="#",
+            auto_delete=True,
+            durable=False,
+            exclusive=True,
+            message_ttl=self.queue_ttl,
+            expires=self.queue_expires,
+        )
+
+    def _consume(self, connection: Connection) -> None:
+        with Consumer(connection, queues=[self._queue(connection)], no_ack=True,
+                      on_message=self._on_message, accept=["json"]):
+            self.connected.set()
+            next_tick = time.monotonic()
+            while not self._stopping.is_set():
+                try:
+                    connection.drain_events(timeout=TICK_INTERVAL)
+                except TimeoutError:
+                    pass
+                if time.monotonic() >= next_tick:
+                    self.on_tick()
+                    next_tick = time.monotonic() + TICK_INTERVAL
+
+    def _on_message(self, message: Message) -> None:
+        try:
+            body = message.decode()
+        except Exception as error:
+            self.on_skip("undecodable_body")
+            skip_log.warning("undecodable_body", "skipped: undecodable event message (%s: %s)",
+                             type(error).__name__, error)
+            return
+        self.on_body(body)

@@ -1,0 +1,386 @@
+"""TaskTracker: per-task counters and durations from task events.
+
+Only task-sent and task-received carry the task name; started, succeeded,
+failed, retried, rejected and revoked carry just the uuid. A bounded uuid map
+(entries and age) remembers name, queue and timestamps between them.
+Finished uuids are remembered in a bounded ring so that a duplicate terminal
+event is counted once.
+
+Everything here is plain data written by the consumer thread only; the
+collectors copy it at scrape time. No lock is taken per event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from datetime import UTC, datetime
+from typing import Any
+
+from celery_vitals.histogram import Histograms
+from celery_vitals.labels import OTHER, UNKNOWN, LabelGuard, exception_class, not_registered_name
+
+Event = dict[str, Any]
+Key = tuple[str, ...]
+
+
+def number(value: object) -> float | None:
+    """A finite float from an event field, or None (bools and strings are not numbers)."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        return float(value)
+    return None
+
+
+def _eta_timestamp(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        eta = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if eta.tzinfo is None:
+        eta = eta.replace(tzinfo=UTC)
+    return eta.timestamp()
+
+
+class Task:
+    """What the exporter remembers of one unfinished task."""
+
+    __slots__ = (
+        "eta",
+        "hostname",
+        "name",
+        "queue",
+        "received",
+        "received_at",
+        "reserved_on",
+        "retries",
+        "seen_at",
+        "sent_at",
+    )
+
+    def __init__(self, name: str, queue: str, seen_at: float) -> None:
+        self.name = name
+        self.queue = queue
+        self.seen_at = seen_at  # exporter clock: drives age eviction
+        self.hostname = UNKNOWN
+        self.sent_at: float | None = None
+        self.eta: float | None = None
+        self.received = False
+        self.received_at: float | None = None
+        self.retries = 0
+        self.reserved_on: str | None = None  # worker holding it, received but not started
+
+
+class TaskTracker:
+    def __init__(
+        self,
+        *,
+        max_tasks: int,
+        max_age: float,
+        default_queue: str,
+        runtime_buckets: tuple[float, ...],
+        wait_buckets: tuple[float, ...],
+        names: LabelGuard,
+        queues: LabelGuard,
+        exceptions: LabelGuard,
+        hostnames: LabelGuard,
+        hostname_label: bool = False,
+    ) -> None:
+        self.max_tasks = max_tasks
+        self.max_age = max_age
+        self.names = names
+        self.queues = queues
+        self.exceptions = exceptions
+        self.hostnames = hostnames
+        self.hostname_label = hostname_label
+        self.default_queue = queues(default_queue)
+
+        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self._finished: set[str] = set()
+        self._finished_order: deque[str] = deque()
+        self.queue_by_name: dict[str, str] = {}  # learned from task-sent
+        self.reserved_by_host: dict[str, int] = {}
+
+        self.sent: dict[Key, int] = {}
+        self.received: dict[Key, int] = {}
+        self.started: dict[Key, int] = {}
+        self.succeeded: dict[Key, int] = {}
+        self.failed: dict[Key, int] = {}  # key + (exception,)
+        self.retried: dict[Key, int] = {}
+        self.rejected: dict[Key, int] = {}  # key + (requeue,)
+        self.revoked: dict[Key, int] = {}
+        self.expired: dict[Key, int] = {}
+        self.redelivered: dict[Key, int] = {}
+        self.last_success: dict[Key, float] = {}
+        self.runtime = Histograms(runtime_buckets)
+        self.queue_wait = Histograms(wait_buckets)
+        self.prefetch_wait = Histograms(wait_buckets)
+
+        self.evictions = {"capacity": 0, "age": 0}
+        self.unknown_uuid: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}  # whole events, by reason
+        self.observations_skipped: dict[tuple[str, str], int] = {}
+
+    # -- helpers -------------------------------------------------------------
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        base = ("name", "queue_name")
+        return (*base, "hostname") if self.hostname_label else base
+
+    def _key(self, task: Task, event: Event) -> Key:
+        if self.hostname_label:
+            return (task.name, task.queue, self.hostnames(event.get("hostname")))
+        return (task.name, task.queue)
+
+    def _skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def _skip_observation(self, metric: str, reason: str) -> None:
+        key = (metric, reason)
+        self.observations_skipped[key] = self.observations_skipped.get(key, 0) + 1
+
+    def _observe_duration(self, histograms: Histograms, metric: str, key: Key,
+                          start: float | None, end: float | None) -> None:
+        if start is None or end is None:
+            return  # the earlier event was never seen: nothing to measure
+        duration = end - start
+        if duration < 0:
+            self._skip_observation(metric, "negative_duration")  # clock skew between hosts
+            return
+        histograms.observe(key, duration)
+
+    def _track(self, uuid: str, task: Task) -> Task:
+        if len(self.tasks) >= self.max_tasks:
+            _, oldest = self.tasks.popitem(last=False)
+            self._unreserve(oldest)
+            self.evictions["capacity"] += 1
+        self.tasks[uuid] = task
+        return task
+
+    def _new(self, name: str, now: float) -> Task:
+        """A task record; its queue is the one task-sent showed for that name, else the default."""
+        return Task(name, self.queue_by_name.get(name, self.default_queue), now)
+
+    def _unknown(self, event_type: str, now: float) -> Task:
+        """A task first seen mid-life (exporter started late, or task-sent/received lost)."""
+        self.unknown_uuid[event_type] = self.unknown_uuid.get(event_type, 0) + 1
+        return self._new(self.names(UNKNOWN), now)
+
+    def _unreserve(self, task: Task) -> None:
+        host = task.reserved_on
+        if host is not None:
+            task.reserved_on = None
+            self.reserved_by_host[host] = self.reserved_by_host.get(host, 1) - 1
+
+    def _finish(self, uuid: str) -> None:
+        self._finished.add(uuid)
+        self._finished_order.append(uuid)
+        if len(self._finished_order) > self.max_tasks:
+            self._finished.discard(self._finished_order.popleft())
+
+    def _terminal(self, event: Event, event_type: str, now: float) -> tuple[str, Task] | None:
+        """The task a terminal event ends, or None for a duplicate or a bad event."""
+        uuid = event.get("uuid")
+        if type(uuid) is not str:
+            self._skip("missing_uuid")
+            return None
+        task = self.tasks.pop(uuid, None)
+        if task is None:
+            if uuid in self._finished:
+                self._skip("duplicate_terminal")
+                return None
+            task = self._unknown(event_type, now)
+        else:
+            self._unreserve(task)
+        self._finish(uuid)
+        return uuid, task
+
+    # -- event handlers (one per Celery task event type) -----------------------
+
+    def on_sent(self, event: Event, now: float) -> None:
+        uuid = event.get("uuid")
+        if type(uuid) is not str:
+            self._skip("missing_uuid")
+            return
+        name = self.names(event.get("name"))
+        queue_field = event.get("queue")
+        queue = self.queues(queue_field) if queue_field else self.default_queue
+        if name != OTHER:
+            self.queue_by_name[name] = queue
+        task = self.tasks.get(uuid)
+        if task is None:
+            task = self._track(uuid, Task(name, queue, now))
+        else:
+            task.name, task.queue = name, queue
+        task.sent_at = number(event.get("timestamp"))
+        if "eta" in event:
+            task.eta = _eta_timestamp(event["eta"])
+        key = self._key(task, event)
+        self.sent[key] = self.sent.get(key, 0) + 1
+
+    def on_received(self, event: Event, now: float) -> None:
+        uuid = event.get("uuid")
+        if type(uuid) is not str:
+            self._skip("missing_uuid")
+            return
+        retries = event.get("retries")
+        if type(retries) is not int:
+            retries = 0
+        task = self.tasks.get(uuid)
+        redelivered = False
+        if task is None:
+            task = self._track(uuid, self._new(self.names(event.get("name")), now))
+            if uuid in self._finished:
+                # already finished once: the broker handed out a copy again
+                self._finished.discard(uuid)
+                redelivered = True
+        else:
+            redelivered = task.received and task.retries == retries
+            self._unreserve(task)
+        if "eta" in event and task.eta is None:
+            task.eta = _eta_timestamp(event["eta"])
+        host = self.hostnames(event.get("hostname"))
+        task.received = True
+        task.retries = retries
+        task.received_at = number(event.get("timestamp"))
+        task.hostname = host
+        task.reserved_on = host
+        self.reserved_by_host[host] = self.reserved_by_host.get(host, 0) + 1
+        key = self._key(task, event)
+        self.received[key] = self.received.get(key, 0) + 1
+        if redelivered:
+            self.redelivered[key] = self.redelivered.get(key, 0) + 1
+
+    def on_started(self, event: Event, now: float) -> None:
+        uuid = event.get("uuid")
+        if type(uuid) is not str:
+            self._skip("missing_uuid")
+            return
+        task = self.tasks.get(uuid)
+        if task is None:
+            task = self._track(uuid, self._unknown("task-started", now))
+        self._unreserve(task)
+        key = self._key(task, event)
+        self.started[key] = self.started.get(key, 0) + 1
+        started_at = number(event.get("timestamp"))
+        queued_from = task.sent_at
+        if task.eta is not None and queued_from is not None:
+            queued_from = max(queued_from, task.eta)
+        self._observe_duration(self.queue_wait, "celery_task_queue_wait_seconds",
+                               key, queued_from, started_at)
+        self._observe_duration(self.prefetch_wait, "celery_task_prefetch_wait_seconds",
+                               key, task.received_at, started_at)
+
+    def on_succeeded(self, event: Event, now: float) -> None:
+        ended = self._terminal(event, "task-succeeded", now)
+        if ended is None:
+            return
+        _, task = ended
+        key = self._key(task, event)
+        self.succeeded[key] = self.succeeded.get(key, 0) + 1
+        self.last_success[key] = number(event.get("timestamp")) or now
+        runtime = number(event.get("runtime"))
+        if runtime is None or runtime < 0:
+            self._skip_observation("celery_task_runtime_seconds", "bad_runtime")
+        else:
+            self.runtime.observe(key, runtime)
+
+    def on_failed(self, event: Event, now: float) -> None:
+        exception = event.get("exception")
+        unregistered = not_registered_name(exception)
+        if unregistered is not None:
+            self._fail_unregistered(event, unregistered, now)
+            return
+        ended = self._terminal(event, "task-failed", now)
+        if ended is None:
+            return
+        _, task = ended
+        key = (*self._key(task, event), self.exceptions(
+            exception_class(exception, event.get("traceback"))))
+        self.failed[key] = self.failed.get(key, 0) + 1
+
+    def _fail_unregistered(self, event: Event, name: str, now: float) -> None:
+        """NotRegistered: the worker sends task-failed and nothing before it."""
+        uuid = event.get("uuid")
+        if type(uuid) is not str:
+            self._skip("missing_uuid")
+            return
+        if uuid in self._finished:
+            self._skip("duplicate_terminal")
+            return
+        task = self.tasks.pop(uuid, None)
+        if task is None:
+            task = self._new(self.names(name), now)
+        else:
+            self._unreserve(task)
+        self._finish(uuid)
+        key = (*self._key(task, event), self.exceptions("NotRegistered"))
+        self.failed[key] = self.failed.get(key, 0) + 1
+
+    def on_retried(self, event: Event, now: float) -> None:
+        uuid = event.get("uuid")
+        if type(uuid) is not str:
+            self._skip("missing_uuid")
+            return
+        task = self.tasks.get(uuid)
+        if task is None:
+            task = self._track(uuid, self._unknown("task-retried", now))
+        key = self._key(task, event)
+        self.retried[key] = self.retried.get(key, 0) + 1
+
+    def on_rejected(self, event: Event, now: float) -> None:
+        requeue = event.get("requeue") is True
+        if requeue:  # the message goes back to the queue: the task lives on
+            uuid = event.get("uuid")
+            if type(uuid) is not str:
+                self._skip("missing_uuid")
+                return
+            task = self.tasks.get(uuid) or self._track(uuid, self._unknown("task-rejected", now))
+            self._unreserve(task)
+        else:
+            ended = self._terminal(event, "task-rejected", now)
+            if ended is None:
+                return
+            _, task = ended
+        key = (*self._key(task, event), "true" if requeue else "false")
+        self.rejected[key] = self.rejected.get(key, 0) + 1
+
+    def on_revoked(self, event: Event, now: float) -> None:
+        ended = self._terminal(event, "task-revoked", now)
+        if ended is None:
+            return
+        _, task = ended
+        key = self._key(task, event)
+        self.revoked[key] = self.revoked.get(key, 0) + 1
+        if event.get("expired") is True:
+            self.expired[key] = self.expired.get(key, 0) + 1
+
+    # -- housekeeping ------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Drop unfinished tasks older than max_age (oldest first, insertion order)."""
+        cutoff = now - self.max_age
+        tasks = self.tasks
+        while tasks:
+            uuid, task = next(iter(tasks.items()))
+            if task.seen_at > cutoff:
+                break
+            del tasks[uuid]
+            self._unreserve(task)
+            self.evictions["age"] += 1
+
+    def release_host(self, host: str) -> None:
+        """A worker went away: what it had prefetched goes back to the broker."""
+        if not self.reserved_by_host.get(host):
+            return
+        for task in list(self.tasks.values()):
+            if task.reserved_on == host:
+                task.reserved_on = None
+        self.reserved_by_host[host] = 0
+
+    def forget_host(self, host: str) -> None:
+        self.reserved_by_host.pop(host, None)

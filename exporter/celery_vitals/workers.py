@@ -1,0 +1,131 @@
+"""WorkerTracker: liveness and load per worker from worker-* events.
+
+Liveness uses the exporter's own clock (when the last heartbeat arrived), so
+a worker whose clock is off is neither dead nor immortal. A worker silent
+for ``timeout`` is down; after ``purge_after`` its series are dropped so a
+churning Kubernetes deployment does not leave series behind forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery_vitals.labels import LabelGuard
+from celery_vitals.tasks import number
+
+Event = dict[str, Any]
+
+
+class Worker:
+    __slots__ = (
+        "active",
+        "events_at_previous",
+        "events_at_last",
+        "last_heartbeat",
+        "load1",
+        "online",
+        "processed",
+        "processed_at_previous",
+        "processed_at_last",
+        "starts",
+        "task_events",
+        "task_events_missing",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.online = True
+        self.last_heartbeat = now
+        self.active: float | None = None
+        self.processed: float | None = None
+        self.load1: float | None = None
+        self.starts = 0
+        self.task_events = 0  # task events from this host, any type
+        # snapshots (processed, task_events) at the last two heartbeats
+        self.processed_at_last: float | None = None
+        self.events_at_last = 0
+        self.processed_at_previous: float | None = None
+        self.events_at_previous = 0
+        self.task_events_missing = 0
+
+
+class WorkerTracker:
+    def __init__(self, *, timeout: float, purge_after: float, hostnames: LabelGuard) -> None:
+        self.timeout = timeout
+        self.purge_after = purge_after
+        self.hostnames = hostnames
+        self.workers: dict[str, Worker] = {}
+
+    def _worker(self, event: Event, now: float) -> tuple[str, Worker]:
+        host = self.hostnames(event.get("hostname"))
+        worker = self.workers.get(host)
+        if worker is None:
+            worker = self.workers[host] = Worker(now)
+        return host, worker
+
+    def on_online(self, event: Event, now: float) -> None:
+        _, worker = self._worker(event, now)
+        worker.starts += 1
+        self._heartbeat(worker, event, now)
+
+    def on_heartbeat(self, event: Event, now: float) -> None:
+        _, worker = self._worker(event, now)
+        self._heartbeat(worker, event, now)
+
+    def on_offline(self, event: Event, now: float) -> str:
+        host, worker = self._worker(event, now)
+        worker.online = False
+        worker.active = 0
+        return host
+
+    def on_task_events(self, hostname: object, count: int) -> None:
+        """Task events from a worker (sent ones excepted) prove its task events are on."""
+        if type(hostname) is str:
+            worker = self.workers.get(hostname)
+            if worker is not None:
+                worker.task_events += count
+
+    def _heartbeat(self, worker: Worker, event: Event, now: float) -> None:
+        worker.online = True
+        worker.last_heartbeat = now
+        active = number(event.get("active"))
+        processed = number(event.get("processed"))
+        if active is not None:
+            worker.active = active
+        if processed is not None:
+            worker.processed = processed
+        loadavg = event.get("loadavg")
+        if isinstance(loadavg, list | tuple) and loadavg:
+            worker.load1 = number(loadavg[0])
+        self._check_task_events(worker)
+
+    @staticmethod
+    def _check_task_events(worker: Worker) -> None:
+        """Heartbeats say tasks were processed; did their task events arrive?
+
+        Compared with the heartbeat before the previous one, so that task
+        events still buffered by the worker when a heartbeat left are not
+        mistaken for missing ones.
+        """
+        processed = worker.processed
+        before = worker.processed_at_previous
+        if processed is not None and before is not None:
+            if worker.task_events != worker.events_at_previous:
+                worker.task_events_missing = 0
+            elif processed > before:
+                worker.task_events_missing = 1
+        worker.processed_at_previous, worker.events_at_previous = (
+            worker.processed_at_last, worker.events_at_last)
+        worker.processed_at_last, worker.events_at_last = processed, worker.task_events
+
+    def is_up(self, worker: Worker, now: float) -> bool:
+        return worker.online and now - worker.last_heartbeat < self.timeout
+
+    def purge(self, now: float) -> list[str]:
+        """Drop workers silent for purge_after; returns their hostnames."""
+        cutoff = now - self.purge_after
+        gone = [host for host, worker in list(self.workers.items())
+                if worker.last_heartbeat < cutoff]
+        for host in gone:
+            del self.workers[host]
+            self.hostnames.admitted.discard(host)  # its series are gone: free its slot
+        return gone
