@@ -9,6 +9,7 @@ does not exist.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -134,7 +135,8 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("celery_vitals_enable_events_requests_total", "counter",
                "enable_events broadcasts sent to workers, by result.", ("result",)),
     MetricSpec("celery_vitals_build_info", "info",
-               "Build information of the exporter.", ("version", "celery_version", "python_version")),
+               "Build information of the exporter.",
+               ("version", "celery_version", "python_version")),
 )
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}
@@ -142,22 +144,48 @@ BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | InfoMetricFamily
 
 
-def family(name: str, labels: tuple[str, ...] | None = None) -> Family:
-    """An empty metric family for catalogue metric ``name``.
+def _spec(name: str, expected: MetricType) -> MetricSpec:
+    spec = BY_NAME[name]  # KeyError: the metric is not in the catalogue
+    if spec.type != expected:
+        raise TypeError(f"{name} is a {spec.type}, not a {expected}")
+    return spec
 
-    ``labels`` overrides the label names (task metrics with the optional
-    hostname label); by default the catalogue's are used. For info metrics
-    the label names come with each sample.
-    """
-    spec = BY_NAME[name]
-    names = list(spec.labels if labels is None else labels)
-    if spec.type == "counter":
-        return CounterMetricFamily(spec.family_name, spec.help, labels=names)
-    if spec.type == "gauge":
-        return GaugeMetricFamily(spec.name, spec.help, labels=names)
-    if spec.type == "histogram":
-        return HistogramMetricFamily(spec.name, spec.help, labels=names)
+
+def _labels(spec: MetricSpec, labels: Sequence[str] | None) -> list[str]:
+    """``labels`` overrides the catalogue's (task metrics with the optional hostname label)."""
+    return list(spec.labels if labels is None else labels)
+
+
+def counter(name: str, labels: Sequence[str] | None = None) -> CounterMetricFamily:
+    spec = _spec(name, "counter")
+    return CounterMetricFamily(spec.family_name, spec.help, labels=_labels(spec, labels))
+
+
+def gauge(name: str, labels: Sequence[str] | None = None) -> GaugeMetricFamily:
+    spec = _spec(name, "gauge")
+    return GaugeMetricFamily(spec.name, spec.help, labels=_labels(spec, labels))
+
+
+def histogram(name: str, labels: Sequence[str] | None = None) -> HistogramMetricFamily:
+    spec = _spec(name, "histogram")
+    return HistogramMetricFamily(spec.name, spec.help, labels=_labels(spec, labels))
+
+
+def info(name: str) -> InfoMetricFamily:
+    spec = _spec(name, "info")
     return InfoMetricFamily(spec.family_name, spec.help)
+
+
+def family(name: str) -> Family:
+    """An empty family of any type, for describe()."""
+    kind = BY_NAME[name].type
+    if kind == "counter":
+        return counter(name)
+    if kind == "gauge":
+        return gauge(name)
+    if kind == "histogram":
+        return histogram(name)
+    return info(name)
 
 
 def all_series_names() -> set[str]:

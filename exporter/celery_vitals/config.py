@@ -81,7 +81,7 @@ class _Collector:
     def __init__(self) -> None:
         self.problems: list[str] = []
 
-    def parse(self, option: str, raw: str, parser: Callable[[str], T], fallback: T) -> T:
+    def parse(self, option: str, raw: Any, parser: Callable[[Any], T], fallback: T) -> T:
         try:
             return parser(raw)
         except ValueError as error:
@@ -165,6 +165,8 @@ def _broker_url(raw: str) -> str:
 
 
 def _transport_options(pairs: Sequence[str]) -> Mapping[str, Any]:
+    if isinstance(pairs, str):  # one pair given programmatically
+        pairs = pairs.split()
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -228,7 +230,7 @@ def build(raw: Mapping[str, Any]) -> Config:
         event_queue_expires=seconds("--event-queue-expires", "event_queue_expires",
                                     defaults.event_queue_expires),
         broker_transport_options=c.parse("--broker-transport-option",
-                                         tuple(raw.get("broker_transport_option", ())),
+                                         raw.get("broker_transport_option", ()),
                                          _transport_options, MappingProxyType({})),
     )
     if not config.default_queue:

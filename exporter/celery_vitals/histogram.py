@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 
 class Histograms:
@@ -18,20 +18,20 @@ class Histograms:
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(sorted(bounds))
-        self.series: dict[Hashable, list[float]] = {}
+        self.series: dict[tuple[str, ...], list[float]] = {}
 
-    def observe(self, key: Hashable, value: float) -> None:
+    def observe(self, key: tuple[str, ...], value: float) -> None:
         counts = self.series.get(key)
         if counts is None:
             counts = self.series[key] = [0] * (len(self.bounds) + 2)
         counts[bisect_left(self.bounds, value)] += 1
         counts[-1] += value
 
-    def snapshot(self) -> Iterator[tuple[Hashable, list[tuple[str, float]], float]]:
+    def snapshot(self) -> Iterator[tuple[tuple[str, ...], list[tuple[str, float]], float]]:
         """(key, cumulative buckets as (le, count), sum) per series."""
         les = [_le(bound) for bound in self.bounds] + ["+Inf"]
-        for key, counts in list(self.series.items()):
-            counts = list(counts)
+        for key, live in list(self.series.items()):
+            counts = list(live)  # one copy, so buckets and sum agree
             cumulative, running = [], 0.0
             for le, count in zip(les, counts[:-1], strict=True):
                 running += count

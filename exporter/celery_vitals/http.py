@@ -24,11 +24,14 @@ Environ = dict[str, Any]
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every 15 s are not news."""
 
 
-def make_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+def make_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> WsgiApp:
     metrics = make_wsgi_app(registry)
     landing = (
         "<!doctype html><html><head><title>celery-vitals</title></head><body>"
@@ -67,7 +70,7 @@ def _text(start_response: StartResponse, status: str, body: bytes) -> list[bytes
 class HttpServer:
     """Serves the app on a daemon thread; ``port`` is the bound one (useful with port 0)."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
+    def __init__(self, app: WsgiApp, host: str, port: int) -> None:
         family = _address_family(host, port)
 
         class Server(ThreadingWSGIServer):

@@ -36,7 +36,7 @@ class LabelGuard:
     def __call__(self, value: object) -> str:
         try:
             if value in self.admitted:
-                return value  # type: ignore[return-value]  # only str values are ever admitted
+                return value  # type: ignore[return-value,unused-ignore]  # only str is admitted
         except TypeError:  # unhashable: a list or dict where a name belongs
             return self._fold("not_a_string")
         return self._admit(value)

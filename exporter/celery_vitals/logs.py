@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from typing import Any
 
 
-
 class RedactingFilter(logging.Filter):
     """Replaces every known secret in a record's final message with ``***``.
 

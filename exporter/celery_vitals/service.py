@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Mapping
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
@@ -59,12 +61,12 @@ class EventsEnabler:
         self._stopping.set()
 
 
-class Exporter:
-    """Everything that makes up one running exporter, built from a Config."""
+class Pipeline:
+    """Guards, trackers, router and collectors: everything between a message body and
+    /metrics, with no I/O. Unit tests and benchmarks build this alone."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry,
-                 app: Celery | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         length = config.max_label_length
         self.guards = {
             "name": LabelGuard("name", config.max_task_names, length),
@@ -88,22 +90,41 @@ class Exporter:
         self.workers = WorkerTracker(timeout=config.worker_timeout,
                                      purge_after=config.worker_purge_after,
                                      hostnames=self.guards["worker_hostname"])
-        self.router = EventRouter(self.tasks, self.workers)
+        self.router = EventRouter(self.tasks, self.workers, clock=clock)
+        self.stream_up: Callable[[], bool] = lambda: False
+        self.reconnects: Callable[[], int] = lambda: 0
+        self.enable_events: Callable[[], Mapping[str, int]] = dict
+        if registry is not None:
+            registry.register(TaskCollector(self.tasks))
+            registry.register(WorkerCollector(self.workers, self.tasks, clock=clock))
+            registry.register(ExporterCollector(
+                self.router, self.guards.values(),
+                # late-bound on purpose: Exporter plugs in the stream's state afterwards
+                stream_up=lambda: self.stream_up(),  # noqa: PLW0108
+                reconnects=lambda: self.reconnects(),  # noqa: PLW0108
+                enable_events=lambda: self.enable_events(),  # noqa: PLW0108
+            ))
+
+
+class Exporter:
+    """A running exporter: the pipeline fed by the event stream, served over HTTP."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry,
+                 app: Celery | None = None) -> None:
+        self.config = config
+        self.pipeline = pipeline = Pipeline(config, registry)
         self.app = app or celery_app(config)
-        self.stream = EventStream(self.app, self.router.handle, self.router.tick,
-                                  self.router.count_skip,
+        router = pipeline.router
+        self.stream = EventStream(self.app, router.handle, router.tick, router.count_skip,
                                   queue_ttl=config.event_queue_ttl,
                                   queue_expires=config.event_queue_expires)
         self.enabler = (EventsEnabler(self.app, config.enable_events_interval)
                         if config.enable_events else None)
-        registry.register(TaskCollector(self.tasks))
-        registry.register(WorkerCollector(self.workers, self.tasks))
-        registry.register(ExporterCollector(
-            self.router, self.guards.values(),
-            stream_up=self.stream.connected.is_set,
-            reconnects=lambda: self.stream.reconnects,
-            enable_events=lambda: self.enabler.results if self.enabler else {},
-        ))
+        pipeline.stream_up = self.stream.connected.is_set
+        pipeline.reconnects = lambda: self.stream.reconnects
+        if self.enabler is not None:
+            enabler = self.enabler
+            pipeline.enable_events = lambda: enabler.results
         self.http = HttpServer(make_app(registry, ready=self.stream.connected.is_set),
                                config.listen_host, config.listen_port)
         self._threads: list[threading.Thread] = []

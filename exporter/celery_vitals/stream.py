@@ -10,6 +10,7 @@ process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -34,7 +35,7 @@ TICK_INTERVAL = 1.0
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
     """Exponential backoff with full jitter: uniform in [cap/2, cap] of the step's ceiling."""
-    ceiling = min(cap, base * (2 ** min(attempt, 16)))
+    ceiling: float = min(cap, base * (2.0 ** min(attempt, 16)))
     return ceiling * (0.5 + 0.5 * rng())
 
 
@@ -114,10 +115,8 @@ class EventStream:
             self.connected.set()
             next_tick = time.monotonic()
             while not self._stopping.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):  # idle: time to tick
                     connection.drain_events(timeout=TICK_INTERVAL)
-                except TimeoutError:
-                    pass
                 if time.monotonic() >= next_tick:
                     self.on_tick()
                     next_tick = time.monotonic() + TICK_INTERVAL

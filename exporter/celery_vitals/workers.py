@@ -19,14 +19,14 @@ Event = dict[str, Any]
 class Worker:
     __slots__ = (
         "active",
-        "events_at_previous",
         "events_at_last",
+        "events_at_previous",
         "last_heartbeat",
         "load1",
         "online",
         "processed",
-        "processed_at_previous",
         "processed_at_last",
+        "processed_at_previous",
         "starts",
         "task_events",
         "task_events_missing",
