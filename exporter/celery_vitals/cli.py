@@ -73,7 +73,9 @@ def envvar(option: str) -> str:
 
 def _with_options(command: Any) -> Any:
     for option, default, help_text in reversed(_OPTIONS):
-        command = click.option(option, default=default, envvar=envvar(option),
+        # type=str: config.build validates every value, so all problems come together
+        command = click.option(option, type=str, default=None if default is None else str(default),
+                               envvar=envvar(option),
                                show_envvar=True, show_default=default is not None,
                                help=help_text)(command)
     command = click.option(

@@ -1,0 +1,74 @@
+"""WorkerTracker: liveness by the exporter's clock, purge, reserved, missing task events."""
+
+from __future__ import annotations
+
+from tests.unit.conftest import Harness, event
+
+
+def heartbeat(processed: int, active: int = 0, hostname: str = "w1@host",
+              type_: str = "worker-heartbeat") -> dict[str, object]:
+    return event(type_, hostname=hostname, freq=2.0, active=active, processed=processed,
+                 loadavg=[0.75, 0.5, 0.25], sw_ident="py-celery", sw_ver="5.7.0")
+
+
+def test_heartbeat_gauges_and_starts() -> None:
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"), heartbeat(7, active=2))
+    w = {"hostname": "w1@host"}
+    assert h.value("celery_worker_up", **w) == 1
+    assert h.value("celery_worker_starts_total", **w) == 1
+    assert h.value("celery_worker_tasks_active", **w) == 2
+    assert h.value("celery_worker_tasks_processed", **w) == 7
+    assert h.value("celery_worker_load1", **w) == 0.75
+    assert h.value("celery_worker_last_heartbeat_timestamp_seconds", **w) == h.clock.now
+
+
+def test_silent_worker_goes_down_then_is_purged() -> None:
+    h = Harness(worker_timeout=30, worker_purge_after=300)
+    h.feed(heartbeat(0, type_="worker-online"))
+    h.clock.now += 29
+    assert h.value("celery_worker_up", hostname="w1@host") == 1
+    h.clock.now += 2
+    assert h.value("celery_worker_up", hostname="w1@host") == 0
+    h.clock.now += 300
+    h.router.tick()
+    assert h.value("celery_worker_up", hostname="w1@host") is None
+    assert h.pipeline.guards["worker_hostname"].admitted == set()
+
+
+def test_offline_worker_is_down_at_once_and_releases_its_prefetch() -> None:
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"),
+           event("task-received", uuid="u1", name="t"),
+           event("task-received", uuid="u2", name="t"))
+    assert h.value("celery_worker_tasks_reserved", hostname="w1@host") == 2
+    h.feed(event("task-started", uuid="u1"))
+    assert h.value("celery_worker_tasks_reserved", hostname="w1@host") == 1
+    h.feed(heartbeat(1, type_="worker-offline"))
+    assert h.value("celery_worker_up", hostname="w1@host") == 0
+    assert h.value("celery_worker_tasks_reserved", hostname="w1@host") == 0
+    h.feed(event("task-started", uuid="u2", hostname="w2@host"))  # redelivered elsewhere
+    assert h.value("celery_worker_tasks_reserved", hostname="w1@host") == 0
+
+
+def test_task_events_missing_when_heartbeats_show_work_but_no_task_event_came() -> None:
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"), heartbeat(5), heartbeat(9))
+    assert h.value("celery_worker_task_events_missing", hostname="w1@host") == 1
+    h.feed(event("task-received", uuid="u1", name="t"), heartbeat(10), heartbeat(10))
+    assert h.value("celery_worker_task_events_missing", hostname="w1@host") == 0
+
+
+def test_task_events_buffered_past_one_heartbeat_are_not_missing() -> None:
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"), heartbeat(0), heartbeat(3))
+    # the batch of task events arrives just after the heartbeat that counted them
+    h.feed([event("task-received", uuid="u1", name="t"), event("task-started", uuid="u1")])
+    h.feed(heartbeat(3))
+    assert h.value("celery_worker_task_events_missing", hostname="w1@host") == 0
+
+
+def test_idle_worker_is_not_flagged() -> None:
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"), heartbeat(0), heartbeat(0), heartbeat(0))
+    assert h.value("celery_worker_task_events_missing", hostname="w1@host") == 0
