@@ -1,1 +1,1 @@
-"""A small Celery app that fails, retries and times out on purpose: the demo and the tests use it."""
+"""A Celery app that fails, retries and times out on purpose; the demo and the tests use it."""

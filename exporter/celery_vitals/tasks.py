@@ -13,7 +13,7 @@ collectors copy it at scrape time. No lock is taken per event.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,8 +99,9 @@ class TaskTracker:
         self.default_queue = queues(default_queue)
 
         self.tasks: OrderedDict[str, Task] = OrderedDict()
-        self._finished: set[str] = set()
-        self._finished_order: deque[str] = deque()
+        # finished uuids, bounded like the live map: dedup of terminal events, and the
+        # name for a task-retried that arrives after the retry itself finished
+        self._finished: OrderedDict[str, Task] = OrderedDict()
         self.queue_by_name: dict[str, str] = {}  # learned from task-sent
         self.reserved_by_host: dict[str, int] = {}
 
@@ -176,11 +177,10 @@ class TaskTracker:
             task.reserved_on = None
             self.reserved_by_host[host] = self.reserved_by_host.get(host, 1) - 1
 
-    def _finish(self, uuid: str) -> None:
-        self._finished.add(uuid)
-        self._finished_order.append(uuid)
-        if len(self._finished_order) > self.max_tasks:
-            self._finished.discard(self._finished_order.popleft())
+    def _finish(self, uuid: str, task: Task) -> None:
+        self._finished[uuid] = task
+        if len(self._finished) > self.max_tasks:
+            self._finished.popitem(last=False)
 
     def _terminal(self, event: Event, event_type: str, now: float) -> tuple[str, Task] | None:
         """The task a terminal event ends, or None for a duplicate or a bad event."""
@@ -196,7 +196,7 @@ class TaskTracker:
             task = self._unknown(event_type, now)
         else:
             self._unreserve(task)
-        self._finish(uuid)
+        self._finish(uuid, task)
         return uuid, task
 
     # -- event handlers (one per Celery task event type) -----------------------
@@ -236,7 +236,7 @@ class TaskTracker:
             task = self._track(uuid, self._new(self.names(event.get("name")), now))
             if uuid in self._finished:
                 # already finished once: the broker handed out a copy again
-                self._finished.discard(uuid)
+                del self._finished[uuid]
                 redelivered = True
         else:
             redelivered = task.received and task.retries == retries
@@ -317,7 +317,7 @@ class TaskTracker:
             task = self._new(self.names(name), now)
         else:
             self._unreserve(task)
-        self._finish(uuid)
+        self._finish(uuid, task)
         key = (*self._key(task, event), self.exceptions("NotRegistered"))
         self.failed[key] = self.failed.get(key, 0) + 1
 
@@ -326,7 +326,9 @@ class TaskTracker:
         if type(uuid) is not str:
             self._skip("missing_uuid")
             return
-        task = self.tasks.get(uuid)
+        # The retry's new message can be received and finished before the worker
+        # reports task-retried for the first attempt: look among finished tasks too.
+        task = self.tasks.get(uuid) or self._finished.get(uuid)
         if task is None:
             task = self._track(uuid, self._unknown("task-retried", now))
         key = self._key(task, event)

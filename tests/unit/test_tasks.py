@@ -166,3 +166,18 @@ def test_hostname_label_is_opt_in() -> None:
     h.feed(*lifecycle("u1", "t", hostname="w9@host"))
     assert h.task("celery_task_succeeded_total", "t", hostname="w9@host") == 1
     assert Harness().task("celery_task_succeeded_total", "t", hostname="w9@host") is None
+
+
+def test_task_retried_reported_after_the_retry_finished_keeps_its_name() -> None:
+    """Prefork: the retried message can run and finish before task-retried of attempt 0."""
+    h = Harness()
+    h.feed(event("task-received", uuid="u1", name="flaky", retries=0),
+           event("task-started", uuid="u1"),
+           event("task-received", uuid="u1", name="flaky", retries=1),
+           event("task-started", uuid="u1"),
+           event("task-succeeded", uuid="u1", runtime=0.1),
+           event("task-retried", uuid="u1", exception="ConnectionError()"))
+    assert h.task("celery_task_retried_total", "flaky") == 1
+    assert h.task("celery_task_retried_total", "unknown") is None
+    assert h.value("celery_vitals_tracked_tasks") == 0
+    assert h.task("celery_task_redelivered_total", "flaky") is None

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, lint, types, unit and integration tests (real redis-server, rabbitmq-server and
+# Celery workers, started by the fixtures on free loopback ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== ruff"
+ruff check .
+echo "== mypy (strict, package)"
+mypy
+echo "== pytest"
+pytest "$@"

@@ -1,0 +1,57 @@
+"""/metrics as data: {(sample name, frozenset(labels)): value}, parsed by prometheus_client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Labels = frozenset[tuple[str, str]]
+SampleKey = tuple[str, Labels]
+
+
+def parse(text: str) -> dict[SampleKey, float]:
+    """Every sample of a Prometheus text exposition, keyed by name and label set."""
+    samples: dict[SampleKey, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate series {sample.name}{sample.labels}"
+            samples[key] = sample.value
+    return samples
+
+
+def key(name: str, **labels: str) -> SampleKey:
+    return (name, frozenset(labels.items()))
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One /metrics response: its text (for messages and promtool) and its samples."""
+
+    text: str
+    samples: dict[SampleKey, float]
+
+    def get(self, name: str, **labels: str) -> float | None:
+        """The value of the series with exactly these labels, or None when it is absent."""
+        return self.samples.get(key(name, **labels))
+
+    def value(self, name: str, default: float = 0.0, **labels: str) -> float:
+        """Like get(), with ``default`` for an absent series (a counter never incremented)."""
+        found = self.get(name, **labels)
+        return default if found is None else found
+
+    def series(self, name: str) -> dict[Labels, float]:
+        """All series of one sample name."""
+        return {labels: value for (sample, labels), value in self.samples.items()
+                if sample == name}
+
+    def names(self) -> Iterator[str]:
+        return iter(sorted({sample for sample, _ in self.samples}))
+
+    def series_text(self, prefixes: tuple[str, ...] = ("celery_",)) -> str:
+        """The sample lines (no HELP/TYPE, no _created, no buckets): readable in a failure."""
+        return "\n".join(
+            line for line in self.text.splitlines()
+            if line.startswith(prefixes) and "_created" not in line and "_bucket" not in line)

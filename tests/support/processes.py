@@ -1,0 +1,275 @@
+"""Subprocesses the tests own: started in their own session, stopped by pid.
+
+Every process is started with ``start_new_session=True`` so that it leads a
+process group: stopping it can then also reach children it forked (Celery's
+prefork pool, Erlang's helpers) without ever signalling anything by name.
+Output goes to a log file, which the integration conftest attaches to the
+report of a failing test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from tests.support.metrics import Scrape, parse
+from tests.support.net import LOOPBACK, Response, free_port, http_get, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+# Every process started in this session, so a failing test can show their logs.
+STARTED: list[ManagedProcess] = []
+
+
+def venv_executable(name: str) -> str:
+    """A console script of the running interpreter's environment (the venv, also in CI)."""
+    path = VENV_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is neither in {VENV_BIN} nor on PATH")
+    return found
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+class ManagedProcess:
+    """One subprocess with a log file, stopped by its pid (and process group)."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *,
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at: float | None = None  # wall clock, compared with pytest's call times
+        self.stopped_at: float | None = None
+        self._log: IO[bytes] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def spawn(self) -> None:
+        """Starts the process; output is appended to the log file."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self._close_log()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._log.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n"
+                        .encode())
+        self._log.flush()
+        self.process = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self.env, cwd=self.cwd, start_new_session=True)
+        self.started_at, self.stopped_at = time.time(), None
+        if self not in STARTED:
+            STARTED.append(self)
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def send_signal(self, signum: int) -> None:
+        """Signals the main process only (a worker's warm shutdown, say)."""
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if still running at the deadline."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 10.0, signum: int = signal.SIGTERM) -> int | None:
+        """Asks the process to exit, SIGKILLs its group after ``timeout``; idempotent.
+
+        The group is SIGKILLed in any case afterwards, so that no pool child or
+        helper the process forked outlives it.
+        """
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+            if self.wait(timeout) is None:
+                _signal_group(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        _signal_group(self.pid, signal.SIGKILL)
+        if self.stopped_at is None:
+            self.stopped_at = time.time()
+        self._close_log()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL for the whole group: a crash, no goodbye."""
+        if self.process is None:
+            return
+        _signal_group(self.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        if self.stopped_at is None:
+            self.stopped_at = time.time()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- output ------------------------------------------------------------------
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.output().splitlines()[-lines:]
+        return f"--- last {len(text)} lines of {self.name} ({self.log_path}):\n" + "\n".join(text)
+
+    def lived_during(self, start: float, stop: float) -> bool:
+        """Whether the process was alive at some point of [start, stop] (wall clock)."""
+        if self.started_at is None or self.started_at > stop:
+            return False
+        return self.stopped_at is None or self.stopped_at >= start
+
+    def assert_running(self) -> None:
+        if not self.running:
+            raise AssertionError(f"{self.name} exited with code {self.returncode}\n{self.tail()}")
+
+
+class CeleryWorker(ManagedProcess):
+    """``celery worker`` for the demo app, as a production worker would run it."""
+
+    def __init__(self, name: str, broker_url: str, log_dir: Path, *, app: str = "demo.app",
+                 task_events: bool = True, concurrency: int = 2) -> None:
+        self.hostname = f"{name}@test"
+        argv = [venv_executable("celery"), "-A", app, "worker", "-c", str(concurrency),
+                "--pool=prefork", "-n", self.hostname, "--loglevel=info"]
+        if task_events:
+            argv.insert(4, "-E")
+        env = dict(os.environ)
+        env["CELERY_BROKER_URL"] = broker_url
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        env.pop("CELERY_RESULT_BACKEND", None)
+        super().__init__(f"worker {self.hostname}", argv, log_dir / f"worker-{name}.log",
+                         env=env, cwd=REPO_ROOT)
+
+    def start(self) -> CeleryWorker:
+        self.spawn()
+        return self
+
+    def stop_gracefully(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM: warm shutdown, the worker says goodbye (worker-offline)."""
+        return self.stop(timeout=timeout, signum=signal.SIGTERM)
+
+
+class ExporterProcess(ManagedProcess):
+    """``celery-vitals serve`` on a free loopback port, ready once /readyz says so."""
+
+    def __init__(self, broker_url: str, log_dir: Path, *args: str, name: str = "exporter",
+                 env: Mapping[str, str] | None = None) -> None:
+        self.broker_url = broker_url
+        self.args = list(args)
+        self.port = 0
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        # the environment must not configure what the tests pass as flags
+        for key in [key for key in full_env if key.startswith("CELERY_VITALS_")]:
+            if env is None or key not in env:
+                del full_env[key]
+        super().__init__(name, [], log_dir / f"{name}.log", env=full_env, cwd=REPO_ROOT)
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 20.0) -> ExporterProcess:
+        """Starts on a fresh free port (retrying if it was taken meanwhile)."""
+        for _ in range(5):
+            self.port = free_port()
+            self.argv = [venv_executable("celery-vitals"), "serve",
+                         "--broker-url", self.broker_url,
+                         "--listen-address", f"{LOOPBACK}:{self.port}", *self.args]
+            self.spawn()
+            wait_until(lambda: self.listening() or not self.running, timeout=timeout,
+                       what=f"{self.name} to listen on port {self.port}", details=self.tail)
+            if self.running:
+                break
+            if "cannot listen" not in self.output():
+                self.assert_running()
+        else:
+            raise AssertionError(f"{self.name} could not find a free port\n{self.tail()}")
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def listening(self) -> bool:
+        try:
+            return http_get(self.port, "/healthz", timeout=1).status == 200
+        except OSError:
+            return False
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+        self.assert_running()
+        return http_get(self.port, path, headers)
+
+    def ready(self) -> bool:
+        return self.get("/readyz").status == 200
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        wait_until(self.ready, timeout=timeout, what=f"{self.name} /readyz 200",
+                   details=self.tail)
+
+    def wait_unready(self, timeout: float = 20.0) -> None:
+        wait_until(lambda: self.get("/readyz").status == 503, timeout=timeout,
+                   what=f"{self.name} /readyz 503", details=self.tail)
+
+    def scrape(self) -> Scrape:
+        response = self.get("/metrics")
+        assert response.status == 200, f"/metrics answered {response.status}: {response.text}"
+        return Scrape(response.text, parse(response.text))
+
+    def wait_for(self, predicate: Callable[[Scrape], object], *, timeout: float = 20.0,
+                 what: str) -> Scrape:
+        """Scrapes until ``predicate(scrape)`` is truthy; shows the last scrape on timeout."""
+        last: list[Scrape] = []
+
+        def check() -> Scrape | None:
+            scrape = self.scrape()
+            last[:] = [scrape]
+            return scrape if predicate(scrape) else None
+
+        def details() -> str:
+            shown = last[0].series_text() if last else "(no scrape)"
+            return f"last /metrics scrape of {self.name}:\n{shown}\n{self.tail(30)}"
+
+        result = wait_until(check, timeout=timeout, what=what, details=details, interval=0.1)
+        assert result is not None
+        return result

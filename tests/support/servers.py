@@ -1,0 +1,277 @@
+"""Real brokers from Debian's packages, on free loopback ports, in temporary directories.
+
+RedisServer starts in ~50 ms and can be SIGKILLed and restarted on the same
+port (the broker-outage tests). RabbitMQServer runs a private node (own
+HOME, Erlang cookie, epmd, ports and data directories) without systemd and
+without the /usr/sbin wrappers that switch user; it takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from tests.support.net import LOOPBACK, free_port, port_open, wait_until
+from tests.support.processes import ManagedProcess
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+def _executable(name: str, *candidates: Path) -> str:
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found (install the Debian package)")
+    return found
+
+
+class RedisServer:
+    """A throwaway redis-server without persistence on a free loopback port."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port  # fixed after the first successful start: restarts reuse it
+        self.executable = _executable("redis-server")
+        self.process: ManagedProcess | None = None
+
+    def url(self, db: int = 0, password: str | None = None) -> str:
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}{LOOPBACK}:{self.port}/{db}"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Starts and waits for PING. A new port is picked if the chosen one was taken."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fixed = self.port is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            port = self.port if fixed and self.port is not None else free_port()
+            process = ManagedProcess(
+                f"redis-server :{port}",
+                [self.executable, "--port", str(port), "--bind", LOOPBACK,
+                 "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                 "--daemonize", "no", "--logfile", ""],
+                self.directory / "redis.log")
+            process.spawn()
+            try:
+                wait_until(lambda p=port: self.ping(p) or not process.running,  # type: ignore[misc]
+                           timeout=max(deadline - time.monotonic(), 0.1),
+                           what=f"redis-server to answer PING on port {port}",
+                           details=process.tail)
+            except AssertionError:
+                process.stop()
+                raise
+            if process.running:
+                self.port, self.process = port, process
+                return self
+            process.stop()
+            if time.monotonic() >= deadline:  # e.g. the port stayed busy
+                raise AssertionError(f"redis-server did not start\n{process.tail()}")
+            time.sleep(0.05)
+
+    def ping(self, port: int | None = None) -> bool:
+        """PING over a raw socket: no client library, nothing to leak."""
+        try:
+            with socket.create_connection((LOOPBACK, port or self.port or 0), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "redis-server not started"
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM by pid (redis shuts down cleanly), SIGKILL after the deadline."""
+        if self.process is not None:
+            self.process.stop(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes without closing its connections cleanly."""
+        if self.process is not None:
+            self.process.kill()
+
+    def restart(self, timeout: float = 10.0) -> RedisServer:
+        """Back on the same port (clients reconnect to the URL they know); empty, no persistence."""
+        self.stop()
+        return self.start(timeout)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class RabbitMQServer:
+    """A private RabbitMQ node (with the management plugin) for one test session.
+
+    Nothing is shared with a system broker: HOME (so the Erlang cookie is
+    ours), node name, epmd (our own, on a free port), AMQP, distribution,
+    CLI-distribution and management ports, data, logs and pid file all live
+    in ``directory``.
+    """
+
+    def __init__(self, directory: Path, *, management: bool = True) -> None:
+        self.directory = directory
+        self.management = management
+        self.node = f"vitals-{uuid.uuid4().hex[:8]}@localhost"
+        self.port = 0
+        self.management_port = 0
+        self.dist_port = 0
+        self.epmd_port = 0
+        self.epmd: ManagedProcess | None = None
+        self.server: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{LOOPBACK}:{self.port}//"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.management_port}/"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "rabbit.pid"
+
+    def _env(self) -> dict[str, str]:
+        d = self.directory
+        ctl_min = free_port(below=65500)
+        env = dict(os.environ)
+        env.update({
+            "HOME": str(d),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CTL_DIST_PORT_MIN": str(ctl_min),
+            "RABBITMQ_CTL_DIST_PORT_MAX": str(ctl_min + 10),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+        })
+        for name in ("RABBITMQ_LOGS", "RABBITMQ_BASE", "RABBITMQ_USE_LONGNAME"):
+            env.pop(name, None)
+        return env
+
+    def _write_config(self) -> None:
+        d = self.directory
+        lines = ["log.console = false", "log.file.level = info"]
+        if self.management:
+            lines += [f"management.tcp.port = {self.management_port}",
+                      f"management.tcp.ip = {LOOPBACK}"]
+        (d / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+        (d / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq/rabbitmq-env.conf
+
+    def _run(self, *argv: str, timeout: float) -> None:
+        result = subprocess.run(list(argv), env=self._env(), cwd=self.directory,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+
+    def start(self, timeout: float = 60.0) -> RabbitMQServer:
+        """epmd, plugins (offline), server; ready when ``rabbitmqctl wait`` says so."""
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                return self
+            except AssertionError:
+                self.stop(timeout=15)
+                if attempt == 2:
+                    raise
+                # most likely a port taken between choosing and binding: new ports
+                self.directory = self.directory.with_name(f"{self.directory.name}-{attempt + 1}")
+        return self
+
+    def _start_once(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "log").mkdir(exist_ok=True)
+        self.port, self.dist_port = free_port(), free_port()
+        self.management_port, self.epmd_port = free_port(), free_port()
+        self._write_config()
+
+        self.epmd = ManagedProcess(
+            "epmd", [_executable("epmd"), "-port", str(self.epmd_port), "-address", LOOPBACK],
+            self.directory / "epmd.log")
+        self.epmd.spawn()
+        wait_until(lambda: port_open(self.epmd_port) or not self.epmd_running(), timeout=10,
+                   what="epmd to listen", details=self.epmd.tail)
+        self.epmd.assert_running()
+
+        if self.management:
+            self._run(_executable("rabbitmq-plugins", RABBITMQ_BIN / "rabbitmq-plugins"),
+                      "--offline", "enable", "rabbitmq_management", timeout=60)
+        self.server = ManagedProcess(
+            f"rabbitmq-server {self.node}",
+            [_executable("rabbitmq-server", RABBITMQ_BIN / "rabbitmq-server")],
+            self.directory / "server.log", env=self._env(), cwd=self.directory)
+        self.server.spawn()
+        server = self.server
+        wait_until(lambda: self.pid_file.exists() or not server.running,
+                   timeout=max(deadline - time.monotonic(), 1), what="the rabbitmq pid file",
+                   details=self.tail)
+        server.assert_running()
+        self._run(_executable("rabbitmqctl", RABBITMQ_BIN / "rabbitmqctl"), "wait",
+                  str(self.pid_file), "--timeout", str(int(max(deadline - time.monotonic(), 5))),
+                  timeout=max(deadline - time.monotonic(), 5) + 5)
+        wait_until(lambda: port_open(self.port), timeout=10, what="the AMQP listener",
+                   details=self.tail)
+
+    def epmd_running(self) -> bool:
+        return self.epmd is not None and self.epmd.running
+
+    def tail(self) -> str:
+        parts = [process.tail() for process in (self.epmd, self.server) if process is not None]
+        log = self.directory / "log" / f"{self.node}.log"
+        if log.exists():
+            lines = log.read_text(errors="replace").splitlines()[-40:]
+            parts.append(f"--- last lines of {log}:\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the Erlang VM (pid file), then the wrapper's group; then our epmd."""
+        if self.server is not None and self.server.running:
+            try:
+                beam = int(self.pid_file.read_text().strip())
+            except (OSError, ValueError):
+                beam = None
+            if beam is not None:
+                try:
+                    os.kill(beam, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            self.server.stop(timeout)
+        elif self.server is not None:
+            self.server.stop()
+        if self.epmd is not None:
+            self.epmd.stop(5)
+
+    def __enter__(self) -> RabbitMQServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
