@@ -24,6 +24,7 @@ import os
 import signal
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         with Consumer(connection, queues=[queue], no_ack=True, accept=["json"],
                       on_message=counter.on_message):
             while not stopping:
-                try:
+                with suppress(TimeoutError):
                     connection.drain_events(timeout=0.5)
-                except TimeoutError:
-                    pass
                 if counter.pinged and not ping_path.exists():
                     _write(ping_path, {"pinged": True})
                 if done:

@@ -30,71 +30,76 @@ from celery_vitals.config import (
 log = logging.getLogger("celery_vitals")
 _DEFAULTS = Config(broker_url="")
 
-# (option, default, help). The environment variable is derived from the name.
-_OPTIONS: list[tuple[str, Any, str]] = [
-    ("--broker-url", None, "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pw@host//."),
-    ("--listen-address", "0.0.0.0:9808", "HOST:PORT for /metrics, /healthz and /readyz."),
-    ("--log-level", "info", f"One of {', '.join(LOG_LEVELS)}."),
-    ("--log-format", "text", f"One of {', '.join(LOG_FORMATS)}."),
-    ("--runtime-buckets", DEFAULT_RUNTIME_BUCKETS,
-     "Comma-separated upper bounds (seconds) of celery_task_runtime_seconds."),
-    ("--wait-buckets", DEFAULT_WAIT_BUCKETS,
-     "Comma-separated upper bounds (seconds) of the queue-wait and prefetch-wait histograms."),
-    ("--max-tracked-tasks", _DEFAULTS.max_tracked_tasks,
+# (option, metavar, default, help). The environment variable is derived from the name.
+_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--broker-url", "URL", None,
+     "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pw@host//."),
+    ("--listen-address", "HOST:PORT", "0.0.0.0:9808",
+     "Where to serve /metrics, /healthz and /readyz."),
+    ("--log-level", "LEVEL", "info", f"One of {', '.join(LOG_LEVELS)}."),
+    ("--log-format", "FORMAT", "text", f"One of {', '.join(LOG_FORMATS)}."),
+    ("--runtime-buckets", "SECONDS,...", DEFAULT_RUNTIME_BUCKETS,
+     "Upper bounds of celery_task_runtime_seconds."),
+    ("--wait-buckets", "SECONDS,...", DEFAULT_WAIT_BUCKETS,
+     "Upper bounds of the queue-wait and prefetch-wait histograms."),
+    ("--max-tracked-tasks", "N", _DEFAULTS.max_tracked_tasks,
      "Most unfinished tasks remembered by uuid; the oldest is evicted beyond it."),
-    ("--max-task-age", _DEFAULTS.max_task_age,
-     "Seconds an unfinished task is remembered before it is evicted."),
-    ("--worker-timeout", _DEFAULTS.worker_timeout,
-     "Seconds without a heartbeat after which a worker is down (celery_worker_up 0)."),
-    ("--worker-purge-after", _DEFAULTS.worker_purge_after,
-     "Seconds without a heartbeat after which a worker's series are removed."),
-    ("--max-task-names", _DEFAULTS.max_task_names, "Cap on distinct `name` label values."),
-    ("--max-queue-names", _DEFAULTS.max_queue_names,
-     "Cap on distinct `queue_name` label values."),
-    ("--max-exception-names", _DEFAULTS.max_exception_names,
-     "Cap on distinct `exception` label values."),
-    ("--max-workers", _DEFAULTS.max_workers, "Cap on distinct `hostname` label values."),
-    ("--max-label-length", _DEFAULTS.max_label_length,
+    ("--max-task-age", "SECONDS", _DEFAULTS.max_task_age,
+     "How long an unfinished task is remembered before it is evicted."),
+    ("--worker-timeout", "SECONDS", _DEFAULTS.worker_timeout,
+     "Silence after which a worker is down (celery_worker_up 0)."),
+    ("--worker-purge-after", "SECONDS", _DEFAULTS.worker_purge_after,
+     "Silence after which a worker's series are removed."),
+    ("--max-task-names", "N", _DEFAULTS.max_task_names, "Cap on distinct `name` values."),
+    ("--max-queue-names", "N", _DEFAULTS.max_queue_names,
+     "Cap on distinct `queue_name` values."),
+    ("--max-exception-names", "N", _DEFAULTS.max_exception_names,
+     "Cap on distinct `exception` values."),
+    ("--max-workers", "N", _DEFAULTS.max_workers, "Cap on distinct `hostname` values."),
+    ("--max-label-length", "N", _DEFAULTS.max_label_length,
      "Longer label values become `other`."),
-    ("--default-queue", _DEFAULTS.default_queue,
-     "queue_name for tasks whose queue no task-sent event told."),
-    ("--enable-events-interval", _DEFAULTS.enable_events_interval,
-     "Seconds between enable_events broadcasts."),
-    ("--event-queue-ttl", _DEFAULTS.event_queue_ttl,
-     "Message TTL (seconds) of the exporter's event queue on RabbitMQ."),
-    ("--event-queue-expires", _DEFAULTS.event_queue_expires,
-     "Seconds after which RabbitMQ deletes the exporter's event queue once unused."),
+    ("--default-queue", "NAME", _DEFAULTS.default_queue,
+     "queue_name of tasks whose queue no task-sent event told."),
+    ("--enable-events-interval", "SECONDS", _DEFAULTS.enable_events_interval,
+     "Time between enable_events broadcasts."),
+    ("--event-queue-ttl", "SECONDS", _DEFAULTS.event_queue_ttl,
+     "Message TTL of the exporter's event queue (RabbitMQ)."),
+    ("--event-queue-expires", "SECONDS", _DEFAULTS.event_queue_expires,
+     "Idle time after which RabbitMQ deletes the exporter's event queue."),
 ]
 
 
 def envvar(option: str) -> str:
-    return "CELERY_VITALS_" + option.lstrip("-").replace("-", "_").upper()
+    return "CELERY_VITALS_" + option.lstrip("-").split("/")[0].replace("-", "_").upper()
 
 
 def _with_options(command: Any) -> Any:
-    for option, default, help_text in reversed(_OPTIONS):
+    # click lists options in reverse order of decoration: flags last, broker first
+    flags = [
+        ("--broker-transport-option", "Kombu transport option KEY=VALUE, repeatable; VALUE is "
+         "parsed as JSON when it is JSON (visibility_timeout=3600, global_keyprefix=prod:). "
+         "In the environment, separate pairs with spaces."),
+        ("--enable-events/--no-enable-events",
+         "Periodically ask workers to send task events (celery control enable_events)."),
+        ("--task-hostname-label/--no-task-hostname-label",
+         "Add the worker hostname as a label on task metrics (one series per worker)."),
+    ]
+    for option, help_text in reversed(flags):
+        if "/" in option:
+            default = option.startswith("--enable-events")
+            command = click.option(option, default=default, envvar=envvar(option),
+                                   show_envvar=True, show_default=True,
+                                   help=help_text)(command)
+        else:
+            command = click.option(option, multiple=True, metavar="KEY=VALUE",
+                                   envvar=envvar(option), show_envvar=True,
+                                   help=help_text)(command)
+    for option, metavar, default, help_text in reversed(_OPTIONS):
         # type=str: config.build validates every value, so all problems come together
-        command = click.option(option, type=str, default=None if default is None else str(default),
-                               envvar=envvar(option),
-                               show_envvar=True, show_default=default is not None,
-                               help=help_text)(command)
-    command = click.option(
-        "--task-hostname-label/--no-task-hostname-label", default=False,
-        envvar=envvar("--task-hostname-label"), show_envvar=True, show_default=True,
-        help="Add the worker hostname as a label on task metrics (one series per worker).",
-    )(command)
-    command = click.option(
-        "--enable-events/--no-enable-events", default=True,
-        envvar=envvar("--enable-events"), show_envvar=True, show_default=True,
-        help="Periodically ask workers to send task events (celery control enable_events).",
-    )(command)
-    command = click.option(
-        "--broker-transport-option", multiple=True, metavar="KEY=VALUE",
-        envvar=envvar("--broker-transport-option"), show_envvar=True,
-        help="Kombu transport option, repeatable (VALUE parsed as JSON when it is JSON), e.g. "
-             "visibility_timeout=3600 or global_keyprefix=prod: . In the environment, "
-             "separate pairs with spaces.",
-    )(command)
+        command = click.option(option, type=str, metavar=metavar,
+                               default=None if default is None else str(default),
+                               envvar=envvar(option), show_envvar=True,
+                               show_default=default is not None, help=help_text)(command)
     return command
 
 
@@ -109,7 +114,7 @@ def cli() -> None:
 def serve(**options: Any) -> None:
     """Consume the Celery event stream and serve Prometheus metrics."""
     config = build(options)
-    logs.setup(config.log_level, config.log_format, secrets=[config.broker_password or ""])
+    logs.setup(config.log_level, config.log_format, secrets=config.secrets)
     from celery_vitals.service import Exporter  # imports celery: keep --help fast
 
     registry = CollectorRegistry()

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from celery_vitals.logs import safe_url
+from celery_vitals.logs import safe_url, url_passwords
 
 BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -65,11 +65,9 @@ class Config:
         return safe_url(self.broker_url)
 
     @property
-    def broker_password(self) -> str | None:
-        try:
-            return urlsplit(self.broker_url).password
-        except ValueError:
-            return None
+    def secrets(self) -> list[str]:
+        """What the logs must never show."""
+        return url_passwords(self.broker_url)
 
 
 T = TypeVar("T")

@@ -9,7 +9,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any
+from urllib.parse import unquote
 
 
 class RedactingFilter(logging.Filter):
@@ -53,8 +54,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def setup(level: str, fmt: str, secrets: Iterable[str] = (), stream: IO[str] | None = None
+          ) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter(secrets))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -65,7 +67,7 @@ def setup(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     root.setLevel(level.upper())
 
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@;]*):[^;]*@")
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@;]*):([^;]*)@")
 
 
 def safe_url(url: str) -> str:
@@ -75,6 +77,12 @@ def safe_url(url: str) -> str:
     Handles failover lists (``url1;url2``).
     """
     return _URL_PASSWORD.sub(r"\1:**@", url)
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every password in a broker URL (failover lists too), as written and percent-decoded."""
+    found = [match.group(2) for match in _URL_PASSWORD.finditer(url) if match.group(2)]
+    return sorted({*found, *(unquote(secret) for secret in found)})
 
 
 class RateLimitedLogger:

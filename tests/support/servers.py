@@ -254,19 +254,9 @@ class RabbitMQServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to the Erlang VM (pid file), then the wrapper's group; then our epmd."""
-        if self.server is not None and self.server.running:
-            try:
-                beam = int(self.pid_file.read_text().strip())
-            except (OSError, ValueError):
-                beam = None
-            if beam is not None:
-                try:
-                    os.kill(beam, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        if self.server is not None:
+            # the wrapper script traps SIGTERM and stops the node with rabbitmqctl
             self.server.stop(timeout)
-        elif self.server is not None:
-            self.server.stop()
         if self.epmd is not None:
             self.epmd.stop(5)
 
