@@ -50,7 +50,10 @@ class EventsEnabler:
     def run(self) -> None:
         while not self._stopping.is_set():
             try:
-                self.app.control.enable_events()
+                with self.app.connection_for_write() as connection:
+                    # fail fast while the broker is down instead of in kombu's retry loop
+                    connection.ensure_connection(max_retries=0)
+                    self.app.control.enable_events(connection=connection)
                 self.results["ok"] += 1
             except Exception as error:
                 self.results["error"] += 1

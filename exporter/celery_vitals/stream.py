@@ -77,7 +77,8 @@ class EventStream:
         while not self._stopping.is_set():
             try:
                 with self.app.connection_for_read() as connection:
-                    connection.ensure_connection(max_retries=1)
+                    # one attempt: the backoff below does the waiting, not kombu
+                    connection.ensure_connection(max_retries=0)
                     if ever_connected:
                         self.reconnects += 1
                         log.info("event stream reconnected")
@@ -112,11 +113,13 @@ class EventStream:
     def _consume(self, connection: Connection) -> None:
         with Consumer(connection, queues=[self._queue(connection)], no_ack=True,
                       on_message=self._on_message, accept=["json"]):
-            self.connected.set()
             next_tick = time.monotonic()
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):  # idle: time to tick
                     connection.drain_events(timeout=TICK_INTERVAL)
+                if not self.connected.is_set():
+                    # only now: kombu's Redis transport subscribes on the first poll
+                    self.connected.set()
                 if time.monotonic() >= next_tick:
                     self.on_tick()
                     next_tick = time.monotonic() + TICK_INTERVAL

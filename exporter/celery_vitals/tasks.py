@@ -45,20 +45,26 @@ def _eta_timestamp(value: object) -> float | None:
     return eta.timestamp()
 
 
+def _retries(event: Event) -> int:
+    retries = event.get("retries")
+    return retries if type(retries) is int else 0
+
+
 class Task:
     """What the exporter remembers of one unfinished task."""
 
     __slots__ = (
-        "eta",
         "hostname",
         "name",
+        "next_queued",
         "queue",
+        "queued_at",
+        "queued_retries",
         "received",
         "received_at",
         "reserved_on",
         "retries",
         "seen_at",
-        "sent_at",
     )
 
     def __init__(self, name: str, queue: str, seen_at: float) -> None:
@@ -66,8 +72,11 @@ class Task:
         self.queue = queue
         self.seen_at = seen_at  # exporter clock: drives age eviction
         self.hostname = UNKNOWN
-        self.sent_at: float | None = None
-        self.eta: float | None = None
+        # when the attempt with `queued_retries` became runnable: sent, or its ETA if later
+        self.queued_at: float | None = None
+        self.queued_retries = 0
+        # a retry published while the current attempt still runs: (retries, queued_at)
+        self.next_queued: tuple[int, float | None] | None = None
         self.received = False
         self.received_at: float | None = None
         self.retries = 0
@@ -216,9 +225,17 @@ class TaskTracker:
             task = self._track(uuid, Task(name, queue, now))
         else:
             task.name, task.queue = name, queue
-        task.sent_at = number(event.get("timestamp"))
-        if "eta" in event:
-            task.eta = _eta_timestamp(event["eta"])
+        retries = _retries(event)
+        queued_at = number(event.get("timestamp"))
+        eta = _eta_timestamp(event.get("eta"))
+        if eta is not None and queued_at is not None:
+            queued_at = max(queued_at, eta)
+        if task.received and retries > task.retries:
+            # The retry's task-sent (published at once by the pool process) can arrive
+            # before the running attempt's task-started: keep it for the next attempt.
+            task.next_queued = (retries, queued_at)
+        else:
+            task.queued_at, task.queued_retries = queued_at, retries
         key = self._key(task, event)
         self.sent[key] = self.sent.get(key, 0) + 1
 
@@ -227,9 +244,7 @@ class TaskTracker:
         if type(uuid) is not str:
             self._skip("missing_uuid")
             return
-        retries = event.get("retries")
-        if type(retries) is not int:
-            retries = 0
+        retries = _retries(event)
         task = self.tasks.get(uuid)
         redelivered = False
         if task is None:
@@ -241,8 +256,10 @@ class TaskTracker:
         else:
             redelivered = task.received and task.retries == retries
             self._unreserve(task)
-        if "eta" in event and task.eta is None:
-            task.eta = _eta_timestamp(event["eta"])
+        upcoming = task.next_queued
+        if upcoming is not None and upcoming[0] == retries:
+            task.queued_retries, task.queued_at = upcoming
+            task.next_queued = None
         host = self.hostnames(event.get("hostname"))
         task.received = True
         task.retries = retries
@@ -267,9 +284,8 @@ class TaskTracker:
         key = self._key(task, event)
         self.started[key] = self.started.get(key, 0) + 1
         started_at = number(event.get("timestamp"))
-        queued_from = task.sent_at
-        if task.eta is not None and queued_from is not None:
-            queued_from = max(queued_from, task.eta)
+        # only the send of this very attempt says how long it queued
+        queued_from = task.queued_at if task.queued_retries == task.retries else None
         self._observe_duration(self.queue_wait, "celery_task_queue_wait_seconds",
                                key, queued_from, started_at)
         self._observe_duration(self.prefetch_wait, "celery_task_prefetch_wait_seconds",

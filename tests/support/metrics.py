@@ -22,8 +22,9 @@ def parse(text: str) -> dict[SampleKey, float]:
     return samples
 
 
-def key(name: str, **labels: str) -> SampleKey:
-    return (name, frozenset(labels.items()))
+def key(metric: str, /, **labels: str) -> SampleKey:
+    """A sample key; positional-only, so that ``name`` can be a label."""
+    return (metric, frozenset(labels.items()))
 
 
 @dataclass(frozen=True)
@@ -33,19 +34,19 @@ class Scrape:
     text: str
     samples: dict[SampleKey, float]
 
-    def get(self, name: str, **labels: str) -> float | None:
+    def get(self, metric: str, /, **labels: str) -> float | None:
         """The value of the series with exactly these labels, or None when it is absent."""
-        return self.samples.get(key(name, **labels))
+        return self.samples.get(key(metric, **labels))
 
-    def value(self, name: str, default: float = 0.0, **labels: str) -> float:
-        """Like get(), with ``default`` for an absent series (a counter never incremented)."""
-        found = self.get(name, **labels)
-        return default if found is None else found
+    def value(self, metric: str, /, **labels: str) -> float:
+        """Like get(), but 0 for an absent series (a counter never incremented)."""
+        found = self.get(metric, **labels)
+        return 0.0 if found is None else found
 
-    def series(self, name: str) -> dict[Labels, float]:
+    def series(self, metric: str) -> dict[Labels, float]:
         """All series of one sample name."""
         return {labels: value for (sample, labels), value in self.samples.items()
-                if sample == name}
+                if sample == metric}
 
     def names(self) -> Iterator[str]:
         return iter(sorted({sample for sample, _ in self.samples}))

@@ -9,6 +9,7 @@ report of a failing test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -41,10 +42,8 @@ def venv_executable(name: str) -> str:
 
 
 def _signal_group(pgid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
         os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone
 
 
 class ManagedProcess:
@@ -61,6 +60,7 @@ class ManagedProcess:
         self.started_at: float | None = None  # wall clock, compared with pytest's call times
         self.stopped_at: float | None = None
         self._log: IO[bytes] | None = None
+        self._log_offset = 0  # where the latest start's output begins
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -71,8 +71,8 @@ class ManagedProcess:
         self._close_log()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        self._log.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n"
-                        .encode())
+        self._log_offset = self._log.tell()
+        self._log.write(f"--- {time.strftime('%H:%M:%S')} start: {self.describe()}\n".encode())
         self._log.flush()
         self.process = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -80,6 +80,10 @@ class ManagedProcess:
         self.started_at, self.stopped_at = time.time(), None
         if self not in STARTED:
             STARTED.append(self)
+
+    def describe(self) -> str:
+        """The header line written to the log at each start."""
+        return " ".join(self.argv)
 
     @property
     def pid(self) -> int:
@@ -94,12 +98,6 @@ class ManagedProcess:
     @property
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()
-
-    def send_signal(self, signum: int) -> None:
-        """Signals the main process only (a worker's warm shutdown, say)."""
-        if self.running:
-            assert self.process is not None
-            self.process.send_signal(signum)
 
     def wait(self, timeout: float) -> int | None:
         """The exit code, or None if still running at the deadline."""
@@ -146,9 +144,12 @@ class ManagedProcess:
 
     # -- output ------------------------------------------------------------------
 
-    def output(self) -> str:
+    def output(self, *, latest_start_only: bool = False) -> str:
+        """Everything the process wrote (every start), or only since its latest start."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset if latest_start_only else 0)
+                return log.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -202,12 +203,10 @@ class ExporterProcess(ManagedProcess):
         self.broker_url = broker_url
         self.args = list(args)
         self.port = 0
-        full_env = dict(os.environ)
+        # only the flags (and ``env``) configure it, not the caller's CELERY_VITALS_* variables
+        full_env = {key: value for key, value in os.environ.items()
+                    if not key.startswith("CELERY_VITALS_")}
         full_env.update(env or {})
-        # the environment must not configure what the tests pass as flags
-        for key in [key for key in full_env if key.startswith("CELERY_VITALS_")]:
-            if env is None or key not in env:
-                del full_env[key]
         super().__init__(name, [], log_dir / f"{name}.log", env=full_env, cwd=REPO_ROOT)
 
     def start(self, *, wait_ready: bool = True, timeout: float = 20.0) -> ExporterProcess:
@@ -222,13 +221,17 @@ class ExporterProcess(ManagedProcess):
                        what=f"{self.name} to listen on port {self.port}", details=self.tail)
             if self.running:
                 break
-            if "cannot listen" not in self.output():
-                self.assert_running()
+            if "cannot listen" not in self.output(latest_start_only=True):
+                self.assert_running()  # failed for another reason: show why
         else:
             raise AssertionError(f"{self.name} could not find a free port\n{self.tail()}")
         if wait_ready:
             self.wait_ready(timeout)
         return self
+
+    def describe(self) -> str:
+        """No broker URL here: the log must show only what the exporter itself wrote."""
+        return f"celery-vitals serve on port {self.port} {' '.join(self.args)}".rstrip()
 
     def listening(self) -> bool:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -47,34 +46,48 @@ class RedisServer:
         return f"redis://{auth}{LOOPBACK}:{self.port}/{db}"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Starts and waits for PING. A new port is picked if the chosen one was taken."""
+        """Starts and waits for PING. A new port is picked if the chosen one was taken.
+
+        After the first start the port is fixed: a restart must come back where
+        clients expect it, so it retries that port until the deadline.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        fixed = self.port is not None
         deadline = time.monotonic() + timeout
         while True:
-            port = self.port if fixed and self.port is not None else free_port()
-            process = ManagedProcess(
-                f"redis-server :{port}",
-                [self.executable, "--port", str(port), "--bind", LOOPBACK,
-                 "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-                 "--daemonize", "no", "--logfile", ""],
-                self.directory / "redis.log")
-            process.spawn()
-            try:
-                wait_until(lambda p=port: self.ping(p) or not process.running,  # type: ignore[misc]
-                           timeout=max(deadline - time.monotonic(), 0.1),
-                           what=f"redis-server to answer PING on port {port}",
-                           details=process.tail)
-            except AssertionError:
-                process.stop()
-                raise
-            if process.running:
+            port = self.port if self.port is not None else free_port()
+            process = self._spawn(port, deadline)
+            if process is not None:
                 self.port, self.process = port, process
                 return self
-            process.stop()
-            if time.monotonic() >= deadline:  # e.g. the port stayed busy
-                raise AssertionError(f"redis-server did not start\n{process.tail()}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"redis-server did not start\n{self.tail()}")
             time.sleep(0.05)
+
+    def _spawn(self, port: int, deadline: float) -> ManagedProcess | None:
+        """redis-server on ``port``, answering PING; None if it exited (port taken)."""
+        process = ManagedProcess(
+            f"redis-server :{port}",
+            [self.executable, "--port", str(port), "--bind", LOOPBACK,
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             "--daemonize", "no", "--logfile", ""],
+            self.directory / "redis.log")
+        self.process = process
+        process.spawn()
+        try:
+            wait_until(lambda: self.ping(port) or not process.running,
+                       timeout=max(deadline - time.monotonic(), 0.1),
+                       what=f"redis-server to answer PING on port {port}",
+                       details=process.tail)
+        except AssertionError:
+            process.stop()
+            raise
+        if process.running:
+            return process
+        process.stop()
+        return None
+
+    def tail(self) -> str:
+        return self.process.tail() if self.process is not None else "(redis-server never ran)"
 
     def ping(self, port: int | None = None) -> bool:
         """PING over a raw socket: no client library, nothing to leak."""

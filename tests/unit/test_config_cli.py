@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,11 @@ def test_unknown_option_is_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == ("celery-vitals: error: No such option '--bogus'. "
                                      "(try 'celery-vitals serve --help')")
+
+
+def test_readme_documents_every_option_and_environment_variable() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for param in cli.serve.params:
+        flag = param.opts[0]
+        assert f"`{flag}" in readme, flag
+        assert f"`{param.envvar}`" in readme, param.envvar

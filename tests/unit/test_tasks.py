@@ -181,3 +181,20 @@ def test_task_retried_reported_after_the_retry_finished_keeps_its_name() -> None
     assert h.task("celery_task_retried_total", "unknown") is None
     assert h.value("celery_vitals_tracked_tasks") == 0
     assert h.task("celery_task_redelivered_total", "flaky") is None
+
+
+def test_retry_sent_before_the_running_attempt_started_keeps_both_queue_waits() -> None:
+    """Prefork publishes the retry's task-sent at once, while the main process still
+    buffers the first attempt's task-started."""
+    h = Harness()
+    h.feed(event("task-sent", T0, uuid="u1", name="flaky", queue="celery", retries=0),
+           event("task-received", T0 + 1, uuid="u1", name="flaky", retries=0),
+           event("task-sent", T0 + 4, uuid="u1", name="flaky", queue="celery", retries=1),
+           event("task-started", T0 + 2, uuid="u1"),
+           event("task-retried", T0 + 4, uuid="u1"),
+           event("task-received", T0 + 5, uuid="u1", name="flaky", retries=1),
+           event("task-started", T0 + 7, uuid="u1"))
+    assert h.task("celery_task_queue_wait_seconds_count", "flaky") == 2
+    assert h.task("celery_task_queue_wait_seconds_sum", "flaky") == 2 + 3
+    assert h.value("celery_vitals_observations_skipped_total",
+                   metric="celery_task_queue_wait_seconds", reason="negative_duration") is None
