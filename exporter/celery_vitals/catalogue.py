@@ -25,6 +25,7 @@ MetricType = Literal["counter", "gauge", "histogram", "info"]
 TASK_LABELS = ("name", "queue_name")
 OPTIONAL_TASK_LABEL = "hostname"  # added to task metrics by --task-hostname-label
 WORKER_LABELS = ("hostname",)
+QUEUE_LABELS = ("queue_name",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,16 @@ def _worker(name: str, type_: MetricType, help_: str) -> MetricSpec:
     return MetricSpec(name, type_, help_, WORKER_LABELS, group="worker")
 
 
+def _queue(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = QUEUE_LABELS
+           ) -> MetricSpec:
+    return MetricSpec(name, type_, help_, labels, group="queue")
+
+
+def _broker(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = ()
+            ) -> MetricSpec:
+    return MetricSpec(name, type_, help_, labels, group="broker")
+
+
 SPECS: tuple[MetricSpec, ...] = (
     # -- tasks -------------------------------------------------------------
     _task("celery_task_sent_total", "counter",
@@ -81,6 +92,9 @@ SPECS: tuple[MetricSpec, ...] = (
           "Tasks revoked, expired ones included (see celery_task_expired_total)."),
     _task("celery_task_expired_total", "counter",
           "Tasks discarded because their expiry passed (a subset of revoked)."),
+    _task("celery_task_failed_after_retries_total", "counter",
+          "Tasks that failed for good after at least one retry (retries exhausted, or a "
+          "different error on a later attempt): what precedes the dead-letter queue."),
     _task("celery_task_redelivered_total", "counter",
           "A second task-received for a uuid with the same retry count: the broker "
           "redelivered it (visibility timeout or lost worker)."),
@@ -109,6 +123,40 @@ SPECS: tuple[MetricSpec, ...] = (
     _worker("celery_worker_task_events_missing", "gauge",
             "1 when the worker's heartbeats report processed tasks but no task event arrived "
             "from it: task events are disabled on that worker."),
+    # -- queues and dead-letter queues (polled from the broker) -------------
+    _queue("celery_queue_length", "gauge",
+           "Messages ready in the queue (all priority levels); absent when the queue is."),
+    _queue("celery_queue_unacked", "gauge",
+           "Messages delivered to a consumer and not acknowledged (Redis; RabbitMQ with "
+           "the management API)."),
+    _queue("celery_queue_consumers", "gauge", "Consumers of the queue (RabbitMQ)."),
+    _queue("celery_queue_exists", "gauge",
+           "1 when the broker knows the queue, 0 for a configured queue it does not know."),
+    _queue("celery_queue_oldest_message_age_seconds", "gauge",
+           "Age of the oldest task sent to the queue and not yet received by a worker "
+           "(from task-sent events)."),
+    _queue("celery_queue_oldest_unacked_age_seconds", "gauge",
+           "Time since the oldest unacknowledged delivery from the queue (Redis); Redis "
+           "redelivers it once this passes the visibility timeout."),
+    _queue("celery_queue_visibility_timeout_seconds", "gauge",
+           "The Redis transport's visibility_timeout, as the exporter is configured.", ()),
+    _queue("celery_dlq_length", "gauge", "Messages in the dead-letter queue."),
+    _queue("celery_dlq_ingress_total", "counter",
+           "Messages that entered the dead-letter queue: from the broker's publish counter "
+           "where it has one, else from depth increases between polls (a lower bound)."),
+    # -- the broker ------------------------------------------------------------
+    _broker("celery_broker_up", "gauge", "1 when the last queue poll reached the broker."),
+    _broker("celery_broker_probe_duration_seconds", "histogram",
+            "Time one queue poll of the broker took."),
+    _broker("celery_broker_probe_errors_total", "counter",
+            "Queue polls that failed, by error class.", ("error",)),
+    _broker("celery_broker_memory_used_bytes", "gauge", "Memory the broker uses."),
+    _broker("celery_broker_memory_limit_bytes", "gauge",
+            "The broker's memory limit (Redis maxmemory, 0 when unlimited)."),
+    _broker("celery_broker_persistence_enabled", "gauge",
+            "1 when the broker persists to disk, by kind (Redis: rdb, aof).", ("kind",)),
+    _broker("celery_broker_info", "info", "What the broker is.",
+            ("transport", "version", "eviction_policy")),
     # -- the exporter itself -----------------------------------------------
     MetricSpec("celery_vitals_event_stream_up", "gauge",
                "1 while the event stream is connected to the broker."),
@@ -123,6 +171,9 @@ SPECS: tuple[MetricSpec, ...] = (
                "Times the event stream lost its broker connection and reconnected."),
     MetricSpec("celery_vitals_event_lag_seconds", "gauge",
                "Exporter receive time minus the timestamp of the latest event."),
+    MetricSpec("celery_vitals_heartbeats_missed_total", "counter",
+               "Worker heartbeats that never arrived although the worker stayed online: the "
+               "event stream is losing events (slow consumer, queue TTL, buffer overflow)."),
     MetricSpec("celery_vitals_tracked_tasks", "gauge",
                "Tasks in the uuid map (received or sent, not finished)."),
     MetricSpec("celery_vitals_tracker_evictions_total", "counter",
@@ -195,7 +246,8 @@ def all_series_names() -> set[str]:
 
 def markdown() -> str:
     """docs/metrics.md, generated: the reference users read."""
-    titles = {"task": "Tasks", "worker": "Workers", "exporter": "The exporter itself"}
+    titles = {"task": "Tasks", "worker": "Workers", "queue": "Queues and dead-letter queues",
+              "broker": "The broker", "exporter": "The exporter itself"}
     lines = [
         "# Metric reference",
         "",

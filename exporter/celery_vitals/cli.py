@@ -66,6 +66,17 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "Message TTL of the exporter's event queue (RabbitMQ)."),
     ("--event-queue-expires", "SECONDS", _DEFAULTS.event_queue_expires,
      "Idle time after which RabbitMQ deletes the exporter's event queue."),
+    ("--event-queue-max-length", "N", _DEFAULTS.event_queue_max_length,
+     "Most messages the exporter's event queue holds on RabbitMQ (oldest dropped beyond)."),
+    ("--queue-poll-interval", "SECONDS", _DEFAULTS.queue_poll_interval,
+     "Time between polls of queue depths and broker health; 0 turns polling off."),
+    ("--queue-discovery-interval", "SECONDS", _DEFAULTS.queue_discovery_interval,
+     "Time between looks for new queues (broker bindings, RabbitMQ management, workers)."),
+    ("--probe-timeout", "SECONDS", _DEFAULTS.probe_timeout,
+     "Longest a single broker poll may take."),
+    ("--rabbitmq-management-url", "URL", None,
+     "RabbitMQ management API, e.g. http://user:pw@rabbit:15672/, for unacked counts, "
+     "publish counters and dead-letter routes."),
 ]
 
 
@@ -76,6 +87,11 @@ def envvar(option: str) -> str:
 def _with_options(command: Any) -> Any:
     # click lists options in reverse order of decoration: flags last, broker first
     flags = [
+        ("--queue", "Queue to poll, repeatable (space-separated in the environment); "
+         "queues found on the broker and in workers' active_queues are added."),
+        ("--dlq", "Dead-letter queue name or glob, repeatable (space-separated in the "
+         "environment). On RabbitMQ with the management API, queues that others "
+         "dead-letter into are found without it."),
         ("--broker-transport-option", "Kombu transport option KEY=VALUE, repeatable; VALUE is "
          "parsed as JSON when it is JSON (visibility_timeout=3600, global_keyprefix=prod:). "
          "In the environment, separate pairs with spaces."),
@@ -91,7 +107,8 @@ def _with_options(command: Any) -> Any:
                                    show_envvar=True, show_default=True,
                                    help=help_text)(command)
         else:
-            command = click.option(option, multiple=True, metavar="KEY=VALUE",
+            command = click.option(option, multiple=True,
+                                   metavar="KEY=VALUE" if "transport" in option else "NAME",
                                    envvar=envvar(option), show_envvar=True,
                                    help=help_text)(command)
     for option, metavar, default, help_text in reversed(_OPTIONS):

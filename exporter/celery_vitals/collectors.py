@@ -23,7 +23,8 @@ from prometheus_client.registry import Collector
 from celery_vitals import __version__
 from celery_vitals.catalogue import BY_NAME, counter, family, gauge, histogram, info
 from celery_vitals.histogram import Histograms
-from celery_vitals.labels import LabelGuard
+from celery_vitals.labels import OTHER, LabelGuard
+from celery_vitals.poller import QueuePoller
 from celery_vitals.router import EventRouter
 from celery_vitals.tasks import TaskTracker
 from celery_vitals.workers import WorkerTracker
@@ -85,6 +86,8 @@ class TaskCollector(_CatalogueCollector):
             yield _samples(counter(name, labels), data)
         yield _samples(counter("celery_task_failed_total", (*labels, "exception")), t.failed)
         yield _samples(counter("celery_task_rejected_total", (*labels, "requeue")), t.rejected)
+        yield _samples(counter("celery_task_failed_after_retries_total", labels),
+                       t.failed_after_retries)
         yield _samples(gauge("celery_task_last_success_timestamp_seconds", labels),
                        t.last_success)
         yield _histogram("celery_task_runtime_seconds", labels, t.runtime)
@@ -170,6 +173,8 @@ class ExporterCollector(_CatalogueCollector):
             lag.add_metric([], router.lag)
         yield lag
         yield _samples(gauge("celery_vitals_tracked_tasks"), {(): len(tasks.tasks)})
+        yield _samples(counter("celery_vitals_heartbeats_missed_total"),
+                       {(): router.workers.heartbeats_missed})
         yield _samples(counter("celery_vitals_tracker_evictions_total"), tasks.evictions)
         yield _samples(counter("celery_vitals_unknown_uuid_events_total"),
                                tasks.unknown_uuid)
@@ -185,3 +190,74 @@ class ExporterCollector(_CatalogueCollector):
         build.add_metric([], {"version": __version__, "celery_version": celery.__version__,
                              "python_version": platform.python_version()})
         yield build
+
+
+class QueueCollector(_CatalogueCollector):
+    """Queues, dead-letter queues and the broker, from the poller's latest result.
+
+    celery_queue_length{queue_name="billing"} 1520.0
+    celery_queue_oldest_message_age_seconds{queue_name="billing"} 312.5
+    celery_dlq_length{queue_name="billing.dead"} 3.0
+    celery_broker_up 1.0
+    """
+
+    metric_names = tuple(name for name, spec in BY_NAME.items()
+                         if spec.group in ("queue", "broker"))
+    FACTS = ("celery_broker_memory_used_bytes", "celery_broker_memory_limit_bytes")
+
+    def __init__(self, poller: QueuePoller | None, tasks: TaskTracker, queue_names: LabelGuard,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.poller = poller
+        self.tasks = tasks
+        self.queue_names = queue_names
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        oldest = gauge("celery_queue_oldest_message_age_seconds")
+        now = self.clock()
+        for queue, sent_at in self.tasks.oldest_pending().items():
+            oldest.add_metric([queue], max(now - sent_at, 0.0))
+        yield oldest
+        if self.poller is not None:
+            yield from self._from_broker(self.poller)
+
+    def _from_broker(self, poller: QueuePoller) -> Iterator[Metric]:
+        length, unacked = gauge("celery_queue_length"), gauge("celery_queue_unacked")
+        consumers, exists = gauge("celery_queue_consumers"), gauge("celery_queue_exists")
+        oldest_unacked = gauge("celery_queue_oldest_unacked_age_seconds")
+        visibility = gauge("celery_queue_visibility_timeout_seconds")
+        dlq_length = gauge("celery_dlq_length")
+        facts = {name: gauge(name) for name in self.FACTS}
+        persistence = gauge("celery_broker_persistence_enabled")
+        broker = info("celery_broker_info")
+        result = poller.latest
+        if result is not None:
+            for queue in result.queues:
+                name = self.queue_names(queue.name)
+                if name == OTHER:
+                    continue  # past the cap: counted by the guard, never summed into one
+                if poller.is_dlq(queue.name, result.dead_letter_targets):
+                    if queue.ready is not None:
+                        dlq_length.add_metric([name], queue.ready)
+                    continue
+                exists.add_metric([name], 1 if queue.exists else 0)
+                for fam, value in ((length, queue.ready), (unacked, queue.unacked),
+                                   (consumers, queue.consumers),
+                                   (oldest_unacked, queue.oldest_unacked_age)):
+                    if value is not None:
+                        fam.add_metric([name], value)
+            if result.visibility_timeout is not None:
+                visibility.add_metric([], result.visibility_timeout)
+            for fact, fam in facts.items():
+                if fact in result.facts:
+                    fam.add_metric([], result.facts[fact])
+            for kind, enabled in result.persistence.items():
+                persistence.add_metric([kind], 1 if enabled else 0)
+            if result.info:
+                broker.add_metric([], dict(result.info))
+        yield from (length, unacked, consumers, exists, oldest_unacked, visibility, dlq_length)
+        yield _samples(counter("celery_dlq_ingress_total"), poller.dlq_ingress)
+        yield _samples(gauge("celery_broker_up"), {(): 1 if poller.up else 0})
+        yield _histogram("celery_broker_probe_duration_seconds", (), poller.durations)
+        yield _samples(counter("celery_broker_probe_errors_total"), poller.errors)
+        yield from (*facts.values(), persistence, broker)

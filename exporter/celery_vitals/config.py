@@ -57,6 +57,13 @@ class Config:
     enable_events_interval: float = 60.0
     event_queue_ttl: float = 5.0
     event_queue_expires: float = 60.0
+    event_queue_max_length: int = 100_000
+    queues: tuple[str, ...] = ()
+    dlqs: tuple[str, ...] = ()
+    queue_poll_interval: float = 15.0
+    queue_discovery_interval: float = 300.0
+    probe_timeout: float = 5.0
+    rabbitmq_management_url: str | None = None
     broker_transport_options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}))
 
@@ -67,7 +74,13 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """What the logs must never show."""
-        return url_passwords(self.broker_url)
+        return url_passwords(self.broker_url) + url_passwords(self.rabbitmq_management_url or "")
+
+    @property
+    def transport(self) -> str:
+        """redis or amqp: which queue probe applies."""
+        scheme = urlsplit(self.broker_url).scheme.split("+")[-1]
+        return "redis" if scheme in ("redis", "rediss", "sentinel") else "amqp"
 
 
 T = TypeVar("T")
@@ -162,6 +175,30 @@ def _broker_url(raw: str) -> str:
     return url
 
 
+def _names(values: Sequence[str] | str) -> tuple[str, ...]:
+    """Queue names or glob patterns, repeatable; in the environment, space-separated."""
+    names = values.split() if isinstance(values, str) else [str(v) for v in values]
+    for name in names:
+        if not name.strip() or len(name) > 200:
+            raise ValueError(f"expected a queue name (or glob) of 1 to 200 characters, "
+                             f"got {name!r}")
+    return tuple(dict.fromkeys(name.strip() for name in names))
+
+
+def _http_url(raw: str) -> str | None:
+    url = raw.strip()
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError on a non-numeric port
+    except ValueError:
+        raise ValueError(f"not a valid URL: {safe_url(url)!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s):// URL, got {safe_url(url)!r}")
+    return url
+
+
 def _transport_options(pairs: Sequence[str]) -> Mapping[str, Any]:
     if isinstance(pairs, str):  # one pair given programmatically
         pairs = pairs.split()
@@ -227,6 +264,19 @@ def build(raw: Mapping[str, Any]) -> Config:
                                 defaults.event_queue_ttl),
         event_queue_expires=seconds("--event-queue-expires", "event_queue_expires",
                                     defaults.event_queue_expires),
+        event_queue_max_length=count("--event-queue-max-length", "event_queue_max_length",
+                                     defaults.event_queue_max_length),
+        queues=c.parse("--queue", raw.get("queue", ()), _names, ()),
+        dlqs=c.parse("--dlq", raw.get("dlq", ()), _names, ()),
+        queue_poll_interval=seconds("--queue-poll-interval", "queue_poll_interval",
+                                    defaults.queue_poll_interval, allow_zero=True),
+        queue_discovery_interval=seconds("--queue-discovery-interval",
+                                         "queue_discovery_interval",
+                                         defaults.queue_discovery_interval),
+        probe_timeout=seconds("--probe-timeout", "probe_timeout", defaults.probe_timeout),
+        rabbitmq_management_url=c.parse("--rabbitmq-management-url",
+                                        raw.get("rabbitmq_management_url") or "",
+                                        _http_url, None),
         broker_transport_options=c.parse("--broker-transport-option",
                                          raw.get("broker_transport_option", ()),
                                          _transport_options, MappingProxyType({})),

@@ -99,7 +99,7 @@ class RateLimitedLogger:
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def warning(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+    def warn_every(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             last = self._last.get(key)

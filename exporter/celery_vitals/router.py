@@ -99,7 +99,7 @@ class EventRouter:
 
     def skip(self, reason: str, message: str, *args: object, exc_info: bool = False) -> None:
         self.count_skip(reason)
-        log.warning(reason, "skipped: " + message, *args, exc_info=exc_info)
+        log.warn_every(reason, "skipped: " + message, *args, exc_info=exc_info)
 
     def _on_worker_offline(self, event: Event, now: float) -> None:
         host = self.workers.on_offline(event, now)

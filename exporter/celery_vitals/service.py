@@ -10,10 +10,17 @@ from collections.abc import Callable, Mapping
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from celery_vitals.collectors import ExporterCollector, TaskCollector, WorkerCollector
+from celery_vitals.collectors import (
+    ExporterCollector,
+    QueueCollector,
+    TaskCollector,
+    WorkerCollector,
+)
 from celery_vitals.config import Config
 from celery_vitals.http import HttpServer, make_app
 from celery_vitals.labels import LabelGuard
+from celery_vitals.poller import QueuePoller
+from celery_vitals.probes import QueueProbe
 from celery_vitals.router import EventRouter
 from celery_vitals.stream import EventStream
 from celery_vitals.tasks import TaskTracker
@@ -32,6 +39,36 @@ def celery_app(config: Config) -> Celery:
         event_queue_expires=config.event_queue_expires,
     )
     return app
+
+
+def queue_poller(config: Config, app: Celery, queue_names: LabelGuard) -> QueuePoller | None:
+    """The broker's queue poller, with the probe for its transport (None: polling off)."""
+    if config.queue_poll_interval == 0:
+        return None
+    probe: QueueProbe
+    if config.transport == "redis":
+        from celery_vitals.probes.redis import RedisProbe
+
+        probe = RedisProbe(config.broker_url, config.broker_transport_options,
+                           timeout=config.probe_timeout)
+    else:
+        from celery_vitals.probes.amqp import AmqpProbe
+
+        probe = AmqpProbe(config.broker_url, config.broker_transport_options,
+                          timeout=config.probe_timeout,
+                          management_url=config.rabbitmq_management_url)
+    timeout = config.probe_timeout
+
+    def worker_queues() -> set[str]:
+        """Queues workers consume from: a broadcast, so only at discovery time."""
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+        return {queue["name"] for queues in replies.values() for queue in queues
+                if isinstance(queue, dict) and isinstance(queue.get("name"), str)}
+
+    return QueuePoller(probe, queues=config.queues, dlq_patterns=config.dlqs,
+                       interval=config.queue_poll_interval,
+                       discovery_interval=config.queue_discovery_interval,
+                       queue_names=queue_names, worker_queues=worker_queues)
 
 
 class EventsEnabler:
@@ -97,8 +134,13 @@ class Pipeline:
         self.stream_up: Callable[[], bool] = lambda: False
         self.reconnects: Callable[[], int] = lambda: 0
         self.enable_events: Callable[[], Mapping[str, int]] = dict
+        # the broker poller is plugged in by Exporter; without one, queue metrics come
+        # from events only
+        self.queue_collector = QueueCollector(None, self.tasks, self.guards["queue_name"],
+                                              clock=clock)
         if registry is not None:
             registry.register(TaskCollector(self.tasks))
+            registry.register(self.queue_collector)
             registry.register(WorkerCollector(self.workers, self.tasks, clock=clock))
             registry.register(ExporterCollector(
                 self.router, self.guards.values(),
@@ -120,7 +162,10 @@ class Exporter:
         router = pipeline.router
         self.stream = EventStream(self.app, router.handle, router.tick, router.count_skip,
                                   queue_ttl=config.event_queue_ttl,
-                                  queue_expires=config.event_queue_expires)
+                                  queue_expires=config.event_queue_expires,
+                                  queue_max_length=config.event_queue_max_length)
+        self.poller = queue_poller(config, self.app, pipeline.guards["queue_name"])
+        pipeline.queue_collector.poller = self.poller
         self.enabler = (EventsEnabler(self.app, config.enable_events_interval)
                         if config.enable_events else None)
         pipeline.stream_up = self.stream.connected.is_set
@@ -137,6 +182,8 @@ class Exporter:
         targets = [("events", self.stream.run)]
         if self.enabler is not None:
             targets.append(("enable-events", self.enabler.run))
+        if self.poller is not None:
+            targets.append(("queue-poller", self.poller.run))
         for name, target in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -146,6 +193,8 @@ class Exporter:
         self.stream.stop()
         if self.enabler is not None:
             self.enabler.stop()
+        if self.poller is not None:
+            self.poller.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         self.http.stop()

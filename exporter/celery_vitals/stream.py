@@ -49,6 +49,7 @@ class EventStream:
         *,
         queue_ttl: float,
         queue_expires: float,
+        queue_max_length: int | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         rng: Callable[[], float] = random.random,
@@ -59,6 +60,7 @@ class EventStream:
         self.on_skip = on_skip
         self.queue_ttl = queue_ttl
         self.queue_expires = queue_expires
+        self.queue_max_length = queue_max_length
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.rng = rng
@@ -108,6 +110,7 @@ class EventStream:
             exclusive=True,
             message_ttl=self.queue_ttl,
             expires=self.queue_expires,
+            max_length=self.queue_max_length,  # RabbitMQ drops the oldest beyond it
         )
 
     def _consume(self, connection: Connection) -> None:
@@ -129,7 +132,7 @@ class EventStream:
             body = message.decode()
         except Exception as error:
             self.on_skip("undecodable_body")
-            skip_log.warning("undecodable_body", "skipped: undecodable event message (%s: %s)",
+            skip_log.warn_every("undecodable_body", "skipped: undecodable event message (%s: %s)",
                              type(error).__name__, error)
             return
         self.on_body(body)

@@ -57,6 +57,7 @@ class Task:
         "hostname",
         "name",
         "next_queued",
+        "pending",
         "queue",
         "queued_at",
         "queued_retries",
@@ -78,6 +79,7 @@ class Task:
         # a retry published while the current attempt still runs: (retries, queued_at)
         self.next_queued: tuple[int, float | None] | None = None
         self.received = False
+        self.pending = False  # in TaskTracker.pending: sent, not received yet
         self.received_at: float | None = None
         self.retries = 0
         self.reserved_on: str | None = None  # worker holding it, received but not started
@@ -113,12 +115,15 @@ class TaskTracker:
         self._finished: OrderedDict[str, Task] = OrderedDict()
         self.queue_by_name: dict[str, str] = {}  # learned from task-sent
         self.reserved_by_host: dict[str, int] = {}
+        # per queue, tasks sent and not yet received, oldest first: uuid -> sent time
+        self.pending: dict[str, OrderedDict[str, float]] = {}
 
         self.sent: dict[Key, int] = {}
         self.received: dict[Key, int] = {}
         self.started: dict[Key, int] = {}
         self.succeeded: dict[Key, int] = {}
         self.failed: dict[Key, int] = {}  # key + (exception,)
+        self.failed_after_retries: dict[Key, int] = {}
         self.retried: dict[Key, int] = {}
         self.rejected: dict[Key, int] = {}  # key + (requeue,)
         self.revoked: dict[Key, int] = {}
@@ -165,8 +170,8 @@ class TaskTracker:
 
     def _track(self, uuid: str, task: Task) -> Task:
         if len(self.tasks) >= self.max_tasks:
-            _, oldest = self.tasks.popitem(last=False)
-            self._unreserve(oldest)
+            evicted, oldest = self.tasks.popitem(last=False)
+            self._release(evicted, oldest)
             self.evictions["capacity"] += 1
         self.tasks[uuid] = task
         return task
@@ -179,6 +184,18 @@ class TaskTracker:
         """A task first seen mid-life (exporter started late, or task-sent/received lost)."""
         self.unknown_uuid[event_type] = self.unknown_uuid.get(event_type, 0) + 1
         return self._new(self.names(UNKNOWN), now)
+
+    def _release(self, uuid: str, task: Task) -> None:
+        """The task no longer waits anywhere: not in its queue, not in a worker's prefetch."""
+        self._unreserve(task)
+        self._unpend(uuid, task)
+
+    def _unpend(self, uuid: str, task: Task) -> None:
+        if task.pending:
+            task.pending = False
+            queue = self.pending.get(task.queue)
+            if queue is not None:
+                queue.pop(uuid, None)
 
     def _unreserve(self, task: Task) -> None:
         host = task.reserved_on
@@ -204,7 +221,7 @@ class TaskTracker:
                 return None
             task = self._unknown(event_type, now)
         else:
-            self._unreserve(task)
+            self._release(uuid, task)
         self._finish(uuid, task)
         return uuid, task
 
@@ -224,6 +241,7 @@ class TaskTracker:
         if task is None:
             task = self._track(uuid, Task(name, queue, now))
         else:
+            self._unpend(uuid, task)  # before the queue may change
             task.name, task.queue = name, queue
         retries = _retries(event)
         queued_at = number(event.get("timestamp"))
@@ -236,6 +254,9 @@ class TaskTracker:
             task.next_queued = (retries, queued_at)
         else:
             task.queued_at, task.queued_retries = queued_at, retries
+        if queued_at is not None and not (task.received and retries <= task.retries):
+            task.pending = True
+            self.pending.setdefault(queue, OrderedDict())[uuid] = queued_at
         key = self._key(task, event)
         self.sent[key] = self.sent.get(key, 0) + 1
 
@@ -255,7 +276,7 @@ class TaskTracker:
                 redelivered = True
         else:
             redelivered = task.received and task.retries == retries
-            self._unreserve(task)
+            self._release(uuid, task)
         upcoming = task.next_queued
         if upcoming is not None and upcoming[0] == retries:
             task.queued_retries, task.queued_at = upcoming
@@ -280,7 +301,7 @@ class TaskTracker:
         task = self.tasks.get(uuid)
         if task is None:
             task = self._track(uuid, self._unknown("task-started", now))
-        self._unreserve(task)
+        self._release(uuid, task)
         key = self._key(task, event)
         self.started[key] = self.started.get(key, 0) + 1
         started_at = number(event.get("timestamp"))
@@ -315,8 +336,10 @@ class TaskTracker:
         if ended is None:
             return
         _, task = ended
-        key = (*self._key(task, event), self.exceptions(
-            exception_class(exception, event.get("traceback"))))
+        key = self._key(task, event)
+        if task.retries > 0:  # retried before, failed for good: on its way to a DLQ
+            self.failed_after_retries[key] = self.failed_after_retries.get(key, 0) + 1
+        key = (*key, self.exceptions(exception_class(exception, event.get("traceback"))))
         self.failed[key] = self.failed.get(key, 0) + 1
 
     def _fail_unregistered(self, event: Event, name: str, now: float) -> None:
@@ -332,7 +355,7 @@ class TaskTracker:
         if task is None:
             task = self._new(self.names(name), now)
         else:
-            self._unreserve(task)
+            self._release(uuid, task)
         self._finish(uuid, task)
         key = (*self._key(task, event), self.exceptions("NotRegistered"))
         self.failed[key] = self.failed.get(key, 0) + 1
@@ -358,7 +381,7 @@ class TaskTracker:
                 self._skip("missing_uuid")
                 return
             task = self.tasks.get(uuid) or self._track(uuid, self._unknown("task-rejected", now))
-            self._unreserve(task)
+            self._release(uuid, task)
         else:
             ended = self._terminal(event, "task-rejected", now)
             if ended is None:
@@ -388,7 +411,7 @@ class TaskTracker:
             if task.seen_at > cutoff:
                 break
             del tasks[uuid]
-            self._unreserve(task)
+            self._release(uuid, task)
             self.evictions["age"] += 1
 
     def release_host(self, host: str) -> None:
@@ -399,6 +422,16 @@ class TaskTracker:
             if task.reserved_on == host:
                 task.reserved_on = None
         self.reserved_by_host[host] = 0
+
+    def oldest_pending(self) -> dict[str, float]:
+        """Per queue, when its oldest task still waiting to be received was sent."""
+        oldest = {}
+        for queue, waiting in list(self.pending.items()):
+            try:
+                oldest[queue] = next(iter(waiting.values()))
+            except (StopIteration, RuntimeError):  # empty, or changed under our feet
+                continue
+        return oldest
 
     def forget_host(self, host: str) -> None:
         self.reserved_by_host.pop(host, None)

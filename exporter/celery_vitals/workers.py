@@ -21,6 +21,7 @@ class Worker:
         "active",
         "events_at_last",
         "events_at_previous",
+        "heartbeat_sent_at",
         "last_heartbeat",
         "load1",
         "online",
@@ -35,6 +36,7 @@ class Worker:
     def __init__(self, now: float) -> None:
         self.online = True
         self.last_heartbeat = now
+        self.heartbeat_sent_at: float | None = None  # worker clock, for gap detection
         self.active: float | None = None
         self.processed: float | None = None
         self.load1: float | None = None
@@ -54,6 +56,7 @@ class WorkerTracker:
         self.purge_after = purge_after
         self.hostnames = hostnames
         self.workers: dict[str, Worker] = {}
+        self.heartbeats_missed = 0
 
     def _worker(self, event: Event, now: float) -> tuple[str, Worker]:
         host = self.hostnames(event.get("hostname"))
@@ -65,11 +68,26 @@ class WorkerTracker:
     def on_online(self, event: Event, now: float) -> None:
         _, worker = self._worker(event, now)
         worker.starts += 1
+        worker.heartbeat_sent_at = None  # a (re)start: no gap to measure
         self._heartbeat(worker, event, now)
 
     def on_heartbeat(self, event: Event, now: float) -> None:
         _, worker = self._worker(event, now)
+        self._count_missed(worker, event)
         self._heartbeat(worker, event, now)
+
+    def _count_missed(self, worker: Worker, event: Event) -> None:
+        """Heartbeats come every `freq` seconds (worker clock): a longer gap means the
+        stream lost events (consumer too slow, TTL or buffer overflow, reconnect)."""
+        sent_at, freq = number(event.get("timestamp")), number(event.get("freq"))
+        previous = worker.heartbeat_sent_at
+        if sent_at is None:
+            return
+        worker.heartbeat_sent_at = sent_at
+        if previous is not None and freq is not None and freq > 0:
+            gap = sent_at - previous
+            if gap > 1.5 * freq:
+                self.heartbeats_missed += round(gap / freq) - 1
 
     def on_offline(self, event: Event, now: float) -> str:
         host, worker = self._worker(event, now)

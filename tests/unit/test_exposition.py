@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from dataclasses import replace
 import urllib.request
 from pathlib import Path
 
@@ -10,8 +11,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_vitals import catalogue
+from celery_vitals.probes import QueueStats
 from celery_vitals.http import HttpServer, make_app
 from tests.unit.conftest import Harness, event, lifecycle
+from tests.unit.test_poller import ScriptedProbe, redis_result, with_poller
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +38,15 @@ def busy_harness() -> Harness:
            event("task-sent", 2e9, uuid="u7", name="t", queue="celery"),
            event("task-started", uuid="u7"))
     h.pipeline.enable_events = lambda: {"ok": 1, "error": 0}
+    h.feed(event("task-sent", uuid="u8", name="t", queue="celery"),  # still in its queue
+           event("task-received", uuid="u9", name="t", retries=1),
+           event("task-failed", uuid="u9", exception="TimeoutError()"),
+           event("worker-heartbeat", ts=h.clock.now + 60, freq=2.0, active=0, processed=1))
+    last = redis_result(2)
+    last = replace(last, queues=(*last.queues, QueueStats("work", True, ready=0, consumers=2)))
+    poller = with_poller(h, ScriptedProbe(redis_result(1), ConnectionError(), last))
+    for _ in range(3):
+        poller.poll_once()
     return h
 
 
@@ -61,7 +73,8 @@ def test_docs_metrics_md_is_generated_from_the_catalogue() -> None:
 
 def test_catalogue_names_follow_prometheus_conventions() -> None:
     for spec in catalogue.SPECS:
-        assert spec.name.startswith(("celery_task_", "celery_worker_", "celery_vitals_"))
+        assert spec.name.startswith(("celery_task_", "celery_worker_", "celery_queue_",
+                                     "celery_dlq_", "celery_broker_", "celery_vitals_"))
         assert spec.name.endswith("_total") == (spec.type == "counter"), spec.name
         assert "uuid" not in spec.labels and "args" not in spec.labels
 

@@ -47,8 +47,8 @@ def test_rate_limited_logger_reports_how_many_it_held_back(caplog: pytest.LogCap
                                                            ) -> None:
     limited = logs.RateLimitedLogger(logging.getLogger("t"), interval=3600)
     for _ in range(5):
-        limited.warning("k", "bad event")
+        limited.warn_every("k", "bad event")
     assert [r.getMessage() for r in caplog.records] == ["bad event"]
     limited.interval = 0
-    limited.warning("k", "bad event")
+    limited.warn_every("k", "bad event")
     assert caplog.records[-1].getMessage() == "bad event (4 more like this in the last 0s)"

@@ -72,3 +72,15 @@ def test_idle_worker_is_not_flagged() -> None:
     h = Harness()
     h.feed(heartbeat(0, type_="worker-online"), heartbeat(0), heartbeat(0), heartbeat(0))
     assert h.value("celery_worker_task_events_missing", hostname="w1@host") == 0
+
+
+def test_gaps_between_heartbeats_count_as_missed_heartbeats() -> None:
+    h = Harness()
+    t = h.clock.now
+    h.feed({**heartbeat(0, type_="worker-online"), "timestamp": t})
+    for sent in (t + 2, t + 4, t + 10, t + 12.9, t + 14.9):  # 6, 8 lost; 12.9 is jitter
+        h.feed({**heartbeat(0), "timestamp": sent})
+    assert h.value("celery_vitals_heartbeats_missed_total") == 2
+    h.feed({**heartbeat(0, type_="worker-online"), "timestamp": t + 100})  # restart: no gap
+    h.feed({**heartbeat(0), "timestamp": t + 102})
+    assert h.value("celery_vitals_heartbeats_missed_total") == 2

@@ -1,0 +1,149 @@
+"""QueuePoller: polls a broker probe on its own thread and keeps the latest answer.
+
+A scrape reads ``latest`` (an immutable ProbeResult swapped in whole), so it
+never waits on the broker. The queue set is the configured queues, those the
+broker shows (discovery, every few minutes), and those workers consume from
+(``active_queues``, as rarely). Dead-letter queues are the ones matching
+``--dlq`` patterns plus those RabbitMQ says other queues dead-letter into.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from celery_vitals.histogram import Histograms
+from celery_vitals.labels import OTHER, LabelGuard
+from celery_vitals.logs import RateLimitedLogger
+from celery_vitals.probes import ProbeResult, QueueProbe
+
+log = RateLimitedLogger(logging.getLogger(__name__))
+
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Celery's own plumbing, never a task queue.
+_PLUMBING = ("celeryev.*", "*.celery.pidbox", "*.reply.celery.pidbox", "celery-vitals.*")
+
+
+def is_plumbing(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _PLUMBING)
+
+
+class QueuePoller:
+    def __init__(
+        self,
+        probe: QueueProbe,
+        *,
+        queues: Sequence[str],
+        dlq_patterns: Sequence[str],
+        interval: float,
+        discovery_interval: float,
+        queue_names: LabelGuard,
+        worker_queues: Callable[[], set[str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.probe = probe
+        self.configured = tuple(queues)
+        self.dlq_patterns = tuple(dlq_patterns)
+        self.interval = interval
+        self.discovery_interval = discovery_interval
+        self.queue_names = queue_names
+        self.worker_queues = worker_queues
+        self.clock = clock
+        self.latest: ProbeResult | None = None
+        self.up = False
+        self.errors: dict[str, int] = {}
+        self.durations = Histograms(PROBE_BUCKETS)
+        self.dlq_ingress: dict[str, int] = {}
+        self.dead_letter_queues: frozenset[str] = frozenset()
+        self._discovered: set[str] = set()
+        self._from_workers: set[str] = set()
+        self._next_discovery = 0.0
+        self._last_dlq: dict[str, tuple[int | None, int | None]] = {}  # (ready, published)
+        self._stopping = threading.Event()
+
+    # -- the queue set -----------------------------------------------------------
+
+    def queue_set(self) -> list[str]:
+        names = {*self.configured, *self._discovered, *self._from_workers}
+        return sorted(name for name in names if name and not is_plumbing(name))
+
+    def is_dlq(self, name: str, targets: Iterable[str] = ()) -> bool:
+        return name in targets or any(fnmatch.fnmatchcase(name, pattern)
+                                      for pattern in self.dlq_patterns)
+
+    def _discover(self, now: float) -> None:
+        if now < self._next_discovery:
+            return
+        self._next_discovery = now + self.discovery_interval
+        try:
+            self._discovered = self.probe.discover()
+        except Exception as error:
+            self._count_error(error, "queue discovery")
+        if self.worker_queues is not None:
+            try:
+                self._from_workers = self.worker_queues()
+            except Exception as error:  # a broadcast: workers may not answer
+                log.warn_every("active_queues", "asking workers for their queues failed "
+                            "(%s: %s)", type(error).__name__, error)
+
+    # -- one poll ----------------------------------------------------------------
+
+    def poll_once(self) -> None:
+        self._discover(self.clock())
+        started = time.perf_counter()
+        try:
+            result = self.probe.poll(self.queue_set())
+        except Exception as error:
+            self.up = False
+            self._count_error(error, "queue poll")
+            return
+        self.durations.observe((), time.perf_counter() - started)
+        self._count_dlq_ingress(result)
+        self.latest = result
+        self.up = True
+
+    def _count_error(self, error: Exception, what: str) -> None:
+        kind = type(error).__name__
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        log.warn_every(what, "%s failed (%s: %s)", what, kind, error)
+
+    def _count_dlq_ingress(self, result: ProbeResult) -> None:
+        """Ingress from the broker's publish counter where it has one, else depth growth."""
+        targets = result.dead_letter_targets
+        dlqs = set()
+        for queue in result.queues:
+            if not (queue.exists and self.is_dlq(queue.name, targets)):
+                continue
+            name = self.queue_names(queue.name)
+            if name == OTHER:
+                continue
+            dlqs.add(queue.name)
+            before = self._last_dlq.get(queue.name)
+            self._last_dlq[queue.name] = (queue.ready, queue.published_total)
+            self.dlq_ingress.setdefault(name, 0)
+            if before is None:
+                continue  # first sight: a baseline, not an ingress
+            ready_before, published_before = before
+            if queue.published_total is not None and published_before is not None:
+                entered = queue.published_total - published_before
+            elif queue.ready is not None and ready_before is not None:
+                entered = queue.ready - ready_before
+            else:
+                entered = 0
+            self.dlq_ingress[name] += max(entered, 0)
+        self.dead_letter_queues = frozenset(dlqs)
+
+    # -- the thread ---------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self.poll_once()
+            self._stopping.wait(self.interval)
+        self.probe.close()
+
+    def stop(self) -> None:
+        self._stopping.set()

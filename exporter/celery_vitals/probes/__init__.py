@@ -1,0 +1,59 @@
+"""Broker probes: queue depth, unacked messages, consumers and broker facts, polled in
+the background (never on the scrape path).
+
+A probe answers one poll with a ``ProbeResult`` of plain, immutable data; the
+QueuePoller keeps the latest one and the QueueCollector turns it into metric
+families at scrape time. One probe per transport: ``redis`` and ``amqp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One queue as the broker sees it. None: the broker does not tell (or not cheaply)."""
+
+    name: str
+    exists: bool
+    ready: int | None = None  # messages waiting for a consumer (all priority levels)
+    unacked: int | None = None  # delivered to a consumer, not acknowledged yet
+    consumers: int | None = None
+    oldest_unacked_age: float | None = None  # seconds since the oldest unacked delivery
+    published_total: int | None = None  # broker's own publish counter (RabbitMQ management)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    queues: tuple[QueueStats, ...] = ()
+    # queues the broker says others dead-letter into (RabbitMQ queue arguments)
+    dead_letter_targets: frozenset[str] = frozenset()
+    # numeric broker facts by metric name, e.g. {"celery_broker_memory_used_bytes": 1e6}
+    facts: Mapping[str, float] = field(default_factory=dict)
+    # labels of celery_broker_info, e.g. {"transport": "redis", "version": "7.0.15"}
+    info: Mapping[str, str] = field(default_factory=dict)
+    # persistence per kind (Redis: "rdb", "aof") -> enabled
+    persistence: Mapping[str, bool] = field(default_factory=dict)
+    visibility_timeout: float | None = None  # Redis transport option, for the unacked alert
+
+
+class QueueProbe(Protocol):
+    """What the poller needs from a transport-specific probe.
+
+    Both methods may raise any exception when the broker is unreachable; the
+    poller counts it, reports the broker down and tries again next interval.
+    They must not block longer than ``timeout`` seconds given at construction.
+    """
+
+    def discover(self) -> set[str]:
+        """Queue names the broker knows of (Redis binding keys, RabbitMQ management)."""
+        ...
+
+    def poll(self, queues: Iterable[str]) -> ProbeResult:
+        """Stats for these queues (absent ones with exists=False) and the broker's facts."""
+        ...
+
+    def close(self) -> None: ...

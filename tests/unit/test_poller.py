@@ -1,0 +1,144 @@
+"""QueuePoller and QueueCollector on a scripted probe (the real probes: integration tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from celery_vitals.poller import QueuePoller
+from celery_vitals.probes import ProbeResult, QueueStats
+from tests.unit.conftest import Harness, event
+
+
+class ScriptedProbe:
+    """Answers each poll with the next scripted result; an exception instance is raised."""
+
+    def __init__(self, *answers: ProbeResult | Exception, discovered: Iterable[str] = ()) -> None:
+        self.answers = list(answers)
+        self.discovered = set(discovered)
+        self.polled: list[list[str]] = []
+        self.closed = False
+
+    def discover(self) -> set[str]:
+        return set(self.discovered)
+
+    def poll(self, queues: Iterable[str]) -> ProbeResult:
+        self.polled.append(list(queues))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def with_poller(h: Harness, probe: ScriptedProbe, **options: object) -> QueuePoller:
+    poller = QueuePoller(probe, queues=("billing", "missing"), dlq_patterns=("*.dead",),
+                         interval=15, discovery_interval=300,
+                         queue_names=h.pipeline.guards["queue_name"],
+                         worker_queues=lambda: {"from-worker"}, **options)  # type: ignore[arg-type]
+    h.pipeline.queue_collector.poller = poller
+    return poller
+
+
+def redis_result(dead: int, billing: int = 7) -> ProbeResult:
+    return ProbeResult(
+        queues=(QueueStats("billing", True, ready=billing, unacked=2, oldest_unacked_age=42.0),
+                QueueStats("billing.dead", True, ready=dead),
+                QueueStats("missing", False)),
+        facts={"celery_broker_memory_used_bytes": 1e6, "celery_broker_memory_limit_bytes": 0},
+        info={"transport": "redis", "version": "7.0.15", "eviction_policy": "noeviction"},
+        persistence={"rdb": False, "aof": True},
+        visibility_timeout=3600.0,
+    )
+
+
+def test_queue_set_is_configured_plus_discovered_plus_workers_without_plumbing() -> None:
+    h = Harness()
+    probe = ScriptedProbe(redis_result(0), discovered={"celeryev.abc", "w1@h.celery.pidbox",
+                                                       "reports"})
+    with_poller(h, probe).poll_once()
+    assert probe.polled == [["billing", "from-worker", "missing", "reports"]]
+
+
+def test_queue_and_broker_metrics_from_the_latest_poll() -> None:
+    h = Harness()
+    with_poller(h, ScriptedProbe(redis_result(0))).poll_once()
+    q = {"queue_name": "billing"}
+    assert h.value("celery_queue_length", **q) == 7
+    assert h.value("celery_queue_unacked", **q) == 2
+    assert h.value("celery_queue_oldest_unacked_age_seconds", **q) == 42
+    assert h.value("celery_queue_consumers", **q) is None  # Redis cannot tell
+    assert h.value("celery_queue_exists", **q) == 1
+    assert h.value("celery_queue_exists", queue_name="missing") == 0
+    assert h.value("celery_queue_length", queue_name="missing") is None  # absent, not 0
+    assert h.value("celery_queue_visibility_timeout_seconds") == 3600
+    assert h.value("celery_dlq_length", queue_name="billing.dead") == 0
+    assert h.value("celery_queue_length", queue_name="billing.dead") is None
+    assert h.value("celery_broker_up") == 1
+    assert h.value("celery_broker_memory_used_bytes") == 1e6
+    assert h.value("celery_broker_persistence_enabled", kind="aof") == 1
+    assert h.value("celery_broker_persistence_enabled", kind="rdb") == 0
+    assert h.value("celery_broker_info", transport="redis", version="7.0.15",
+                   eviction_policy="noeviction") == 1
+    assert h.value("celery_broker_probe_duration_seconds_count") == 1
+
+
+def test_dlq_ingress_from_depth_increases_and_from_publish_counters() -> None:
+    h = Harness()
+    poller = with_poller(h, ScriptedProbe(redis_result(3), redis_result(5), redis_result(1),
+                                          redis_result(4)))
+    for _ in range(4):
+        poller.poll_once()
+    # baseline 3, then +2, drained to 1 (no ingress seen), then +3: a lower bound
+    assert h.value("celery_dlq_ingress_total", queue_name="billing.dead") == 5
+
+    counted = Harness()
+    amqp = [ProbeResult(queues=(QueueStats("work", True, ready=0, consumers=1),
+                                QueueStats("dlq", True, ready=depth, published_total=published)),
+                        dead_letter_targets=frozenset({"dlq"}))
+            for depth, published in ((0, 10), (3, 13), (0, 20))]
+    poller = with_poller(counted, ScriptedProbe(*amqp))
+    for _ in range(3):
+        poller.poll_once()
+    assert counted.value("celery_dlq_ingress_total", queue_name="dlq") == 10
+    assert counted.value("celery_dlq_length", queue_name="dlq") == 0
+    assert counted.value("celery_queue_consumers", queue_name="work") == 1
+
+
+def test_a_failing_poll_reports_the_broker_down_and_keeps_counting() -> None:
+    h = Harness()
+    poller = with_poller(h, ScriptedProbe(redis_result(0), ConnectionError("refused"),
+                                          ConnectionError("refused"), redis_result(0)))
+    poller.poll_once()
+    poller.poll_once()
+    assert h.value("celery_broker_up") == 0
+    assert h.value("celery_queue_length", queue_name="billing") == 7  # last known, not 0
+    poller.poll_once()
+    assert h.value("celery_broker_probe_errors_total", error="ConnectionError") == 2
+    poller.poll_once()
+    assert h.value("celery_broker_up") == 1
+
+
+def test_oldest_message_age_from_task_sent_events() -> None:
+    h = Harness()
+    now = h.clock.now
+    h.feed(event("task-sent", now - 30, uuid="u1", name="t", queue="billing"),
+           event("task-sent", now - 10, uuid="u2", name="t", queue="billing"),
+           event("task-sent", now - 5, uuid="u3", name="t", queue="reports"))
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") == 30
+    h.feed(event("task-received", uuid="u1", name="t"))
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") == 10
+    h.feed(event("task-revoked", uuid="u2"), event("task-received", uuid="u3", name="t"))
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") is None
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="reports") is None
+
+
+def test_queue_label_cap_applies_to_polled_queues() -> None:
+    # "celery" (the default queue) takes one slot, the DLQ one at poll time, billing one
+    h = Harness(max_queue_names=3)
+    with_poller(h, ScriptedProbe(redis_result(0))).poll_once()
+    assert h.value("celery_queue_length", queue_name="billing") == 7
+    assert h.value("celery_queue_exists", queue_name="missing") is None
+    assert h.value("celery_vitals_label_values_folded_total", label="queue_name",
+                   reason="cap") >= 1
