@@ -7,6 +7,7 @@ docker-compose and Helm need no flags. Values are validated together by
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -144,6 +145,7 @@ def serve(**options: Any) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    gc.freeze()  # start-up objects live forever: keep them out of every collection
     exporter.start()
     log.info("celery-vitals %s serving on http://%s:%d/metrics, broker %s", __version__,
              config.listen_host, exporter.http.port, config.safe_broker_url)

@@ -112,7 +112,8 @@ class TaskTracker:
         self.tasks: OrderedDict[str, Task] = OrderedDict()
         # finished uuids, bounded like the live map: dedup of terminal events, and the
         # name for a task-retried that arrives after the retry itself finished
-        self._finished: OrderedDict[str, Task] = OrderedDict()
+        # (a tuple of str, which the garbage collector does not track: cheap to keep)
+        self._finished: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.queue_by_name: dict[str, str] = {}  # learned from task-sent
         self.reserved_by_host: dict[str, int] = {}
         # per queue, tasks sent and not yet received, oldest first: uuid -> sent time
@@ -204,7 +205,7 @@ class TaskTracker:
             self.reserved_by_host[host] = self.reserved_by_host.get(host, 1) - 1
 
     def _finish(self, uuid: str, task: Task) -> None:
-        self._finished[uuid] = task
+        self._finished[uuid] = (task.name, task.queue)
         if len(self._finished) > self.max_tasks:
             self._finished.popitem(last=False)
 
@@ -367,9 +368,13 @@ class TaskTracker:
             return
         # The retry's new message can be received and finished before the worker
         # reports task-retried for the first attempt: look among finished tasks too.
-        task = self.tasks.get(uuid) or self._finished.get(uuid)
+        task = self.tasks.get(uuid)
         if task is None:
-            task = self._track(uuid, self._unknown("task-retried", now))
+            finished = self._finished.get(uuid)
+            if finished is not None:
+                task = Task(*finished, now)
+            else:
+                task = self._track(uuid, self._unknown("task-retried", now))
         key = self._key(task, event)
         self.retried[key] = self.retried.get(key, 0) + 1
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import urllib.error
-from dataclasses import replace
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_vitals import catalogue
-from celery_vitals.probes import QueueStats
 from celery_vitals.http import HttpServer, make_app
+from celery_vitals.probes import QueueStats
 from tests.unit.conftest import Harness, event, lifecycle
 from tests.unit.test_poller import ScriptedProbe, redis_result, with_poller
 
