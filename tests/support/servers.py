@@ -220,7 +220,6 @@ class RabbitMQServer:
         return self
 
     def _start_once(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "log").mkdir(exist_ok=True)
         self.port, self.dist_port = free_port(), free_port()
@@ -238,6 +237,24 @@ class RabbitMQServer:
         if self.management:
             self._run(_executable("rabbitmq-plugins", RABBITMQ_BIN / "rabbitmq-plugins"),
                       "--offline", "enable", "rabbitmq_management", timeout=60)
+        self._start_node(timeout)
+
+    def kill(self) -> None:
+        """The node dies at once (SIGKILL to its process group); epmd stays."""
+        if self.server is not None:
+            self.server.kill()
+        self.pid_file.unlink(missing_ok=True)
+
+    def restart(self, timeout: float = 60.0) -> RabbitMQServer:
+        """The node again, on the same ports, so clients find it where it was."""
+        if self.server is not None and self.server.running:
+            self.server.stop(timeout)
+        self.pid_file.unlink(missing_ok=True)
+        self._start_node(timeout)
+        return self
+
+    def _start_node(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         self.server = ManagedProcess(
             f"rabbitmq-server {self.node}",
             [_executable("rabbitmq-server", RABBITMQ_BIN / "rabbitmq-server")],

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection
-from redis.exceptions import ResponseError
 
 from celery_vitals.logs import RateLimitedLogger
 from celery_vitals.probes import ProbeResult, QueueStats
@@ -110,8 +109,9 @@ class _Unacked:
 class RedisProbe:
     """The QueueProbe of a Redis broker, through kombu's redis transport.
 
-    Not thread-safe by design beyond a lock: the poller calls it from one
-    thread; close() may come from another and waits for a running call.
+    One connection, opened on first use and dropped on any error (the next
+    call reconnects). A lock serialises calls: close() may come from another
+    thread than the poller's and then waits for the running call.
     """
 
     def __init__(self, broker_url: str, transport_options: Mapping[str, Any],
@@ -135,7 +135,7 @@ class RedisProbe:
         with self._lock:
             try:
                 channel = self._channel()
-                bindings = self._read_bindings(channel, time.monotonic() + self.timeout)
+                bindings = self._read_bindings(channel)
                 return {b.queue for b in bindings
                         if b.queue and not is_plumbing(b.exchange, b.queue)}
             except BaseException:
@@ -143,7 +143,11 @@ class RedisProbe:
                 raise
 
     def poll(self, queues: Iterable[str]) -> ProbeResult:
-        """Depth, unacked count and age per queue, and the broker's facts, in ~3 round trips."""
+        """Depth, unacked count and age per queue, and the broker's facts.
+
+        Round trips: the SCAN for binding keys (one per SCAN_COUNT keys),
+        one pipeline for everything else, one more for the unacked hash.
+        """
         with self._lock:
             try:
                 return self._poll(self._channel(), list(dict.fromkeys(queues)))
@@ -219,8 +223,8 @@ class RedisProbe:
                                "%.1fs; using the last complete scan as well", self.timeout / 2)
                 return frozenset(found | self._exchanges)
 
-    def _queue_bindings(self, channel: Any, pipe: Any, exchanges: Iterable[str]) -> list[str]:
-        """Queues SMEMBERS of each exchange's binding set on ``pipe``; returns the exchanges."""
+    def _pipe_bindings(self, channel: Any, pipe: Any, exchanges: Iterable[str]) -> list[str]:
+        """Adds an SMEMBERS of each exchange's binding set to ``pipe``, in the returned order."""
         ordered = sorted(exchanges)
         for exchange in ordered:
             pipe.smembers(self._key(channel, "SMEMBERS", channel.keyprefix_queue % (exchange,)))
@@ -234,17 +238,17 @@ class RedisProbe:
             for member in members or ():
                 parts = _text(member).split(sep)
                 if len(parts) != 3:  # a sep inside a name: kombu cannot route it either
-                    log.warn_every("redis_binding", "skipped binding %r of exchange %r: not "
-                                   "routing_key, pattern and queue joined by the separator",
-                                   _text(member), exchange)
+                    log.warn_every("redis_binding", "skipped binding %.200r of exchange "
+                                   "%.200r: not routing_key, pattern and queue joined by the "
+                                   "separator", _text(member), exchange)
                     continue
                 bindings.append(Binding(exchange, *parts))
         return bindings
 
-    def _read_bindings(self, channel: Any, deadline: float) -> list[Binding]:
+    def _read_bindings(self, channel: Any) -> list[Binding]:
         exchanges = self._scan_exchanges(channel, time.monotonic() + self.timeout / 2)
         pipe = channel.client.pipeline(transaction=False)
-        ordered = self._queue_bindings(channel, pipe, exchanges)
+        ordered = self._pipe_bindings(channel, pipe, exchanges)
         return self._parse_bindings(channel, ordered, pipe.execute())
 
     # -- poll ----------------------------------------------------------------------
@@ -255,14 +259,15 @@ class RedisProbe:
 
         # One round trip: bindings, INFO, CONFIG GET save, every list, the unacked index.
         pipe = channel.client.pipeline(transaction=False)
-        ordered = self._queue_bindings(channel, pipe, exchanges)
+        ordered = self._pipe_bindings(channel, pipe, exchanges)
         pipe.info()
         pipe.config_get("save")
         keys = {queue: self._queue_keys(channel, queue) for queue in queues}
         for queue_keys in keys.values():
             for key in queue_keys:
                 pipe.llen(key)
-        if ack_emulation:
+        read_unacked = ack_emulation and bool(queues)
+        if read_unacked:
             index = channel.unacked_index_key
             pipe.zcard(self._key(channel, "ZCARD", index))
             pipe.zrange(self._key(channel, "ZRANGE", index), 0, self.unacked_limit - 1,
@@ -281,11 +286,12 @@ class RedisProbe:
         lengths: dict[str, int] = {}
         position = 0
         for queue, queue_keys in keys.items():
-            lengths[queue] = sum(int(length) for length in rest[position:position + len(queue_keys)])
-            position += len(queue_keys)
+            end = position + len(queue_keys)
+            lengths[queue] = sum(int(length) for length in rest[position:end])
+            position = end
 
         unacked: dict[str, _Unacked] = {}
-        if ack_emulation:
+        if read_unacked:
             total, oldest_first = int(rest[position]), rest[position + 1]
             unacked = self._read_unacked(channel, oldest_first, bindings)
             if total > self.unacked_limit:
@@ -345,12 +351,14 @@ class RedisProbe:
     @staticmethod
     def _destinations(value: bytes, by_exchange: dict[str, list[Binding]]) -> set[str]:
         try:
-            _, exchange, routing_key = json.loads(value)
-        except (ValueError, TypeError):
+            entry = json.loads(value)
+        except ValueError:  # UnicodeDecodeError included
+            entry = None
+        if not (isinstance(entry, list) and len(entry) == 3):
             log.warn_every("redis_unacked_value", "skipped an unacked entry that is not "
                            "kombu's [message, exchange, routing_key]")
             return set()
-        exchange, routing_key = str(exchange or ""), str(routing_key or "")
+        exchange, routing_key = str(entry[1] or ""), str(entry[2] or "")
         if not exchange:
             return {routing_key} if routing_key else set()
         return {binding.queue for binding in by_exchange.get(exchange, ())

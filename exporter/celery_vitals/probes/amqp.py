@@ -1,0 +1,570 @@
+"""RabbitMQ queue probe: passive declares over AMQP, or the management HTTP API.
+
+AMQP alone can only answer a passive ``queue.declare``: ready messages and
+consumers, or 404 if the queue does not exist. Unacknowledged messages, queue
+arguments (who dead-letters where), counters and memory are only in the
+management API, so with a management URL one request lists every queue of the
+vhost and AMQP is used just for what the API cannot tell yet.
+
+What RabbitMQ 3.10 counts (checked on 3.10.8, see tests/integration/test_queues_amqp.py):
+
+- ``message_stats.publish`` of a queue counts only messages that *channels*
+  published into it. Dead-lettering is done by the source queue's process, not
+  by a channel, so dead-lettered messages never show up there (a DLQ fed only
+  by dead-lettering has no ``message_stats`` at all), nor in the dead-letter
+  exchange's stats; 3.10 has no per-queue dead-letter counter either.
+- ``backing_queue_status.next_seq_id`` of a classic queue is the sequence
+  number of the next message to enter the queue: +1 for every message
+  enqueued, published or dead-lettered; requeues do not move it. It is the
+  probe's ``published_total`` for classic queues. Caveat: after an unclean
+  node stop the recovered value is rounded up to an index segment boundary
+  (seen: 3 -> 2048), so no counter is reported for the first poll after the
+  queue's node restarted or the queue moved to another node; a clean restart
+  keeps it; a re-declared queue starts at 0 again (the poller ignores decreases).
+- Quorum and stream queues have no such counter: ``message_stats.publish``
+  is reported, except for dead-letter targets, where it would miss the
+  dead-lettered messages: None there, and the poller uses depth increases.
+- Statistics are refreshed every ``collect_statistics_interval`` (5 s by
+  default): a queue declared a moment ago is listed without counters, and the
+  probe asks AMQP for those. Counters from the management database (publish)
+  restart at zero when the node restarts.
+- ``?columns=`` works on 3.10, also for nested keys (``message_stats.publish``);
+  an unknown column yields ``[]`` per item, older servers ignore the parameter.
+
+Dead-letter routes come from queue arguments and policies; a queue with a
+message TTL is a delay queue (retry-with-backoff, Celery's native delayed
+delivery) whose expired messages go back to work queues on purpose: its
+route is not followed, or every work queue would count as a dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from kombu import Connection
+
+from celery_vitals.logs import RateLimitedLogger
+from celery_vitals.probes import ProbeResult, QueueStats
+
+log = logging.getLogger(__name__)
+
+TRANSPORT = "amqp"
+QUEUE_COLUMNS = ("name", "type", "node", "arguments", "effective_policy_definition",
+                 "messages_ready", "messages_unacknowledged", "consumers",
+                 "message_stats.publish", "backing_queue_status.next_seq_id")
+NODE_COLUMNS = ("name", "running", "uptime", "mem_used", "mem_limit")
+RESTART_TOLERANCE = 5.0  # seconds a node's boot time may wobble (request latency)
+# Share of a call's budget the management API may use: a hanging API must leave
+# time for the passive-declare fallback, or every poll would fail.
+MANAGEMENT_SHARE = 2 / 3
+
+# Celery's own plumbing: event queues, remote-control mailboxes and replies,
+# server-named queues, and kombu's native delayed delivery levels.
+_PLUMBING = re.compile(r"^(celeryev\.|amq\.)|\.celery\.pidbox$|^(.+_)?celery_delayed_\d+$")
+
+
+def is_plumbing(name: str) -> bool:
+    """Queues no task is ever routed to by name: never worth a series of their own."""
+    return bool(_PLUMBING.search(name))
+
+
+class ManagementError(Exception):
+    """The management API failed. The message names the path, never the credentials."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Deadline:
+    """One call's time budget: every wait gets what is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("broker probe ran out of time")
+        return remaining
+
+
+# -- dead-letter routing (pure: canned API JSON in, queue names out) -----------------
+
+
+@dataclass(frozen=True)
+class Binding:
+    destination: str
+    destination_type: str  # "queue" or "exchange"
+    routing_key: str
+
+
+@dataclass(frozen=True)
+class ExchangeInfo:
+    type: str
+    bindings: tuple[Binding, ...]
+
+
+def parse_bindings(document: Any) -> tuple[Binding, ...]:
+    """Bindings from ``/api/exchanges/<vhost>/<name>/bindings/source``."""
+    if not isinstance(document, list):
+        return ()
+    return tuple(Binding(str(item.get("destination", "")), str(item.get("destination_type", "")),
+                         str(item.get("routing_key", "")))
+                 for item in document if isinstance(item, dict))
+
+
+def dead_letter_route(queue: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """(exchange, routing key or None = the message's own) a queue dead-letters to.
+
+    Queue arguments win over policies, key and exchange separately (as in
+    RabbitMQ's rabbit_amqqueue_process). Delay queues (message TTL) are skipped:
+    expiring into a work queue is their purpose, not a failure.
+    """
+    arguments = queue.get("arguments")
+    policy = queue.get("effective_policy_definition")
+    arguments = arguments if isinstance(arguments, dict) else {}
+    policy = policy if isinstance(policy, dict) else {}
+    exchange = arguments.get("x-dead-letter-exchange", policy.get("dead-letter-exchange"))
+    if not isinstance(exchange, str):
+        return None
+    if "x-message-ttl" in arguments or "message-ttl" in policy:
+        return None
+    key = arguments.get("x-dead-letter-routing-key", policy.get("dead-letter-routing-key"))
+    return exchange, key if isinstance(key, str) else None
+
+
+def _words(key: str) -> list[str]:
+    return key.split(".") if key else []
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: ``*`` is exactly one word, ``#`` zero or more."""
+    pattern_words, key_words = _words(pattern), _words(key)
+    # reachable[j]: the pattern so far can consume the first j words of the key
+    reachable = [True] + [False] * len(key_words)
+    for word in pattern_words:
+        if word == "#":
+            for j in range(1, len(reachable)):
+                reachable[j] = reachable[j] or reachable[j - 1]
+        else:
+            reachable = [False] + [reachable[j - 1] and word in ("*", key_words[j - 1])
+                                   for j in range(1, len(reachable))]
+    return reachable[-1]
+
+
+def _binding_matches(exchange_type: str, binding_key: str, routing_key: str | None) -> bool:
+    if routing_key is None:  # the original key is unknown: any binding may match
+        return True
+    if exchange_type == "direct":
+        return binding_key == routing_key
+    if exchange_type == "topic":
+        return topic_matches(binding_key, routing_key)
+    return True  # fanout routes to all; headers and plugin types cannot be evaluated here
+
+
+def routed_queues(exchange: str, routing_key: str | None,
+                  lookup: Callable[[str], ExchangeInfo | None],
+                  _seen: set[str] | None = None) -> set[str]:
+    """Queues a message with this routing key reaches from ``exchange`` (exchange-to-exchange
+    bindings followed, cycles cut). An unknown key over-approximates: every bound queue."""
+    if exchange == "":  # the default exchange: the queue named by the key
+        return {routing_key} if routing_key else set()
+    seen = set() if _seen is None else _seen
+    if exchange in seen:
+        return set()
+    seen.add(exchange)
+    info = lookup(exchange)
+    if info is None:  # no such exchange: RabbitMQ drops the dead letters
+        return set()
+    found: set[str] = set()
+    for binding in info.bindings:
+        if not _binding_matches(info.type, binding.routing_key, routing_key):
+            continue
+        if binding.destination_type == "queue":
+            found.add(binding.destination)
+        elif binding.destination_type == "exchange":
+            found |= routed_queues(binding.destination, routing_key, lookup, seen)
+    return found
+
+
+def dead_letter_targets(queues: Iterable[Mapping[str, Any]],
+                        lookup: Callable[[str], ExchangeInfo | None]) -> frozenset[str]:
+    """Existing queues that some queue of the listing dead-letters into."""
+    listing = [queue for queue in queues if isinstance(queue.get("name"), str)]
+    existing = {queue["name"] for queue in listing}
+    cache: dict[str, ExchangeInfo | None] = {}
+
+    def cached(name: str) -> ExchangeInfo | None:
+        if name not in cache:
+            cache[name] = lookup(name)
+        return cache[name]
+
+    targets: set[str] = set()
+    for queue in listing:
+        route = dead_letter_route(queue)
+        if route is not None:
+            targets |= routed_queues(*route, cached)
+    return frozenset(targets & existing)
+
+
+# -- management API objects -> plain data ------------------------------------------------
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def has_stats(queue: Mapping[str, Any]) -> bool:
+    """Whether the listing already has this queue's numbers (not in its first seconds)."""
+    return _int(queue.get("messages_ready")) is not None
+
+
+def ingress_counter(queue: Mapping[str, Any], *, dead_letter_target: bool) -> int | None:
+    """Messages that entered the queue so far (see the module docstring for why)."""
+    backing = queue.get("backing_queue_status")
+    if isinstance(backing, dict) and _int(backing.get("next_seq_id")) is not None:
+        return _int(backing["next_seq_id"])
+    if dead_letter_target:
+        return None  # publish would miss exactly the messages that matter here
+    stats = queue.get("message_stats")
+    if not isinstance(stats, dict):
+        return 0  # no channel ever published into it (yet, since the node started)
+    return _int(stats.get("publish", 0))
+
+
+def queue_stats(queue: Mapping[str, Any], *, dead_letter_target: bool,
+                counter_valid: bool = True) -> QueueStats:
+    return QueueStats(
+        name=str(queue["name"]),
+        exists=True,
+        ready=_int(queue.get("messages_ready")),
+        unacked=_int(queue.get("messages_unacknowledged")),
+        consumers=_int(queue.get("consumers")),
+        published_total=(ingress_counter(queue, dead_letter_target=dead_letter_target)
+                         if counter_valid else None),
+    )
+
+
+def memory_facts(nodes: Any) -> dict[str, float]:
+    """Memory of the running node nearest its high watermark.
+
+    A memory alarm on any node blocks publishers in the whole cluster, so the
+    tightest node is the one that matters.
+    """
+    candidates = []
+    for node in nodes if isinstance(nodes, list) else []:
+        if not isinstance(node, dict) or node.get("running") is False:
+            continue
+        used, limit = _int(node.get("mem_used")), _int(node.get("mem_limit"))
+        if used is not None and limit:
+            candidates.append((used / limit, used, limit))
+    if not candidates:
+        return {}
+    _, used, limit = max(candidates)
+    return {"celery_broker_memory_used_bytes": float(used),
+            "celery_broker_memory_limit_bytes": float(limit)}
+
+
+# -- the HTTP client -----------------------------------------------------------------------
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the Authorization header to wherever it points."""
+
+    def redirect_request(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+class ManagementClient:
+    """GETs JSON from the RabbitMQ management API with basic auth and a deadline.
+
+    Credentials never go into a URL: urllib's errors and tracebacks mention
+    the URL, and those end up in logs.
+    """
+
+    def __init__(self, management_url: str, *, vhost: str, username: str, password: str) -> None:
+        parts = urlsplit(management_url)
+        if parts.username is not None:
+            username, password = unquote(parts.username), unquote(parts.password or "")
+        host = parts.netloc.rpartition("@")[2]
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        self.base = f"{parts.scheme or 'http'}://{host}{path}"
+        self.vhost = quote(vhost, safe="")
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self._opener = urllib.request.build_opener(_NoRedirects())
+        self.columns_supported = True
+
+    def get(self, path: str, deadline: _Deadline) -> Any:
+        request = urllib.request.Request(self.base + path, headers=self._headers)
+        shown = path.partition("?")[0]
+        try:
+            with self._opener.open(request, timeout=deadline.left()) as response:
+                chunks = []
+                while chunk := response.read(65536):
+                    chunks.append(chunk)
+                    deadline.left()
+        except urllib.error.HTTPError as error:
+            error.close()
+            raise ManagementError(f"GET /{shown} answered HTTP {error.code}",
+                                  status=error.code) from None
+        except urllib.error.URLError as error:
+            raise ManagementError(f"GET /{shown} failed: {_describe(error.reason)}") from None
+        except (OSError, TimeoutError) as error:
+            raise ManagementError(f"GET /{shown} failed: {_describe(error)}") from None
+        try:
+            return json.loads(b"".join(chunks))
+        except ValueError:
+            raise ManagementError(f"GET /{shown} did not answer JSON") from None
+
+    def queues(self, deadline: _Deadline, columns: Sequence[str] = QUEUE_COLUMNS
+               ) -> list[dict[str, Any]]:
+        """Every queue of the vhost in one request (full objects if ``columns`` is not
+        understood)."""
+        path = f"api/queues/{self.vhost}"
+        if self.columns_supported:
+            listing = self.get(f"{path}?columns={','.join(columns)}", deadline)
+            if isinstance(listing, list) and all(
+                    isinstance(item, dict) and "name" in item for item in listing):
+                return listing
+            self.columns_supported = False
+        listing = self.get(path, deadline)
+        if not isinstance(listing, list):
+            raise ManagementError(f"GET /{path} did not answer a list")
+        return [item for item in listing if isinstance(item, dict) and "name" in item]
+
+    def exchange(self, name: str, deadline: _Deadline) -> ExchangeInfo | None:
+        """Type and outgoing bindings of an exchange; None if it does not exist."""
+        path = f"api/exchanges/{self.vhost}/{quote(name, safe='')}"
+        try:
+            details = self.get(path, deadline)
+            bindings = self.get(f"{path}/bindings/source", deadline)
+        except ManagementError as error:
+            if error.status == 404:
+                return None
+            raise
+        kind = details.get("type") if isinstance(details, dict) else None
+        return ExchangeInfo(str(kind or ""), parse_bindings(bindings))
+
+
+def _describe(error: object) -> str:
+    return f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+
+
+# -- the probe -------------------------------------------------------------------------------
+
+
+class AmqpProbe:
+    """QueueProbe for RabbitMQ (see the module docstring for what each mode can tell).
+
+    Keeps one AMQP connection between polls; any failure on it drops it, so the
+    next call reconnects. Every call is bounded by ``timeout`` in total.
+    """
+
+    def __init__(self, broker_url: str, transport_options: Mapping[str, Any],
+                 timeout: float = 5.0, management_url: str | None = None) -> None:
+        self.broker_url = broker_url
+        self.timeout = timeout
+        options = dict(transport_options)
+        for name in ("read_timeout", "write_timeout"):  # SO_RCVTIMEO / SO_SNDTIMEO
+            given = options.get(name)
+            options[name] = min(given, timeout) if isinstance(given, int | float) else timeout
+        self.transport_options = options
+        self._log = RateLimitedLogger(log)
+        self._connection: Any = None
+        self._channel: Any = None
+        self._server_version = ""
+        self._last_targets: frozenset[str] = frozenset()
+        self._node_boot: dict[str, float] = {}  # node -> monotonic time it started
+        self._queue_node: dict[str, str] = {}
+        self.management: ManagementClient | None = None
+        if management_url:
+            parsed = Connection(broker_url)  # parses only; no network
+            password = parsed.password
+            self.management = ManagementClient(
+                management_url, vhost=parsed.virtual_host or "/",
+                username=parsed.userid or "guest",
+                password=password if isinstance(password, str) else "guest")
+
+    # -- QueueProbe ------------------------------------------------------------------
+
+    def discover(self) -> set[str]:
+        """Task queues of the vhost (management only: AMQP cannot list queues)."""
+        if self.management is None:
+            return set()
+        listing = self.management.queues(_Deadline(self.timeout), columns=("name",))
+        return {queue["name"] for queue in listing
+                if isinstance(queue["name"], str) and not is_plumbing(queue["name"])}
+
+    def poll(self, queues: Iterable[str]) -> ProbeResult:
+        names = [name for name in dict.fromkeys(queues) if name]
+        deadline = _Deadline(self.timeout)
+        if self.management is not None:
+            try:
+                return self._poll_management(self.management, names, deadline,
+                                             _Deadline(self.timeout * MANAGEMENT_SHARE))
+            except ManagementError as error:
+                self._log.warn_every(
+                    "amqp-management", "RabbitMQ management API failed (%s): polling queues "
+                    "with passive declares instead (no unacked counts)", error)
+        stats = self._passive(names, deadline)
+        return ProbeResult(queues=tuple(stats[name] for name in names if name in stats),
+                           dead_letter_targets=self._last_targets, info=self._info(""))
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # closing a broken connection: nothing left to do
+                connection.collect()
+
+    # -- management ------------------------------------------------------------------
+
+    def _poll_management(self, api: ManagementClient, names: Sequence[str],
+                         deadline: _Deadline, api_deadline: _Deadline) -> ProbeResult:
+        listing = api.queues(api_deadline)
+        nodes = api.get(f"api/nodes?columns={','.join(NODE_COLUMNS)}", api_deadline)
+        overview = api.get("api/overview?columns=rabbitmq_version", api_deadline)
+        targets = dead_letter_targets(listing, lambda name: api.exchange(name, api_deadline))
+        restarted = self._restarted_nodes(nodes)
+        by_name = {queue["name"]: queue for queue in listing}
+        previous_nodes, self._queue_node = self._queue_node, {}
+        found: dict[str, QueueStats] = {}
+        without_stats = []
+        for name in names:
+            queue = by_name.get(name)
+            if queue is None:
+                found[name] = QueueStats(name, exists=False)
+                continue
+            if not has_stats(queue):
+                without_stats.append(name)
+                continue
+            node = str(queue.get("node", ""))
+            moved = previous_nodes.get(name, node) != node
+            self._queue_node[name] = node
+            found[name] = queue_stats(queue, dead_letter_target=name in targets,
+                                      counter_valid=not moved and node not in restarted)
+        if without_stats:  # declared seconds ago: AMQP knows already
+            passive = self._passive(without_stats, deadline)
+            found.update({name: passive.get(name, QueueStats(name, exists=True))
+                          for name in without_stats})
+        self._last_targets = targets
+        version = overview.get("rabbitmq_version") if isinstance(overview, dict) else None
+        return ProbeResult(queues=tuple(found[name] for name in names if name in found),
+                           dead_letter_targets=targets, facts=memory_facts(nodes),
+                           info=self._info(version if isinstance(version, str) else ""))
+
+    def _restarted_nodes(self, nodes: Any) -> set[str]:
+        """Nodes that started since the previous poll: their queues' counters jumped."""
+        now = time.monotonic()
+        restarted = set()
+        for node in nodes if isinstance(nodes, list) else []:
+            if not isinstance(node, dict) or _int(node.get("uptime")) is None:
+                continue
+            name, booted = str(node.get("name")), now - node["uptime"] / 1000
+            previous = self._node_boot.get(name)
+            if previous is not None and booted > previous + RESTART_TOLERANCE:
+                restarted.add(name)
+            if previous is None or booted > previous + RESTART_TOLERANCE:
+                self._node_boot[name] = booted
+        return restarted
+
+    def _info(self, version: str) -> dict[str, str]:
+        return {"transport": TRANSPORT, "version": version or self._server_version,
+                "eviction_policy": ""}
+
+    # -- AMQP --------------------------------------------------------------------------
+
+    def _passive(self, names: Sequence[str], deadline: _Deadline) -> dict[str, QueueStats]:
+        """Passive declares on the kept connection; a stale one gets one fresh retry."""
+        if not names:
+            return {}
+        reused = self._connection is not None
+        try:
+            return self._declare_all(names, deadline)
+        except Exception:
+            self._drop()
+            if not reused:
+                raise
+        return self._declare_all(names, deadline)  # the broker may just have dropped us
+
+    def _declare_all(self, names: Sequence[str], deadline: _Deadline) -> dict[str, QueueStats]:
+        try:
+            connection = self._connect(deadline)
+            found: dict[str, QueueStats] = {}
+            for name in names:
+                stats = self._declare(connection, name, deadline)
+                if stats is not None:
+                    found[name] = stats
+            return found
+        except Exception:
+            self._drop()
+            raise
+
+    def _connect(self, deadline: _Deadline) -> Any:
+        if self._connection is None:
+            connection = Connection(self.broker_url, transport_options=self.transport_options,
+                                    connect_timeout=deadline.left())
+            try:
+                connection.ensure_connection(max_retries=0)  # retrying is the poller's job
+            except Exception:
+                connection.collect()
+                connection.maybe_switch_next()  # not shared; a failover list is honoured
+                raise
+            self._connection = connection
+            properties = getattr(connection.connection, "server_properties", None) or {}
+            version = properties.get("version", b"")
+            self._server_version = (version.decode(errors="replace")
+                                    if isinstance(version, bytes) else str(version))
+        return self._connection
+
+    def _declare(self, connection: Any, name: str, deadline: _Deadline) -> QueueStats | None:
+        """One queue; a missing one closes only the channel, and the next gets a new one."""
+        if self._channel is None or not getattr(self._channel, "is_open", True):
+            self._channel = connection.channel()
+        _bound_socket_waits(connection, deadline.left())
+        try:
+            _, ready, consumers = self._channel.queue_declare(queue=name, passive=True)
+        except connection.channel_errors as error:
+            if not getattr(self._channel, "is_open", False):
+                self._channel = None
+            code = getattr(error, "reply_code", None)
+            if code == 404:
+                return QueueStats(name, exists=False)
+            if code == 405:  # another connection's exclusive queue: it exists, numbers hidden
+                return QueueStats(name, exists=True)
+            # 403: not ours to see (permissions)
+            self._log.warn_every(f"amqp-declare-{getattr(error, 'reply_code', '')}",
+                                 "passive declare of queue %r refused (%s): not reported",
+                                 name, error)
+            return None
+        return QueueStats(name, exists=True, ready=int(ready), consumers=int(consumers))
+
+    def _drop(self) -> None:
+        """Forget the connection without talking to a broker that may be gone."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.collect()
+            except Exception as error:  # already half torn down
+                log.debug("dropping the AMQP connection: %s", _describe(error))
+
+
+def _bound_socket_waits(connection: Any, seconds: float) -> None:
+    """Makes the next socket waits end at the call's deadline (py-amqp's TCP socket)."""
+    transport = getattr(connection.connection, "transport", None)
+    sock = getattr(transport, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
