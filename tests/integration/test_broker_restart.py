@@ -7,8 +7,13 @@ resume from where they were (they never go backwards while the process lives).
 
 from __future__ import annotations
 
-import pytest
+import os
+import signal
 
+import pytest
+from redis import Redis
+
+from tests.support import events
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
 
@@ -67,3 +72,27 @@ def test_exporter_survives_broker_kill_and_restart(harness: Harness) -> None:
     assert counts(final) == dict.fromkeys(COUNTERS, 3.0 + 4.0)
     assert final.get("celery_worker_starts_total", hostname=fresh.hostname) == 1
     assert exporter.running and exporter.pid == pid  # reconnected, never restarted
+
+
+def test_redis_drops_a_slow_subscriber_and_the_exporter_reconnects(harness: Harness) -> None:
+    """Redis closes a pub/sub client whose output buffer overflows (32 MB by default):
+    the exporter must notice, reconnect and count it, with no restart of its own."""
+    redis = harness.redis()
+    exporter = harness.exporter(redis.url())
+    harness.sync_events(exporter, redis.url())
+    with Redis(port=redis.port) as admin:  # a small limit, so a small burst overflows it
+        admin.config_set("client-output-buffer-limit", "pubsub 64kb 32kb 1")
+    pid = exporter.pid
+    os.kill(pid, signal.SIGSTOP)  # the exporter stops reading; Redis buffers for it
+    try:
+        # more than the kernel's socket buffers can hide: ~24 MB
+        events.publish(redis.url(), [events.heartbeat("flood@test", padding="x" * 8192)
+                                     for _ in range(3000)])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    up = exporter.wait_for(lambda s: s.value("celery_vitals_event_stream_reconnects_total") >= 1
+                           and s.get("celery_vitals_event_stream_up") == 1,
+                           timeout=30, what="a reconnect after Redis dropped the subscriber")
+    assert up.get("celery_vitals_event_stream_reconnects_total") == 1
+    assert exporter.pid == pid
+    harness.sync_events(exporter, redis.url())  # and events flow again
