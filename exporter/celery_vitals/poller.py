@@ -24,8 +24,9 @@ log = RateLimitedLogger(logging.getLogger(__name__))
 
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# Celery's own plumbing, never a task queue.
-_PLUMBING = ("celeryev.*", "*.celery.pidbox", "*.reply.celery.pidbox", "celery-vitals.*")
+# Celery's own plumbing (events, remote control, native delayed delivery) and
+# server-named queues: never a task queue.
+_PLUMBING = ("celeryev.*", "*.pidbox", "celery-vitals.*", "celery_delayed_*", "amq.*")
 
 
 def is_plumbing(name: str) -> bool:

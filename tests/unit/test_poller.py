@@ -55,8 +55,9 @@ def redis_result(dead: int, billing: int = 7) -> ProbeResult:
 
 def test_queue_set_is_configured_plus_discovered_plus_workers_without_plumbing() -> None:
     h = Harness()
-    probe = ScriptedProbe(redis_result(0), discovered={"celeryev.abc", "w1@h.celery.pidbox",
-                                                       "reports"})
+    probe = ScriptedProbe(redis_result(0), discovered={
+        "celeryev.abc", "w1@h.celery.pidbox", "w1@h.reply.celery.pidbox", "celery_delayed_27",
+        "amq.gen-x1", "reports"})
     with_poller(h, probe).poll_once()
     assert probe.polled == [["billing", "from-worker", "missing", "reports"]]
 

@@ -18,16 +18,17 @@ What RabbitMQ 3.10 counts (checked on 3.10.8, see tests/integration/test_queues_
   enqueued, published or dead-lettered; requeues do not move it. It is the
   probe's ``published_total`` for classic queues. Caveat: after an unclean
   node stop the recovered value is rounded up to an index segment boundary
-  (seen: 3 -> 2048), so no counter is reported for the first poll after the
-  queue's node restarted or the queue moved to another node; a clean restart
-  keeps it; a re-declared queue starts at 0 again (the poller ignores decreases).
+  (seen: 3 -> 2048), so the first counter seen after the queue's node
+  restarted (node uptime went back) or the queue moved to another node is not
+  reported: it becomes the new baseline. A clean restart keeps the value; a
+  re-declared queue starts at 0 again (the poller ignores decreases).
 - Quorum and stream queues have no such counter: ``message_stats.publish``
   is reported, except for dead-letter targets, where it would miss the
   dead-lettered messages: None there, and the poller uses depth increases.
-- Statistics are refreshed every ``collect_statistics_interval`` (5 s by
-  default): a queue declared a moment ago is listed without counters, and the
-  probe asks AMQP for those. Counters from the management database (publish)
-  restart at zero when the node restarts.
+- The listing's numbers are refreshed about every 5 s (measured; lowering
+  ``collect_statistics_interval`` did not change it): a queue declared a
+  moment ago is listed without any numbers, and the probe asks AMQP for those.
+  Counters of the management database (publish) restart at zero with the node.
 - ``?columns=`` works on 3.10, also for nested keys (``message_stats.publish``);
   an unknown column yields ``[]`` per item, older servers ignore the parameter.
 
@@ -387,7 +388,9 @@ class AmqpProbe:
         self._server_version = ""
         self._last_targets: frozenset[str] = frozenset()
         self._node_boot: dict[str, float] = {}  # node -> monotonic time it started
-        self._queue_node: dict[str, str] = {}
+        # queue -> (node, its boot) when its counter was last reported: a counter is
+        # only comparable with the previous one within the same epoch
+        self._queue_epoch: dict[str, tuple[str, float | None]] = {}
         self.management: ManagementClient | None = None
         if management_url:
             parsed = Connection(broker_url)  # parses only; no network
@@ -438,9 +441,9 @@ class AmqpProbe:
         nodes = api.get(f"api/nodes?columns={','.join(NODE_COLUMNS)}", api_deadline)
         overview = api.get("api/overview?columns=rabbitmq_version", api_deadline)
         targets = dead_letter_targets(listing, lambda name: api.exchange(name, api_deadline))
-        restarted = self._restarted_nodes(nodes)
+        self._note_node_boots(nodes)
         by_name = {queue["name"]: queue for queue in listing}
-        previous_nodes, self._queue_node = self._queue_node, {}
+        previous, self._queue_epoch = self._queue_epoch, {}
         found: dict[str, QueueStats] = {}
         without_stats = []
         for name in names:
@@ -450,12 +453,14 @@ class AmqpProbe:
                 continue
             if not has_stats(queue):
                 without_stats.append(name)
+                if name in previous:
+                    self._queue_epoch[name] = previous[name]
                 continue
             node = str(queue.get("node", ""))
-            moved = previous_nodes.get(name, node) != node
-            self._queue_node[name] = node
+            epoch = (node, self._node_boot.get(node))
+            self._queue_epoch[name] = epoch
             found[name] = queue_stats(queue, dead_letter_target=name in targets,
-                                      counter_valid=not moved and node not in restarted)
+                                      counter_valid=previous.get(name, epoch) == epoch)
         if without_stats:  # declared seconds ago: AMQP knows already
             passive = self._passive(without_stats, deadline)
             found.update({name: passive.get(name, QueueStats(name, exists=True))
@@ -466,20 +471,16 @@ class AmqpProbe:
                            dead_letter_targets=targets, facts=memory_facts(nodes),
                            info=self._info(version if isinstance(version, str) else ""))
 
-    def _restarted_nodes(self, nodes: Any) -> set[str]:
-        """Nodes that started since the previous poll: their queues' counters jumped."""
+    def _note_node_boots(self, nodes: Any) -> None:
+        """When each node started (moves only when it restarts): the epoch of its counters."""
         now = time.monotonic()
-        restarted = set()
         for node in nodes if isinstance(nodes, list) else []:
             if not isinstance(node, dict) or _int(node.get("uptime")) is None:
                 continue
             name, booted = str(node.get("name")), now - node["uptime"] / 1000
             previous = self._node_boot.get(name)
-            if previous is not None and booted > previous + RESTART_TOLERANCE:
-                restarted.add(name)
             if previous is None or booted > previous + RESTART_TOLERANCE:
                 self._node_boot[name] = booted
-        return restarted
 
     def _info(self, version: str) -> dict[str, str]:
         return {"transport": TRANSPORT, "version": version or self._server_version,
@@ -532,9 +533,9 @@ class AmqpProbe:
 
     def _declare(self, connection: Any, name: str, deadline: _Deadline) -> QueueStats | None:
         """One queue; a missing one closes only the channel, and the next gets a new one."""
+        _bound_socket_waits(connection, deadline.left())
         if self._channel is None or not getattr(self._channel, "is_open", True):
             self._channel = connection.channel()
-        _bound_socket_waits(connection, deadline.left())
         try:
             _, ready, consumers = self._channel.queue_declare(queue=name, passive=True)
         except connection.channel_errors as error:
