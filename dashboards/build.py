@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as builders
@@ -73,6 +73,19 @@ def quantile(q: float, histogram: str, matchers: str, *labels: str) -> str:
     """A quantile of a catalogue histogram over ``$__rate_interval``, by ``labels``."""
     return (f"histogram_quantile({q}, sum{_by(('le', *labels))} "
             f"({rate(histogram + '_bucket', matchers)}))")
+
+
+def occurrences(metric: str, matchers: str, *labels: str) -> str:
+    """Events a counter counted in each ``$__rate_interval`` window, summed by ``labels``.
+
+    The exporter creates a labelled counter at its first increment, and
+    increase() needs two samples: alone it never shows a task's only failure.
+    A series that appeared within the window counts with its whole value.
+    """
+    series = f"{metric}{{{matchers}}}"
+    inner = (f"({series} unless {series} offset $__rate_interval) "
+             f"or increase({series}[$__rate_interval])")
+    return f"sum{_by(labels)} ({inner})" if labels else f"sum({inner})"
 
 
 def failure_ratio(*labels: str) -> str:
@@ -170,23 +183,8 @@ def single(pid: int, title: str, unit: str, *queries: Query, **options: Any) -> 
     return Panel(pid, "stat", title, unit, queries, **options)
 
 
-class _PanelBuilder(Protocol):
-    """What every SDK panel builder offers (each panel type has its own class)."""
-
-    def build(self) -> model.Panel: ...
-    def id(self, id_val: int) -> Self: ...
-    def title(self, title: str) -> Self: ...
-    def description(self, description: str) -> Self: ...
-    def datasource(self, datasource: model.DataSourceRef) -> Self: ...
-    def unit(self, unit: str) -> Self: ...
-    def span(self, w: int) -> Self: ...
-    def height(self, h: int) -> Self: ...
-    def min(self, min_val: float) -> Self: ...
-    def with_target(self, target: cog.Builder[Any]) -> Self: ...
-    def links(self, links: list[cog.Builder[model.DashboardLink]]) -> Self: ...
-    def data_links(self, links: list[cog.Builder[model.DashboardLink]]) -> Self: ...
-    def thresholds(self, thresholds: cog.Builder[model.ThresholdsConfig]) -> Self: ...
-    def mappings(self, mappings: list[model.ValueMapping]) -> Self: ...
+# Each panel type has its own SDK builder class, with the same common methods.
+PanelBuilder = timeseries.Panel | stat.Panel | table.Panel | statetimeline.Panel
 
 
 def _target(query: Query, ref: str) -> prometheus.Dataquery:
@@ -201,7 +199,7 @@ def _dashboard_url(uid: str) -> str:
     return f"/d/{uid}?${{__url_time_range}}&${{__all_variables}}"
 
 
-def _kind_builder(panel: Panel) -> _PanelBuilder:
+def _kind_builder(panel: Panel) -> PanelBuilder:
     if panel.kind == "timeseries":
         series = (timeseries.Panel()
                   .legend(common_builders.VizLegendOptions()
@@ -232,7 +230,7 @@ def _kind_builder(panel: Panel) -> _PanelBuilder:
     raise ValueError(f"unknown panel kind {panel.kind!r}")
 
 
-def render(panel: Panel) -> _PanelBuilder:
+def render(panel: Panel) -> PanelBuilder:
     """The SDK builder for ``panel``."""
     builder = (_kind_builder(panel).id(panel.id).title(panel.title).datasource(DATASOURCE)
                .unit(panel.unit).span(panel.width).height(panel.height))
@@ -243,6 +241,8 @@ def render(panel: Panel) -> _PanelBuilder:
     if panel.min is not None:
         builder = builder.min(panel.min)
     if panel.links:
+        # The SDK has one link type for dashboard and panel links; Grafana reads
+        # title/url/targetBlank of a panel link and ignores the other fields.
         builder = builder.links([
             builders.DashboardLink(link.title).type(model.DashboardLinkType.LINK)
             .url(_dashboard_url(link.uid)) for link in panel.links])
@@ -301,7 +301,7 @@ def variables() -> list[cog.Builder[model.VariableModel]]:
     ]
 
 
-def annotations() -> list[cog.Builder[model.AnnotationQuery]]:
+def annotation_queries() -> list[cog.Builder[model.AnnotationQuery]]:
     """Grafana's own annotations and alerts, and worker (re)starts from the exporter."""
     return [
         builders.AnnotationQuery().name("Annotations & Alerts").built_in(1).enable(True)
@@ -309,8 +309,7 @@ def annotations() -> list[cog.Builder[model.AnnotationQuery]]:
         .datasource(model.DataSourceRef(type_val="grafana", uid="-- Grafana --")),
         builders.AnnotationQuery().name("Worker starts").enable(True).hide(False)
         .icon_color("orange").datasource(DATASOURCE)
-        .expr(f"sum by (hostname) (increase(celery_worker_starts_total{{{WORKER}}}"
-              "[$__rate_interval])) > 0"),
+        .expr(f"{occurrences('celery_worker_starts_total', WORKER, 'hostname')} > 0"),
     ]
 
 
@@ -321,7 +320,7 @@ def build_dashboard(board: Board) -> builders.Dashboard:
                  .timezone("browser").tooltip(model.DashboardCursorSync.CROSSHAIR)
                  .timepicker(builders.TimePicker().refresh_intervals(
                      ["10s", "30s", "1m", "5m", "15m", "1h"]))
-                 .variables(variables()).annotations(annotations())
+                 .variables(variables()).annotations(annotation_queries())
                  .link(builders.DashboardLink("Celery dashboards")
                        .type(model.DashboardLinkType.DASHBOARDS).tags([TAG]).as_dropdown(False)
                        .keep_time(True).include_vars(True)))
@@ -335,7 +334,7 @@ def build_dashboard(board: Board) -> builders.Dashboard:
 # -- the dashboards ------------------------------------------------------------------
 
 FAILURE_RATIO_HELP = (
-    "failed / (succeeded + failed) per task over $__rate_interval. Retries are not "
+    "failed / (succeeded + failed) over $__rate_interval. Retries are not "
     "failures (see retry amplification); a task that only ever fails shows 100 %.")
 QUEUE_WAIT_HELP = (
     "Time from publication (or ETA) to the start of execution, from "
@@ -352,6 +351,8 @@ RUNTIME_HELP = "Execution time of successful tasks, from celery_task_runtime_sec
 PREFETCH_HELP = ("Time a worker held a task before starting it (received -> started): high "
                  "when long tasks block short ones prefetched behind them; lower "
                  "worker_prefetch_multiplier or use -O fair.")
+COUNT_HELP = (" Counted per $__rate_interval window (a series' first increment included, "
+              "which rate() would miss).")
 STARTS_HELP = ("worker-online events per worker: restarts in a loop mean OOM kills, crashes or "
                "max-tasks-per-child recycling.")
 
@@ -447,12 +448,12 @@ def overview() -> Board:
         ts(19, "Into dead-letter queues per second", "ops",
            Query(sum_rate("celery_dlq_ingress_total", DLQ, "queue_name"), "{{queue_name}}"),
            description=DLQ_INGRESS_HELP, width=6, links=(Link("Queues & DLQ", QUEUES),)),
-        ts(20, "Workers up", "short",
+        ts(20, "Workers up vs known", "short",
            Query(f"sum(celery_worker_up{{{WORKER}}})", "up"),
            Query(f"count(celery_worker_up{{{WORKER}}})", "known"),
            description="Workers sending heartbeats, and every worker the exporter knows.",
            width=6, min=0, links=(Link("Workers", WORKERS),)),
-        Panel(21, "table", "Celery alerts firing", "short",
+        Panel(21, "table", "Firing Celery alerts by name", "short",
               (Query(f"sum by (alertname, severity) ({ALERTS_FIRING})", instant=True),),
               description="Firing alerts named Celery*, by name and severity (value: how many "
                           "series fire). Each alert's runbook_url says what to do.",
@@ -499,10 +500,11 @@ def tasks() -> Board:
                        "healthy; a climbing value is a retry storm multiplying the load on "
                        "whatever the task depends on.", width=8, task_link=True,
            thresholds=((1, "orange"), (3, "red"))),
-        ts(8, "Failed after retries per second by task", "ops",
-           Query(sum_rate("celery_task_failed_after_retries_total", TASK, "name"), "{{name}}"),
+        ts(8, "Failed after retries by task", "short",
+           Query(occurrences("celery_task_failed_after_retries_total", TASK, "name"), "{{name}}"),
            description="Tasks that failed for good after at least one retry: retries "
-                       "exhausted. What comes before the dead-letter queue.", width=8,
+                       "exhausted. What comes before the dead-letter queue." + COUNT_HELP,
+           width=8,
            task_link=True),
     ))
     runtime = Row(103, "Runtime", (
@@ -522,24 +524,25 @@ def tasks() -> Board:
                        "schedule interval.", task_link=True),
     ))
     other = Row(104, "Other outcomes", (
-        ts(13, "Unregistered tasks (NotRegistered failures) per second", "ops",
-           Query(f'sum by (name) (rate(celery_task_failed_total{{{TASK}, '
-                 f'exception="NotRegistered"}}[$__rate_interval]))', "{{name}}"),
+        ts(13, "Unregistered tasks (NotRegistered failures)", "short",
+           Query(occurrences(FAILED, f'{TASK}, exception="NotRegistered"', "name"), "{{name}}"),
            description="Messages for task names no worker has registered: a deploy changed "
-                       "task names or signatures, or a worker runs old code.", width=6),
-        ts(14, "Rejected per second by task", "ops",
-           Query(sum_rate("celery_task_rejected_total", TASK, "name", "requeue"),
+                       "task names or signatures, or a worker runs old code." + COUNT_HELP,
+           width=6),
+        ts(14, "Rejected by task", "short",
+           Query(occurrences("celery_task_rejected_total", TASK, "name", "requeue"),
                  "{{name}} requeue={{requeue}}"),
-           description="requeue=false goes to the dead-letter route (or is dropped).", width=6),
-        ts(15, "Revoked and expired per second by task", "ops",
-           Query(sum_rate("celery_task_revoked_total", TASK, "name"), "{{name}} revoked"),
-           Query(sum_rate("celery_task_expired_total", TASK, "name"), "{{name}} expired"),
-           description="Expired tasks are a subset of revoked ones.", width=6),
-        ts(16, "Redelivered per second by task", "ops",
-           Query(sum_rate("celery_task_redelivered_total", TASK, "name"), "{{name}}"),
+           description="requeue=false goes to the dead-letter route (or is dropped)."
+                       + COUNT_HELP, width=6),
+        ts(15, "Revoked and expired by task", "short",
+           Query(occurrences("celery_task_revoked_total", TASK, "name"), "{{name}} revoked"),
+           Query(occurrences("celery_task_expired_total", TASK, "name"), "{{name}} expired"),
+           description="Expired tasks are a subset of revoked ones." + COUNT_HELP, width=6),
+        ts(16, "Redelivered by task", "short",
+           Query(occurrences("celery_task_redelivered_total", TASK, "name"), "{{name}}"),
            description="A second task-received with the same retry count: Redis visibility "
                        "timeout passed, or a worker was lost holding the task. With acks_late "
-                       "the task runs twice.", width=6,
+                       "the task runs twice." + COUNT_HELP, width=6,
            links=(Link("Queues & DLQ (unacked vs visibility timeout)", QUEUES),)),
     ))
     return Board(TASKS, "Celery / Tasks",
@@ -607,15 +610,17 @@ def queues() -> Board:
         ts(10, "Into dead-letter queues per second", "ops",
            Query(sum_rate("celery_dlq_ingress_total", DLQ, "queue_name"), "{{queue_name}}"),
            description=DLQ_INGRESS_HELP, width=6),
-        ts(11, "Failed after retries per second by task", "ops",
-           Query(sum_rate("celery_task_failed_after_retries_total", TASK, "name"), "{{name}}"),
-           description="Retries exhausted: the task-level signal that precedes dead letters.",
+        ts(11, "Failed after retries by task", "short",
+           Query(occurrences("celery_task_failed_after_retries_total", TASK, "name"), "{{name}}"),
+           description="Retries exhausted: the task-level signal that precedes dead letters."
+                       + COUNT_HELP,
            width=6, task_link=True),
-        ts(12, "Rejected without requeue per second by task", "ops",
-           Query(f'sum by (name) (rate(celery_task_rejected_total{{{TASK}, requeue="false"}}'
-                 '[$__rate_interval]))', "{{name}}"),
+        ts(12, "Rejected without requeue by task", "short",
+           Query(occurrences("celery_task_rejected_total", f'{TASK}, requeue="false"', "name"),
+                 "{{name}}"),
            description="Reject(requeue=False): the broker dead-letters the message (RabbitMQ "
-                       "with a dead-letter exchange) or drops it.", width=6, task_link=True),
+                       "with a dead-letter exchange) or drops it." + COUNT_HELP, width=6,
+           task_link=True),
     ))
     return Board(QUEUES, "Celery / Queues & DLQ",
                  "Queue depth, ingress vs egress, oldest message, drain time, consumers, "
@@ -661,9 +666,8 @@ def workers() -> Board:
            Query(f"max by (hostname) (celery_worker_load1{{{WORKER}}})", "{{hostname}}"),
            description="The worker host's one-minute load average, from heartbeats.", min=0),
         ts(8, "Starts and restarts by worker", "short",
-           Query(f"sum by (hostname) (increase(celery_worker_starts_total{{{WORKER}}}"
-                 "[$__rate_interval]))", "{{hostname}}"),
-           description=STARTS_HELP, min=0),
+           Query(occurrences("celery_worker_starts_total", WORKER, "hostname"), "{{hostname}}"),
+           description=STARTS_HELP + COUNT_HELP, min=0),
         ts(9, "Task events missing by worker", "short",
            Query(f"max by (hostname) (celery_worker_task_events_missing{{{WORKER}}})",
                  "{{hostname}}"),
@@ -722,9 +726,9 @@ def slow() -> Board:
            Query(f"max by (job) (celery_broker_memory_limit_bytes{{{JOB}}})", "limit"),
            description="Redis: used_memory and maxmemory (limit 0 = unlimited); RabbitMQ: "
                        "memory used and the high watermark.", width=6, min=0),
-        ts(12, "Broker poll errors per second by error", "ops",
-           Query(sum_rate("celery_broker_probe_errors_total", JOB, "error"), "{{error}}"),
-           description="Failed queue polls by error class.", width=6),
+        ts(12, "Broker poll errors by error", "short",
+           Query(occurrences("celery_broker_probe_errors_total", JOB, "error"), "{{error}}"),
+           description="Failed queue polls by error class." + COUNT_HELP, width=6),
     ))
     blind = Row(104, "5. The exporter's blind spots: is the picture complete?", (
         ts(13, "Event lag", "s",
@@ -752,19 +756,22 @@ def slow() -> Board:
            description="Unfinished tasks dropped from the uuid map (capacity: raise "
                        "--max-tracked-tasks; age: raise --max-task-age for long ETAs). Their "
                        "later events count under name=unknown.", width=6),
-        ts(17, "Events with an unknown uuid per second by type", "ops",
-           Query(sum_rate("celery_vitals_unknown_uuid_events_total", JOB, "type"), "{{type}}"),
+        ts(17, "Events with an unknown uuid by type", "short",
+           Query(occurrences("celery_vitals_unknown_uuid_events_total", JOB, "type"),
+                 "{{type}}"),
            description="Task events for a uuid the exporter never saw sent or received: it "
-                       "started late, or lost or evicted the first events.", width=6),
-        ts(18, "Label values folded into other per second", "ops",
-           Query(sum_rate("celery_vitals_label_values_folded_total", JOB, "label", "reason"),
+                       "started late, or lost or evicted the first events." + COUNT_HELP,
+           width=6),
+        ts(18, "Label values folded into other", "short",
+           Query(occurrences("celery_vitals_label_values_folded_total", JOB, "label", "reason"),
                  "{{label}} {{reason}}"),
            description="The cardinality guard replaced label values by 'other': raise the "
-                       "--max-* caps, or stop generating task or queue names dynamically.",
+                       "--max-* caps, or stop generating task or queue names dynamically."
+                       + COUNT_HELP, width=6),
+        ts(19, "Events skipped by reason", "short",
+           Query(occurrences("celery_vitals_events_skipped_total", JOB, "reason"), "{{reason}}"),
+           description="Events or message bodies the exporter could not use." + COUNT_HELP,
            width=6),
-        ts(19, "Events skipped per second by reason", "ops",
-           Query(sum_rate("celery_vitals_events_skipped_total", JOB, "reason"), "{{reason}}"),
-           description="Events or message bodies the exporter could not use.", width=6),
         ts(20, "Events received per second by type", "ops",
            Query(sum_rate("celery_vitals_events_total", JOB, "type"), "{{type}}"),
            description="No task-* types while workers are busy: task events are off.",

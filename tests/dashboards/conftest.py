@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.harness import Harness
 from tests.support.processes import STARTED
-from tests.support.prometheus_dash import PrometheusServer
+from tests.support.prometheus import PrometheusServer
 
 
 @pytest.hookimpl(wrapper=True)
@@ -31,7 +31,7 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def empty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A real Prometheus that scrapes nothing: it parses and evaluates queries."""
-    with PrometheusServer(Path(tmp_path_factory.mktemp("prometheus"))) as server:
+    with PrometheusServer(Path(tmp_path_factory.mktemp("prometheus")), {}) as server:
         yield server
 
 

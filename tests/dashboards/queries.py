@@ -111,7 +111,7 @@ def substitute(expr: str) -> str:
 def metric_names(expr: str) -> set[str]:
     """The metric names a PromQL expression selects (``__name__`` matchers included).
 
-    Strings, label matchers, ranges and by/on label lists are removed first;
+    Strings, label matchers, ranges, offsets and by/on label lists go first;
     what remains are functions (followed by "("), keywords, numbers and
     metric names.
     """
@@ -119,6 +119,7 @@ def metric_names(expr: str) -> set[str]:
     text = _STRING.sub('""', expr)
     text = re.sub(r"\{[^}]*\}", " ", text)
     text = RANGE.sub(" ", text)
+    text = re.sub(r"\boffset\s+-?[$\w]+", " ", text)
     text = _LABEL_LIST.sub(" ", text)
     for match in _IDENTIFIER.finditer(text):
         before = text[match.start() - 1] if match.start() else " "

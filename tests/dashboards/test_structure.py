@@ -1,0 +1,246 @@
+"""The committed dashboards' structure: uids, variables, datasource, units, ranges, ids, links."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests.dashboards.queries import (
+    RANGE,
+    RANGE_FUNCTIONS,
+    UIDS,
+    label_values,
+    load,
+    metric_names,
+    panel_exprs,
+    panels,
+)
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+UNITS = {"s", "short", "bytes", "percentunit", "ops"}
+TAG = "celery-vitals"
+# variable -> the label its values come from
+VARIABLE_LABELS = {"job": "job", "queue": "queue_name", "task": "name", "worker": "hostname"}
+
+
+def _variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+
+
+def test_the_five_dashboards_and_their_uids() -> None:
+    titles = {uid: load(uid)["title"] for uid in UIDS}
+    assert {uid: load(uid)["uid"] for uid in UIDS} == {uid: uid for uid in UIDS}
+    assert titles == {
+        "celery-vitals-overview": "Celery / Overview",
+        "celery-vitals-tasks": "Celery / Tasks",
+        "celery-vitals-queues": "Celery / Queues & DLQ",
+        "celery-vitals-workers": "Celery / Workers",
+        "celery-vitals-slow": "Celery / Celery is slow",
+    }
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_no_inputs_and_no_ds_placeholders(uid: str) -> None:
+    dashboard = load(uid)
+    text = json.dumps(dashboard)
+    assert "__inputs" not in dashboard
+    assert "__requires" not in dashboard
+    assert "${DS_" not in text
+    assert "id" not in dashboard  # an instance-local id would clash on import
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_datasource_and_filter_variables(uid: str) -> None:
+    variables = _variables(load(uid))
+    assert list(variables) == ["datasource", "job", "queue", "task", "worker"]
+    datasource = variables["datasource"]
+    assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
+    for name, label in VARIABLE_LABELS.items():
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["datasource"] == DATASOURCE
+        assert (variable["multi"], variable["includeAll"]) == (True, True)
+        assert variable["refresh"] == 2  # on time range change
+        assert variable["current"]["value"] == "$__all"
+        selector, values_of = label_values(variable["query"])
+        assert values_of == label
+        assert metric_names(selector), selector
+    # job's All lists the celery-vitals jobs; the others match anything (labels absent too)
+    assert "allValue" not in variables["job"]
+    assert [variables[name]["allValue"] for name in ("queue", "task", "worker")] == [".*"] * 3
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_every_panel_has_a_unit_the_datasource_variable_and_a_query(uid: str) -> None:
+    for panel in panels(load(uid)):
+        where = f"{uid} panel {panel['id']} {panel['title']!r}"
+        assert panel["fieldConfig"]["defaults"].get("unit") in UNITS, where
+        assert panel["datasource"] == DATASOURCE, where
+        assert panel["targets"], where
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, where
+            assert target["expr"].strip(), where
+        assert panel["title"].strip(), where
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_panels_with_derived_values_are_described(uid: str) -> None:
+    """Ratios, quantiles, estimates and stats say what they compute."""
+    for panel in panels(load(uid)):
+        exprs = " ".join(target["expr"] for target in panel["targets"])
+        derived = ("histogram_quantile" in exprs or " / " in exprs or "time()" in exprs
+                   or panel["type"] in ("stat", "table", "state-timeline"))
+        if derived:
+            assert panel.get("description", "").strip(), f"{uid}: {panel['title']}"
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_every_range_is_rate_interval(uid: str) -> None:
+    for expr in panel_exprs(uid):
+        ranges = RANGE.findall(expr.expr)
+        assert ranges == ["$__rate_interval"] * len(ranges), str(expr)
+        # one range per rate/irate/increase, and no range anywhere else (no subqueries)
+        assert len(ranges) == len(RANGE_FUNCTIONS.findall(expr.expr)), str(expr)
+        assert "$__interval" not in expr.expr and "$__range" not in expr.expr, str(expr)
+        offsets = re.findall(r"\boffset\s+(\S+?)\)?(?:\s|$)", expr.expr)
+        assert offsets == ["$__rate_interval"] * len(offsets), str(expr)
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_panel_titles_are_unique(uid: str) -> None:
+    titles = [panel["title"] for panel in panels(load(uid))]
+    assert len(titles) == len(set(titles))
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_ids_are_unique_and_panels_do_not_overlap(uid: str) -> None:
+    dashboard = load(uid)
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert all(isinstance(pid, int) and pid > 0 for pid in ids)
+    cells: dict[tuple[int, int], int] = {}
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for y in range(grid["y"], grid["y"] + grid["h"]):
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                assert (x, y) not in cells, f"{panel['id']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["id"]
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_links_to_the_other_dashboards(uid: str) -> None:
+    dashboard = load(uid)
+    assert TAG in dashboard["tags"]
+    (link,) = dashboard["links"]
+    assert (link["type"], link["tags"], link["keepTime"], link["includeVars"]) == (
+        "dashboards", [TAG], True, True)
+    for panel in panels(dashboard):
+        for panel_link in panel.get("links", []):
+            match = re.fullmatch(r"/d/([a-z-]+)\?\$\{__url_time_range\}&\$\{__all_variables\}",
+                                 panel_link["url"])
+            assert match is not None and match.group(1) in UIDS, panel_link["url"]
+            assert match.group(1) != uid
+        for data_link in panel["fieldConfig"]["defaults"].get("links", []):
+            assert data_link["url"].startswith("/d/celery-vitals-tasks?"), data_link
+            assert "var-task=${__field.labels.name}" in data_link["url"]
+
+
+def test_overview_links_to_every_other_dashboard() -> None:
+    targets = {re.match(r"/d/([a-z-]+)\?", link["url"]).group(1)  # type: ignore[union-attr]
+               for panel in panels(load("celery-vitals-overview"))
+               for link in panel.get("links", [])}
+    assert targets == set(UIDS) - {"celery-vitals-overview"}
+
+
+def _metrics(panel: dict[str, Any]) -> set[str]:
+    return {name for target in panel["targets"] for name in metric_names(target["expr"])}
+
+
+REQUIRED = {
+    "celery-vitals-overview": {
+        "celery_task_failed_total", "celery_task_succeeded_total",
+        "celery_task_queue_wait_seconds_bucket", "celery_queue_oldest_message_age_seconds",
+        "celery_dlq_length", "celery_dlq_ingress_total", "celery_worker_up",
+        "celery_broker_up", "celery_vitals_event_stream_up", "ALERTS"},
+    "celery-vitals-tasks": {
+        "celery_task_succeeded_total", "celery_task_failed_total", "celery_task_retried_total",
+        "celery_task_runtime_seconds_bucket", "celery_task_failed_after_retries_total"},
+    "celery-vitals-queues": {
+        "celery_queue_length", "celery_task_sent_total", "celery_task_received_total",
+        "celery_queue_oldest_message_age_seconds", "celery_queue_consumers",
+        "celery_queue_unacked", "celery_queue_oldest_unacked_age_seconds",
+        "celery_queue_visibility_timeout_seconds", "celery_dlq_length",
+        "celery_dlq_ingress_total", "celery_task_failed_after_retries_total",
+        "celery_task_rejected_total"},
+    "celery-vitals-workers": {
+        "celery_worker_up", "celery_worker_tasks_active", "celery_worker_tasks_reserved",
+        "celery_worker_last_heartbeat_timestamp_seconds", "celery_worker_load1",
+        "celery_worker_starts_total", "celery_worker_task_events_missing"},
+    "celery-vitals-slow": {
+        "celery_task_runtime_seconds_bucket", "celery_task_queue_wait_seconds_bucket",
+        "celery_task_prefetch_wait_seconds_bucket", "celery_broker_probe_duration_seconds_bucket",
+        "celery_broker_up", "celery_broker_memory_used_bytes", "celery_vitals_event_lag_seconds",
+        "celery_vitals_heartbeats_missed_total", "celery_vitals_tracker_evictions_total",
+        "celery_vitals_unknown_uuid_events_total", "celery_vitals_label_values_folded_total",
+        "celery_vitals_event_stream_up", "celery_vitals_event_stream_reconnects_total"},
+}
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_each_dashboard_shows_what_the_issue_asks(uid: str) -> None:
+    used = {name for panel in panels(load(uid)) for name in _metrics(panel)}
+    assert REQUIRED[uid] - used == set()
+
+
+def test_runtime_percentiles_p50_p95_p99() -> None:
+    for uid in ("celery-vitals-tasks", "celery-vitals-slow"):
+        quantiles = {re.search(r"histogram_quantile\(([0-9.]+)", target["expr"]).group(1)  # type: ignore[union-attr]
+                     for panel in panels(load(uid)) for target in panel["targets"]
+                     if "celery_task_runtime_seconds_bucket" in target["expr"]}
+        assert quantiles == {"0.5", "0.95", "0.99"}
+
+
+def test_a_total_throughput_panel_has_its_per_task_breakdown_beside_it() -> None:
+    """A sum over every task hides one task failing: the per-task panel is on the same line."""
+    task_counters = re.compile(r"celery_task_\w+_total")
+    checked = []
+    for uid in UIDS:
+        dashboard_panels = panels(load(uid))
+        for panel in dashboard_panels:
+            exprs = [target["expr"] for target in panel["targets"]]
+            totals = [e for e in exprs if task_counters.search(e) and "by (" not in e
+                      and "topk" not in e]
+            if panel["type"] != "timeseries" or not totals:
+                continue
+            counters = {name for e in totals for name in task_counters.findall(e)}
+            beside = [other for other in dashboard_panels
+                      if other is not panel and other["gridPos"]["y"] == panel["gridPos"]["y"]
+                      and any("by (name)" in t["expr"] and task_counters.search(t["expr"])
+                              for t in other["targets"])]
+            per_task = {name for other in beside for t in other["targets"]
+                        for name in task_counters.findall(t["expr"]) if "by (name)" in t["expr"]}
+            assert beside, f"{uid}: {panel['title']} stands alone"
+            assert counters & per_task, f"{uid}: {panel['title']}"
+            checked.append((uid, panel["title"]))
+    assert checked == [("celery-vitals-tasks", "All selected tasks: outcomes per second")]
+
+
+def test_slow_dashboard_follows_the_diagnosis_tree() -> None:
+    dashboard = load("celery-vitals-slow")
+    rows: list[tuple[str, set[str]]] = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            rows.append((panel["title"], set()))
+        else:
+            rows[-1][1].update(_metrics(panel))
+    assert [title.split(".")[0] for title, _ in rows] == ["1", "2", "3", "4", "5"]
+    runtime, queue_wait, prefetch, broker, blind = (metrics for _, metrics in rows)
+    assert "celery_task_runtime_seconds_bucket" in runtime
+    assert "celery_task_queue_wait_seconds_bucket" in queue_wait
+    assert "celery_task_prefetch_wait_seconds_bucket" in prefetch
+    assert {name.split("_")[1] for name in broker} == {"broker"}
+    assert all(name.startswith("celery_vitals_") for name in blind)
