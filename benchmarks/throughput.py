@@ -58,10 +58,7 @@ from typing import Any
 import kombu.utils.json
 
 from celery_vitals.config import Config, build
-from celery_vitals.labels import LabelGuard
-from celery_vitals.router import EventRouter
-from celery_vitals.tasks import TaskTracker
-from celery_vitals.workers import WorkerTracker
+from celery_vitals.service import Pipeline  # guards, trackers and router, no I/O
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -315,36 +312,6 @@ def _batch(tasks: int, timeline: list[tuple[float, int, int, dict[str, Any]]],
 def default_config() -> Config:
     """The configuration `celery-vitals serve` runs with when given no options."""
     return build({"broker_url": "redis://localhost:6379/0"})
-
-
-class Pipeline:
-    """Guards, trackers and router wired like service.Exporter wires them."""
-
-    def __init__(self, config: Config) -> None:
-        length = config.max_label_length
-        self.guards = {
-            "name": LabelGuard("name", config.max_task_names, length),
-            "queue_name": LabelGuard("queue_name", config.max_queue_names, length),
-            "exception": LabelGuard("exception", config.max_exception_names, length),
-            "task_hostname": LabelGuard("hostname", config.max_workers, length),
-            "worker_hostname": LabelGuard("hostname", config.max_workers, length),
-        }
-        self.tasks = TaskTracker(
-            max_tasks=config.max_tracked_tasks,
-            max_age=config.max_task_age,
-            default_queue=config.default_queue,
-            runtime_buckets=config.runtime_buckets,
-            wait_buckets=config.wait_buckets,
-            names=self.guards["name"],
-            queues=self.guards["queue_name"],
-            exceptions=self.guards["exception"],
-            hostnames=self.guards["task_hostname"],
-            hostname_label=config.task_hostname_label,
-        )
-        self.workers = WorkerTracker(timeout=config.worker_timeout,
-                                     purge_after=config.worker_purge_after,
-                                     hostnames=self.guards["worker_hostname"])
-        self.router = EventRouter(self.tasks, self.workers)
 
 
 def verify(pipeline: Pipeline, load: Workload) -> None:
