@@ -32,6 +32,8 @@ if sys.version_info < (3, 11):
     sys.exit(f"setup: celery-vitals needs Python 3.11 or newer, this is {sys.version.split()[0]}")
 PY
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# (pip's notes about package-index locations this machine does not have are noise)
+quiet_pip() { .venv/bin/python -m pip -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+quiet_pip install --upgrade pip >/dev/null
+quiet_pip install -e '.[test]'
 echo "setup: ready (.venv/bin/celery-vitals $(.venv/bin/celery-vitals --version | awk '{print $NF}'))"
