@@ -69,7 +69,8 @@ class QueuePoller:
     # -- the queue set -----------------------------------------------------------
 
     def queue_set(self) -> list[str]:
-        names = {*self.configured, *self._discovered, *self._from_workers}
+        named_dlqs = {p for p in self.dlq_patterns if not any(c in p for c in "*?[")}
+        names = {*self.configured, *named_dlqs, *self._discovered, *self._from_workers}
         return sorted(name for name in names if name and not is_plumbing(name))
 
     def is_dlq(self, name: str, targets: Iterable[str] = ()) -> bool:

@@ -62,6 +62,14 @@ def test_queue_set_is_configured_plus_discovered_plus_workers_without_plumbing()
     assert probe.polled == [["billing", "from-worker", "missing", "reports"]]
 
 
+def test_dlqs_named_without_a_glob_are_polled_without_being_configured_as_queues() -> None:
+    h = Harness()
+    probe = ScriptedProbe(redis_result(0))
+    QueuePoller(probe, queues=(), dlq_patterns=("orders.dead", "*.dlq"), interval=15,
+                discovery_interval=300, queue_names=h.pipeline.guards["queue_name"]).poll_once()
+    assert probe.polled == [["orders.dead"]]
+
+
 def test_queue_and_broker_metrics_from_the_latest_poll() -> None:
     h = Harness()
     with_poller(h, ScriptedProbe(redis_result(0))).poll_once()

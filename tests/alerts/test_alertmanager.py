@@ -1,0 +1,181 @@
+"""deploy/alertmanager.yml: valid for amtool, routes by severity, and its inhibitions hold
+in a real Alertmanager (Debian's prometheus-alertmanager) fed the alerts of each incident."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.alerts.rules import ALERTMANAGER_CONFIG, alert_names
+from tests.support.net import LOOPBACK, free_port, http_get, wait_until
+from tests.support.processes import ManagedProcess
+
+JOB = "celery-vitals"
+
+
+def executable(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: install Debian's prometheus-alertmanager "
+                    "(scripts/setup.sh)")
+    return found
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([executable("amtool"), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_amtool_check_config() -> None:
+    result = amtool("check-config", str(ALERTMANAGER_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+    assert " - 4 inhibit rules" in result.stdout
+    assert " - 3 receivers" in result.stdout
+
+
+@pytest.mark.parametrize(("severity", "receiver"),
+                         [("critical", "page"), ("warning", "ticket"), ("info", "null")])
+def test_routes_by_severity(severity: str, receiver: str) -> None:
+    result = amtool("config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+                    "alertname=CeleryQueueNotDraining", f"severity={severity}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receiver
+
+
+def test_inhibitions_name_real_alerts() -> None:
+    """Every alert name an inhibition matches exists in the rule file."""
+    text = ALERTMANAGER_CONFIG.read_text(encoding="utf-8")
+    for matcher in (line for line in text.splitlines() if "alertname=" in line):
+        pattern = matcher.split("alertname=", 1)[1].lstrip("~").strip("\"']")
+        for name in pattern.split("|"):
+            if not name.endswith(".*"):
+                assert name in alert_names(), name
+
+
+class Alertmanager:
+    """prometheus-alertmanager with deploy/alertmanager.yml on a free loopback port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.process = ManagedProcess(
+            f"alertmanager :{self.port}",
+            [executable("prometheus-alertmanager"), f"--config.file={ALERTMANAGER_CONFIG}",
+             f"--storage.path={directory / 'data'}",
+             f"--web.listen-address={LOOPBACK}:{self.port}", "--cluster.listen-address=",
+             "--log.level=warn"],
+            directory / "alertmanager.log")
+
+    def start(self) -> Alertmanager:
+        self.process.spawn()
+        wait_until(self.ready, timeout=20, what="alertmanager /-/ready",
+                   details=self.process.tail, interval=0.1)
+        return self
+
+    def ready(self) -> bool:
+        self.process.assert_running()
+        try:
+            return http_get(self.port, "/-/ready", timeout=1).status == 200
+        except OSError:
+            return False
+
+    def post(self, *alerts: dict[str, str]) -> None:
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        body = json.dumps([{"labels": {"job": JOB, **labels}, "startsAt": now}
+                           for labels in alerts])
+        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=5)
+        try:
+            connection.request("POST", "/api/v2/alerts", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+        finally:
+            connection.close()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        response = http_get(self.port, "/api/v2/alerts", timeout=5)
+        assert response.status == 200, response.text
+        result: list[dict[str, Any]] = json.loads(response.body)
+        return result
+
+    def states(self, key: Callable[[dict[str, str]], str]) -> dict[str, str]:
+        """key(labels) -> active | suppressed, for every alert it holds."""
+        return {key(alert["labels"]): alert["status"]["state"] for alert in self.alerts()}
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    manager = Alertmanager(tmp_path)
+    try:
+        yield manager.start()
+    finally:
+        manager.process.stop()
+
+
+def _by_subject(labels: dict[str, str]) -> str:
+    """alertname/what it is about: the queue, else the task, else its severity."""
+    subject = labels.get("queue_name") or labels.get("name") or labels["severity"]
+    return f"{labels['alertname']}/{subject}"
+
+
+def _settled(manager: Alertmanager, expected: dict[str, str],
+             key: Callable[[dict[str, str]], str] = _by_subject) -> None:
+    """Waits until the alerts' states (by ``key``) are exactly ``expected``."""
+    wait_until(lambda: manager.states(key) == expected, timeout=20, interval=0.2,
+               what=f"alert states {expected}", details=lambda: str(manager.states(key)))
+
+
+def test_broker_down_silences_queue_alerts(alertmanager: Alertmanager) -> None:
+    alertmanager.post(
+        {"alertname": "CeleryBrokerDown", "severity": "critical", "instance": "e:9808"},
+        {"alertname": "CeleryQueueNotDraining", "severity": "critical", "queue_name": "celery"},
+        {"alertname": "CeleryExporterEventStreamDown", "severity": "critical",
+         "instance": "e:9808"},
+        # not a queue alert: the broker does not explain it
+        {"alertname": "CeleryTaskFailureRateHigh", "severity": "warning",
+         "name": "orders.charge", "queue_name": "celery"})
+    _settled(alertmanager, {
+        "CeleryBrokerDown/critical": "active",
+        "CeleryQueueNotDraining/celery": "suppressed",
+        "CeleryExporterEventStreamDown/critical": "suppressed",
+        "CeleryTaskFailureRateHigh/celery": "active"})
+
+
+def test_blind_exporter_silences_absence_based_alerts(alertmanager: Alertmanager) -> None:
+    alertmanager.post(
+        {"alertname": "CeleryWorkerTaskEventsMissing", "severity": "critical",
+         "hostname": "w1@host"},
+        {"alertname": "CeleryQueueNoConsumers", "severity": "critical", "queue_name": "billing"},
+        {"alertname": "CeleryPeriodicTaskMissed", "severity": "warning",
+         "name": "reports.nightly"},
+        # seen, not inferred from silence: stays
+        {"alertname": "CeleryTaskRetryStorm", "severity": "warning", "name": "orders.sync",
+         "queue_name": "sync"})
+    _settled(alertmanager, {
+        "CeleryWorkerTaskEventsMissing/critical": "active",
+        "CeleryQueueNoConsumers/billing": "suppressed",
+        "CeleryPeriodicTaskMissed/reports.nightly": "suppressed",
+        "CeleryTaskRetryStorm/sync": "active"})
+
+
+def test_critical_silences_the_same_warning(alertmanager: Alertmanager) -> None:
+    alertmanager.post(
+        {"alertname": "CeleryTaskFailureRateHigh", "severity": "critical",
+         "name": "orders.charge", "queue_name": "celery"},
+        {"alertname": "CeleryTaskFailureRateHigh", "severity": "warning",
+         "name": "orders.charge", "queue_name": "celery"},
+        # the same alert for another task is another incident
+        {"alertname": "CeleryTaskFailureRateHigh", "severity": "warning",
+         "name": "orders.ship", "queue_name": "celery"})
+    _settled(alertmanager, {"orders.charge/critical": "active",
+                            "orders.charge/warning": "suppressed",
+                            "orders.ship/warning": "active"},
+             key=lambda labels: f"{labels['name']}/{labels['severity']}")

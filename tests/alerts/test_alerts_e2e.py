@@ -1,0 +1,241 @@
+"""End to end: the alert expressions on real exported data.
+
+A real Prometheus (Debian's binary, tests/support/prometheus.py) scrapes a
+real exporter every second; the exporter watches a real redis-server and real
+Celery workers (tests/support/alerts_app.py: the demo app plus a dead-lettering
+task and one that kills its pool process). The tests cause incidents and ask
+Prometheus, through its HTTP API, what each alert's expression returns: the
+exact label sets of the series that would fire.
+
+Prometheus loads the committed rule file with its windows shortened (WINDOWS:
+every ``[range]`` and ``offset`` in every recording and alerting rule), so
+that an incident shows within seconds. Thresholds, ``for`` durations and the
+expressions themselves are the committed ones; ``for`` does not matter here,
+as the expressions are evaluated directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.alerts.rules import RULES_PATH, alerts, rules
+from tests.support.harness import Harness
+from tests.support.metrics import Scrape
+from tests.support.net import LOOPBACK
+from tests.support.processes import ExporterProcess
+from tests.support.prometheus import Labels, PrometheusServer
+
+pytestmark = pytest.mark.integration
+
+JOB = "celery-vitals"
+APP = "tests.support.alerts_app"
+#: Every duration of the rule file -> the one used here.
+WINDOWS = {"5m": "45s", "10m": "20s", "15m": "60s", "30m": "60s", "6h": "20s"}
+DURATION = re.compile(r"(\[|offset )(\d+[smhdwy])")
+SETTLE = 40.0  # longest wait for an expression to give the expected answer
+
+
+def shortened(text: str) -> str:
+    """The rule file with each window replaced as WINDOWS says; every window must be there."""
+    def replace(match: re.Match[str]) -> str:
+        window = match.group(2)
+        assert window in WINDOWS, f"add {window} to WINDOWS"
+        return match.group(1) + WINDOWS[window]
+    return DURATION.sub(replace, text)
+
+
+def labels(**values: str) -> Labels:
+    return frozenset({"job": JOB, **values}.items())
+
+
+class Expressions:
+    """Alert expressions of the shortened rule file, evaluated by a real Prometheus."""
+
+    def __init__(self, prometheus: PrometheusServer, rules_path: Path) -> None:
+        self.prometheus = prometheus
+        self.exprs = {(rule.name, rule.labels["severity"]): rule.expr
+                      for rule in alerts(rules_path)}
+        self.names = {name for name, _ in self.exprs}
+
+    def expr(self, alert: str, severity: str | None = None) -> str:
+        found = [expr for (name, sev), expr in self.exprs.items()
+                 if name == alert and severity in (None, sev)]
+        assert len(found) == 1, f"{alert} {severity}: {len(found)} rules"
+        return found[0]
+
+    def fires(self, alert: str, *expected: Labels, severity: str | None = None) -> None:
+        """Waits until the alert's expression returns exactly ``expected`` label sets."""
+        self.prometheus.wait_for(self.expr(alert, severity), set(expected), timeout=SETTLE,
+                                 what=f"{alert} {severity or ''} to return {len(expected)} series")
+
+    def quiet(self, *names: str) -> None:
+        """Each alert's expression (every severity) returns nothing right now."""
+        for (name, severity), expr in self.exprs.items():
+            if name in names:
+                got = self.prometheus.query(expr)
+                assert got == [], f"{name} ({severity}) fires: {got}"
+
+
+#: What each task's completion looks like: its counter and the labels besides queue_name.
+FINISHED = {
+    "fail": ("celery_task_failed_total", {"name": "demo.fail", "exception": "ValueError"}),
+    "flaky": ("celery_task_succeeded_total", {"name": "demo.flaky"}),
+    "hopeless": ("celery_task_failed_after_retries_total", {"name": "alerts.hopeless"}),
+    "slow": ("celery_task_failed_total", {"name": "demo.slow", "exception": "TimeLimitExceeded"}),
+    "nonexistent": ("celery_task_failed_total",
+                    {"name": "demo.nonexistent", "exception": "NotRegistered"}),
+    "crash": ("celery_task_failed_total", {"name": "alerts.crash", "exception": "WorkerLostError"}),
+}
+
+
+def _wait_counts(exporter: ExporterProcess, what: str, **counts: int) -> None:
+    """Scrapes until the FINISHED counters of the named tasks have exactly these values."""
+    def done(scrape: Scrape) -> bool:
+        return all(scrape.value(FINISHED[task][0], queue_name="celery", **FINISHED[task][1])
+                   == count for task, count in counts.items())
+    exporter.wait_for(done, timeout=30, what=what)
+
+
+@pytest.fixture
+def rules_path(tmp_path: Path) -> Path:
+    path = tmp_path / "celery-vitals.rules.yml"
+    path.write_text(shortened(RULES_PATH.read_text(encoding="utf-8")), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def _started(harness: Harness, tmp_path: Path, rules_path: Path,
+             *exporter_args: str) -> Iterator[tuple[ExporterProcess, PrometheusServer]]:
+    """redis-server, the exporter, and Prometheus scraping it with every rule evaluated."""
+    exporter = harness.exporter(harness.redis().url(), *exporter_args)
+    with PrometheusServer(tmp_path / "prometheus", {JOB: [f"{LOOPBACK}:{exporter.port}"]},
+                          [rules_path]) as prometheus:
+        prometheus.wait_scraped(JOB)
+        health = prometheus.wait_rules_evaluated()
+        # every rule of the file loaded, and none failed to evaluate
+        assert set(health) == {f"{rule.group}/{rule.name}" for rule in rules(rules_path)}
+        assert set(health.values()) == {"ok"}, health
+        yield exporter, prometheus
+
+
+def test_task_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> None:
+    """Failure burst, retry storm, exhausted retries, time limit, lost worker, NotRegistered."""
+    with _started(harness, tmp_path, rules_path) as (exporter, prometheus):
+        worker = harness.worker("w1", exporter.broker_url, exporter=exporter, app=APP)
+        client = harness.client(exporter.broker_url)
+        alerts_ = Expressions(prometheus, rules_path)
+
+        # Warm-up: one of each, so that the counters exist before the burst and the
+        # burst is an increase (a counter's first sample is no increase to rate()).
+        client.send_task("demo.fail")
+        client.send_task("demo.flaky", args=(3,))
+        client.send_task("alerts.hopeless")
+        _wait_counts(exporter, "the warm-up tasks finished", fail=1, flaky=1, hopeless=1)
+        for stored in ('celery_task_failed_total{name="demo.fail"} == 1',
+                       'celery_task_succeeded_total{name="demo.flaky"} == 1',
+                       'celery_task_failed_after_retries_total{name="alerts.hopeless"} == 1'):
+            prometheus.wait_nonempty(stored, timeout=SETTLE, what=f"Prometheus: {stored}")
+        time.sleep(1.5)  # one more scrape at these values
+
+        # The incidents, spread over a few scrapes.
+        for _ in range(4):
+            for _ in range(5):
+                client.send_task("demo.fail")
+            for _ in range(3):
+                client.send_task("demo.flaky", args=(3,))
+            time.sleep(0.7)
+        for _ in range(2):
+            client.send_task("alerts.hopeless")
+        client.send_task("demo.slow", args=(3,))
+        client.send_task("demo.nonexistent")
+        client.send_task("alerts.crash")
+        _wait_counts(exporter, "every incident task finished", fail=21, flaky=13, hopeless=3,
+                     slow=1, nonexistent=1, crash=1)
+
+        # Rate-based first, while the burst is inside the 45 s window. Only the plain
+        # failure burst is a failure-rate incident: the time limit, the lost worker,
+        # NotRegistered and the exhausted retries have alerts of their own.
+        fail = labels(name="demo.fail", queue_name="celery")
+        alerts_.fires("CeleryTaskFailureRateHigh", fail, severity="warning")
+        alerts_.fires("CeleryTaskFailureRateHigh", fail, severity="critical")
+        alerts_.fires("CeleryTaskRetryStorm", labels(name="demo.flaky", queue_name="celery"),
+                      labels(name="alerts.hopeless", queue_name="celery"))
+        alerts_.fires("CeleryTaskRetriesExhausted",
+                      labels(name="alerts.hopeless", queue_name="celery"))
+        alerts_.fires("CeleryTaskTimeLimitExceeded", labels(
+            name="demo.slow", queue_name="celery", exception="TimeLimitExceeded"))
+        alerts_.fires("CeleryTaskNotRegistered",
+                      labels(name="demo.nonexistent", queue_name="celery"))
+        alerts_.fires("CeleryTaskWorkerLost", labels(name="alerts.crash", queue_name="celery"))
+        alerts_.quiet("CeleryTaskRedelivered", "CeleryWorkerDown", "CeleryWorkerFlapping",
+                      "CeleryWorkerTaskEventsMissing", "CeleryExporterEventStreamDown",
+                      "CeleryExporterDown", "CeleryExporterEventsLost",
+                      "CeleryExporterTrackerEvicting", "CeleryExporterLabelValuesFolded",
+                      "CeleryBrokerDown")
+        worker.assert_running()
+
+
+def test_queue_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> None:
+    """Dead letters, a misspelled queue, then stopped workers with a growing queue."""
+    with _started(harness, tmp_path, rules_path,
+                  "--queue-poll-interval", "0.5", "--queue", "celery",
+                  "--queue", "typo", "--queue", "dead", "--dlq", "dead") as (exporter, prometheus):
+        worker = harness.worker("w1", exporter.broker_url, exporter=exporter, app=APP)
+        client = harness.client(exporter.broker_url)
+        alerts_ = Expressions(prometheus, rules_path)
+
+        def polled(scrape: Scrape) -> bool:
+            return (scrape.get("celery_queue_length", queue_name="celery") == 0
+                    and scrape.get("celery_dlq_length", queue_name="dead") == 0)
+
+        try:
+            exporter.wait_for(polled, timeout=15, what="queue celery and DLQ dead polled")
+        except AssertionError as error:
+            pytest.skip("the exporter does not export celery_queue_length and "
+                        f"celery_dlq_length for configured queues yet: {error}")
+
+        # Incident 1, workers up: dead letters, and tasks routed to a queue nobody consumes.
+        for _ in range(3):
+            client.send_task("alerts.hopeless")
+        for _ in range(5):
+            client.send_task("demo.add", args=(1, 2), queue="typo")
+        for _ in range(3):
+            client.send_task("demo.add", args=(1, 2))
+        exporter.wait_for(
+            lambda s: (s.get("celery_dlq_length", queue_name="dead") == 3
+                       and s.get("celery_queue_length", queue_name="typo") == 5
+                       and s.value("celery_task_succeeded_total", name="demo.add",
+                                   queue_name="celery") == 3),
+            timeout=30, what="3 dead letters, 5 tasks in typo, 3 done from celery")
+        instance = f"{LOOPBACK}:{exporter.port}"
+        alerts_.fires("CeleryDeadLetterQueueGrowing", labels(queue_name="dead"))
+        alerts_.fires("CeleryQueueNoConsumers", labels(queue_name="typo"))
+        # the fixture's redis-server runs with --save "" --appendonly no
+        alerts_.fires("CeleryRedisBrokerNotPersistent", labels(instance=instance))
+        alerts_.quiet("CeleryQueueNotDraining", "CeleryQueueClimbing", "CeleryQueueSlowDrain",
+                      "CeleryWorkerDown", "CeleryBrokerDown",
+                      "CeleryQueueUnackedNearVisibilityTimeout")
+
+        # Incident 2: the worker stops (warm shutdown) and tasks keep coming.
+        worker.stop_gracefully()
+        for _ in range(10):
+            client.send_task("demo.add", args=(1, 2))
+        alerts_.fires("CeleryWorkerDown", labels(hostname=worker.hostname))
+        prometheus.wait_for('celery_queue_length{queue_name="celery"} == 10',
+                            {frozenset({"job": JOB, "instance": instance,
+                                        "queue_name": "celery"}.items())},
+                            timeout=SETTLE, what="10 tasks waiting in queue celery")
+        # Nothing received for the (shortened) no-drain window: queue celery does not
+        # drain; typo, with no worker up at all, is now the same case, not "no consumer".
+        alerts_.fires("CeleryQueueNotDraining", labels(queue_name="celery"),
+                      labels(queue_name="typo"))
+        alerts_.quiet("CeleryQueueNoConsumers", "CeleryQueueClimbing", "CeleryQueueSlowDrain",
+                      "CeleryQueueOldestMessageTooOld", "CeleryWorkerFlapping")
+        # the three dead letters stayed longer than the (shortened) window
+        alerts_.fires("CeleryDeadLetterQueueNotDrained", labels(queue_name="dead"))

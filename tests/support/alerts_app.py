@@ -1,0 +1,57 @@
+"""The demo app plus the incidents the alert tests need: dead letters and a lost worker.
+
+``alerts.hopeless`` retries until its retries are exhausted and then, as many
+Redis deployments do by hand (Redis has no dead-lettering), publishes the
+failed message to the dead-letter queue ``dead``. ``alerts.crash`` kills its
+own pool process, as the OOM killer would: Celery reports WorkerLostError.
+The worker declares ``dead`` (bound, empty) when it is ready, so the exporter
+sees the queue before the first dead letter and counts it as ingress.
+Broker from CELERY_BROKER_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from celery import Task, signals
+from demo.app import app
+from kombu import Exchange, Queue
+
+DEAD_LETTER_QUEUE = Queue("dead", Exchange("dead", type="direct"), routing_key="dead")
+
+
+class DeadLettering(Task):  # type: ignore[misc]  # celery is untyped
+    """A task whose final failure publishes its message to the dead-letter queue."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(
+                {"task": self.name, "id": task_id, "args": args, "kwargs": kwargs,
+                 "exception": type(exc).__name__},
+                exchange=DEAD_LETTER_QUEUE.exchange, routing_key="dead",
+                declare=[DEAD_LETTER_QUEUE], serializer="json", retry=True)
+
+
+@app.task(name="alerts.hopeless", base=DeadLettering, bind=True, max_retries=2,
+          default_retry_delay=0)
+def hopeless(self: Task) -> None:
+    """Retries twice, then fails with TimeoutError and is dead-lettered."""
+    raise self.retry(exc=TimeoutError("dependency never answers"), countdown=0)
+
+
+@app.task(name="alerts.crash")
+def crash() -> None:
+    """SIGKILLs its pool process: the task fails with WorkerLostError."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@signals.worker_ready.connect
+def declare_dead_letter_queue(**_: Any) -> None:
+    with app.connection_for_write() as connection:
+        DEAD_LETTER_QUEUE(connection.default_channel).declare()
+
+
+__all__ = ["app"]
