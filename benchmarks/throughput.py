@@ -797,7 +797,9 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
             url = stack.enter_context(_redis_server(workdir, unlimited_pubsub=full_speed))
         else:
             url = stack.enter_context(_rabbitmq_server(workdir))
-        queue_ttl = ["--event-queue-ttl", "3600"] if full_speed and broker == "amqp" else []
+        # at full speed the backlog is the point: lift the event queue's TTL and length cap
+        queue_ttl = (["--event-queue-ttl", "3600", "--event-queue-max-length", "100000000"]
+                     if full_speed and broker == "amqp" else [])
         http_port = _free_port()
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         exporter_log = stack.enter_context((workdir / "exporter.log").open("wb"))
