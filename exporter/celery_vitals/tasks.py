@@ -152,6 +152,21 @@ class TaskTracker:
             return (task.name, task.queue, self.hostnames(event.get("hostname")))
         return (task.name, task.queue)
 
+    def _uuid(self, event: Event) -> str | None:
+        """The event's task uuid; an event without one is a counted skip."""
+        uuid = event.get("uuid")
+        if type(uuid) is str:
+            return uuid
+        self._skip("missing_uuid")
+        return None
+
+    def _live(self, uuid: str, event_type: str, now: float) -> Task:
+        """The unfinished task with this uuid, tracked from now on if it was unknown."""
+        task = self.tasks.get(uuid)
+        if task is None:
+            task = self._track(uuid, self._unknown(event_type, now))
+        return task
+
     def _skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
@@ -211,9 +226,8 @@ class TaskTracker:
 
     def _terminal(self, event: Event, event_type: str, now: float) -> tuple[str, Task] | None:
         """The task a terminal event ends, or None for a duplicate or a bad event."""
-        uuid = event.get("uuid")
-        if type(uuid) is not str:
-            self._skip("missing_uuid")
+        uuid = self._uuid(event)
+        if uuid is None:
             return None
         task = self.tasks.pop(uuid, None)
         if task is None:
@@ -229,9 +243,8 @@ class TaskTracker:
     # -- event handlers (one per Celery task event type) -----------------------
 
     def on_sent(self, event: Event, now: float) -> None:
-        uuid = event.get("uuid")
-        if type(uuid) is not str:
-            self._skip("missing_uuid")
+        uuid = self._uuid(event)
+        if uuid is None:
             return
         name = self.names(event.get("name"))
         queue_field = event.get("queue")
@@ -262,9 +275,8 @@ class TaskTracker:
         self.sent[key] = self.sent.get(key, 0) + 1
 
     def on_received(self, event: Event, now: float) -> None:
-        uuid = event.get("uuid")
-        if type(uuid) is not str:
-            self._skip("missing_uuid")
+        uuid = self._uuid(event)
+        if uuid is None:
             return
         retries = _retries(event)
         task = self.tasks.get(uuid)
@@ -295,13 +307,10 @@ class TaskTracker:
             self.redelivered[key] = self.redelivered.get(key, 0) + 1
 
     def on_started(self, event: Event, now: float) -> None:
-        uuid = event.get("uuid")
-        if type(uuid) is not str:
-            self._skip("missing_uuid")
+        uuid = self._uuid(event)
+        if uuid is None:
             return
-        task = self.tasks.get(uuid)
-        if task is None:
-            task = self._track(uuid, self._unknown("task-started", now))
+        task = self._live(uuid, "task-started", now)
         self._release(uuid, task)
         key = self._key(task, event)
         self.started[key] = self.started.get(key, 0) + 1
@@ -345,9 +354,8 @@ class TaskTracker:
 
     def _fail_unregistered(self, event: Event, name: str, now: float) -> None:
         """NotRegistered: the worker sends task-failed and nothing before it."""
-        uuid = event.get("uuid")
-        if type(uuid) is not str:
-            self._skip("missing_uuid")
+        uuid = self._uuid(event)
+        if uuid is None:
             return
         if uuid in self._finished:
             self._skip("duplicate_terminal")
@@ -362,9 +370,8 @@ class TaskTracker:
         self.failed[key] = self.failed.get(key, 0) + 1
 
     def on_retried(self, event: Event, now: float) -> None:
-        uuid = event.get("uuid")
-        if type(uuid) is not str:
-            self._skip("missing_uuid")
+        uuid = self._uuid(event)
+        if uuid is None:
             return
         # The retry's new message can be received and finished before the worker
         # reports task-retried for the first attempt: look among finished tasks too.
@@ -381,11 +388,10 @@ class TaskTracker:
     def on_rejected(self, event: Event, now: float) -> None:
         requeue = event.get("requeue") is True
         if requeue:  # the message goes back to the queue: the task lives on
-            uuid = event.get("uuid")
-            if type(uuid) is not str:
-                self._skip("missing_uuid")
+            uuid = self._uuid(event)
+            if uuid is None:
                 return
-            task = self.tasks.get(uuid) or self._track(uuid, self._unknown("task-rejected", now))
+            task = self._live(uuid, "task-rejected", now)
             self._release(uuid, task)
         else:
             ended = self._terminal(event, "task-rejected", now)
