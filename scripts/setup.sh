@@ -36,4 +36,5 @@ PY
 quiet_pip() { .venv/bin/python -m pip -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 quiet_pip install --upgrade pip >/dev/null
 quiet_pip install -e '.[test]'
+bash scripts/tools.sh  # docker-compose and helm for tests/deploy
 echo "setup: ready (.venv/bin/celery-vitals $(.venv/bin/celery-vitals --version | awk '{print $NF}'))"

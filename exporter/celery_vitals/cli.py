@@ -78,6 +78,9 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--rabbitmq-management-url", "URL", None,
      "RabbitMQ management API, e.g. http://user:pw@rabbit:15672/, for unacked counts, "
      "publish counters and dead-letter routes."),
+    ("--web-config-file", "PATH", None,
+     "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
+     "(tls_server_config, basic_auth_users with bcrypt hashes)."),
 ]
 
 
@@ -147,8 +150,10 @@ def serve(**options: Any) -> None:
         signal.signal(signum, lambda *_: stop.set())
     gc.freeze()  # start-up objects live forever: keep them out of every collection
     exporter.start()
-    log.info("celery-vitals %s serving on http://%s:%d/metrics, broker %s", __version__,
-             config.listen_host, exporter.http.port, config.safe_broker_url)
+    web = config.web_config
+    log.info("celery-vitals %s serving on %s://%s:%d/metrics%s, broker %s", __version__,
+             web.scheme if web else "http", config.listen_host, exporter.http.port,
+             " (basic auth)" if web and web.users else "", config.safe_broker_url)
     stop.wait()
     log.info("shutting down")
     exporter.stop()

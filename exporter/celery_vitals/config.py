@@ -12,10 +12,13 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from celery_vitals.logs import safe_url, url_passwords
+
+if TYPE_CHECKING:
+    from celery_vitals.webconfig import WebConfig
 
 BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -66,6 +69,7 @@ class Config:
     rabbitmq_management_url: str | None = None
     broker_transport_options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}))
+    web_config: WebConfig | None = None
 
     @property
     def safe_broker_url(self) -> str:
@@ -215,6 +219,15 @@ def _transport_options(pairs: Sequence[str]) -> Mapping[str, Any]:
     return MappingProxyType(options)
 
 
+def _web_config(raw: str) -> WebConfig | None:
+    """TLS and basic auth, read and checked now (certificate loaded, hashes parsed)."""
+    if not raw.strip():
+        return None
+    from celery_vitals.webconfig import load  # bcrypt and ssl: only when used
+
+    return load(raw.strip())
+
+
 def build(raw: Mapping[str, Any]) -> Config:
     """A Config from raw option strings (CLI or environment); raises ConfigError."""
     c = _Collector()
@@ -280,6 +293,8 @@ def build(raw: Mapping[str, Any]) -> Config:
         broker_transport_options=c.parse("--broker-transport-option",
                                          raw.get("broker_transport_option", ()),
                                          _transport_options, MappingProxyType({})),
+        web_config=c.parse("--web-config-file", str(raw.get("web_config_file") or ""),
+                           _web_config, None),
     )
     if not config.default_queue:
         c.problems.append("--default-queue: must not be empty")

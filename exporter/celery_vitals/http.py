@@ -8,10 +8,12 @@ the broker.
 from __future__ import annotations
 
 import html
+import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -19,11 +21,23 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from celery_vitals import __version__
 
+if TYPE_CHECKING:
+    from celery_vitals.webconfig import WebConfig
+
+log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 30  # a client that stops talking (or never finishes TLS) frees its thread
+
+    def setup(self) -> None:
+        """TLS handshake here, on the request's thread, so a slow client cannot block accept."""
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every 15 s are not news."""
 
@@ -68,13 +82,35 @@ def _text(start_response: StartResponse, status: str, body: bytes) -> list[bytes
 
 
 class HttpServer:
-    """Serves the app on a daemon thread; ``port`` is the bound one (useful with port 0)."""
+    """Serves the app on a daemon thread; ``port`` is the bound one (useful with port 0).
 
-    def __init__(self, app: WsgiApp, host: str, port: int) -> None:
+    With a web config, the app is behind its basic auth and connections are
+    TLS when it has ``tls_server_config``.
+    """
+
+    def __init__(self, app: WsgiApp, host: str, port: int,
+                 web_config: WebConfig | None = None) -> None:
         family = _address_family(host, port)
+        context: ssl.SSLContext | None = None
+        if web_config is not None:
+            from celery_vitals.webconfig import protect
+
+            app = protect(app, web_config.users)
+            context = web_config.tls.context() if web_config.tls else None
 
         class Server(ThreadingWSGIServer):
             address_family = family
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                conn, address = super().get_request()
+                if context is None:
+                    return conn, address
+                return context.wrap_socket(conn, server_side=True,
+                                           do_handshake_on_connect=False), address
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                """A failed handshake or a dropped client is a debug line, not a traceback."""
+                log.debug("HTTP connection from %s failed", client_address, exc_info=True)
 
         self._server = make_server(host, port, app, Server, handler_class=_QuietHandler)
         self.port: int = self._server.server_port

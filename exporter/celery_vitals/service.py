@@ -174,7 +174,8 @@ class Exporter:
             enabler = self.enabler
             pipeline.enable_events = lambda: enabler.results
         self.http = HttpServer(make_app(registry, ready=self.stream.connected.is_set),
-                               config.listen_host, config.listen_port)
+                               config.listen_host, config.listen_port,
+                               web_config=config.web_config)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:

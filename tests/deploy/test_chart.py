@@ -1,0 +1,188 @@
+"""charts/celery-vitals: lints, renders, and carries exactly the repo's alerts and dashboards.
+
+The chart cannot read files outside itself, so files/ holds copies of
+alerts/celery-vitals.rules.yml and dashboards/*.json; these tests keep them
+equal. To resync after regenerating alerts or dashboards:
+
+    cp alerts/celery-vitals.rules.yml charts/celery-vitals/files/alerts/ && \
+    cp dashboards/*.json charts/celery-vitals/files/dashboards/
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from celery_vitals import cli
+from tests.deploy.conftest import CHART, ROOT, helm_template
+
+VALUES_ALL = Path(__file__).with_name("values-all.yaml")
+SYNC = ("cp alerts/celery-vitals.rules.yml charts/celery-vitals/files/alerts/ && "
+        "cp dashboards/*.json charts/celery-vitals/files/dashboards/")
+
+
+def _kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = _kind(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_chart_copies_equal_the_repo_files() -> None:
+    pairs = [(ROOT / "alerts/celery-vitals.rules.yml",
+              CHART / "files/alerts/celery-vitals.rules.yml")]
+    pairs += [(path, CHART / "files/dashboards" / path.name)
+              for path in sorted((ROOT / "dashboards").glob("*.json"))]
+    copies = sorted(p.name for p in (CHART / "files/dashboards").glob("*.json"))
+    assert copies == sorted(p.name for p in (ROOT / "dashboards").glob("*.json")), SYNC
+    for source, copy in pairs:
+        assert copy.is_file() and copy.read_bytes() == source.read_bytes(), (
+            f"{copy.relative_to(ROOT)} differs from {source.relative_to(ROOT)}; run: {SYNC}")
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(VALUES_ALL)]], ids=["default", "all-on"])
+def test_helm_lint(helm: str, values: list[str]) -> None:
+    result = subprocess.run([helm, "lint", "--strict", str(CHART), *values],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_render_is_the_exporter_alone(helm: str) -> None:
+    objects = helm_template(helm)
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "Secret", "Service"]
+    env = _env(_container(objects))
+    assert env["CELERY_VITALS_BROKER_URL"] == {
+        "secretKeyRef": {"name": "test-celery-vitals-broker", "key": "url"}}
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(VALUES_ALL)]], ids=["default", "all-on"])
+def test_deployment_is_probed_and_locked_down(helm: str, values: list[str]) -> None:
+    objects = helm_template(helm, *values)
+    (deployment,) = _kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(objects)
+    scheme = "HTTPS" if values else "HTTP"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http",
+                                                     "scheme": scheme}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http",
+                                                      "scheme": scheme}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and pod["securityContext"]["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert container["ports"] == [{"name": "http", "containerPort": 9808, "protocol": "TCP"}]
+
+
+def test_prometheus_rule_is_the_repo_rules(helm: str) -> None:
+    objects = helm_template(helm, "-f", str(VALUES_ALL))
+    (rule,) = _kind(objects, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    expected = yaml.safe_load((ROOT / "alerts/celery-vitals.rules.yml").read_text())["groups"]
+    assert rule["spec"]["groups"] == expected
+    assert any("{{ $labels" in str(r.get("annotations")) for g in expected for r in g["rules"])
+
+
+def test_dashboard_config_maps_are_the_repo_dashboards(helm: str) -> None:
+    objects = helm_template(helm, "-f", str(VALUES_ALL))
+    maps = [o for o in _kind(objects, "ConfigMap")
+            if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    rendered = {name: text for m in maps for name, text in m["data"].items()}
+    expected = {p.name: p.read_text() for p in (ROOT / "dashboards").glob("*.json")}
+    assert sorted(rendered) == sorted(expected)
+    for name, text in rendered.items():
+        assert text.rstrip("\n") == expected[name].rstrip("\n"), name
+        assert json.loads(text) == json.loads(expected[name])
+    assert all(m["metadata"]["annotations"]["grafana_folder"] == "Celery" for m in maps)
+
+
+def test_service_monitor_follows_kube_prometheus_stack_conventions(helm: str) -> None:
+    objects = helm_template(helm, "-f", str(VALUES_ALL))
+    (monitor,) = _kind(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http" and endpoint["interval"] == "15s"
+    assert endpoint["scheme"] == "https" and endpoint["basicAuth"]["username"]["key"]
+    (service,) = _kind(objects, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"][
+        "selector"].items()
+    assert "celery-vitals" in service["metadata"]["name"]  # the job CeleryExporterDown matches
+
+
+def test_secrets_and_web_config_are_wired(helm: str) -> None:
+    objects = helm_template(helm, "-f", str(VALUES_ALL))
+    secrets = {s["metadata"]["name"]: s for s in _kind(objects, "Secret")}
+    broker = secrets["test-celery-vitals-broker"]["stringData"]
+    assert broker["url"].startswith("amqp://celery:s3cret@")
+    web = yaml.safe_load(secrets["test-celery-vitals-web-config"]["stringData"]["web.yml"])
+    assert web["basic_auth_users"]["prometheus"].startswith("$2b$")
+    container = _container(objects)
+    env = _env(container)
+    assert env["CELERY_VITALS_WEB_CONFIG_FILE"] == "/etc/celery-vitals/web/web.yml"
+    assert env["CELERY_VITALS_RABBITMQ_MANAGEMENT_URL"]["secretKeyRef"]["key"] == (
+        "rabbitmq-management-url")
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/etc/celery-vitals/web", "/etc/celery-vitals/tls", "/tmp"} <= mounts
+    # no password in the Deployment itself
+    (deployment,) = _kind(objects, "Deployment")
+    assert "s3cret" not in json.dumps(deployment)
+
+
+def test_an_existing_secret_replaces_the_charts(helm: str) -> None:
+    objects = helm_template(helm, "--set", "broker.existingSecret=mine",
+                            "--set", "broker.existingSecretKey=broker-url",
+                            "--set", "broker.existingSecretManagementUrlKey=mgmt")
+    assert not _kind(objects, "Secret")
+    env = _env(_container(objects))
+    assert env["CELERY_VITALS_BROKER_URL"] == {
+        "secretKeyRef": {"name": "mine", "key": "broker-url"}}
+    assert env["CELERY_VITALS_RABBITMQ_MANAGEMENT_URL"] == {
+        "secretKeyRef": {"name": "mine", "key": "mgmt"}}
+
+
+def test_every_exporter_option_is_settable_from_values(helm: str) -> None:
+    """`config` maps any option to its variable: the same name the CLI reads."""
+    options = [option for option, *_ in cli._OPTIONS if option != "--broker-url"]
+    args: list[str] = []
+    for option in options:
+        args += ["--set-string", f"config.{option.lstrip('-')}=x"]
+    env = _env(_container(helm_template(helm, *args)))
+    for option in options:
+        assert env[cli.envvar(option)] == "x", option
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert {"queues", "dlqs", "brokerTransportOptions", "logLevel", "logFormat"} <= set(values)
+
+
+def test_values_are_rendered_as_the_exporter_reads_them(helm: str) -> None:
+    env = _env(_container(helm_template(helm, "-f", str(VALUES_ALL))))
+    assert env["CELERY_VITALS_QUEUE"] == "celery emails"
+    assert env["CELERY_VITALS_DLQ"] == "*.dead"
+    assert env["CELERY_VITALS_BROKER_TRANSPORT_OPTION"] == (
+        'global_keyprefix="prod:" visibility_timeout=3600')
+    assert env["CELERY_VITALS_ENABLE_EVENTS"] == "false"
+    assert env["CELERY_VITALS_MAX_TASK_NAMES"] == "1000"
+    assert env["CELERY_VITALS_LISTEN_ADDRESS"] == ":9808"
+
+
+@pytest.mark.parametrize("bad", ["replicaCount=notanumber", "logLevel=loud",
+                                 "serviceMonitor.interval=soon", "unknownKey=1"])
+def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
+    result = subprocess.run([helm, "template", "test", str(CHART), "--set", bad],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "schema" in result.stderr, result.stderr
+
