@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import time
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
+from celery.exceptions import Reject
+from kombu import Exchange, Queue
 
 app = Celery("demo", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(
@@ -20,6 +22,36 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
+
+
+# A dead-letter route (RabbitMQ), on when DEMO_DEAD_LETTER=1 (the compose stack): tasks
+# routed to demo.jobs that a worker rejects without requeue land in demo.jobs.dead.
+# Workers then consume `-Q celery,demo.jobs`; nothing consumes the dead-letter queue.
+DEAD_LETTER = os.environ.get("DEMO_DEAD_LETTER") == "1"
+DEAD_LETTER_QUEUE = Queue("demo.jobs.dead", Exchange("demo.dlx", type="direct"),
+                          routing_key="demo.jobs.dead")
+
+
+def use_dead_letter_route(celery_app: Celery) -> None:
+    """Queues and routes of the dead-letter demo, for workers and clients alike."""
+    celery_app.conf.task_queues = (
+        Queue("celery"),
+        Queue("demo.jobs", queue_arguments={"x-dead-letter-exchange": "demo.dlx",
+                                            "x-dead-letter-routing-key": "demo.jobs.dead"}),
+    )
+    celery_app.conf.task_routes = {"demo.poison": {"queue": "demo.jobs"}}
+
+
+if DEAD_LETTER:
+    use_dead_letter_route(app)
+
+
+@signals.worker_ready.connect
+def declare_dead_letter_queue(**_: object) -> None:
+    """The dead-letter queue must exist before the first message is dead-lettered."""
+    if DEAD_LETTER:
+        with app.connection_for_write() as connection:
+            DEAD_LETTER_QUEUE(connection.default_channel).declare()
 
 
 @app.task(name="demo.add")
@@ -44,6 +76,12 @@ def flaky(self: Task, failures: int) -> str:
 def hopeless(self: Task) -> None:
     """Retries until max_retries is exhausted, then fails with the last error."""
     raise self.retry(exc=TimeoutError("dependency never answers"), countdown=0)
+
+
+@app.task(name="demo.poison", acks_late=True)
+def poison() -> None:
+    """A message no worker can handle: rejected without requeue, so dead-lettered."""
+    raise Reject("poison message", requeue=False)
 
 
 @app.task(name="demo.slow", time_limit=1, soft_time_limit=None)

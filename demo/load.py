@@ -9,7 +9,7 @@ import argparse
 import random
 import time
 
-from demo.app import add, app, fail, flaky, hopeless, slow
+from demo.app import DEAD_LETTER, add, app, fail, flaky, hopeless, poison, slow
 
 # (weight, what to send): mostly healthy traffic, with each incident in it
 MIX = [
@@ -20,6 +20,8 @@ MIX = [
     (5, lambda: slow.delay(random.choice([0.2, 0.5, 2.0]))),
     (3, lambda: app.send_task("demo.renamed_in_last_deploy")),
 ]
+if DEAD_LETTER:  # RabbitMQ with the dead-letter route (see demo/app.py)
+    MIX.append((2, poison.delay))
 
 
 def main() -> None:

@@ -387,12 +387,18 @@ class TaskTracker:
 
     def on_rejected(self, event: Event, now: float) -> None:
         requeue = event.get("requeue") is True
+        uuid = self._uuid(event)
+        if uuid is None:
+            return
+        finished = None if requeue else self._finished.get(uuid)
         if requeue:  # the message goes back to the queue: the task lives on
-            uuid = self._uuid(event)
-            if uuid is None:
-                return
             task = self._live(uuid, "task-rejected", now)
             self._release(uuid, task)
+        elif finished is not None:
+            # Reject(requeue=False) raised by a task: Celery 5.7 reports task-failed
+            # (exception Reject), then task-rejected: the message went to the
+            # dead-letter route, a fact of its own, counted although the task ended.
+            task = Task(*finished, now)
         else:
             ended = self._terminal(event, "task-rejected", now)
             if ended is None:

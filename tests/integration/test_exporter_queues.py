@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from demo.app import use_dead_letter_route
 from kombu import Connection, Exchange, Queue
 
 from tests.support.harness import Harness
@@ -174,3 +175,25 @@ def test_rabbitmq_broker_down_is_reported_and_recovered(rabbitmq: RabbitMQServer
                            what="celery_broker_up 1 again")
     assert up.value("celery_vitals_event_stream_reconnects_total") >= 1
     assert exporter.pid == pid
+
+
+def test_demo_dead_letter_route_on_rabbitmq(rabbitmq: RabbitMQServer, harness: Harness) -> None:
+    """The compose stack's dead-letter demo: demo.poison is rejected into demo.jobs.dead,
+    found as a DLQ through the management API without any --dlq."""
+    url = rabbitmq.url
+    exporter = harness.exporter(url, *POLL, "--rabbitmq-management-url", management_url(rabbitmq))
+    harness.worker("dead", url, exporter=exporter, queues="celery,demo.jobs",
+                   extra_env={"DEMO_DEAD_LETTER": "1"})
+    client = harness.client(url)
+    use_dead_letter_route(client)
+    exporter.wait_for(lambda s: s.get("celery_dlq_length", queue_name="demo.jobs.dead") == 0,
+                      timeout=30, what="demo.jobs.dead found as an empty DLQ")
+    for _ in range(3):
+        client.send_task("demo.poison")
+    s = exporter.wait_for(
+        lambda s: s.get("celery_dlq_length", queue_name="demo.jobs.dead") == 3,
+        timeout=40, what="3 poison messages in demo.jobs.dead")
+    assert s.get("celery_task_rejected_total", name="demo.poison", queue_name="demo.jobs",
+                 requeue="false") == 3
+    assert s.get("celery_dlq_ingress_total", queue_name="demo.jobs.dead") == 3
+    assert s.get("celery_queue_consumers", queue_name="demo.jobs") == 1

@@ -53,13 +53,15 @@ class Harness:
         return exporter.start(wait_ready=wait_ready)
 
     def worker(self, name: str, broker_url: str, *, exporter: ExporterProcess | None,
-               task_events: bool = True, app: str = "demo.app") -> CeleryWorker:
+               task_events: bool = True, app: str = "demo.app", queues: str | None = None,
+               extra_env: dict[str, str] | None = None) -> CeleryWorker:
         """A worker, started and ready: its worker-online seen by ``exporter``, or a ping reply.
 
         Waiting on the exporter (not on a sleep) also proves the exporter
         receives the worker's events before the test sends any task.
         """
-        worker = CeleryWorker(name, broker_url, self.directory, app=app, task_events=task_events)
+        worker = CeleryWorker(name, broker_url, self.directory, app=app, task_events=task_events,
+                              queues=queues, extra_env=extra_env)
         self._stack.callback(worker.stop)
         worker.start()
         if exporter is not None:

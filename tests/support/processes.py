@@ -172,13 +172,17 @@ class CeleryWorker(ManagedProcess):
     """``celery worker`` for the demo app, as a production worker would run it."""
 
     def __init__(self, name: str, broker_url: str, log_dir: Path, *, app: str = "demo.app",
-                 task_events: bool = True, concurrency: int = 2) -> None:
+                 task_events: bool = True, concurrency: int = 2, queues: str | None = None,
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.hostname = f"{name}@test"
         argv = [venv_executable("celery"), "-A", app, "worker", "-c", str(concurrency),
                 "--pool=prefork", "-n", self.hostname, "--loglevel=info"]
         if task_events:
             argv.insert(4, "-E")
+        if queues is not None:
+            argv += ["-Q", queues]
         env = dict(os.environ)
+        env.update(extra_env or {})
         env["CELERY_BROKER_URL"] = broker_url
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))

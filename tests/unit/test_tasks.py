@@ -198,3 +198,15 @@ def test_retry_sent_before_the_running_attempt_started_keeps_both_queue_waits() 
     assert h.task("celery_task_queue_wait_seconds_sum", "flaky") == 2 + 3
     assert h.value("celery_vitals_observations_skipped_total",
                    metric="celery_task_queue_wait_seconds", reason="negative_duration") is None
+
+
+def test_reject_without_requeue_after_task_failed_counts_both() -> None:
+    """Celery 5.7: a task raising Reject(requeue=False) sends task-failed, then task-rejected."""
+    h = Harness()
+    h.feed(event("task-received", uuid="u1", name="poison"),
+           event("task-started", uuid="u1"),
+           event("task-failed", uuid="u1", exception="Reject('poison message', False)"),
+           event("task-rejected", uuid="u1", requeue=False))
+    assert h.task("celery_task_failed_total", "poison", exception="Reject") == 1
+    assert h.task("celery_task_rejected_total", "poison", requeue="false") == 1
+    assert h.value("celery_vitals_events_skipped_total", reason="duplicate_terminal") is None
