@@ -18,20 +18,11 @@ from collections.abc import Callable, Iterable, Sequence
 from celery_vitals.histogram import Histograms
 from celery_vitals.labels import OTHER, LabelGuard
 from celery_vitals.logs import RateLimitedLogger
-from celery_vitals.probes import ProbeResult, QueueProbe
+from celery_vitals.probes import ProbeResult, QueueProbe, is_plumbing
 
 log = RateLimitedLogger(logging.getLogger(__name__))
 
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-# Celery's own plumbing (events, remote control, native delayed delivery) and
-# server-named queues: never a task queue.
-_PLUMBING = ("celeryev.*", "*.pidbox", "celery-vitals.*", "celery_delayed_*", "amq.*")
-
-
-def is_plumbing(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _PLUMBING)
-
 
 class QueuePoller:
     def __init__(

@@ -8,9 +8,20 @@ families at scrape time. One probe per transport: ``redis`` and ``amqp``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+# Celery's own plumbing (event receivers, remote-control mailboxes and replies,
+# native delayed delivery levels), server-named queues and the exporter's own.
+_PLUMBING = re.compile(
+    r"^(celeryev\.|amq\.|celery-vitals\.)|\.pidbox$|^(.+_)?celery_delayed_\d+$")
+
+
+def is_plumbing(name: str) -> bool:
+    """Queues no task is ever routed to by name: never worth a series of their own."""
+    return bool(_PLUMBING.search(name))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import time
 import urllib.error
 import urllib.request
@@ -55,7 +54,7 @@ from urllib.parse import quote, unquote, urlsplit
 from kombu import Connection
 
 from celery_vitals.logs import RateLimitedLogger
-from celery_vitals.probes import ProbeResult, QueueStats
+from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +67,6 @@ RESTART_TOLERANCE = 5.0  # seconds a node's boot time may wobble (request latenc
 # Share of a call's budget the management API may use: a hanging API must leave
 # time for the passive-declare fallback, or every poll would fail.
 MANAGEMENT_SHARE = 2 / 3
-
-# Celery's own plumbing: event queues, remote-control mailboxes and replies,
-# server-named queues, and kombu's native delayed delivery levels.
-_PLUMBING = re.compile(r"^(celeryev\.|amq\.)|\.celery\.pidbox$|^(.+_)?celery_delayed_\d+$")
-
-
-def is_plumbing(name: str) -> bool:
-    """Queues no task is ever routed to by name: never worth a series of their own."""
-    return bool(_PLUMBING.search(name))
-
 
 class ManagementError(Exception):
     """The management API failed. The message names the path, never the credentials."""

@@ -35,7 +35,7 @@ from typing import Any
 from kombu import Connection
 
 from celery_vitals.logs import RateLimitedLogger
-from celery_vitals.probes import ProbeResult, QueueStats
+from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
 
 log = RateLimitedLogger(logging.getLogger(__name__))
 
@@ -47,18 +47,13 @@ HMGET_CHUNK = 1_000
 #: Keys examined per SCAN call while looking for binding sets.
 SCAN_COUNT = 1_000
 
-#: Celery's own plumbing (event receivers, remote control), never task queues.
+#: Celery's event exchange; remote control uses celery.pidbox and reply.celery.pidbox.
 EVENT_EXCHANGE = "celeryev"
-_PLUMBING_EXCHANGE_SUFFIX = ".pidbox"  # celery.pidbox, reply.celery.pidbox
-_PLUMBING_QUEUE_PREFIX = "celeryev."
-_PLUMBING_QUEUE_SUFFIX = ".pidbox"  # <host>.celery.pidbox, <uuid>.reply.celery.pidbox
 
 
-def is_plumbing(exchange: str, queue: str) -> bool:
+def plumbing_binding(exchange: str, queue: str) -> bool:
     """Whether a binding belongs to Celery's events or remote control, not to tasks."""
-    return (exchange == EVENT_EXCHANGE or exchange.endswith(_PLUMBING_EXCHANGE_SUFFIX)
-            or queue.startswith(_PLUMBING_QUEUE_PREFIX)
-            or queue.endswith(_PLUMBING_QUEUE_SUFFIX))
+    return exchange == EVENT_EXCHANGE or exchange.endswith(".pidbox") or is_plumbing(queue)
 
 
 @dataclass(frozen=True)
@@ -137,7 +132,7 @@ class RedisProbe:
                 channel = self._channel()
                 bindings = self._read_bindings(channel)
                 return {b.queue for b in bindings
-                        if b.queue and not is_plumbing(b.exchange, b.queue)}
+                        if b.queue and not plumbing_binding(b.exchange, b.queue)}
             except BaseException:
                 self._drop()
                 raise
