@@ -1,0 +1,225 @@
+"""Time to render and serve /metrics with a large but capped set of series.
+
+Why: Prometheus scrapes the exporter every 15 s or so and the scrape holds the
+GIL while it renders; issue 7 asks for under 50 ms with 200 task names x
+20 queues x 50 workers of series. This feeds a Pipeline (default
+configuration) so that every name/queue pair has sent, received, started,
+succeeded and failed counts and histogram observations, and 50 workers send
+heartbeats; then it times prometheus_client.generate_latest on the registry
+(wall and CPU), and GET /metrics through the exporter's own HttpServer.
+
+    python benchmarks/scrape.py
+    python benchmarks/scrape.py --names 200 --queues 20 --workers 50 --runs 20
+    python benchmarks/scrape.py --smoke --no-write   # 10 x 5 x 5, 3 runs
+
+Prints a table and writes benchmarks/results/scrape.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from celery_vitals.config import build
+from celery_vitals.http import HttpServer, make_app
+from celery_vitals.service import Pipeline
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TARGET_MS = 50.0  # issue 7
+EXCEPTIONS = ("ValueError", "ConnectionError", "KeyError")
+
+
+def populate(pipeline: Pipeline, names: int, queues: int, workers: int) -> dict[str, int]:
+    """Two tasks per name/queue pair: one succeeds, one fails; 50 heartbeating workers."""
+    handle = pipeline.router.handle
+    hosts = [f"celery@worker-{w}.app-7f9c8d" for w in range(workers)]
+    now = time.time()
+    for w, host in enumerate(hosts):
+        for beat in range(2):
+            handle({"hostname": host, "utcoffset": 0, "pid": 1000 + w, "clock": beat,
+                    "timestamp": now - 4 + 2 * beat, "type": "worker-heartbeat", "freq": 2.0,
+                    "active": 3, "processed": 100, "loadavg": [0.5, 0.4, 0.3],
+                    "sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux"})
+    sequence = 0
+    for n in range(names):
+        name = f"app.module{n % 25}.tasks.job_{n}"
+        for q in range(queues):
+            queue = f"queue-{q}"
+            for outcome in ("succeeded", "failed"):
+                sequence += 1
+                uuid = f"00000000-0000-4000-8000-{sequence:012d}"
+                w = sequence % workers
+                host = hosts[w]
+                ts = now - 60 + (sequence % 1000) / 1000
+                common = {"utcoffset": 0, "uuid": uuid}
+                handle({**common, "hostname": "gen4000@web-0", "pid": 4000, "clock": sequence,
+                        "timestamp": ts, "type": "task-sent", "name": name, "queue": queue,
+                        "routing_key": queue, "exchange": "", "retries": 0, "eta": None,
+                        "args": "(1,)", "kwargs": "{}"})
+                runtime = 0.01 * (1 + sequence % 300)
+                last: dict[str, Any]
+                if outcome == "succeeded":
+                    last = {"type": "task-succeeded", "result": "None", "runtime": runtime}
+                else:
+                    exc = EXCEPTIONS[sequence % len(EXCEPTIONS)]
+                    last = {"type": "task-failed", "exception": f"{exc}('boom')",
+                            "traceback": "Traceback (most recent call last):\n..."}
+                handle([
+                    {**common, "hostname": host, "pid": 1000 + w, "timestamp": ts + 0.01,
+                     "type": "task-received", "name": name, "retries": 0, "args": "(1,)",
+                     "kwargs": "{}", "eta": None, "expires": None},
+                    {**common, "hostname": host, "pid": 1000 + w, "timestamp": ts + 0.02,
+                     "type": "task-started"},
+                    {**common, "hostname": host, "pid": 1000 + w,
+                     "timestamp": ts + 0.02 + runtime, **last},
+                ])
+    return {"tasks": sequence, "workers": len(pipeline.workers.workers)}
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def _time(runs: int, once: Callable[[], bytes]) -> dict[str, Any]:
+    once()  # warm-up (first-call imports, caches)
+    walls, cpus = [], []
+    size = 0
+    for _ in range(runs):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        size = len(once())
+        walls.append((time.perf_counter() - wall0) * 1000)
+        cpus.append((time.process_time() - cpu0) * 1000)
+    return {"runs": runs, "bytes": size,
+            "wall_ms": {"median": round(statistics.median(walls), 2),
+                        "p95": round(_percentile(walls, 0.95), 2),
+                        "min": round(min(walls), 2), "max": round(max(walls), 2)},
+            "cpu_ms": {"median": round(statistics.median(cpus), 2),
+                       "p95": round(_percentile(cpus, 0.95), 2)}}
+
+
+def measure(names: int, queues: int, workers: int, runs: int) -> dict[str, Any]:
+    registry = CollectorRegistry()
+    pipeline = Pipeline(build({"broker_url": "redis://localhost:6379/0"}), registry)
+    t0 = time.perf_counter()
+    fed = populate(pipeline, names, queues, workers)
+    feed_seconds = time.perf_counter() - t0
+    text = generate_latest(registry)
+    lines = [line for line in text.decode().splitlines() if line and not line.startswith("#")]
+    families = Counter(line.split("{", 1)[0].split(" ", 1)[0] for line in lines)
+    tasks = pipeline.tasks
+    result: dict[str, Any] = {
+        "names": names, "queues": queues, "workers": workers, **fed,
+        "feed_seconds": round(feed_seconds, 2),
+        "pairs": {kind: len(getattr(tasks, kind)) for kind in
+                  ("sent", "received", "started", "succeeded")},
+        "failed_series": len(tasks.failed),
+        "samples": len(lines), "lines": len(text.splitlines()), "bytes": len(text),
+        "largest_families": dict(families.most_common(8)),
+        "families": dict(sorted(families.items())),
+        "target_ms": TARGET_MS,
+    }
+    result["generate_latest"] = _time(runs, lambda: generate_latest(registry))
+    server = HttpServer(make_app(registry, lambda: True), "127.0.0.1", 0)
+    server.start()
+    url = f"http://127.0.0.1:{server.port}/metrics"
+
+    def get() -> bytes:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body: bytes = response.read()
+            return body
+
+    try:
+        result["http"] = _time(runs, get)
+        result["http"]["note"] = ("wall: urllib GET to the last byte; CPU: the whole process "
+                                  "(server thread and client)")
+    finally:
+        server.stop()
+    result["meets_target"] = {
+        "generate_latest_p95": result["generate_latest"]["wall_ms"]["p95"] < TARGET_MS,
+        "http_p95": result["http"]["wall_ms"]["p95"] < TARGET_MS,
+    }
+    return result
+
+
+def print_report(result: dict[str, Any]) -> None:
+    print(f"{result['names']} names x {result['queues']} queues ({result['pairs']['sent']:,} "
+          f"name/queue series per task counter, {result['failed_series']:,} failed series), "
+          f"{result['workers']} workers: {result['samples']:,} samples, "
+          f"{result['lines']:,} lines, {result['bytes'] / 1e6:.2f} MB")
+    rows = [["", "wall median ms", "wall p95 ms", "CPU median ms", "CPU p95 ms", "bytes"]]
+    for key, label in (("generate_latest", "generate_latest(registry)"),
+                       ("http", "GET /metrics (HttpServer)")):
+        t = result[key]
+        rows.append([label, f"{t['wall_ms']['median']:.1f}", f"{t['wall_ms']['p95']:.1f}",
+                     f"{t['cpu_ms']['median']:.1f}", f"{t['cpu_ms']['p95']:.1f}",
+                     f"{t['bytes']:,}"])
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(row, widths, strict=True))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    print("\n".join(lines))
+    print(f"runs: {result['generate_latest']['runs']} each (after one warm-up); "
+          f"target p95 < {TARGET_MS:g} ms: generate_latest "
+          f"{'met' if result['meets_target']['generate_latest_p95'] else 'NOT met'}, HTTP "
+          f"{'met' if result['meets_target']['http_p95'] else 'NOT met'}")
+    print("largest families (samples): " + ", ".join(
+        f"{k} {v:,}" for k, v in result["largest_families"].items()))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmarks/scrape.py",
+                                     description="Time to render and serve /metrics.")
+    parser.add_argument("--names", type=int, default=200)
+    parser.add_argument("--queues", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="10 names x 5 queues x 5 workers")
+    parser.add_argument("--output", type=Path, default=RESULTS / "scrape.json")
+    parser.add_argument("--no-write", action="store_true", help="do not write the JSON file")
+    parser.add_argument("--quiet", action="store_true", help="do not print the report")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.names, args.queues, args.workers, args.runs = 10, 5, 5, 3
+    if min(args.names, args.queues, args.workers, args.runs) < 1:
+        parser.error("--names, --queues, --workers and --runs must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the results (also printed and written as JSON)."""
+    args = parse_args(argv)
+    result: dict[str, Any] = {
+        "benchmark": "scrape", "mode": "smoke" if args.smoke else "full",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        **measure(args.names, args.queues, args.workers, args.runs),
+    }
+    if not args.quiet:
+        print_report(result)
+    if not args.no_write:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        if not args.quiet:
+            print(f"\nwrote {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
