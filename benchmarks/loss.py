@@ -36,6 +36,11 @@ try:
 except ImportError:  # run as `python benchmarks/loss.py`: benchmarks/ is on sys.path
     import throughput  # type: ignore[no-redef]
 
+try:
+    from benchmarks.report import publish, table
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from report import publish, table  # type: ignore[no-redef]
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RUNS = RESULTS / "loss-runs"
@@ -89,15 +94,6 @@ def _smoke_runner(argv: Sequence[str]) -> dict[str, Any]:
     return throughput.main(["--smoke", "--no-write", "--quiet"])
 
 
-def _table(rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _n(value: object) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
@@ -113,7 +109,7 @@ def print_report(result: dict[str, Any]) -> None:
         rows.append([r["broker"], f"{r['rate']:,.0f}", _n(r.get("published")),
                      _n(r.get("published_per_second")), _n(r.get("exporter_counted")),
                      _n(lost), _n(r.get("bare_counted")), _n(r.get("bare_lost")), verdict])
-    print(_table(rows))
+    print(table(rows))
     for r in result["runs"]:
         if r["error"]:
             print(f"{r['broker']} at {r['rate']:,.0f}/s: {r['error'].splitlines()[0]}")
@@ -168,12 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 print(f"{broker} at {rate:,.0f}/s: done in {row['seconds']} s", flush=True)
     if not args.quiet:
         print()
-        print_report(result)
-    if not args.no_write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        if not args.quiet:
-            print(f"\nwrote {args.output}")
+    publish(result, None if args.no_write else args.output, print_report, quiet=args.quiet)
     return result
 
 

@@ -37,6 +37,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+try:
+    from benchmarks.report import publish, table
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from report import publish, table  # type: ignore[no-redef]
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -225,15 +230,6 @@ def run_subprocess(case: str, tasks: int, every: int,
     return result
 
 
-def _table(rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f}"
 
@@ -248,7 +244,7 @@ def print_report(result: dict[str, Any]) -> None:
         for s in case["samples"]:
             rows.append([f"{s['tasks']:,}", f"{s['tracked']:,}", _mib(s["ru_maxrss_kib"]),
                          _mib(s["vmhwm_kib"]), _mib(s["vmrss_kib"]), s["seconds"]])
-        print(_table(rows))
+        print(table(rows))
         print(f"end: {case['tracked']:,} tracked, evictions {case['evictions']}, "
               f"finished-uuid map {case['finished_map']:,}, {case['workers']} workers, "
               f"series sent/received/succeeded {case['series']}")
@@ -299,13 +295,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         outcome = run_subprocess(case, tasks, every, cap)
         result["cases"][case] = outcome
         result["problems"] += check(outcome)
-    if not args.quiet:
-        print_report(result)
-    if not args.no_write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        if not args.quiet:
-            print(f"\nwrote {args.output}")
+    publish(result, None if args.no_write else args.output, print_report, quiet=args.quiet)
     return result
 
 

@@ -18,7 +18,6 @@ Prints a table and writes benchmarks/results/scrape.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -36,6 +35,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from celery_vitals.config import build
 from celery_vitals.http import HttpServer, make_app
 from celery_vitals.service import Pipeline
+
+try:
+    from benchmarks.report import publish, table
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from report import publish, table  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -169,12 +173,7 @@ def print_report(result: dict[str, Any]) -> None:
         rows.append([label, f"{t['wall_ms']['median']:.1f}", f"{t['wall_ms']['p95']:.1f}",
                      f"{t['cpu_ms']['median']:.1f}", f"{t['cpu_ms']['p95']:.1f}",
                      f"{t['bytes']:,}"])
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    print("\n".join(lines))
+    print(table(rows))
     print(f"runs: {result['generate_latest']['runs']} each (after one warm-up); "
           f"target p95 < {TARGET_MS:g} ms: generate_latest "
           f"{'met' if result['meets_target']['generate_latest_p95'] else 'NOT met'}, HTTP "
@@ -211,13 +210,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "platform": platform.platform()},
         **measure(args.names, args.queues, args.workers, args.runs),
     }
-    if not args.quiet:
-        print_report(result)
-    if not args.no_write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        if not args.quiet:
-            print(f"\nwrote {args.output}")
+    publish(result, None if args.no_write else args.output, print_report, quiet=args.quiet)
     return result
 
 

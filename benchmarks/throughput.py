@@ -60,6 +60,11 @@ import kombu.utils.json
 from celery_vitals.config import Config, build
 from celery_vitals.service import Pipeline  # guards, trackers and router, no I/O
 
+try:
+    from benchmarks.report import publish, table
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from report import publish, table  # type: ignore[no-redef]
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PING_TYPE = "bench-ping"  # control message: an unknown type, counted as "other" by the exporter
@@ -993,15 +998,6 @@ def machine() -> dict[str, Any]:
             "loadavg_at_start": os.getloadavg()}
 
 
-def _table(rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def print_report(result: dict[str, Any]) -> None:
     load = result["workload"]
     print(f"{load['events']} events ({load['bodies']} bodies, {load['tasks']} tasks, "
@@ -1020,7 +1016,7 @@ def print_report(result: dict[str, Any]) -> None:
             t = timings[key]
             rows.append([label, f"{t['events_per_second']:,}", f"{t['cpu_us_per_event']:.2f}",
                          f"{t['cpu_seconds']:.2f}"])
-        print(_table(rows))
+        print(table(rows))
         for decoder, ratio in result["in_process"]["ratios"].items():
             print(f"{decoder}: (b)/(c) cost ratio {ratio['cost_ratio']:.2f}; exporter runs at "
                   f"{ratio['throughput_vs_bare']:.0%} of the bare decoder's throughput")
@@ -1034,7 +1030,7 @@ def print_report(result: dict[str, Any]) -> None:
         for name, c in broker["consumers"].items():
             rows.append([name, f"{c['events']:,}", c["lost"], f"{c['events_per_second']:,}",
                          f"{c['cpu_us_per_event']:.2f}", f"{c['events_per_cpu_second']:,}"])
-        print(_table(rows))
+        print(table(rows))
         ratios = broker["ratios"]
         exporter = broker["consumers"]["exporter"]
         print(f"exporter / bare: {ratios['wall_throughput']} (wall), "
@@ -1135,14 +1131,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 load, config, args.top, None if args.no_write else RESULTS / "throughput.prof")
     finally:
         gc.unfreeze()
-    if not args.quiet:
-        print_report(result)
-    if not args.no_write:
-        output = args.output or RESULTS / f"throughput-{mode}.json"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        if not args.quiet:
-            print(f"\nwrote {output}")
+    publish(result, None if args.no_write else args.output or RESULTS / f"throughput-{mode}.json",
+            print_report, quiet=args.quiet)
     if result.get("broker", {}).get("problems"):
         raise VerificationError("; ".join(result["broker"]["problems"]))
     return result
