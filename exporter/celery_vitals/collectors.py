@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from celery_vitals import __version__
 from celery_vitals.catalogue import BY_NAME, counter, family, gauge, histogram, info
+from celery_vitals.exposition import FamilyText
 from celery_vitals.histogram import Histograms
 from celery_vitals.labels import OTHER, LabelGuard
 from celery_vitals.poller import QueuePoller
@@ -57,7 +58,10 @@ class _CatalogueCollector(Collector):
 
 
 class TaskCollector(_CatalogueCollector):
-    """Per-task counters and histograms.
+    """Per-task counters and histograms: nearly all of a large exporter's series.
+
+    Rendered two ways from the same blocks: families for the registry
+    (collect), and cached text for /metrics (render_text, see exposition.py).
 
     celery_task_succeeded_total{name="orders.charge",queue_name="b"} 1041.0
     celery_task_failed_total{exception="TimeLimitExceeded",name="orders.charge",queue_name="b"} 3.0
@@ -68,31 +72,47 @@ class TaskCollector(_CatalogueCollector):
 
     def __init__(self, tasks: TaskTracker) -> None:
         self.tasks = tasks
+        self._text: dict[tuple[str, tuple[str, ...]], FamilyText] = {}
 
-    def collect(self) -> Iterator[Metric]:
+    def blocks(self) -> list[tuple[str, tuple[str, ...], Mapping[Any, float] | Histograms]]:
+        """(catalogue name, label names, plain data) per family, in exposition order."""
         t = self.tasks
         labels = t.label_names
-        counters = {
-            "celery_task_sent_total": t.sent,
-            "celery_task_received_total": t.received,
-            "celery_task_started_total": t.started,
-            "celery_task_succeeded_total": t.succeeded,
-            "celery_task_retried_total": t.retried,
-            "celery_task_revoked_total": t.revoked,
-            "celery_task_expired_total": t.expired,
-            "celery_task_redelivered_total": t.redelivered,
-        }
-        for name, data in counters.items():
-            yield _samples(counter(name, labels), data)
-        yield _samples(counter("celery_task_failed_total", (*labels, "exception")), t.failed)
-        yield _samples(counter("celery_task_rejected_total", (*labels, "requeue")), t.rejected)
-        yield _samples(counter("celery_task_failed_after_retries_total", labels),
-                       t.failed_after_retries)
-        yield _samples(gauge("celery_task_last_success_timestamp_seconds", labels),
-                       t.last_success)
-        yield _histogram("celery_task_runtime_seconds", labels, t.runtime)
-        yield _histogram("celery_task_queue_wait_seconds", labels, t.queue_wait)
-        yield _histogram("celery_task_prefetch_wait_seconds", labels, t.prefetch_wait)
+        return [
+            ("celery_task_sent_total", labels, t.sent),
+            ("celery_task_received_total", labels, t.received),
+            ("celery_task_started_total", labels, t.started),
+            ("celery_task_succeeded_total", labels, t.succeeded),
+            ("celery_task_retried_total", labels, t.retried),
+            ("celery_task_revoked_total", labels, t.revoked),
+            ("celery_task_expired_total", labels, t.expired),
+            ("celery_task_redelivered_total", labels, t.redelivered),
+            ("celery_task_failed_total", (*labels, "exception"), t.failed),
+            ("celery_task_rejected_total", (*labels, "requeue"), t.rejected),
+            ("celery_task_failed_after_retries_total", labels, t.failed_after_retries),
+            ("celery_task_last_success_timestamp_seconds", labels, t.last_success),
+            ("celery_task_runtime_seconds", labels, t.runtime),
+            ("celery_task_queue_wait_seconds", labels, t.queue_wait),
+            ("celery_task_prefetch_wait_seconds", labels, t.prefetch_wait),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        for name, labels, data in self.blocks():
+            if isinstance(data, Histograms):
+                yield _histogram(name, labels, data)
+            elif BY_NAME[name].type == "counter":
+                yield _samples(counter(name, labels), data)
+            else:
+                yield _samples(gauge(name, labels), data)
+
+    def render_text(self, openmetrics: bool) -> list[bytes]:
+        parts: list[bytes] = []
+        for name, labels, data in self.blocks():
+            text = self._text.get((name, labels))
+            if text is None:
+                text = self._text[(name, labels)] = FamilyText(name, labels)
+            parts += text.render(data, openmetrics)
+        return parts
 
 
 class WorkerCollector(_CatalogueCollector):

@@ -27,9 +27,13 @@ class Histograms:
         counts[bisect_left(self.bounds, value)] += 1
         counts[-1] += value
 
+    def les(self) -> list[str]:
+        """The ``le`` label values, +Inf last."""
+        return [repr(float(bound)) for bound in self.bounds] + ["+Inf"]
+
     def snapshot(self) -> Iterator[tuple[tuple[str, ...], list[tuple[str, float]], float]]:
         """(key, cumulative buckets as (le, count), sum) per series."""
-        les = [_le(bound) for bound in self.bounds] + ["+Inf"]
+        les = self.les()
         for key, live in list(self.series.items()):
             counts = list(live)  # one copy, so buckets and sum agree
             cumulative, running = [], 0.0
@@ -37,7 +41,3 @@ class Histograms:
                 running += count
                 cumulative.append((le, running))
             yield key, cumulative, counts[-1]
-
-
-def _le(bound: float) -> str:
-    return repr(float(bound))

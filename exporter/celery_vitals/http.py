@@ -1,12 +1,15 @@
 """HTTP: /metrics, /healthz, /readyz and a landing page, on a threaded WSGI server.
 
-/metrics is prometheus_client's WSGI app (it negotiates OpenMetrics from the
-Accept header); a scrape reads the collectors' plain data and never waits on
-the broker.
+/metrics serves the Prometheus text format or OpenMetrics, as the Accept
+header asks (prometheus_client's negotiation), gzipped when the scraper
+accepts it. The body comes from the pipeline's Exposition (cached series
+text, see exposition.py); a scrape reads the collectors' plain data and never
+waits on the broker.
 """
 
 from __future__ import annotations
 
+import gzip
 import html
 import logging
 import socket
@@ -14,14 +17,16 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder, gzip_accepted
 
 from celery_vitals import __version__
 
 if TYPE_CHECKING:
+    from celery_vitals.exposition import Exposition
     from celery_vitals.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -45,8 +50,11 @@ class _QuietHandler(WSGIRequestHandler):
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
-def make_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> WsgiApp:
-    metrics = make_wsgi_app(registry)
+def make_app(registry: CollectorRegistry, ready: Callable[[], bool],
+             exposition: Exposition | None = None) -> WsgiApp:
+    """The exporter's WSGI app; without an exposition /metrics is prometheus_client's own."""
+    registry_app = make_wsgi_app(registry)
+    metrics = registry_app if exposition is None else _metrics_app(exposition, registry_app)
     landing = (
         "<!doctype html><html><head><title>celery-vitals</title></head><body>"
         f"<h1>celery-vitals {html.escape(__version__)}</h1><ul>"
@@ -59,7 +67,7 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> WsgiApp:
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+            return metrics(environ, start_response)
         if path == "/healthz":
             return _text(start_response, "200 OK", b"ok\n")
         if path == "/readyz":
@@ -71,6 +79,28 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> WsgiApp:
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [landing]
         return _text(start_response, "404 Not Found", b"not found\n")
+
+    return app
+
+
+def _metrics_app(exposition: Exposition, registry_app: WsgiApp) -> WsgiApp:
+    """GET /metrics from the exposition; other methods and ?name[]= filters: the registry's app."""
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "GET" or "name[]" in parse_qs(
+                environ.get("QUERY_STRING", "")):
+            return registry_app(environ, start_response)
+        _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        body = exposition.render(
+            openmetrics=content_type.startswith("application/openmetrics-text"))
+        headers = [("Content-Type", content_type)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            # level 1: a 22 MB body in ~30 ms instead of ~350 ms at level 9, 4% larger
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
 
     return app
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from celery_vitals.collectors import (
     ExporterCollector,
@@ -17,6 +18,7 @@ from celery_vitals.collectors import (
     WorkerCollector,
 )
 from celery_vitals.config import Config
+from celery_vitals.exposition import Exposition
 from celery_vitals.http import HttpServer, make_app
 from celery_vitals.labels import LabelGuard
 from celery_vitals.poller import QueuePoller
@@ -138,17 +140,22 @@ class Pipeline:
         # from events only
         self.queue_collector = QueueCollector(None, self.tasks, self.guards["queue_name"],
                                               clock=clock)
-        if registry is not None:
-            registry.register(TaskCollector(self.tasks))
-            registry.register(self.queue_collector)
-            registry.register(WorkerCollector(self.workers, self.tasks, clock=clock))
-            registry.register(ExporterCollector(
+        self.collectors: list[Collector] = [
+            TaskCollector(self.tasks),
+            self.queue_collector,
+            WorkerCollector(self.workers, self.tasks, clock=clock),
+            ExporterCollector(
                 self.router, self.guards.values(),
                 # late-bound on purpose: Exporter plugs in the stream's state afterwards
                 stream_up=lambda: self.stream_up(),  # noqa: PLW0108
                 reconnects=lambda: self.reconnects(),  # noqa: PLW0108
                 enable_events=lambda: self.enable_events(),  # noqa: PLW0108
-            ))
+            ),
+        ]
+        self.exposition = Exposition(self.collectors)
+        if registry is not None:
+            for collector in self.collectors:
+                registry.register(collector)
 
 
 class Exporter:
@@ -173,7 +180,8 @@ class Exporter:
         if self.enabler is not None:
             enabler = self.enabler
             pipeline.enable_events = lambda: enabler.results
-        self.http = HttpServer(make_app(registry, ready=self.stream.connected.is_set),
+        self.http = HttpServer(make_app(registry, ready=self.stream.connected.is_set,
+                                        exposition=pipeline.exposition),
                                config.listen_host, config.listen_port,
                                web_config=config.web_config)
         self._threads: list[threading.Thread] = []

@@ -41,8 +41,13 @@ def test_scrape_benchmark_smoke_renders_every_series() -> None:
                                 "succeeded": pairs}
     assert results["failed_series"] == pairs  # one exception class per pair
     assert results["families"]["celery_task_sent_total"] == pairs
-    assert results["generate_latest"]["runs"] == results["http"]["runs"] == 3
-    assert results["http"]["bytes"] == results["bytes"]
+    cases = ("prometheus_client", "render_unchanged", "render_changed", "http_text_unchanged",
+             "http_prometheus_unchanged", "http_prometheus_changed")
+    assert [results[case]["runs"] for case in cases] == [3] * len(cases)
+    assert results["prometheus_client"]["bytes"] == results["bytes"]
+    # Prometheus' request gets gzipped OpenMetrics: much smaller than the plain text
+    assert results["http_prometheus_unchanged"]["bytes"] < results["http_text_unchanged"][
+        "bytes"] / 5
 
 
 def test_loss_benchmark_smoke_records_each_run() -> None:
