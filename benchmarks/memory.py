@@ -32,6 +32,7 @@ import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid as uuid_module
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -152,8 +153,15 @@ def bodies(tasks: int, finish: bool, *, seed: int = 11,
         yield done, out
 
 
-def run_case(case: str, tasks: int, every: int, max_tracked: int | None) -> dict[str, Any]:
-    """Feed one case into a fresh Pipeline in this process; returns samples and end state."""
+def run_case(case: str, tasks: int, every: int, max_tracked: int | None,
+             trace: bool = False) -> dict[str, Any]:
+    """Feed one case into a fresh Pipeline in this process; returns samples and end state.
+
+    At every sample /metrics is rendered (as a scrape would), so its text
+    cache is in the figures; with ``trace``, tracemalloc also reports the
+    Python heap (live objects), which tells growth of the data apart from
+    the allocator keeping freed memory (about 3x slower).
+    """
     from celery_vitals.config import build
     from celery_vitals.service import Pipeline
 
@@ -164,15 +172,23 @@ def run_case(case: str, tasks: int, every: int, max_tracked: int | None) -> dict
     pipeline = Pipeline(config)
     handle, tracker = pipeline.router.handle, pipeline.tasks
     finish = CASES[case]["finish"]
-    samples = [{"tasks": 0, "seconds": 0.0, "tracked": 0, **_memory()}]
+    if trace:
+        tracemalloc.start()
+
+    def sample(done: int, seconds: float) -> dict[str, Any]:
+        scrape = len(pipeline.exposition.render())
+        heap = {"traced_kib": tracemalloc.get_traced_memory()[0] // 1024} if trace else {}
+        return {"tasks": done, "seconds": round(seconds, 2), "tracked": len(tracker.tasks),
+                "scrape_bytes": scrape, **heap, **_memory()}
+
+    samples = [sample(0, 0.0)]
     t0 = time.perf_counter()
     next_sample = every
     for done, chunk in bodies(tasks, finish):
         for body in chunk:
             handle(body)
         if done >= next_sample or done == tasks:
-            samples.append({"tasks": done, "seconds": round(time.perf_counter() - t0, 2),
-                            "tracked": len(tracker.tasks), **_memory()})
+            samples.append(sample(done, time.perf_counter() - t0))
             next_sample += every
     by_type = {k: v for k, v in pipeline.router.events_by_type.items() if v}
     return {
@@ -218,9 +234,9 @@ def check(result: dict[str, Any]) -> list[str]:
 
 
 def run_subprocess(case: str, tasks: int, every: int,
-                   max_tracked: int | None) -> dict[str, Any]:
+                   max_tracked: int | None, trace: bool = False) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", case,
-               "--tasks", str(tasks), "--every", str(every)]
+               "--tasks", str(tasks), "--every", str(every), *(["--trace"] if trace else [])]
     if max_tracked is not None:
         command += ["--max-tracked-tasks", str(max_tracked)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -240,10 +256,13 @@ def print_report(result: dict[str, Any]) -> None:
               f"{case['events']:,} events, {case['seconds']} s, "
               f"max_tracked_tasks {case['max_tracked_tasks']:,})")
         rows: list[list[object]] = [["tasks", "tracked", "peak RSS MiB (ru_maxrss)",
-                                     "VmHWM MiB", "VmRSS MiB", "s"]]
+                                     "VmHWM MiB", "VmRSS MiB", "Python heap MiB",
+                                     "/metrics bytes", "s"]]
         for s in case["samples"]:
+            heap = _mib(s["traced_kib"]) if "traced_kib" in s else "-"
             rows.append([f"{s['tasks']:,}", f"{s['tracked']:,}", _mib(s["ru_maxrss_kib"]),
-                         _mib(s["vmhwm_kib"]), _mib(s["vmrss_kib"]), s["seconds"]])
+                         _mib(s["vmhwm_kib"]), _mib(s["vmrss_kib"]), heap,
+                         f"{s['scrape_bytes']:,}", s["seconds"]])
         print(table(rows))
         print(f"end: {case['tracked']:,} tracked, evictions {case['evictions']}, "
               f"finished-uuid map {case['finished_map']:,}, {case['workers']} workers, "
@@ -263,6 +282,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the uuid map's cap (default: the exporter's, 100,000)")
     parser.add_argument("--smoke", action="store_true",
                         help="3,000 tasks per case (800 for B), cap 1,000, sample every 1,000")
+    parser.add_argument("--trace", action="store_true",
+                        help="also report the Python heap (tracemalloc; about 3x slower)")
     parser.add_argument("--child", choices=tuple(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS / "memory.json")
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON file")
@@ -278,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the cases (one subprocess each); returns the results, also printed and written."""
     args = parse_args(argv)
     if args.child:
-        json.dump(run_case(args.child, args.tasks, args.every, args.max_tracked_tasks),
-                  sys.stdout)
+        json.dump(run_case(args.child, args.tasks, args.every, args.max_tracked_tasks,
+                           args.trace), sys.stdout)
         return {}
     result: dict[str, Any] = {
         "benchmark": "memory", "mode": "smoke" if args.smoke else "full",
@@ -292,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         every, cap = args.every, args.max_tracked_tasks
         if args.smoke:
             tasks, every, cap = (800 if case == "B" else 3000), 1000, cap or 1000
-        outcome = run_subprocess(case, tasks, every, cap)
+        outcome = run_subprocess(case, tasks, every, cap, args.trace)
         result["cases"][case] = outcome
         result["problems"] += check(outcome)
     publish(result, None if args.no_write else args.output, print_report, quiet=args.quiet)
