@@ -2,7 +2,8 @@
 
 Why: it is the ceiling the exporter is measured against. It consumes the
 ``celeryev`` exchange exactly the way celery-vitals' EventStream does (same
-queue arguments, kombu Consumer with ``no_ack``, ``message.decode()``), so
+queue arguments, kombu Consumer with ``no_ack``, ``message.decode()``, and on
+RabbitMQ the same buffered socket reads, celery_vitals.stream.ReadAhead), so
 the difference between the two is the exporter's own work per event.
 
 Run by benchmarks/throughput.py, one per broker run:
@@ -31,6 +32,8 @@ from typing import Any
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
+
+from celery_vitals.stream import ReadAhead
 
 PING_TYPE = "bench-ping"
 
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             message_ttl=args.queue_ttl,
             expires=args.queue_expires,
         )
+        connection.ensure_connection(max_retries=0)
+        ReadAhead.install(connection)  # as EventStream does: the transport is not ours to time
         with Consumer(connection, queues=[queue], no_ack=True, accept=["json"],
                       on_message=counter.on_message):
             while not stopping:

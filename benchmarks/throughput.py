@@ -577,7 +577,8 @@ def _exporter_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "celery_vitals"]
 
 
-def _kombu_publish(url: str, load: Workload, rate: float | None) -> float:
+def _kombu_publish(url: str, load: Workload, indices: list[int], *, rate: float | None,
+                   progress: Any) -> float:
     """Publish each body with a kombu Producer, exactly as Celery's event dispatcher does."""
     from celery.events.event import get_exchange
     from kombu import Connection
@@ -589,15 +590,13 @@ def _kombu_publish(url: str, load: Workload, rate: float | None) -> float:
         publish = producer.publish
         sent = 0
         start = time.perf_counter()
-        for i, payload in enumerate(load.payloads):
-            if rate:
-                ahead = start + sent / rate - time.perf_counter()
-                if ahead > 0.001:
-                    time.sleep(ahead)
-            publish(payload, exchange=exchange.name, routing_key=load.routing_keys[i],
+        for i in indices:
+            _pace(start, sent, rate)
+            publish(load.payloads[i], exchange=exchange.name, routing_key=load.routing_keys[i],
                     content_type="application/json", content_encoding="utf-8",
                     headers={"hostname": load.hostnames[i]}, delivery_mode=1)
             sent += load.events_in(i)
+            progress.value = sent
         return time.perf_counter() - start
 
 
@@ -663,36 +662,92 @@ def redis_wire_messages(url: str, load: Workload) -> list[tuple[str, bytes]]:
     return wire
 
 
+def publisher_lanes(load: Workload, count: int) -> list[list[int]]:
+    """Body indices for each of ``count`` publishers, in delivery order.
+
+    A worker's bodies (its task-event batches and heartbeats) and the
+    task-sent of every task it runs go to the same lane, so that the events of
+    one task reach the broker in the order they were generated however the
+    publishers interleave.
+    """
+    if count <= 1:
+        return [list(range(len(load.bodies)))]
+    worker_hosts = sorted({host for host, key in zip(load.hostnames, load.routing_keys,
+                                                     strict=True) if key != "task.sent"})
+    lane_of_host = {host: i % count for i, host in enumerate(worker_hosts)}
+    lane_of_task: dict[str, int] = {}
+    for body, host in zip(load.bodies, load.hostnames, strict=True):
+        if type(body) is list:
+            for event in body:
+                lane_of_task.setdefault(event["uuid"], lane_of_host[host])
+    lanes: list[list[int]] = [[] for _ in range(count)]
+    for i, (body, host) in enumerate(zip(load.bodies, load.hostnames, strict=True)):
+        if load.routing_keys[i] == "task.sent":
+            assert type(body) is dict
+            lanes[lane_of_task.get(body["uuid"], 0)].append(i)
+        else:
+            lanes[lane_of_host[host]].append(i)
+    return lanes
+
+
+def _pace(start: float, sent: int, rate: float | None) -> None:
+    """Sleep until ``sent`` events are due at ``rate`` events/s (no-op at full speed)."""
+    if rate:
+        ahead = start + sent / rate - time.perf_counter()
+        if ahead > 0.001:
+            time.sleep(ahead)
+
+
 def _pipeline_publish(url: str, load: Workload, wire: list[tuple[str, bytes]],
-                      rate: float | None, chunk: int = 64) -> float:
+                      indices: list[int], *, rate: float | None, progress: Any,
+                      chunk: int = 64) -> float:
     """PUBLISH the pre-built messages in pipelined chunks (paced per chunk with --rate)."""
     import redis
 
     client = redis.Redis.from_url(url)
     sent = 0
     start = time.perf_counter()
-    for first in range(0, len(wire), chunk):
-        if rate:
-            ahead = start + sent / rate - time.perf_counter()
-            if ahead > 0.001:
-                time.sleep(ahead)
+    for first in range(0, len(indices), chunk):
+        _pace(start, sent, rate)
         pipe = client.pipeline(transaction=False)
-        for topic, payload in wire[first:first + chunk]:
-            pipe.publish(topic, payload)
+        batch = indices[first:first + chunk]
+        for i in batch:
+            pipe.publish(*wire[i])
         pipe.execute()
-        sent += sum(load.events_in(i) for i in range(first, min(first + chunk, len(wire))))
+        sent += sum(load.events_in(i) for i in batch)
+        progress.value = sent
     elapsed = time.perf_counter() - start
     client.close()
     return elapsed
 
 
-def amqp_wire_messages(url: str, load: Workload) -> list[Any]:
-    """An amqp.Message per body, with the properties kombu's pyamqp transport gives it.
+class _FrameCapture:
+    """A stand-in for py-amqp's transport: keeps the bytes it is asked to write."""
 
-    Why: as for Redis, kombu's Producer is too slow to saturate the consumers
-    from one process; py-amqp's basic_publish of a ready message is not.
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.chunks.append(bytes(data))
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+
+def amqp_wire_frames(url: str, load: Workload) -> tuple[int, list[bytes]]:
+    """(channel id, the AMQP frames of one basic.publish per body), as py-amqp writes them.
+
+    Why: as for Redis, kombu's Producer (~100 us a message) is too slow to
+    saturate the consumers from one process, and even py-amqp's basic_publish
+    (frames built per call) held a publisher to ~41k events/s on two shared
+    cores. The frames are built here once, with the properties kombu's pyamqp
+    transport gives an event message, and the publisher only writes bytes.
+    Body 0's frames are checked against a full kombu publish.
     """
     import amqp
+    from amqp.method_framing import frame_writer
     from celery.events.event import get_exchange
     from kombu import Connection
 
@@ -700,54 +755,84 @@ def amqp_wire_messages(url: str, load: Workload) -> list[Any]:
         exchange = get_exchange(connection)
         producer = connection.Producer(exchange=exchange, auto_declare=False)
         channel = producer.channel
-        captured: list[Any] = []
-        channel.basic_publish = lambda message, *_, **__: captured.append(message)
-        producer.publish(load.payloads[0], exchange=exchange.name,
-                         routing_key=load.routing_keys[0], content_type="application/json",
-                         content_encoding="utf-8", headers={"hostname": load.hostnames[0]},
-                         delivery_mode=1)
-    template = dict(captured[0].properties)
-    messages = [amqp.Message(payload, **{**template, "application_headers": {"hostname": host}})
-                for payload, host in zip(load.payloads, load.hostnames, strict=True)]
-    if (messages[0].body, messages[0].properties) != (captured[0].body, captured[0].properties):
-        raise RuntimeError("the hand-built AMQP message differs from kombu's")
-    return messages
+        exchange(channel).declare()
+        transport = channel.connection  # the amqp.Connection
+        capture = _FrameCapture()
+        saved = transport.frame_writer
+        transport.frame_writer = frame_writer(transport, capture)
+        try:
+            captured: list[Any] = []
+            basic_publish = channel.basic_publish
+
+            def keep(message: Any, *args: Any, **kwargs: Any) -> Any:
+                captured.append(message)
+                return basic_publish(message, *args, **kwargs)
+
+            channel.basic_publish = keep
+            producer.publish(load.payloads[0], exchange=exchange.name,
+                             routing_key=load.routing_keys[0],
+                             content_type="application/json", content_encoding="utf-8",
+                             headers={"hostname": load.hostnames[0]}, delivery_mode=1)
+            channel.basic_publish = basic_publish
+            reference = capture.take()
+            template = dict(captured[0].properties)
+            frames = []
+            for payload, host, routing_key in zip(load.payloads, load.hostnames,
+                                                  load.routing_keys, strict=True):
+                message = amqp.Message(payload, **{**template,
+                                                   "application_headers": {"hostname": host}})
+                basic_publish(message, exchange=exchange.name, routing_key=routing_key)
+                frames.append(capture.take())
+        finally:
+            transport.frame_writer = saved
+        channel_id: int = channel.channel_id
+    if frames[0] != reference:
+        raise RuntimeError("the hand-built AMQP frames differ from kombu's")
+    return channel_id, frames
 
 
-def _amqp_publish(url: str, load: Workload, messages: list[Any], rate: float | None) -> float:
-    """basic_publish the ready messages to the celeryev topic exchange (no confirms)."""
+def _amqp_publish(url: str, load: Workload, wire: tuple[int, list[bytes]],
+                  indices: list[int], *, rate: float | None, progress: Any,
+                  chunk: int = 16) -> float:
+    """Write the pre-built basic.publish frames to the socket in chunks (no confirms)."""
     from celery.events.event import get_exchange
     from kombu import Connection
 
+    channel_id, frames = wire
     with Connection(url) as connection:
         exchange = get_exchange(connection)
         channel = connection.default_channel
         exchange(channel).declare()
-        publish = channel.basic_publish
-        name = exchange.name
+        if channel.channel_id != channel_id:
+            raise RuntimeError(f"frames built for channel {channel_id}, "
+                               f"publishing on {channel.channel_id}")
+        sendall = connection.connection.transport.sock.sendall
         sent = 0
         start = time.perf_counter()
-        for i, message in enumerate(messages):
-            if rate and not i % 16:
-                ahead = start + sent / rate - time.perf_counter()
-                if ahead > 0.001:
-                    time.sleep(ahead)
-            publish(message, exchange=name, routing_key=load.routing_keys[i])
-            sent += load.events_in(i)
+        for first in range(0, len(indices), chunk):
+            _pace(start, sent, rate)
+            batch = indices[first:first + chunk]
+            sendall(b"".join([frames[i] for i in batch]))
+            sent += sum(load.events_in(i) for i in batch)
+            progress.value = sent
         elapsed = time.perf_counter() - start
-    return elapsed
+    return elapsed  # closing waited for close-ok: the broker has taken every frame
 
 
-def _publisher(url: str, load: Workload, wire: list[Any] | None,
-               rate: float | None, conn: Any) -> None:
-    """Publisher process body; reports how long publishing took."""
+def _publisher(url: str, load: Workload, wire: Any, indices: list[int], *,
+               rate: float | None, progress: Any, conn: Any) -> None:
+    """Publisher process body (one lane of the bodies); reports how long publishing took.
+
+    ``progress`` (a shared integer) follows the events sent so far.
+    """
     if wire is None:
-        elapsed = _kombu_publish(url, load, rate)
+        elapsed = _kombu_publish(url, load, indices, rate=rate, progress=progress)
     elif url.startswith("redis"):
-        elapsed = _pipeline_publish(url, load, wire, rate)
+        elapsed = _pipeline_publish(url, load, wire, indices, rate=rate, progress=progress)
     else:
-        elapsed = _amqp_publish(url, load, wire, rate)
-    conn.send({"events": load.events, "bodies": len(load.payloads), "seconds": elapsed})
+        elapsed = _amqp_publish(url, load, wire, indices, rate=rate, progress=progress)
+    conn.send({"events": sum(load.events_in(i) for i in indices), "bodies": len(indices),
+               "seconds": elapsed})
     conn.close()
 
 
@@ -783,19 +868,66 @@ EXPORTER_TASK_METRICS = {
 }
 
 
+OUTPUT_BUFFER_LOG_LINE = "for overcoming of output buffer limits"  # redis-server's warning
+
+
+class _RedisWatch:
+    """Redis' view of a slow subscriber: its output buffer during the run, disconnects after.
+
+    Redis 7.0 has no ``client_output_buffer_limit_disconnections`` in INFO
+    stats (7.2 added it): the disconnects are counted from the warning
+    redis-server logs for each one, and the stat is recorded where it exists.
+    """
+
+    def __init__(self, url: str, log: Path) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.log = log
+        self.peak_output_bytes = 0
+        self.peak_output_list = 0
+        self.subscribers_seen = 0
+
+    def sample(self) -> None:
+        for client in self.client.client_list():
+            if "P" in client.get("flags", ""):  # a pub/sub subscriber
+                self.peak_output_bytes = max(self.peak_output_bytes, int(client["omem"]))
+                self.peak_output_list = max(self.peak_output_list, int(client["oll"]))
+
+    def report(self) -> dict[str, Any]:
+        stats = self.client.info("stats")
+        limit = self.client.config_get("client-output-buffer-limit")
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        self.client.close()
+        return {
+            "output_buffer_disconnects_logged": log.count(OUTPUT_BUFFER_LOG_LINE),
+            "client_output_buffer_limit_disconnections":
+                stats.get("client_output_buffer_limit_disconnections"),  # Redis >= 7.2
+            "total_connections_received": stats.get("total_connections_received"),
+            "peak_subscriber_output_buffer_bytes": self.peak_output_bytes,
+            "peak_subscriber_output_list_length": self.peak_output_list,
+            "client_output_buffer_limit": limit.get("client-output-buffer-limit"),
+        }
+
+
 def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
                poll: float, publisher_kind: str, spy_output: Path | None = None,
-               exporter_command: Sequence[str] | None = None) -> dict[str, Any]:
+               exporter_command: Sequence[str] | None = None, bare: bool = True,
+               publishers: int = 1) -> dict[str, Any]:
     """Publish through a real broker to `celery-vitals serve` and the bare receiver at once.
 
     At full speed the broker's limits on a slow consumer are lifted (Redis'
     pub/sub output buffer, the event queues' 5 s message TTL on RabbitMQ) so
     that the run measures how fast each consumer drains, not the broker's
     policy; with --rate the defaults stay, and loss is what a deployment sees.
+    ``bare=False`` runs the exporter alone (the loss runs: on two cores a
+    second consumer takes CPU the exporter would have); ``publishers`` splits
+    the bodies over that many publisher processes (see publisher_lanes).
     """
     import multiprocessing
 
     full_speed = rate is None
+    consumers = ("exporter", "bare") if bare else ("exporter",)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cv-bench-")))
         if broker == "redis":
@@ -815,14 +947,16 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
              *queue_ttl],
             stdout=exporter_log, stderr=subprocess.STDOUT)
         stack.callback(_stop, exporter)
+        processes = {"exporter": exporter}
         status = workdir / "bare"
-        bare_log = stack.enter_context((workdir / "bare.log").open("wb"))
-        bare = subprocess.Popen(
-            [sys.executable, str(HERE / "bare_receiver.py"), "--broker-url", url,
-             "--expect", str(load.events), "--status", str(status), "--idle", str(idle),
-             *(["--queue-ttl", "3600"] if queue_ttl else [])],
-            stdout=bare_log, stderr=subprocess.STDOUT)
-        stack.callback(_stop, bare)
+        if bare:
+            bare_log = stack.enter_context((workdir / "bare.log").open("wb"))
+            processes["bare"] = subprocess.Popen(
+                [sys.executable, str(HERE / "bare_receiver.py"), "--broker-url", url,
+                 "--expect", str(load.events), "--status", str(status), "--idle", str(idle),
+                 *(["--queue-ttl", "3600"] if queue_ttl else [])],
+                stdout=bare_log, stderr=subprocess.STDOUT)
+            stack.callback(_stop, processes["bare"])
 
         def ready() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as r:
@@ -830,15 +964,15 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
 
         _wait_for("the exporter's /readyz", ready, 30, 0.1)
 
-        def both_bound() -> bool:  # a ping reached both: their queues are bound
+        def bound() -> bool:  # a ping reached every consumer: their queues are bound
             _ping(url)
             time.sleep(0.1)
             return (_scrape(metrics_url).get("celery_vitals_events_total", 0) > 0
-                    and Path(f"{status}.ping").exists())
+                    and (not bare or Path(f"{status}.ping").exists()))
 
-        _wait_for("both consumers to receive a ping", both_bound, 30, 0.1)
+        _wait_for("the consumers to receive a ping", bound, 30, 0.1)
         time.sleep(1.0)  # let stray pings land before the baseline
-        for process in (exporter, bare):
+        for process in processes.values():
             if process.poll() is not None:
                 raise RuntimeError(f"a consumer exited early; see {workdir}")
         baseline = _scrape(metrics_url)
@@ -848,54 +982,79 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
         idle_cpu_per_second = (_cpu_seconds(exporter.pid) - idle_cpu0) / (
             time.perf_counter() - idle_t0)
 
-        wire: list[Any] | None = None
+        wire: Any = None
         if publisher_kind == "pipeline":
             wire = (redis_wire_messages(url, load) if broker == "redis"
-                    else amqp_wire_messages(url, load))
-        cpu0 = {"exporter": _cpu_seconds(exporter.pid), "bare": _cpu_seconds(bare.pid)}
+                    else amqp_wire_frames(url, load))
+        watch = _RedisWatch(url, workdir / "redis.log") if broker == "redis" else None
+        lanes = publisher_lanes(load, publishers)
+        cpu0 = {name: _cpu_seconds(p.pid) for name, p in processes.items()}
         ctx = multiprocessing.get_context("fork")
         receive_end, send_end = ctx.Pipe(duplex=False)
-        publisher = ctx.Process(target=_publisher, args=(url, load, wire, rate, send_end),
-                                daemon=True)
+        sent_so_far = [ctx.Value("q", 0, lock=False) for _ in lanes]
+        workers = [ctx.Process(target=_publisher, daemon=True, args=(url, load, wire, lane),
+                               kwargs={"rate": _lane_rate(load, lane, rate), "progress": sent,
+                                       "conn": send_end})
+                   for lane, sent in zip(lanes, sent_so_far, strict=True)]
         spy = _start_spy(exporter.pid, spy_output) if spy_output else None
         t0 = time.time()
-        publisher.start()
+        for worker in workers:
+            worker.start()
         send_end.close()
+        reports: list[dict[str, Any]] = []
         published: dict[str, Any] | None = None
         done: dict[str, dict[str, Any]] = {}
         progress: list[tuple[float, float]] = [(t0, 0.0)]  # (time, events the exporter counted)
         scrapes, next_scrape = 0, t0 + poll
-        while len(done) < 2:
-            if published is None and receive_end.poll():
-                published = receive_end.recv()
-                publisher.join()
+        peak_backlog = 0
+        backlog: list[tuple[float, int, int]] = []  # (seconds since start, published, counted)
+        while len(done) < len(consumers):
+            while published is None and receive_end.poll():
+                reports.append(receive_end.recv())
+                if len(reports) == len(workers):
+                    published = _published(reports)
+                    for worker in workers:
+                        worker.join()
             now = time.time()
             if "exporter" not in done and now >= next_scrape:
                 # a scrape costs the exporter CPU: scrape seldom, interpolate the end
+                sent_now = sum(sent.value for sent in sent_so_far)
                 counts = _scrape(metrics_url)
                 scrapes += 1
                 next_scrape = now + poll
+                if watch is not None:
+                    watch.sample()
                 counted = counts["celery_vitals_events_total"] - baseline[
                     "celery_vitals_events_total"]
+                peak_backlog = max(peak_backlog, int(sent_now - counted))
+                backlog.append((round(now - t0, 2), int(sent_now), int(counted)))
                 if counted != progress[-1][1]:
                     progress.append((now, counted))
                 stalled = published is not None and now - progress[-1][0] > idle
                 if counted >= load.events or stalled:
+                    metrics = {name: value - baseline.get(name, 0.0)
+                               for name, value in counts.items()}
                     done["exporter"] = {"events": int(counted),
                                         "seconds": _finish_time(progress, load.events) - t0,
                                         "cpu": _cpu_seconds(exporter.pid) - cpu0["exporter"],
-                                        "scrapes": scrapes, "metrics": counts}
-            if "bare" not in done and Path(f"{status}.done").exists():
+                                        "scrapes": scrapes, "metrics": counts,
+                                        "run_metrics": metrics, "peak_backlog": peak_backlog,
+                                        "backlog": backlog}
+            if bare and "bare" not in done and Path(f"{status}.done").exists():
                 report = json.loads(Path(f"{status}.done").read_text())
                 done["bare"] = {"events": report["events"],
                                 "seconds": (report["last"] or now) - t0,
-                                "cpu": _cpu_seconds(bare.pid) - cpu0["bare"]}
-            if publisher.exitcode not in (None, 0):
-                raise RuntimeError(f"the publisher failed (exit code {publisher.exitcode})")
+                                "cpu": _cpu_seconds(processes["bare"].pid) - cpu0["bare"]}
+            for worker in workers:
+                if worker.exitcode not in (None, 0):
+                    raise RuntimeError(f"a publisher failed (exit code {worker.exitcode})")
             time.sleep(0.02)
-        if published is None:
-            published = receive_end.recv()
-            publisher.join()
+        while published is None:
+            reports.append(receive_end.recv())
+            if len(reports) == len(workers):
+                published = _published(reports)
+        for worker in workers:
+            worker.join()
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(timeout=60)
@@ -906,9 +1065,26 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
         scrape = {"cpu_ms": (_cpu_seconds(exporter.pid) - scrape_cpu0) * 100,
                   "wall_ms": (time.perf_counter() - scrape_t0) * 100}
         done["exporter"]["scrape"] = scrape
+        broker_stats = watch.report() if watch is not None else {}
 
     return _broker_report(load, broker, rate, published=published, done=done,
-                          idle_cpu_per_second=idle_cpu_per_second, poll=poll)
+                          idle_cpu_per_second=idle_cpu_per_second, poll=poll,
+                          broker_stats=broker_stats)
+
+
+def _lane_rate(load: Workload, lane: list[int], rate: float | None) -> float | None:
+    """A lane's share of the target rate, so that every publisher ends at the same time."""
+    if not rate:
+        return None
+    return rate * sum(load.events_in(i) for i in lane) / load.events
+
+
+def _published(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The publishers' reports as one: they ran side by side, so the slowest one's time."""
+    return {"events": sum(r["events"] for r in reports),
+            "bodies": sum(r["bodies"] for r in reports),
+            "seconds": max(r["seconds"] for r in reports),
+            "publishers": len(reports)}
 
 
 def _finish_time(progress: list[tuple[float, float]], expected: int) -> float:
@@ -926,18 +1102,30 @@ def _finish_time(progress: list[tuple[float, float]], expected: int) -> float:
 
 def _broker_report(load: Workload, broker: str, rate: float | None, *,
                    published: dict[str, Any], done: dict[str, dict[str, Any]],
-                   idle_cpu_per_second: float, poll: float) -> dict[str, Any]:
+                   idle_cpu_per_second: float, poll: float,
+                   broker_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     consumers: dict[str, Any] = {}
     for name in ("bare", "exporter"):
+        if name not in done:  # the exporter alone (--no-bare)
+            continue
         result = done[name]
         events, seconds, cpu = result["events"], result["seconds"], result["cpu"]
         extra = {}
         if "scrapes" in result:  # our progress scrapes are not the exporter's work: take them out
             scrape_cpu = result["scrape"]["cpu_ms"] / 1000
+            run_metrics = result["run_metrics"]
             extra = {"cpu_seconds_with_our_scrapes": round(cpu, 3),
                      "progress_scrapes": result["scrapes"],
                      "scrape_cpu_ms": round(result["scrape"]["cpu_ms"], 2),
-                     "scrape_wall_ms": round(result["scrape"]["wall_ms"], 2)}
+                     "scrape_wall_ms": round(result["scrape"]["wall_ms"], 2),
+                     # from its /metrics, this run only (less the baseline before publishing)
+                     "reconnects": int(run_metrics.get(
+                         "celery_vitals_event_stream_reconnects_total", 0)),
+                     "heartbeats_missed": int(run_metrics.get(
+                         "celery_vitals_heartbeats_missed_total", 0)),
+                     # most events published and not yet counted, at our progress scrapes
+                     "peak_backlog_events": result["peak_backlog"],
+                     "backlog_samples": result["backlog"]}
             cpu = max(0.0, cpu - result["scrapes"] * scrape_cpu)
         us = cpu / events * 1e6 if events else 0.0
         consumers[name] = {
@@ -948,33 +1136,39 @@ def _broker_report(load: Workload, broker: str, rate: float | None, *,
             "events_per_cpu_second": round(1e6 / us) if us else 0,
             **extra,
         }
-    exporter, bare = consumers["exporter"], consumers["bare"]
+    exporter, bare = consumers["exporter"], consumers.get("bare")
     metrics = done["exporter"]["metrics"]
     task_counters = {kind: int(metrics.get(metric, 0))
                      for kind, metric in EXPORTER_TASK_METRICS.items()}
     expected = {kind: sum(c.values()) for kind, c in load.counters.items()}
     problems = []
-    if exporter["lost"] or bare["lost"]:
-        problems.append(f"lost events: exporter {exporter['lost']}, bare {bare['lost']}")
+    if exporter["lost"] or (bare and bare["lost"]):
+        problems.append(f"lost events: exporter {exporter['lost']}"
+                        + (f", bare {bare['lost']}" if bare else ""))
     if task_counters != expected:
         problems.append(f"task counters {task_counters} != published {expected}")
+    ratios: dict[str, float | None] = {"wall_throughput": None, "cpu_throughput": None}
+    if bare:
+        ratios = {
+            "wall_throughput": round(exporter["events_per_second"] / bare["events_per_second"],
+                                     3) if bare["events_per_second"] else None,
+            "cpu_throughput": round(bare["cpu_us_per_event"] / exporter["cpu_us_per_event"], 3)
+            if exporter["cpu_us_per_event"] else None,
+        }
     return {
         "mode": broker,
         "rate": rate,
         "published": {"events": published["events"], "bodies": published["bodies"],
                       "seconds": round(published["seconds"], 3),
-                      "events_per_second": round(published["events"] / published["seconds"])},
+                      "events_per_second": round(published["events"] / published["seconds"]),
+                      "publishers": published.get("publishers", 1)},
         "consumers": consumers,
-        "ratios": {
-            "wall_throughput": round(exporter["events_per_second"] / bare["events_per_second"],
-                                     3) if bare["events_per_second"] else None,
-            "cpu_throughput": round(bare["cpu_us_per_event"] / exporter["cpu_us_per_event"], 3)
-            if exporter["cpu_us_per_event"] else None,
-        },
+        "ratios": ratios,
         "exporter_task_counters": task_counters,
         "expected_task_counters": expected,
         "exporter_idle_cpu_ms_per_second": round(idle_cpu_per_second * 1000, 2),
         "poll_interval": poll,
+        "broker_stats": broker_stats or {},
         "problems": problems,
     }
 
@@ -1023,8 +1217,10 @@ def print_report(result: dict[str, Any]) -> None:
     if "broker" in result:
         broker = result["broker"]
         pub = broker["published"]
+        publishers = pub.get("publishers", 1)
         print(f"\n{broker['mode']}: published {pub['events']:,} events in {pub['seconds']:.2f}s "
-              f"({pub['events_per_second']:,}/s{', paced' if broker['rate'] else ''})")
+              f"({pub['events_per_second']:,}/s{', paced' if broker['rate'] else ''}"
+              f"{f', {publishers} publishers' if publishers > 1 else ''})")
         rows = [["consumer", "events", "lost", "events/s (wall)", "CPU us/event",
                  "events/CPU-s"]]
         for name, c in broker["consumers"].items():
@@ -1033,8 +1229,20 @@ def print_report(result: dict[str, Any]) -> None:
         print(table(rows))
         ratios = broker["ratios"]
         exporter = broker["consumers"]["exporter"]
-        print(f"exporter / bare: {ratios['wall_throughput']} (wall), "
-              f"{ratios['cpu_throughput']} (CPU per event)")
+        if "bare" in broker["consumers"]:
+            print(f"exporter / bare: {ratios['wall_throughput']} (wall), "
+                  f"{ratios['cpu_throughput']} (CPU per event)")
+        else:
+            print("exporter alone (--no-bare): no ratio to the bare receiver")
+        print(f"exporter: {exporter['reconnects']} event-stream reconnects, "
+              f"{exporter['heartbeats_missed']} heartbeats missed, peak backlog "
+              f"{exporter['peak_backlog_events']:,} events (published, not yet counted)")
+        stats = broker.get("broker_stats") or {}
+        if stats:
+            print(f"redis: {stats['output_buffer_disconnects_logged']} subscriber(s) "
+                  f"disconnected for output buffer limits (server log), peak subscriber "
+                  f"output buffer {stats['peak_subscriber_output_buffer_bytes'] / 2**20:.1f} "
+                  f"MiB, limit {stats['client_output_buffer_limit']!r}")
         print(f"exporter: idle CPU {broker['exporter_idle_cpu_ms_per_second']} ms/s; one "
               f"/metrics scrape {exporter['scrape_cpu_ms']} ms CPU, {exporter['scrape_wall_ms']} "
               f"ms wall; its CPU above excludes our {exporter['progress_scrapes']} progress "
@@ -1070,6 +1278,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "pipelines or by py-amqp directly (fast enough to saturate the "
                              "consumers), or one kombu Producer.publish per message (as Celery "
                              "does; ~100 us each)")
+    parser.add_argument("--no-bare", dest="bare", action="store_false",
+                        help="broker mode: run the exporter alone, without the bare receiver "
+                             "(loss runs: on two cores it takes the exporter's CPU)")
+    parser.add_argument("--publishers", type=int, default=1,
+                        help="broker mode: publisher processes, each sending its share of the "
+                             "workers' bodies (and their tasks' task-sent) in order")
     parser.add_argument("--idle", type=float, default=10.0,
                         help="broker mode: seconds without progress that end a consumer's run")
     parser.add_argument("--poll", type=float, default=1.0,
@@ -1095,8 +1309,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not set(args.modes) <= set(IN_PROCESS_MODES):
         parser.error(f"--modes: expected some of {', '.join(IN_PROCESS_MODES)}")
-    if args.tasks < 1 or args.batch < 1 or args.workers < 1 or args.repeat < 1:
-        parser.error("--tasks, --batch, --workers and --repeat must be at least 1")
+    if min(args.tasks, args.batch, args.workers, args.repeat, args.publishers) < 1:
+        parser.error("--tasks, --batch, --workers, --repeat and --publishers must be at least 1")
     return args
 
 
@@ -1122,7 +1336,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             result["broker"] = run_broker(load, args.broker, args.rate, idle=args.idle,
                                           poll=args.poll, publisher_kind=args.publisher,
                                           spy_output=args.spy,
-                                          exporter_command=shlex.split(args.exporter_command))
+                                          exporter_command=shlex.split(args.exporter_command),
+                                          bare=args.bare, publishers=args.publishers)
         else:
             result["in_process"] = run_in_process(load, config, args.repeat, args.modes)
         if args.profile:

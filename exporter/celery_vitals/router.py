@@ -67,17 +67,15 @@ class EventRouter:
         worker_task_events = 0
         last = None
         for event in events:
-            if type(event) is not dict:
-                self.skip("malformed_event", "event is %s, not a mapping", type(event).__name__)
-                continue
-            event_type = event.get("type")
-            if type(event_type) is not str:
-                self.skip("missing_type", "event without a string type field")
-                continue
-            handler = handlers.get(event_type)
+            try:
+                event_type = event.get("type")
+                handler = handlers.get(event_type)
+            except (AttributeError, TypeError):  # not a mapping, or an unhashable type field
+                handler = None
             if handler is None:
-                counts[OTHER_TYPE] += 1
+                self._unhandled(event)
                 continue
+            # a handler was found: the event is a dict with a string type (its key)
             counts[event_type] += 1
             if event_type in WORKER_TASK_EVENTS:
                 worker_task_events += 1
@@ -93,6 +91,15 @@ class EventRouter:
                 self.lag = now - sent_at
             if worker_task_events:
                 self.workers.on_task_events(last.get("hostname"), worker_task_events)
+
+    def _unhandled(self, event: object) -> None:
+        """An event no handler takes: malformed, without a string type, or of another type."""
+        if type(event) is not dict:
+            self.skip("malformed_event", "event is %s, not a mapping", type(event).__name__)
+        elif type(event.get("type")) is not str:
+            self.skip("missing_type", "event without a string type field")
+        else:
+            self.events_by_type[OTHER_TYPE] += 1
 
     def count_skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

@@ -55,6 +55,7 @@ class Task:
 
     __slots__ = (
         "hostname",
+        "key",
         "name",
         "next_queued",
         "pending",
@@ -71,6 +72,7 @@ class Task:
     def __init__(self, name: str, queue: str, seen_at: float) -> None:
         self.name = name
         self.queue = queue
+        self.key = (name, queue)  # its label values, built once: most events only count
         self.seen_at = seen_at  # exporter clock: drives age eviction
         self.hostname = UNKNOWN
         # when the attempt with `queued_retries` became runnable: sent, or its ETA if later
@@ -83,6 +85,9 @@ class Task:
         self.received_at: float | None = None
         self.retries = 0
         self.reserved_on: str | None = None  # worker holding it, received but not started
+
+    def relabel(self, name: str, queue: str) -> None:
+        self.name, self.queue, self.key = name, queue, (name, queue)
 
 
 class TaskTracker:
@@ -149,8 +154,8 @@ class TaskTracker:
 
     def _key(self, task: Task, event: Event) -> Key:
         if self.hostname_label:
-            return (task.name, task.queue, self.hostnames(event.get("hostname")))
-        return (task.name, task.queue)
+            return (*task.key, self.hostnames(event.get("hostname")))
+        return task.key
 
     def _uuid(self, event: Event) -> str | None:
         """The event's task uuid; an event without one is a counted skip."""
@@ -174,16 +179,6 @@ class TaskTracker:
         key = (metric, reason)
         self.observations_skipped[key] = self.observations_skipped.get(key, 0) + 1
 
-    def _observe_duration(self, histograms: Histograms, metric: str, key: Key,
-                          start: float | None, end: float | None) -> None:
-        if start is None or end is None:
-            return  # the earlier event was never seen: nothing to measure
-        duration = end - start
-        if duration < 0:
-            self._skip_observation(metric, "negative_duration")  # clock skew between hosts
-            return
-        histograms.observe(key, duration)
-
     def _track(self, uuid: str, task: Task) -> Task:
         if len(self.tasks) >= self.max_tasks:
             evicted, oldest = self.tasks.popitem(last=False)
@@ -203,8 +198,10 @@ class TaskTracker:
 
     def _release(self, uuid: str, task: Task) -> None:
         """The task no longer waits anywhere: not in its queue, not in a worker's prefetch."""
-        self._unreserve(task)
-        self._unpend(uuid, task)
+        if task.reserved_on is not None:
+            self._unreserve(task)
+        if task.pending:
+            self._unpend(uuid, task)
 
     def _unpend(self, uuid: str, task: Task) -> None:
         if task.pending:
@@ -220,11 +217,12 @@ class TaskTracker:
             self.reserved_by_host[host] = self.reserved_by_host.get(host, 1) - 1
 
     def _finish(self, uuid: str, task: Task) -> None:
-        self._finished[uuid] = (task.name, task.queue)
-        if len(self._finished) > self.max_tasks:
-            self._finished.popitem(last=False)
+        finished = self._finished
+        finished[uuid] = task.key
+        if len(finished) > self.max_tasks:
+            finished.popitem(last=False)
 
-    def _terminal(self, event: Event, event_type: str, now: float) -> tuple[str, Task] | None:
+    def _terminal(self, event: Event, event_type: str, now: float) -> Task | None:
         """The task a terminal event ends, or None for a duplicate or a bad event."""
         uuid = self._uuid(event)
         if uuid is None:
@@ -238,7 +236,7 @@ class TaskTracker:
         else:
             self._release(uuid, task)
         self._finish(uuid, task)
-        return uuid, task
+        return task
 
     # -- event handlers (one per Celery task event type) -----------------------
 
@@ -256,12 +254,14 @@ class TaskTracker:
             task = self._track(uuid, Task(name, queue, now))
         else:
             self._unpend(uuid, task)  # before the queue may change
-            task.name, task.queue = name, queue
+            task.relabel(name, queue)
         retries = _retries(event)
         queued_at = number(event.get("timestamp"))
-        eta = _eta_timestamp(event.get("eta"))
+        eta = event.get("eta")  # None unless countdown/eta: most tasks
         if eta is not None and queued_at is not None:
-            queued_at = max(queued_at, eta)
+            runnable_at = _eta_timestamp(eta)
+            if runnable_at is not None:
+                queued_at = max(queued_at, runnable_at)
         if task.received and retries > task.retries:
             # The retry's task-sent (published at once by the pool process) can arrive
             # before the running attempt's task-started: keep it for the next attempt.
@@ -270,7 +270,10 @@ class TaskTracker:
             task.queued_at, task.queued_retries = queued_at, retries
         if queued_at is not None and not (task.received and retries <= task.retries):
             task.pending = True
-            self.pending.setdefault(queue, OrderedDict())[uuid] = queued_at
+            waiting = self.pending.get(queue)
+            if waiting is None:
+                waiting = self.pending[queue] = OrderedDict()
+            waiting[uuid] = queued_at
         key = self._key(task, event)
         self.sent[key] = self.sent.get(key, 0) + 1
 
@@ -315,18 +318,29 @@ class TaskTracker:
         key = self._key(task, event)
         self.started[key] = self.started.get(key, 0) + 1
         started_at = number(event.get("timestamp"))
-        # only the send of this very attempt says how long it queued
-        queued_from = task.queued_at if task.queued_retries == task.retries else None
-        self._observe_duration(self.queue_wait, "celery_task_queue_wait_seconds",
-                               key, queued_from, started_at)
-        self._observe_duration(self.prefetch_wait, "celery_task_prefetch_wait_seconds",
-                               key, task.received_at, started_at)
+        if started_at is None:
+            return  # no end to measure the waits to
+        # A wait needs its start event seen; a negative one is clock skew between hosts.
+        # Only the send of this very attempt says how long it queued.
+        queued_at = task.queued_at
+        if queued_at is not None and task.queued_retries == task.retries:
+            wait = started_at - queued_at
+            if wait >= 0:
+                self.queue_wait.observe(key, wait)
+            else:
+                self._skip_observation("celery_task_queue_wait_seconds", "negative_duration")
+        received_at = task.received_at
+        if received_at is not None:
+            wait = started_at - received_at
+            if wait >= 0:
+                self.prefetch_wait.observe(key, wait)
+            else:
+                self._skip_observation("celery_task_prefetch_wait_seconds", "negative_duration")
 
     def on_succeeded(self, event: Event, now: float) -> None:
-        ended = self._terminal(event, "task-succeeded", now)
-        if ended is None:
+        task = self._terminal(event, "task-succeeded", now)
+        if task is None:
             return
-        _, task = ended
         key = self._key(task, event)
         self.succeeded[key] = self.succeeded.get(key, 0) + 1
         self.last_success[key] = number(event.get("timestamp")) or now
@@ -342,10 +356,9 @@ class TaskTracker:
         if unregistered is not None:
             self._fail_unregistered(event, unregistered, now)
             return
-        ended = self._terminal(event, "task-failed", now)
-        if ended is None:
+        task = self._terminal(event, "task-failed", now)
+        if task is None:
             return
-        _, task = ended
         key = self._key(task, event)
         if task.retries > 0:  # retried before, failed for good: on its way to a DLQ
             self.failed_after_retries[key] = self.failed_after_retries.get(key, 0) + 1
@@ -403,15 +416,14 @@ class TaskTracker:
             ended = self._terminal(event, "task-rejected", now)
             if ended is None:
                 return
-            _, task = ended
+            task = ended
         key = (*self._key(task, event), "true" if requeue else "false")
         self.rejected[key] = self.rejected.get(key, 0) + 1
 
     def on_revoked(self, event: Event, now: float) -> None:
-        ended = self._terminal(event, "task-revoked", now)
-        if ended is None:
+        task = self._terminal(event, "task-revoked", now)
+        if task is None:
             return
-        _, task = ended
         key = self._key(task, event)
         self.revoked[key] = self.revoked.get(key, 0) + 1
         if event.get("expired") is True:

@@ -72,3 +72,74 @@ def test_loss_driver_records_a_verification_error_instead_of_stopping() -> None:
     row = run_one("redis", 80000.0, 10, output=None, runner=losing)
     assert row["error"] == "lost events: exporter 12, bare 0"
     assert row["rate"] == 80000.0
+
+
+def test_loss_driver_sizes_runs_by_seconds_and_runs_the_exporter_alone() -> None:
+    from benchmarks.loss import print_report, run_one, tasks_for
+
+    assert tasks_for(50_000, 30) == 365_854  # ~4.1 events a task: about 30 s at 50k/s
+    seen: list[list[str]] = []
+
+    def broker_run(argv: object) -> dict[str, object]:
+        seen.append(list(argv))  # type: ignore[call-overload]
+        exporter = {"events": 900, "lost": 100, "cpu_us_per_event": 15.0, "reconnects": 2,
+                    "heartbeats_missed": 3, "peak_backlog_events": 500}
+        return {"broker": {
+            "published": {"events": 1000, "events_per_second": 49_990, "seconds": 0.02},
+            "consumers": {"exporter": exporter},
+            "broker_stats": {"output_buffer_disconnects_logged": 2,
+                             "peak_subscriber_output_buffer_bytes": 33_554_432},
+            "exporter_task_counters": {}, "expected_task_counters": {}, "problems": []}}
+
+    row = run_one("redis", 50_000.0, tasks_for(50_000, 30), output=None, runner=broker_run,
+                  publishers=2)
+    argv = seen[0]
+    assert "--no-bare" in argv
+    assert argv[argv.index("--tasks") + 1] == "365854"
+    assert argv[argv.index("--publishers") + 1] == "2"
+    assert (row["exporter_lost"], row["exporter_reconnects"],
+            row["redis_output_buffer_disconnects"], row["bare_counted"]) == (100, 2, 2, None)
+    run_one("amqp", 20_000.0, 10, output=None, runner=broker_run, bare=True)
+    assert "--no-bare" not in seen[1]
+    print_report({"runs": [row]})  # the table renders a run without the bare receiver
+
+
+def test_publisher_lanes_keep_each_task_in_one_lane_in_order() -> None:
+    from benchmarks.throughput import generate, publisher_lanes
+
+    load = generate(300, workers=5)
+    lanes = publisher_lanes(load, 2)
+    assert sorted(i for lane in lanes for i in lane) == list(range(len(load.bodies)))
+    assert all(lane == sorted(lane) and lane for lane in lanes)
+    lane_of_body = {i: n for n, lane in enumerate(lanes) for i in lane}
+    lanes_of_task: dict[str, set[int]] = {}
+    for i, body in enumerate(load.bodies):
+        for event in body if isinstance(body, list) else [body]:
+            if "uuid" in event:
+                lanes_of_task.setdefault(event["uuid"], set()).add(lane_of_body[i])
+    assert len(lanes_of_task) == 300
+    assert all(len(found) == 1 for found in lanes_of_task.values())
+    assert publisher_lanes(load, 1) == [list(range(len(load.bodies)))]
+
+
+def test_throughput_report_without_the_bare_receiver() -> None:
+    from benchmarks.throughput import _broker_report, generate, parse_args, print_report
+
+    args = parse_args(["--broker", "amqp", "--no-bare", "--publishers", "2"])
+    assert (args.bare, args.publishers) == (False, 2)
+    load = generate(20)
+    expected = {kind: sum(c.values()) for kind, c in load.counters.items()}
+    metrics = {f"celery_task_{kind}_total": float(n) for kind, n in expected.items()}
+    done = {"exporter": {"events": load.events, "seconds": 1.0, "cpu": 0.5, "scrapes": 2,
+                         "metrics": metrics, "peak_backlog": 10, "backlog": [(1.0, 5, 4)],
+                         "run_metrics": {"celery_vitals_event_stream_reconnects_total": 1.0},
+                         "scrape": {"cpu_ms": 1.0, "wall_ms": 2.0}}}
+    report = _broker_report(load, "amqp", 50_000.0, done=done, idle_cpu_per_second=0.0,
+                            poll=1.0, published={"events": load.events, "bodies": 1,
+                                                 "seconds": 1.0, "publishers": 2})
+    assert report["problems"] == []
+    assert report["ratios"] == {"wall_throughput": None, "cpu_throughput": None}
+    assert report["consumers"]["exporter"]["reconnects"] == 1
+    assert "bare" not in report["consumers"]
+    print_report({"workload": {"events": load.events, "bodies": 1, "tasks": 20, "batch": 24,
+                               "payload_bytes": 1}, "broker": report})

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Connection, Producer
 
-from celery_vitals.stream import EventStream, backoff_delay
+from celery_vitals.stream import EventStream, ReadAhead, backoff_delay
 from tests.unit.conftest import Harness, event
 
 
@@ -55,3 +58,71 @@ def test_stream_decodes_bodies_and_counts_undecodable_ones() -> None:
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert not stream.connected.is_set()
+
+
+# -- ReadAhead: py-amqp's frame reader fed from one recv() of many frames -----------------
+
+
+def _frame(payload: bytes, frame_type: int = 3, channel: int = 1) -> bytes:
+    return struct.pack(">BHI", frame_type, channel, len(payload)) + payload + b"\xce"
+
+
+class _ScriptedSocket:
+    """recv() returns the scripted chunks in turn; an exception in the script is raised."""
+
+    def __init__(self, script: list[bytes | BaseException]) -> None:
+        self.script = script
+        self.sizes: list[int] = []
+
+    def recv(self, size: int) -> bytes:
+        self.sizes.append(size)
+        item = self.script.pop(0) if self.script else b""
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def _transport(script: list[bytes | BaseException]) -> Any:
+    from amqp.transport import TCPTransport
+
+    transport = TCPTransport.__new__(TCPTransport)  # no connection: read_frame only
+    transport.sock = _ScriptedSocket(script)
+    transport._read_buffer = b""
+    transport._read = ReadAhead(transport).read
+    return transport
+
+
+def test_read_ahead_serves_many_frames_from_one_recv() -> None:
+    frames = [_frame(f"body {i}".encode() * (i + 1)) for i in range(50)]
+    transport = _transport([b"".join(frames)])
+    got = [transport.read_frame() for _ in frames]
+    assert [payload for _, _, payload in got] == [f"body {i}".encode() * (i + 1)
+                                                   for i in range(50)]
+    assert len(transport.sock.sizes) == 1 and transport.sock.sizes[0] >= 65536
+
+
+def test_read_ahead_keeps_a_frame_split_by_timeouts_whole() -> None:
+    first, second, third = _frame(b"one"), _frame(b"two" * 100), _frame(b"three")
+    transport = _transport([first + second[:3], TimeoutError(), second[3:10], TimeoutError(),
+                            second[10:] + third])
+    assert transport.read_frame()[2] == b"one"
+    with pytest.raises(TimeoutError):  # mid-header: nothing consumed for good
+        transport.read_frame()
+    with pytest.raises(TimeoutError):  # mid-payload: read_frame puts the header back
+        transport.read_frame()
+    assert transport.read_frame()[2] == b"two" * 100
+    assert transport.read_frame()[2] == b"three"
+    with pytest.raises(OSError, match="closed"):
+        transport.read_frame()
+
+
+def test_read_ahead_reads_a_frame_larger_than_its_buffer() -> None:
+    big = _frame(b"x" * 200_000)
+    transport = _transport([big[:70_000], big[70_000:140_000], big[140_000:]])
+    assert transport.read_frame()[2] == b"x" * 200_000
+
+
+def test_read_ahead_applies_to_pyamqp_over_tcp_only() -> None:
+    with Connection("memory://") as connection:
+        connection.ensure_connection(max_retries=0)
+        assert ReadAhead.install(connection) is False
