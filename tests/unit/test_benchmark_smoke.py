@@ -28,6 +28,17 @@ def test_memory_benchmark_smoke_holds_the_uuid_map_at_its_cap() -> None:
                                                           {"capacity": 2000, "age": 0})
     assert [s["tasks"] for s in c["samples"]] == [0, 1000, 2000, 3000]
     assert all(s["ru_maxrss_kib"] > 0 for s in c["samples"])
+    # every sample renders /metrics: 200 name/queue pairs of series once tasks ran
+    assert b["samples"][-1]["scrape_bytes"] > 5 * b["samples"][0]["scrape_bytes"]
+
+
+def test_memory_benchmark_smoke_traces_the_python_heap() -> None:
+    from benchmarks.memory import main as memory_main
+
+    results = memory_main(["--smoke", "--no-write", "--quiet", "--cases", "A", "--trace"])
+    samples = results["cases"]["A"]["samples"]
+    assert samples[0]["traced_kib"] < samples[-1]["traced_kib"]  # the trackers' data
+    assert samples[-1]["traced_kib"] * 1024 < samples[-1]["vmrss_kib"] * 1024
 
 
 def test_scrape_benchmark_smoke_renders_every_series() -> None:
