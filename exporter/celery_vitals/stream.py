@@ -60,14 +60,22 @@ class ReadAhead:
         self.pos = 0
 
     @classmethod
-    def install(cls, connection: Connection) -> bool:
-        """Reads ahead on a pyamqp connection over plain TCP; False where it does not apply."""
+    def install(cls, connection: Connection, drain_timeout: float | None = None) -> bool:
+        """Reads ahead on a pyamqp connection over plain TCP; False where it does not apply.
+
+        With ``drain_timeout`` (the timeout every drain_events call passes) the
+        socket keeps that timeout: py-amqp otherwise sets it before each frame
+        and restores it after, two ioctl calls a frame. Writes on the
+        connection (its heartbeats) get the same timeout.
+        """
         from amqp.transport import TCPTransport  # type: ignore[import-untyped]
 
         transport: Any = getattr(connection.connection, "transport", None)
         if type(transport) is not TCPTransport or not hasattr(transport, "_read_buffer"):
             return False  # not py-amqp over TCP (Redis, TLS, another version): unchanged
         transport._read = cls(transport).read
+        if drain_timeout is not None:
+            transport.sock.settimeout(drain_timeout)
         return True
 
     def read(self, n: int, initial: bool = False) -> bytes:
@@ -173,7 +181,7 @@ class EventStream:
         )
 
     def _consume(self, connection: Connection) -> None:
-        ReadAhead.install(connection)
+        ReadAhead.install(connection, drain_timeout=TICK_INTERVAL)
         with Consumer(connection, queues=[self._queue(connection)], no_ack=True,
                       on_message=self._on_message, accept=["json"]):
             next_tick = time.monotonic()

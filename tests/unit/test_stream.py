@@ -6,6 +6,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -126,3 +127,47 @@ def test_read_ahead_applies_to_pyamqp_over_tcp_only() -> None:
     with Connection("memory://") as connection:
         connection.ensure_connection(max_retries=0)
         assert ReadAhead.install(connection) is False
+
+
+class _TimedSocket(_ScriptedSocket):
+    """Records settimeout calls, as py-amqp's having_timeout makes them around each frame."""
+
+    def __init__(self, script: list[bytes | BaseException]) -> None:
+        super().__init__(script)
+        self.timeout: float | None = None
+        self.set_calls: list[float | None] = []
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.set_calls.append(timeout)
+        self.timeout = timeout
+
+
+def test_read_ahead_leaves_the_drain_timeout_on_the_socket() -> None:
+    from amqp.transport import TCPTransport
+
+    def connection_with(sock: _TimedSocket) -> Any:
+        transport = TCPTransport.__new__(TCPTransport)
+        transport.sock, transport._read_buffer = sock, b""
+        return SimpleNamespace(connection=SimpleNamespace(transport=transport))
+
+    def drain_three(connection: Any) -> list[bytes]:
+        transport = connection.connection.transport
+        payloads = []
+        for _ in range(3):  # what drain_events(timeout=1.0) does per frame
+            with transport.having_timeout(1.0):
+                payloads.append(transport.read_frame()[2])
+        return payloads
+
+    frames = b"".join(_frame(bytes([65 + i])) for i in range(3))
+    plain = connection_with(_TimedSocket([frames]))
+    assert ReadAhead.install(plain) is True
+    assert drain_three(plain) == [b"A", b"B", b"C"]
+    assert plain.connection.transport.sock.set_calls == [1.0, None] * 3  # set, restore
+
+    kept = connection_with(_TimedSocket([frames]))
+    assert ReadAhead.install(kept, drain_timeout=1.0) is True
+    assert drain_three(kept) == [b"A", b"B", b"C"]
+    assert kept.connection.transport.sock.set_calls == [1.0]  # once, at install
