@@ -95,7 +95,7 @@ def _metrics_app(exposition: Exposition, registry_app: WsgiApp) -> WsgiApp:
             openmetrics=content_type.startswith("application/openmetrics-text"))
         headers = [("Content-Type", content_type)]
         if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            # level 1: a 22 MB body in ~30 ms instead of ~350 ms at level 9, 4% larger
+            # level 1: a 22 MB body in ~28 ms instead of ~350 ms at level 9; 34% larger
             body = gzip.compress(body, compresslevel=1)
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Content-Length", str(len(body))))
