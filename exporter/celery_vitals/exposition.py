@@ -94,7 +94,7 @@ def header(name: str, labels: Key, openmetrics: bool) -> bytes:
     return _generic([make(name, labels)], openmetrics)
 
 
-def number(value: float) -> bytes:
+def value_text(value: float) -> bytes:
     """A sample value: ints as ``12.0``, finite floats by repr, the rest as Go spells them.
 
     prometheus_client writes Go's spelling throughout (``1.234567e+06``);
@@ -138,7 +138,7 @@ class SeriesLines:
             prefix = hit[2] if hit is not None else (
                 self.sample_name + label_text(zip(self.label_names, key, strict=True)) + " "
             ).encode()
-            line = prefix + number(value) + b"\n"
+            line = prefix + value_text(value) + b"\n"
             cache[key] = (value, line, prefix)
             lines.append(line)
         if len(cache) != len(current):  # series went away: drop their lines
@@ -177,7 +177,7 @@ class HistogramLines:
                 template = self._template(key, les)
             counts = list(live)  # one copy: buckets, count and sum agree
             cumulative = list(accumulate(counts[:-1]))  # bucket counts are ints
-            chunk = template % (*cumulative, cumulative[-1], number(counts[-1]))
+            chunk = template % (*cumulative, cumulative[-1], value_text(counts[-1]))
             cache[key] = (counts, chunk, template)
             chunks.append(chunk)
         if len(cache) != len(series):

@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from celery_vitals.exposition import Exposition, SeriesLines, number
+from celery_vitals.exposition import Exposition, SeriesLines, value_text
 from celery_vitals.http import HttpServer, make_app
 from tests.unit.conftest import Harness, event, lifecycle
 from tests.unit.test_exposition import busy_harness
@@ -130,8 +130,8 @@ def test_series_that_go_away_leave_the_text() -> None:
     (0.25, b"0.25"), (1.7e9, b"1700000000.0"), (1e16, b"1e+16"), (-2.5, b"-2.5"),
     (math.inf, b"+Inf"), (-math.inf, b"-Inf"), (math.nan, b"NaN"),
 ])
-def test_number_spelling(value: float, text: bytes) -> None:
-    assert number(value) == text
+def test_value_text_spelling(value: float, text: bytes) -> None:
+    assert value_text(value) == text
     assert math.isnan(float(text)) if math.isnan(value) else float(text) == value
 
 
