@@ -163,9 +163,16 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("celery_vitals_events_total", "counter",
                "Events received, by type (unknown types as other).", ("type",)),
     MetricSpec("celery_vitals_events_skipped_total", "counter",
-               "Events or message bodies dropped because they could not be used.", ("reason",)),
+               "Event messages, or events in them, dropped because they could not be used, by "
+               "reason: the message (undecodable_body, malformed_envelope, malformed_headers, "
+               "unsupported_compression, too_large, malformed_body) or one event "
+               "(malformed_event, missing_type, missing_uuid, "
+               "duplicate_terminal, handler_error).", ("reason",)),
     MetricSpec("celery_vitals_observations_skipped_total", "counter",
-               "Durations not observed because the event data made them meaningless.",
+               "Values from events not used because they were meaningless (bad_runtime, "
+               "negative_duration) or not a number in range (bad_value: a heartbeat's freq, "
+               "active, processed or load; an event's timestamp), by the metric they would "
+               "have fed (timestamp: an event's own, which feeds several).",
                ("metric", "reason")),
     MetricSpec("celery_vitals_event_stream_reconnects_total", "counter",
                "Times the event stream lost its broker connection and reconnected."),
@@ -185,6 +192,10 @@ SPECS: tuple[MetricSpec, ...] = (
                "Label values replaced by 'other' by the cardinality guard.", ("label", "reason")),
     MetricSpec("celery_vitals_enable_events_requests_total", "counter",
                "enable_events broadcasts sent to workers, by result.", ("result",)),
+    MetricSpec("celery_vitals_scrape_errors_total", "counter",
+               "Metric families left out of a scrape because they could not be rendered "
+               "(family: the family, or the collector that failed before naming one); "
+               "the rest of the scrape is served.", ("family",)),
     MetricSpec("celery_vitals_build_info", "info",
                "Build information of the exporter.",
                ("version", "celery_version", "python_version")),

@@ -61,7 +61,7 @@ class TaskCollector(_CatalogueCollector):
     """Per-task counters and histograms: nearly all of a large exporter's series.
 
     Rendered two ways from the same blocks: families for the registry
-    (collect), and cached text for /metrics (render_text, see exposition.py).
+    (collect), and cached text for /metrics (text_families, see exposition.py).
 
     celery_task_succeeded_total{name="orders.charge",queue_name="b"} 1041.0
     celery_task_failed_total{exception="TimeLimitExceeded",name="orders.charge",queue_name="b"} 3.0
@@ -105,14 +105,12 @@ class TaskCollector(_CatalogueCollector):
             else:
                 yield _samples(gauge(name, labels), data)
 
-    def render_text(self, openmetrics: bool) -> list[bytes]:
-        parts: list[bytes] = []
+    def text_families(self) -> Iterator[tuple[FamilyText, Mapping[Any, float] | Histograms]]:
         for name, labels, data in self.blocks():
             text = self._text.get((name, labels))
             if text is None:
                 text = self._text[(name, labels)] = FamilyText(name, labels)
-            parts += text.render(data, openmetrics)
-        return parts
+            yield text, data
 
 
 class WorkerCollector(_CatalogueCollector):
@@ -167,9 +165,11 @@ class ExporterCollector(_CatalogueCollector):
     metric_names = tuple(name for name, spec in BY_NAME.items() if spec.group == "exporter")
 
     def __init__(self, router: EventRouter, guards: Iterable[LabelGuard],
-                 stream_up: Callable[[], bool], reconnects: Callable[[], int],
-                 enable_events: Callable[[], Mapping[str, int]] = dict) -> None:
+                 stream_up: Callable[[], bool], reconnects: Callable[[], int], *,
+                 enable_events: Callable[[], Mapping[str, int]] = dict,
+                 scrape_errors: Mapping[str, int] | None = None) -> None:
         self.router = router
+        self.scrape_errors = scrape_errors if scrape_errors is not None else {}
         self.guards = list(guards)
         self.stream_up = stream_up
         self.reconnects = reconnects
@@ -184,8 +184,10 @@ class ExporterCollector(_CatalogueCollector):
         for reason, count in list(tasks.skipped.items()):
             skipped[reason] = skipped.get(reason, 0) + count
         yield _samples(counter("celery_vitals_events_skipped_total"), skipped)
-        yield _samples(counter("celery_vitals_observations_skipped_total"),
-                               tasks.observations_skipped)
+        observations = dict(tasks.observations_skipped)
+        for key, count in list(router.workers.observations_skipped.items()):
+            observations[key] = observations.get(key, 0) + count
+        yield _samples(counter("celery_vitals_observations_skipped_total"), observations)
         yield _samples(counter("celery_vitals_event_stream_reconnects_total"),
                                {(): self.reconnects()})
         lag = gauge("celery_vitals_event_lag_seconds")
@@ -206,6 +208,7 @@ class ExporterCollector(_CatalogueCollector):
         yield _samples(counter("celery_vitals_label_values_folded_total"), folded)
         yield _samples(counter("celery_vitals_enable_events_requests_total"),
                                self.enable_events())
+        yield _samples(counter("celery_vitals_scrape_errors_total"), self.scrape_errors)
         build = info("celery_vitals_build_info")
         build.add_metric([], {"version": __version__, "celery_version": celery.__version__,
                              "python_version": platform.python_version()})

@@ -15,9 +15,11 @@ spelled the Python way (``1234567.0``, not Go's ``1.234567e+06``).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from functools import cache
 from itertools import accumulate
 from typing import Any, Protocol, runtime_checkable
@@ -30,19 +32,22 @@ from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from celery_vitals.catalogue import BY_NAME, counter, gauge, histogram
 from celery_vitals.histogram import Histograms
+from celery_vitals.logs import RateLimitedLogger
 
 Key = tuple[str, ...]
 # prometheus_client leaves these two untyped
 floatToGoString: Callable[[float], str] = _untyped_go_float
 generate_openmetrics: Callable[[Any], bytes] = openmetrics_exposition.generate_latest
 OM_EOF = b"# EOF\n"
+skip_log = RateLimitedLogger(logging.getLogger(__name__))
 
 
 @runtime_checkable
 class TextRenderer(Protocol):
-    """A collector that can write its own exposition lines (same content as its collect())."""
+    """A collector that writes its own exposition lines (same content as its collect()):
+    each family as its cached text and the plain data to render it from."""
 
-    def render_text(self, openmetrics: bool) -> list[bytes]: ...
+    def text_families(self) -> Iterable[tuple[FamilyText, Mapping[Key, float] | Histograms]]: ...
 
 
 class _Metrics:
@@ -58,25 +63,93 @@ class _Metrics:
 class Exposition:
     """Renders the collectors, in order, into one /metrics body.
 
-    One render at a time (a lock): the series caches are shared, and a second
-    scraper waiting a few milliseconds is cheaper than rendering twice.
+    Data never makes a scrape fail: a family that cannot be rendered (or a
+    collector that fails before naming one) is left out of that scrape and
+    counted in ``errors`` (``celery_vitals_scrape_errors_total{family}``), and
+    the rest is served.
+
+    One render at a time (a lock): the series caches are shared. Scrapes
+    that arrive while a render runs wait for it and then take the next
+    render's body, one render for all of them, never older than their own
+    arrival.
     """
 
-    def __init__(self, collectors: Iterable[Collector]) -> None:
+    def __init__(self, collectors: Iterable[Collector], errors: dict[str, int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.collectors = list(collectors)
+        self.clock = clock
+        # family -> scrapes it was left out of (ExporterCollector exports it)
+        self.errors: dict[str, int] = {} if errors is None else errors
         self._lock = threading.Lock()
+        self._last: dict[bool, tuple[float, bytes]] = {}  # openmetrics -> (started, body)
 
-    def render(self, openmetrics: bool = False) -> bytes:
-        parts: list[bytes] = []
+    def render(self, openmetrics: bool = False, names: Set[str] | None = None) -> bytes:
+        """The body; with ``names``, only the families whose sample names are among them."""
+        arrived = self.clock()
         with self._lock:
-            for collector in self.collectors:
-                if isinstance(collector, TextRenderer):
-                    parts.extend(collector.render_text(openmetrics))
-                else:
-                    parts.append(_generic(collector.collect(), openmetrics))
+            last = self._last.get(openmetrics)
+            if names is None and last is not None and last[0] >= arrived:
+                return last[1]  # rendered while this request waited for the lock
+            started = self.clock()
+            body = self._render(openmetrics, names)
+            if names is None:
+                self._last[openmetrics] = (started, body)
+        return body
+
+    def _render(self, openmetrics: bool, names: Set[str] | None) -> bytes:
+        parts: list[bytes] = []
+        for collector in self.collectors:
+            if isinstance(collector, TextRenderer):
+                for text, data in collector.text_families():
+                    if names is None or _wanted(text.name, names):
+                        self._guarded(parts, text.name, text.render, data, openmetrics)
+            else:
+                self._generic_families(parts, collector, openmetrics, names)
         if openmetrics:
             parts.append(OM_EOF)
         return b"".join(parts)  # one copy: the parts are bytes already
+
+    def _generic_families(self, parts: list[bytes], collector: Collector, openmetrics: bool,
+                          names: Set[str] | None) -> None:
+        """prometheus_client's rendering, one family at a time."""
+        families: Iterator[Metric] | None = None
+        while True:
+            try:
+                if families is None:
+                    families = iter(collector.collect())
+                family = next(families)
+            except StopIteration:
+                return
+            except Exception:  # the collector failed before naming a family
+                self._error(type(collector).__name__)
+                return
+            if names is None or _wanted(family.name, names):
+                self._guarded(parts, family.name, _one, family, openmetrics)
+
+    def _guarded(self, parts: list[bytes], family: str, render: Callable[..., list[bytes]],
+                 *args: Any) -> None:
+        try:
+            parts.extend(render(*args))
+        except Exception:
+            self._error(family)
+
+    def _error(self, family: str) -> None:
+        self.errors[family] = self.errors.get(family, 0) + 1
+        skip_log.warn_every(family, "scrape: left out %s, which could not be rendered",
+                            family, exc_info=True)
+
+
+def _one(family: Metric, openmetrics: bool) -> list[bytes]:
+    return [_generic([family], openmetrics)]
+
+
+def _wanted(family: str, names: Set[str]) -> bool:
+    """Whether a ``name[]`` filter asks for a family (by any of its sample names)."""
+    spec = BY_NAME.get(family) or BY_NAME.get(family + "_total") or BY_NAME.get(
+        family + "_info")
+    if spec is None:
+        return family in names
+    return not names.isdisjoint(spec.series_names)
 
 
 def _generic(metrics: Iterable[Metric], openmetrics: bool) -> bytes:

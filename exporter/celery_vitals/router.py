@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery_vitals.logs import RateLimitedLogger
-from celery_vitals.tasks import Event, TaskTracker, number
+from celery_vitals.tasks import MAX_TIMESTAMP, Event, TaskTracker, bad_timestamp, number
 from celery_vitals.workers import WorkerTracker
 
 # Task events a worker sends about its own work (task-sent comes from clients).
@@ -76,6 +76,12 @@ class EventRouter:
                 self._unhandled(event)
                 continue
             # a handler was found: the event is a dict with a string type (its key)
+            stamp = event.get("timestamp")  # a plausible float, nearly always: checked inline
+            if not (type(stamp) is float and 0.0 <= stamp <= MAX_TIMESTAMP) and bad_timestamp(
+                    stamp):
+                # the event counts; what its time would have fed is not observed
+                event["timestamp"] = None
+                self.tasks.skip_observation("timestamp", "bad_value")
             counts[event_type] += 1
             if event_type in WORKER_TASK_EVENTS:
                 worker_task_events += 1

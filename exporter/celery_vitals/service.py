@@ -133,6 +133,7 @@ class Pipeline:
                                      purge_after=config.worker_purge_after,
                                      hostnames=self.guards["worker_hostname"])
         self.router = EventRouter(self.tasks, self.workers, clock=clock)
+        self.scrape_errors: dict[str, int] = {}  # families a scrape had to leave out
         self.stream_up: Callable[[], bool] = lambda: False
         self.reconnects: Callable[[], int] = lambda: 0
         self.enable_events: Callable[[], Mapping[str, int]] = dict
@@ -150,9 +151,10 @@ class Pipeline:
                 stream_up=lambda: self.stream_up(),  # noqa: PLW0108
                 reconnects=lambda: self.reconnects(),  # noqa: PLW0108
                 enable_events=lambda: self.enable_events(),  # noqa: PLW0108
+                scrape_errors=self.scrape_errors,
             ),
         ]
-        self.exposition = Exposition(self.collectors)
+        self.exposition = Exposition(self.collectors, errors=self.scrape_errors)
         if registry is not None:
             for collector in self.collectors:
                 registry.register(collector)

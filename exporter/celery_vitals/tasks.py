@@ -12,7 +12,6 @@ collectors copy it at scrape time. No lock is taken per event.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
@@ -24,13 +23,30 @@ Event = dict[str, Any]
 Key = tuple[str, ...]
 
 
+# An event's numbers are range-checked where they enter: none larger than this (2**53,
+# the largest integer a float holds exactly) reaches a tracker, so nothing derived from
+# them overflows or turns into inf/NaN.
+MAX_NUMBER = float(2**53)
+# Event timestamps (seconds since the epoch, the sender's clock) are accepted up to
+# the year 5138; Celery stamps every event, so one outside [0, this] is not Celery's.
+MAX_TIMESTAMP = 1e11
+
+
 def number(value: object) -> float | None:
-    """A finite float from an event field, or None (bools and strings are not numbers)."""
+    """A float within +-MAX_NUMBER from an event field, or None (bools, strings, 10**400)."""
     if type(value) is float:
-        return value if math.isfinite(value) else None
+        return value if -MAX_NUMBER <= value <= MAX_NUMBER else None  # NaN fails both
     if type(value) is int:
-        return float(value)
+        return float(value) if -MAX_NUMBER <= value <= MAX_NUMBER else None
     return None
+
+
+def bad_timestamp(value: object) -> bool:
+    """True for a timestamp field that is present but not a plausible epoch time."""
+    if value is None:
+        return False
+    seconds = number(value)
+    return seconds is None or not 0.0 <= seconds <= MAX_TIMESTAMP
 
 
 def _eta_timestamp(value: object) -> float | None:
@@ -45,9 +61,12 @@ def _eta_timestamp(value: object) -> float | None:
     return eta.timestamp()
 
 
+MAX_RETRIES = 2**31  # Celery's retries count: a non-negative int, far below this
+
+
 def _retries(event: Event) -> int:
     retries = event.get("retries")
-    return retries if type(retries) is int else 0
+    return retries if type(retries) is int and 0 <= retries < MAX_RETRIES else 0
 
 
 class Task:
@@ -175,7 +194,7 @@ class TaskTracker:
     def _skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
-    def _skip_observation(self, metric: str, reason: str) -> None:
+    def skip_observation(self, metric: str, reason: str) -> None:
         key = (metric, reason)
         self.observations_skipped[key] = self.observations_skipped.get(key, 0) + 1
 
@@ -328,14 +347,14 @@ class TaskTracker:
             if wait >= 0:
                 self.queue_wait.observe(key, wait)
             else:
-                self._skip_observation("celery_task_queue_wait_seconds", "negative_duration")
+                self.skip_observation("celery_task_queue_wait_seconds", "negative_duration")
         received_at = task.received_at
         if received_at is not None:
             wait = started_at - received_at
             if wait >= 0:
                 self.prefetch_wait.observe(key, wait)
             else:
-                self._skip_observation("celery_task_prefetch_wait_seconds", "negative_duration")
+                self.skip_observation("celery_task_prefetch_wait_seconds", "negative_duration")
 
     def on_succeeded(self, event: Event, now: float) -> None:
         task = self._terminal(event, "task-succeeded", now)
@@ -346,7 +365,7 @@ class TaskTracker:
         self.last_success[key] = number(event.get("timestamp")) or now
         runtime = number(event.get("runtime"))
         if runtime is None or runtime < 0:
-            self._skip_observation("celery_task_runtime_seconds", "bad_runtime")
+            self.skip_observation("celery_task_runtime_seconds", "bad_runtime")
         else:
             self.runtime.observe(key, runtime)
 

@@ -11,9 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from celery_vitals.labels import LabelGuard
-from celery_vitals.tasks import number
+from celery_vitals.tasks import MAX_NUMBER, number
 
 Event = dict[str, Any]
+
+# Heartbeat fields outside these ranges are not a real worker's: each is a skipped
+# observation (celery_vitals_observations_skipped_total{metric, reason="bad_value"}).
+FREQ_RANGE = (0.1, 3600.0)  # seconds between heartbeats (Celery's default: 2)
+MAX_GAP = 86_400.0  # a longer silence is a restart, not heartbeats lost on the way
+MAX_LOAD = 1e6
 
 
 class Worker:
@@ -57,6 +63,18 @@ class WorkerTracker:
         self.hostnames = hostnames
         self.workers: dict[str, Worker] = {}
         self.heartbeats_missed = 0
+        self.observations_skipped: dict[tuple[str, str], int] = {}
+
+    def _checked(self, value: object, metric: str, low: float, high: float) -> float | None:
+        """A field's number within [low, high]; present and outside it: a skipped observation."""
+        if value is None:
+            return None
+        checked = number(value)
+        if checked is not None and low <= checked <= high:
+            return checked
+        key = (metric, "bad_value")
+        self.observations_skipped[key] = self.observations_skipped.get(key, 0) + 1
+        return None
 
     def _worker(self, event: Event, now: float) -> tuple[str, Worker]:
         host = self.hostnames(event.get("hostname"))
@@ -79,14 +97,17 @@ class WorkerTracker:
     def _count_missed(self, worker: Worker, event: Event) -> None:
         """Heartbeats come every `freq` seconds (worker clock): a longer gap means the
         stream lost events (consumer too slow, TTL or buffer overflow, reconnect)."""
-        sent_at, freq = number(event.get("timestamp")), number(event.get("freq"))
+        # the router admits only plausible timestamps
+        sent_at = number(event.get("timestamp"))
+        freq = self._checked(event.get("freq"), "celery_vitals_heartbeats_missed_total",
+                             *FREQ_RANGE)
         previous = worker.heartbeat_sent_at
         if sent_at is None:
             return
         worker.heartbeat_sent_at = sent_at
-        if previous is not None and freq is not None and freq > 0:
+        if previous is not None and freq is not None:
             gap = sent_at - previous
-            if gap > 1.5 * freq:
+            if 1.5 * freq < gap <= MAX_GAP:
                 self.heartbeats_missed += round(gap / freq) - 1
 
     def on_offline(self, event: Event, now: float) -> str:
@@ -105,15 +126,18 @@ class WorkerTracker:
     def _heartbeat(self, worker: Worker, event: Event, now: float) -> None:
         worker.online = True
         worker.last_heartbeat = now
-        active = number(event.get("active"))
-        processed = number(event.get("processed"))
+        active = self._checked(event.get("active"), "celery_worker_tasks_active", 0, MAX_NUMBER)
+        processed = self._checked(event.get("processed"), "celery_worker_tasks_processed", 0,
+                                  MAX_NUMBER)
         if active is not None:
             worker.active = active
         if processed is not None:
             worker.processed = processed
         loadavg = event.get("loadavg")
         if isinstance(loadavg, list | tuple) and loadavg:
-            worker.load1 = number(loadavg[0])
+            load1 = self._checked(loadavg[0], "celery_worker_load1", 0, MAX_LOAD)
+            if load1 is not None:
+                worker.load1 = load1
         self._check_task_events(worker)
 
     @staticmethod
