@@ -154,3 +154,14 @@ def test_throughput_report_without_the_bare_receiver() -> None:
     assert "bare" not in report["consumers"]
     print_report({"workload": {"events": load.events, "bodies": 1, "tasks": 20, "batch": 24,
                                "payload_bytes": 1}, "broker": report})
+
+
+def test_concurrent_scrapes_benchmark_smoke_answers_every_scrape() -> None:
+    from benchmarks.concurrent_scrapes import main as concurrent_main
+
+    results = concurrent_main(["--smoke", "--no-write", "--quiet"])
+    for case in ("backlog_5", "backlog_128"):
+        assert results[case]["scrapes"] == 10 * 2
+        assert results[case]["samples"] > 1500  # the ~2,000-series exporter, rendered
+    assert results["backlog_128"]["failed"] == 0
+    assert (results["backlog_5"]["backlog"], results["backlog_128"]["backlog"]) == (5, 128)
