@@ -172,7 +172,8 @@ SPECS: tuple[MetricSpec, ...] = (
                "Values from events not used because they were meaningless (bad_runtime, "
                "negative_duration) or not a number in range (bad_value: a heartbeat's freq, "
                "active, processed or load; an event's timestamp), by the metric they would "
-               "have fed (timestamp: an event's own, which feeds several).",
+               "have fed (timestamp: an event's own, which feeds several; eta: a task-sent's "
+               "ETA).",
                ("metric", "reason")),
     MetricSpec("celery_vitals_event_stream_reconnects_total", "counter",
                "Times the event stream lost its broker connection and reconnected."),

@@ -58,7 +58,8 @@ def _eta_timestamp(value: object) -> float | None:
         return None
     if eta.tzinfo is None:
         eta = eta.replace(tzinfo=UTC)
-    return eta.timestamp()
+    seconds = eta.timestamp()
+    return None if bad_timestamp(seconds) else seconds
 
 
 MAX_RETRIES = 2**31  # Celery's retries count: a non-negative int, far below this
@@ -281,6 +282,8 @@ class TaskTracker:
             runnable_at = _eta_timestamp(eta)
             if runnable_at is not None:
                 queued_at = max(queued_at, runnable_at)
+            else:  # not an ISO 8601 time of this or the next millennia
+                self.skip_observation("eta", "bad_value")
         if task.received and retries > task.retries:
             # The retry's task-sent (published at once by the pool process) can arrive
             # before the running attempt's task-started: keep it for the next attempt.

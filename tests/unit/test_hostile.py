@@ -8,6 +8,7 @@ import bz2
 import json
 import lzma
 import struct
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -253,6 +254,46 @@ def test_retries_outside_an_int32_count_as_none() -> None:
            event("task-failed", uuid="u1", exception="ValueError()"))
     assert h.task("celery_task_failed_after_retries_total", "t") is None
     assert h.task("celery_task_failed_total", "t", exception="ValueError") == 1
+
+
+HOSTILE_NUMBERS: list[object] = [
+    10**400, -(10**400), 2**63, 1e308, -1e308, float("nan"), float("inf"), float("-inf"),
+    1e-300, -1, 0, "12", None, [], {}, True,
+]
+
+
+def test_every_numeric_field_with_every_hostile_value_renders_parseable_metrics() -> None:
+    """Each number an event carries, each hostile value: Prometheus' own parser (promtool)
+    reads the text, prometheus_client's the OpenMetrics, and no family is left out."""
+    h = Harness()
+    fields = {"task-sent": ("timestamp", "retries", "eta"),
+              "task-received": ("timestamp", "retries"),
+              "task-started": ("timestamp",),
+              "task-succeeded": ("timestamp", "runtime"),
+              "worker-heartbeat": ("timestamp", "freq", "active", "processed", "loadavg")}
+    for index, value in enumerate(HOSTILE_NUMBERS):
+        for event_type, names in fields.items():
+            for field in names:
+                task_id = f"u{index}-{event_type}-{field}"
+                sent, received, started, succeeded = lifecycle(task_id, "t")
+                bodies = {"task-sent": sent, "task-received": received,
+                          "task-started": started, "task-succeeded": succeeded,
+                          "worker-heartbeat": event("worker-heartbeat", freq=2.0, active=1,
+                                                    processed=index, loadavg=[0.1, 0, 0])}
+                hostile = value if field != "loadavg" else [value, 0, 0]
+                h.feed(*bodies.values(), {**bodies[event_type], field: hostile})
+    exposition = h.pipeline.exposition
+    text = exposition.render().decode()
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                           capture_output=True, timeout=60, check=False)
+    assert check.returncode in (0, 3), check.stdout + check.stderr  # 3: lint notes only
+    assert "error while linting" not in check.stderr
+    families = {f.name for f in om_parse(exposition.render(openmetrics=True).decode())}
+    assert {"celery_task_succeeded", "celery_worker_up", "celery_vitals_events"} <= families
+    assert exposition.errors == {}
+    # one lifecycle per field and value (a hostile succeeded repeats a terminal: counted once)
+    lifecycles = len(HOSTILE_NUMBERS) * sum(len(names) for names in fields.values())
+    assert h.task("celery_task_succeeded_total", "t") == lifecycles == 208
 
 
 # -- scrapes survive what they cannot render ----------------------------------------------
