@@ -99,6 +99,10 @@ def _with_options(command: Any) -> Any:
         ("--broker-transport-option", "Kombu transport option KEY=VALUE, repeatable; VALUE is "
          "parsed as JSON when it is JSON (visibility_timeout=3600, global_keyprefix=prod:). "
          "In the environment, separate pairs with spaces."),
+        ("--event-stream/--no-event-stream",
+         "Consume Celery's event stream (task and worker metrics). Off when the "
+         "celery-vitals agent runs in every worker and owns those metrics: the exporter then "
+         "polls queues, dead-letter queues and the broker only, and asks no worker for events."),
         ("--enable-events/--no-enable-events",
          "Periodically ask workers to send task events (celery control enable_events)."),
         ("--task-hostname-label/--no-task-hostname-label",
@@ -106,7 +110,7 @@ def _with_options(command: Any) -> Any:
     ]
     for option, help_text in reversed(flags):
         if "/" in option:
-            default = option.startswith("--enable-events")
+            default = option.startswith(("--enable-events", "--event-stream"))
             command = click.option(option, default=default, envvar=envvar(option),
                                    show_envvar=True, show_default=True,
                                    help=help_text)(command)

@@ -165,7 +165,7 @@ class ExporterCollector(_CatalogueCollector):
     metric_names = tuple(name for name, spec in BY_NAME.items() if spec.group == "exporter")
 
     def __init__(self, router: EventRouter, guards: Iterable[LabelGuard],
-                 stream_up: Callable[[], bool], reconnects: Callable[[], int], *,
+                 stream_up: Callable[[], bool | None], reconnects: Callable[[], int], *,
                  enable_events: Callable[[], Mapping[str, int]] = dict,
                  scrape_errors: Mapping[str, int] | None = None) -> None:
         self.router = router
@@ -177,8 +177,9 @@ class ExporterCollector(_CatalogueCollector):
 
     def collect(self) -> Iterator[Metric]:
         router, tasks = self.router, self.router.tasks
+        up = self.stream_up()  # None: --no-event-stream, nothing to be up or down
         yield _samples(gauge("celery_vitals_event_stream_up"),
-                               {(): 1 if self.stream_up() else 0})
+                       {} if up is None else {(): 1 if up else 0})
         yield _samples(counter("celery_vitals_events_total"), router.events_by_type)
         skipped = dict(router.skipped)
         for reason, count in list(tasks.skipped.items()):

@@ -56,6 +56,7 @@ class Config:
     max_label_length: int = 200
     default_queue: str = "celery"
     task_hostname_label: bool = False
+    event_stream: bool = True
     enable_events: bool = True
     enable_events_interval: float = 60.0
     event_queue_ttl: float = 5.0
@@ -270,6 +271,7 @@ def build(raw: Mapping[str, Any]) -> Config:
                                defaults.max_label_length),
         default_queue=str(raw.get("default_queue", defaults.default_queue)),
         task_hostname_label=bool(raw.get("task_hostname_label", False)),
+        event_stream=bool(raw.get("event_stream", True)),
         enable_events=bool(raw.get("enable_events", True)),
         enable_events_interval=seconds("--enable-events-interval", "enable_events_interval",
                                        defaults.enable_events_interval),
@@ -296,6 +298,9 @@ def build(raw: Mapping[str, Any]) -> Config:
         web_config=c.parse("--web-config-file", str(raw.get("web_config_file") or ""),
                            _web_config, None),
     )
+    if not config.event_stream and config.queue_poll_interval == 0:
+        c.problems.append("--no-event-stream: needs queue polling (--queue-poll-interval "
+                          "above 0), or the exporter has nothing to do")
     if not config.default_queue:
         c.problems.append("--default-queue: must not be empty")
     if config.worker_purge_after < config.worker_timeout:

@@ -52,8 +52,12 @@ WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
 def make_app(registry: CollectorRegistry, ready: Callable[[], bool],
-             exposition: Exposition | None = None) -> WsgiApp:
-    """The exporter's WSGI app; without an exposition /metrics is prometheus_client's own."""
+             exposition: Exposition | None = None,
+             ready_means: str = "the event stream is connected") -> WsgiApp:
+    """The exporter's WSGI app; without an exposition /metrics is prometheus_client's own.
+
+    ``ready_means`` says what /readyz 200 stands for, on the landing page and in the 503.
+    """
     registry_app = make_wsgi_app(registry)
     metrics = registry_app if exposition is None else _metrics_app(exposition, registry_app)
     landing = (
@@ -61,7 +65,7 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], bool],
         f"<h1>celery-vitals {html.escape(__version__)}</h1><ul>"
         "<li><a href='metrics'>metrics</a></li>"
         "<li><a href='healthz'>healthz</a> (process alive)</li>"
-        "<li><a href='readyz'>readyz</a> (event stream connected)</li>"
+        f"<li><a href='readyz'>readyz</a> (200 once {html.escape(ready_means)})</li>"
         "</ul></body></html>"
     ).encode()
 
@@ -75,7 +79,7 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], bool],
             if ready():
                 return _text(start_response, "200 OK", b"ready\n")
             return _text(start_response, "503 Service Unavailable",
-                         b"not ready: event stream not connected\n")
+                         f"not ready: 200 once {ready_means}\n".encode())
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [landing]

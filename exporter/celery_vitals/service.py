@@ -134,7 +134,8 @@ class Pipeline:
                                      hostnames=self.guards["worker_hostname"])
         self.router = EventRouter(self.tasks, self.workers, clock=clock)
         self.scrape_errors: dict[str, int] = {}  # families a scrape had to leave out
-        self.stream_up: Callable[[], bool] = lambda: False
+        # None: no event stream at all (--no-event-stream), so no stream-up gauge either
+        self.stream_up: Callable[[], bool] | None = lambda: False
         self.reconnects: Callable[[], int] = lambda: 0
         self.enable_events: Callable[[], Mapping[str, int]] = dict
         # the broker poller is plugged in by Exporter; without one, queue metrics come
@@ -148,7 +149,7 @@ class Pipeline:
             ExporterCollector(
                 self.router, self.guards.values(),
                 # late-bound on purpose: Exporter plugs in the stream's state afterwards
-                stream_up=lambda: self.stream_up(),  # noqa: PLW0108
+                stream_up=lambda: None if self.stream_up is None else self.stream_up(),
                 reconnects=lambda: self.reconnects(),  # noqa: PLW0108
                 enable_events=lambda: self.enable_events(),  # noqa: PLW0108
                 scrape_errors=self.scrape_errors,
@@ -169,28 +170,39 @@ class Exporter:
         self.pipeline = pipeline = Pipeline(config, registry)
         self.app = app or celery_app(config)
         router = pipeline.router
-        self.stream = EventStream(self.app, router.handle, router.tick, router.count_skip,
-                                  queue_ttl=config.event_queue_ttl,
-                                  queue_expires=config.event_queue_expires,
-                                  queue_max_length=config.event_queue_max_length)
+        self.stream = (EventStream(self.app, router.handle, router.tick, router.count_skip,
+                                   queue_ttl=config.event_queue_ttl,
+                                   queue_expires=config.event_queue_expires,
+                                   queue_max_length=config.event_queue_max_length)
+                       if config.event_stream else None)
         self.poller = queue_poller(config, self.app, pipeline.guards["queue_name"])
         pipeline.queue_collector.poller = self.poller
         self.enabler = (EventsEnabler(self.app, config.enable_events_interval)
-                        if config.enable_events else None)
-        pipeline.stream_up = self.stream.connected.is_set
-        pipeline.reconnects = lambda: self.stream.reconnects
+                        if config.enable_events and self.stream is not None else None)
+        ready: Callable[[], bool]
+        ready_means = "the event stream is connected"
+        if self.stream is not None:
+            stream = self.stream
+            ready = pipeline.stream_up = stream.connected.is_set
+            pipeline.reconnects = lambda: stream.reconnects
+        else:  # the agents own task and worker metrics: ready means the broker answers
+            poller = self.poller
+            assert poller is not None  # config.build refuses neither stream nor polling
+            ready = lambda: poller.up  # noqa: E731
+            ready_means = "the last broker poll succeeded"
+            pipeline.stream_up = None
         if self.enabler is not None:
             enabler = self.enabler
             pipeline.enable_events = lambda: enabler.results
-        self.http = HttpServer(make_app(registry, ready=self.stream.connected.is_set,
-                                        exposition=pipeline.exposition),
+        self.http = HttpServer(make_app(registry, ready=ready, exposition=pipeline.exposition,
+                                        ready_means=ready_means),
                                config.listen_host, config.listen_port,
                                web_config=config.web_config)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         self.http.start()
-        targets = [("events", self.stream.run)]
+        targets = [] if self.stream is None else [("events", self.stream.run)]
         if self.enabler is not None:
             targets.append(("enable-events", self.enabler.run))
         if self.poller is not None:
@@ -201,7 +213,8 @@ class Exporter:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        self.stream.stop()
+        if self.stream is not None:
+            self.stream.stop()
         if self.enabler is not None:
             self.enabler.stop()
         if self.poller is not None:

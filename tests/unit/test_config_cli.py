@@ -105,3 +105,12 @@ def test_readme_documents_every_option_and_environment_variable() -> None:
         flag = param.opts[0]
         assert f"`{flag}" in readme, flag
         assert f"`{param.envvar}`" in readme, param.envvar
+
+
+def test_without_the_event_stream_the_exporter_must_poll() -> None:
+    assert build({"broker_url": "redis://h/0", "event_stream": False}).event_stream is False
+    with pytest.raises(ConfigError) as caught:
+        build({"broker_url": "redis://h/0", "event_stream": False, "queue_poll_interval": "0"})
+    assert caught.value.problems == [
+        "--no-event-stream: needs queue polling (--queue-poll-interval above 0), or the "
+        "exporter has nothing to do"]
