@@ -123,6 +123,31 @@ def test_service_monitor_follows_kube_prometheus_stack_conventions(helm: str) ->
     assert "celery-vitals" in service["metadata"]["name"]  # the job CeleryExporterDown matches
 
 
+def test_worker_pod_monitor_scrapes_the_agents_in_the_worker_pods(helm: str) -> None:
+    objects = helm_template(helm, "-f", str(VALUES_ALL))
+    (monitor,) = _kind(objects, "PodMonitor")
+    assert monitor["metadata"]["name"] == "test-celery-vitals-workers"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "payments-worker"}}
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["default"]}
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "celery-metrics", "path": "/metrics", "scheme": "http", "interval": "15s"}]
+    other = helm_template(helm, "--set", "workerPodMonitor.enabled=true",
+                          "--set", "workerPodMonitor.selector.app=w",
+                          "--set", "workerPodMonitor.namespaces={jobs,batch}")
+    (monitor,) = _kind(other, "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["jobs", "batch"]}
+
+
+def test_a_worker_pod_monitor_without_a_selector_is_refused(helm: str) -> None:
+    result = subprocess.run([helm, "template", "test", str(CHART),
+                             "--set", "workerPodMonitor.enabled=true"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "workerPodMonitor.selector" in result.stderr
+
+
 def test_secrets_and_web_config_are_wired(helm: str) -> None:
     objects = helm_template(helm, "-f", str(VALUES_ALL))
     secrets = {s["metadata"]["name"]: s for s in _kind(objects, "Secret")}
