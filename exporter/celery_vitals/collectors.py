@@ -140,6 +140,11 @@ class WorkerCollector(_CatalogueCollector):
         missing = gauge("celery_worker_task_events_missing")
         from_heartbeat = {name: gauge(name) for name in (
             "celery_worker_tasks_active", "celery_worker_tasks_processed", "celery_worker_load1")}
+        from_pool = {name: gauge(name) for name in (
+            "celery_worker_pool_processes", "celery_worker_pool_busy_processes",
+            "celery_worker_prefetch_limit", "celery_worker_eta_tasks")}
+        memory = gauge("celery_worker_process_resident_memory_bytes")
+        exits = counter("celery_worker_pool_process_exits_total")
         reserved_by_host = dict(self.tasks.reserved_by_host)
         for host, w in list(self.workers.workers.items()):
             labels = [host]
@@ -153,7 +158,20 @@ class WorkerCollector(_CatalogueCollector):
                                 ("celery_worker_load1", w.load1)):
                 if value is not None:  # no heartbeat carried it yet
                     from_heartbeat[name].add_metric(labels, value)
-        yield from (up, heartbeat, reserved, starts, missing, *from_heartbeat.values())
+            pool = w.pool  # only an agent knows its pool: absent on the exporter
+            if pool is not None:
+                for name, number in (("celery_worker_pool_processes", pool.processes),
+                                     ("celery_worker_pool_busy_processes", pool.busy),
+                                     ("celery_worker_prefetch_limit", pool.prefetch_limit),
+                                     ("celery_worker_eta_tasks", pool.eta_tasks)):
+                    if number is not None:
+                        from_pool[name].add_metric(labels, number)
+                for process, rss in pool.memory.items():
+                    memory.add_metric([host, process], rss)
+                for reason, count in pool.exits.items():
+                    exits.add_metric([host, reason], count)
+        yield from (up, heartbeat, reserved, starts, missing, *from_heartbeat.values(),
+                    *from_pool.values(), memory, exits)
 
 
 class ExporterCollector(_CatalogueCollector):
@@ -168,17 +186,26 @@ class ExporterCollector(_CatalogueCollector):
 
     def __init__(self, router: EventRouter, guards: Iterable[LabelGuard],
                  stream_up: Callable[[], bool], reconnects: Callable[[], int],
-                 enable_events: Callable[[], Mapping[str, int]] = dict) -> None:
+                 enable_events: Callable[[], Mapping[str, int]] = dict, *,
+                 agent: Mapping[str, str] | None = None) -> None:
         self.router = router
         self.guards = list(guards)
         self.stream_up = stream_up
         self.reconnects = reconnects
         self.enable_events = enable_events
+        # an agent inside a worker has no event stream: its metrics would only mislead
+        # (stream down, no reconnects); it says what it is instead
+        self.agent = dict(agent) if agent is not None else None
 
     def collect(self) -> Iterator[Metric]:
         router, tasks = self.router, self.router.tasks
-        yield _samples(gauge("celery_vitals_event_stream_up"),
-                               {(): 1 if self.stream_up() else 0})
+        if self.agent is None:
+            yield _samples(gauge("celery_vitals_event_stream_up"),
+                           {(): 1 if self.stream_up() else 0})
+        else:
+            agent = info("celery_vitals_agent_info")
+            agent.add_metric([], self.agent)
+            yield agent
         yield _samples(counter("celery_vitals_events_total"), router.events_by_type)
         skipped = dict(router.skipped)
         for reason, count in list(tasks.skipped.items()):
@@ -186,12 +213,13 @@ class ExporterCollector(_CatalogueCollector):
         yield _samples(counter("celery_vitals_events_skipped_total"), skipped)
         yield _samples(counter("celery_vitals_observations_skipped_total"),
                                tasks.observations_skipped)
-        yield _samples(counter("celery_vitals_event_stream_reconnects_total"),
-                               {(): self.reconnects()})
-        lag = gauge("celery_vitals_event_lag_seconds")
-        if router.lag is not None:
-            lag.add_metric([], router.lag)
-        yield lag
+        if self.agent is None:
+            yield _samples(counter("celery_vitals_event_stream_reconnects_total"),
+                           {(): self.reconnects()})
+            lag = gauge("celery_vitals_event_lag_seconds")
+            if router.lag is not None:
+                lag.add_metric([], router.lag)
+            yield lag
         yield _samples(gauge("celery_vitals_tracked_tasks"), {(): len(tasks.tasks)})
         yield _samples(counter("celery_vitals_heartbeats_missed_total"),
                        {(): router.workers.heartbeats_missed})
@@ -204,8 +232,9 @@ class ExporterCollector(_CatalogueCollector):
                 key = (guard.label, reason)
                 folded[key] = folded.get(key, 0) + count
         yield _samples(counter("celery_vitals_label_values_folded_total"), folded)
-        yield _samples(counter("celery_vitals_enable_events_requests_total"),
-                               self.enable_events())
+        if self.agent is None:
+            yield _samples(counter("celery_vitals_enable_events_requests_total"),
+                           self.enable_events())
         build = info("celery_vitals_build_info")
         build.add_metric([], {"version": __version__, "celery_version": celery.__version__,
                              "python_version": platform.python_version()})

@@ -293,6 +293,15 @@ class TaskTracker:
         else:
             redelivered = task.received and task.retries == retries
             self._release(uuid, task)
+        # The agent knows what the event stream cannot: the queue the message was
+        # delivered from, and whether the broker flagged it as a redelivery.
+        queue_field = event.get("queue")
+        if type(queue_field) is str and queue_field:
+            queue = self.queues(queue_field)
+            if queue != task.queue:
+                task.relabel(task.name, queue)
+        if event.get("redelivered") is True:
+            redelivered = True
         upcoming = task.next_queued
         if upcoming is not None and upcoming[0] == retries:
             task.queued_retries, task.queued_at = upcoming
