@@ -502,3 +502,12 @@ def test_default_address_is_9809_not_the_exporters(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(agent_module.LISTEN_ADDRESS_ENV, "[::1]:7001")
     agent = Agent.from_environment(SimpleNamespace(hostname=HOST), "127.0.0.1:7000")
     assert (agent.config.listen_host, agent.config.listen_port) == ("::1", 7001)
+
+
+def test_solo_pools_process_init_in_the_main_process_keeps_the_agent(
+        installed: Celery, agent_env: int) -> None:
+    agent_module._on_worker_init(sender=SimpleNamespace(app=installed, hostname=HOST,
+                                                        pool_cls="solo"))
+    agent_module._on_worker_process_init(sender=HOST)  # what solo's TaskPool sends
+    assert agent_module._active() is not None
+    assert http_get(agent_env, "/healthz").status == 200

@@ -150,10 +150,13 @@ def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None
 
 
 def _on_worker_process_init(**_: Any) -> None:
-    """In a freshly forked pool child: drop the copy of the agent and its listening socket."""
+    """In a freshly forked pool child: drop the copy of the agent and its listening socket.
+
+    The solo pool sends this signal too, in the main process: nothing to do there.
+    """
     agent = _process.agent
-    _process.agent = None
     if agent is not None and agent.pid != os.getpid():
+        _process.agent = None
         agent.forget_in_child()
 
 
@@ -255,8 +258,8 @@ class Agent:
     def tick(self) -> None:
         """A heartbeat from the worker's own state, a pool sample, housekeeping."""
         try:
+            now = time.time()  # before sampling: a sample is never older than its timestamp
             stats = self.pool.sample()
-            now = time.time()
             event = {"type": "worker-heartbeat", **self._heartbeat_fields(now)}
             with self.lock:
                 self.pipeline.router.handle(event, now)
