@@ -385,6 +385,9 @@ class TaskTracker:
         task = self.tasks.pop(uuid, None)
         if task is None:
             task = self._new(self.names(name), now)
+            queue = event.get("queue")  # only the agent knows it
+            if type(queue) is str and queue:
+                task.relabel(task.name, self.queues(queue))
         else:
             self._release(uuid, task)
         self._finish(uuid, task)

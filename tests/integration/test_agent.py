@@ -81,12 +81,15 @@ def test_exact_counts_per_task_and_delivery_queue(harness: Harness, broker_url: 
     for _ in range(2):
         client.send_task("agent.add", args=(2, 3), queue=beta)
     client.send_task("agent.fail", queue=beta)
+    client.send_task("agent.renamed", queue=alpha)  # a name this worker does not have
 
     def done(s: Scrape) -> bool:
         return (s.value("celery_task_succeeded_total", name="agent.add", queue_name=alpha) == 3
                 and s.value("celery_task_succeeded_total", name="agent.add", queue_name=beta) == 2
                 and s.value("celery_task_failed_total", name="agent.fail", queue_name=beta,
                             exception="ValueError") == 1
+                and s.value("celery_task_failed_total", name="agent.renamed", queue_name=alpha,
+                            exception="NotRegistered") == 1
                 and s.value("celery_worker_tasks_processed", hostname=host) == 6
                 and s.value("celery_worker_tasks_active", hostname=host) == 0)
 
@@ -98,8 +101,11 @@ def test_exact_counts_per_task_and_delivery_queue(harness: Harness, broker_url: 
             frozenset({("name", "agent.fail"), ("queue_name", beta)}): 1,
         }, metric
     assert len(s.series("celery_task_succeeded_total")) == 2
-    assert s.series("celery_task_failed_total") == {frozenset({
-        ("name", "agent.fail"), ("queue_name", beta), ("exception", "ValueError")}): 1}
+    assert s.series("celery_task_failed_total") == {
+        frozenset({("name", "agent.fail"), ("queue_name", beta), ("exception", "ValueError")}): 1,
+        frozenset({("name", "agent.renamed"), ("queue_name", alpha),
+                   ("exception", "NotRegistered")}): 1,
+    }
     assert s.series("celery_task_redelivered_total") == {}
     assert s.series("celery_vitals_unknown_uuid_events_total") == {}
     assert s.get("celery_task_runtime_seconds_count", name="agent.add", queue_name=alpha) == 3

@@ -511,3 +511,14 @@ def test_solo_pools_process_init_in_the_main_process_keeps_the_agent(
     agent_module._on_worker_process_init(sender=HOST)  # what solo's TaskPool sends
     assert agent_module._active() is not None
     assert http_get(agent_env, "/healthz").status == 200
+
+
+def test_unregistered_task_fails_as_not_registered_under_its_name_and_queue() -> None:
+    c = consumer(queue("alpha"))
+    h = TapHarness(c)
+    message = SimpleNamespace(delivery_info={"exchange": "alpha", "routing_key": "alpha"})
+    h.tap.unknown(c, message, "old.name", "u1")
+    s = h.scrape()
+    assert s.get("celery_task_failed_total", name="old.name", queue_name="alpha",
+                 exception="NotRegistered") == 1
+    assert s.series("celery_task_received_total") == {}

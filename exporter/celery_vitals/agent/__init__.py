@@ -94,6 +94,8 @@ def _connect_signals() -> None:
                                  dispatch_uid="celery-vitals-agent-worker-ready")
     signals.task_received.connect(_on_task_received, weak=False,
                                   dispatch_uid="celery-vitals-agent-task-received")
+    signals.task_unknown.connect(_on_task_unknown, weak=False,
+                                 dispatch_uid="celery-vitals-agent-task-unknown")
     signals.worker_process_init.connect(_on_worker_process_init, weak=False,
                                         dispatch_uid="celery-vitals-agent-process-init")
     signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False,
@@ -147,6 +149,13 @@ def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None
     tap = _active_tap()
     if tap is not None and request is not None:
         tap.received(request, sender)
+
+
+def _on_task_unknown(sender: Any = None, message: Any = None, name: Any = None,
+                     id: Any = None, **_: Any) -> None:  # the signal's argument names
+    tap = _active_tap()
+    if tap is not None:
+        tap.unknown(sender, message, name, id)
 
 
 def _on_worker_process_init(**_: Any) -> None:

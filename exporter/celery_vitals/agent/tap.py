@@ -14,7 +14,8 @@ The tap sits in front of it, so it sees every step with or without ``-E``:
 - task-started, -failed, -retried, -rejected, -revoked: ``Request.send_event``,
   called before Celery checks whether events are enabled;
 - task-succeeded: ``Request.on_success``, because Celery skips ``send_event``
-  there when the dispatcher was disabled when the worker started.
+  there when the dispatcher was disabled when the worker started;
+- task-failed with NotRegistered: the ``task_unknown`` signal (no request exists).
 
 The request class is tapped by wrapping the function Celery's default
 strategy builds it with (``celery.worker.strategy.create_request_cls``): the
@@ -137,6 +138,23 @@ class Tap:
             "queue": delivery_queue(delivery, consumer),
             "redelivered": delivery.get("redelivered") is True,
         }
+
+    def unknown(self, consumer: Any, message: Any, name: object, uuid: object) -> None:
+        """The task_unknown signal: a message for a task name this worker does not have.
+
+        Celery sends task-failed with NotRegistered('name') and nothing before it; so
+        does the tap, with the queue it came from.
+        """
+        try:
+            delivery = getattr(message, "delivery_info", None) or {}
+            event: Event = {"type": "task-failed", "uuid": uuid, "hostname": self.hostname,
+                            "timestamp": self.clock(), "exception": f"NotRegistered({name!r})",
+                            "queue": delivery_queue(delivery, consumer)}
+        except Exception:
+            log.warn_every("tap-unknown", "celery-vitals agent: could not read an unknown task",
+                           exc_info=True)
+            return
+        self.feed(event)
 
     def request_event(self, request: Any, event_type: str, fields: Mapping[str, Any]) -> None:
         """Request.send_event: started, failed, retried, rejected, revoked (and cancelled)."""
