@@ -11,6 +11,7 @@ shared by the module.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -323,10 +324,44 @@ def test_processes_that_are_not_workers_serve_nothing(harness: Harness) -> None:
     assert worker.listening()
 
 
-def test_worker_shutdown_stops_the_server(harness: Harness) -> None:
+@pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)
+def test_broker_redelivery_after_a_lost_worker(harness: Harness, broker_url: str,
+                                               uid: str) -> None:
+    """A worker SIGKILLed mid-task (acks_late): the broker hands the message to the next
+    worker flagged as redelivered; that worker's agent has never seen it before."""
+    jobs = f"jobs-{uid}"
+    env = {"AGENT_VISIBILITY_TIMEOUT": "2"}
+    first = harness.agent_worker("first", broker_url, pool="prefork", concurrency=1,
+                                 queues=jobs, extra_env=env)
+    harness.client(broker_url).send_task("agent.late_sleep", args=(3,), queue=jobs)
+    first.wait_for(lambda s: s.value("celery_task_started_total", name="agent.late_sleep",
+                                     queue_name=jobs) == 1, what="the first worker started it")
+    first.kill()
+    second = harness.agent_worker("second", broker_url, pool="prefork", concurrency=1,
+                                  queues=jobs, extra_env=env)
+    s = second.wait_for(
+        lambda s: s.value("celery_task_succeeded_total", name="agent.late_sleep",
+                          queue_name=jobs) == 1,
+        timeout=60, what="the redelivered task to succeed on the second worker")
+    assert s.get("celery_task_received_total", name="agent.late_sleep", queue_name=jobs) == 1
+    assert s.get("celery_task_redelivered_total", name="agent.late_sleep", queue_name=jobs) == 1
+
+
+def test_scrapes_during_warm_shutdown_then_the_server_stops(harness: Harness, uid: str) -> None:
     redis = harness.redis()
-    worker = harness.agent_worker("agent", redis.url(), pool="threads", concurrency=2)
-    assert worker.scrape().get("celery_worker_up", hostname=worker.hostname) == 1
-    assert worker.stop_gracefully() == 0
+    jobs = f"jobs-{uid}"
+    worker = harness.agent_worker("agent", redis.url(), pool="prefork", concurrency=1,
+                                  queues=jobs)
+    host = worker.hostname
+    harness.client(redis.url()).send_task("agent.sleep", args=(3,), queue=jobs)
+    worker.wait_for(lambda s: s.value("celery_worker_pool_busy_processes", hostname=host) == 1,
+                    what="the pool process busy")
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)  # warm shutdown: the running task finishes
+    wait_until(lambda: "Warm shutdown" in worker.output(), timeout=10,
+               what="the warm shutdown to begin", details=worker.tail)
+    s = worker.scrape()  # the running task still shows
+    assert s.get("celery_worker_tasks_active", hostname=host) == 1
+    assert worker.wait(timeout=30) == 0
     assert not port_open(worker.port)
     assert "Traceback" not in worker.output()

@@ -22,6 +22,12 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    # Redis hands an unacknowledged message out again after this long (the redelivery
+    # test), looking for such messages every second (kombu scans every 10th look)
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("AGENT_VISIBILITY_TIMEOUT", "3600")),
+        "unacked_restore_interval": 1,
+    },
 )
 
 celery_vitals.agent.install(app)
@@ -60,3 +66,9 @@ def touch(path: str) -> None:
     """Leaves a trace the test can see without a result backend."""
     with open(path, "w") as done:
         done.write("done\n")
+
+
+@app.task(name="agent.late_sleep", acks_late=True)
+def late_sleep(seconds: float) -> None:
+    """Acknowledged when done: a worker lost meanwhile leaves it to the broker to redeliver."""
+    time.sleep(seconds)
