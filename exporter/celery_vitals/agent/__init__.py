@@ -166,7 +166,11 @@ def _on_worker_process_init(**_: Any) -> None:
     agent = _process.agent
     if agent is not None and agent.pid != os.getpid():
         _process.agent = None
-        agent.forget_in_child()
+        try:
+            agent.forget_in_child()
+        except Exception:
+            log.warning("celery-vitals agent: a pool process could not close its copy of the "
+                        "agent's socket", exc_info=True)
 
 
 def _on_worker_shutting_down(**_: Any) -> None:
