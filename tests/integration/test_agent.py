@@ -71,10 +71,20 @@ def children(pid: int) -> list[int]:
 def test_exact_counts_per_task_and_delivery_queue(harness: Harness, broker_url: str, pool: str,
                                                   uid: str) -> None:
     """Two queues, one worker, no task events: every task under its real queue."""
+    two_queue_workload(harness, broker_url, pool, uid, POOL_ARGS[pool])
+
+
+def test_task_events_on_change_nothing(harness: Harness, uid: str) -> None:
+    """With -E, Celery sends task-succeeded itself too: still counted once."""
+    two_queue_workload(harness, harness.redis().url(), "prefork", uid, ["-E"])
+
+
+def two_queue_workload(harness: Harness, broker_url: str, pool: str, uid: str,
+                       extra_args: list[str]) -> None:
     alpha, beta = f"alpha-{uid}", f"beta-{uid}"
     concurrency = 1 if pool == "solo" else 2
     worker = harness.agent_worker("agent", broker_url, pool=pool, concurrency=concurrency,
-                                  queues=f"{alpha},{beta}", extra_args=POOL_ARGS[pool])
+                                  queues=f"{alpha},{beta}", extra_args=extra_args)
     host = worker.hostname
     client = harness.client(broker_url)
     for _ in range(3):
@@ -126,8 +136,9 @@ def test_exact_counts_per_task_and_delivery_queue(harness: Harness, broker_url: 
                    and {dict(labels)["process"] for labels in
                         s.series("celery_worker_process_resident_memory_bytes")} == slots),
         what=f"no busy pool process and the memory of {sorted(slots)}")
-    # nothing was published as a task event: the agent needs none
-    assert "task events: OFF" in worker.output()
+    assert s.series("celery_vitals_events_skipped_total") == {}  # no duplicate counted
+    events = "ON" if "-E" in extra_args else "OFF"  # the agent needs none
+    assert f"task events: {events}" in worker.output()
 
 
 @pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)
