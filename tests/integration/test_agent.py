@@ -74,9 +74,13 @@ def test_exact_counts_per_task_and_delivery_queue(harness: Harness, broker_url: 
     two_queue_workload(harness, broker_url, pool, uid, POOL_ARGS[pool])
 
 
-def test_task_events_on_change_nothing(harness: Harness, uid: str) -> None:
-    """With -E, Celery sends task-succeeded itself too: still counted once."""
-    two_queue_workload(harness, harness.redis().url(), "prefork", uid, ["-E"])
+@pytest.mark.parametrize("args", [
+    ["-E"],  # Celery sends task-succeeded itself too: still counted once
+    # the event dispatcher itself disabled: Celery's on_success skips send_event
+    ["--without-heartbeat", "--without-gossip", "--without-mingle"],
+], ids=["task-events-on", "dispatcher-disabled"])
+def test_event_settings_change_nothing(harness: Harness, uid: str, args: list[str]) -> None:
+    two_queue_workload(harness, harness.redis().url(), "prefork", uid, args)
 
 
 def two_queue_workload(harness: Harness, broker_url: str, pool: str, uid: str,
