@@ -21,6 +21,9 @@ from prometheus_client.core import (
 )
 
 MetricType = Literal["counter", "gauge", "histogram", "info"]
+# Who exports a metric: the exporter (event stream and broker polls), the agent inside
+# each worker (celery_vitals.agent), or both under the same name and labels.
+Source = Literal["both", "exporter", "agent"]
 
 TASK_LABELS = ("name", "queue_name")
 OPTIONAL_TASK_LABEL = "hostname"  # added to task metrics by --task-hostname-label
@@ -35,6 +38,7 @@ class MetricSpec:
     help: str
     labels: tuple[str, ...] = ()
     group: str = "exporter"
+    source: Source = "both"
 
     @property
     def family_name(self) -> str:
@@ -55,28 +59,31 @@ class MetricSpec:
         return (self.name,)
 
 
-def _task(name: str, type_: MetricType, help_: str, extra: tuple[str, ...] = ()) -> MetricSpec:
-    return MetricSpec(name, type_, help_, TASK_LABELS + extra, group="task")
+def _task(name: str, type_: MetricType, help_: str, extra: tuple[str, ...] = (),
+          source: Source = "both") -> MetricSpec:
+    return MetricSpec(name, type_, help_, TASK_LABELS + extra, group="task", source=source)
 
 
-def _worker(name: str, type_: MetricType, help_: str) -> MetricSpec:
-    return MetricSpec(name, type_, help_, WORKER_LABELS, group="worker")
+def _worker(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = WORKER_LABELS,
+            source: Source = "both") -> MetricSpec:
+    return MetricSpec(name, type_, help_, labels, group="worker", source=source)
 
 
 def _queue(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = QUEUE_LABELS
            ) -> MetricSpec:
-    return MetricSpec(name, type_, help_, labels, group="queue")
+    return MetricSpec(name, type_, help_, labels, group="queue", source="exporter")
 
 
 def _broker(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = ()
             ) -> MetricSpec:
-    return MetricSpec(name, type_, help_, labels, group="broker")
+    return MetricSpec(name, type_, help_, labels, group="broker", source="exporter")
 
 
 SPECS: tuple[MetricSpec, ...] = (
     # -- tasks -------------------------------------------------------------
     _task("celery_task_sent_total", "counter",
-          "Tasks published by a client (task-sent events; needs task_send_sent_event)."),
+          "Tasks published by a client (task-sent events; needs task_send_sent_event).",
+          source="exporter"),
     _task("celery_task_received_total", "counter",
           "Tasks received by a worker (task-received events), redeliveries included."),
     _task("celery_task_started_total", "counter", "Tasks a worker started executing."),
@@ -123,6 +130,26 @@ SPECS: tuple[MetricSpec, ...] = (
     _worker("celery_worker_task_events_missing", "gauge",
             "1 when the worker's heartbeats report processed tasks but no task event arrived "
             "from it: task events are disabled on that worker."),
+    # -- workers, from the agent inside the worker (absent from the exporter) --
+    _worker("celery_worker_pool_processes", "gauge",
+            "Processes (or threads) in the worker's pool: its concurrency.", source="agent"),
+    _worker("celery_worker_pool_busy_processes", "gauge",
+            "Pool processes currently executing a task.", source="agent"),
+    _worker("celery_worker_prefetch_limit", "gauge",
+            "The consumer's current prefetch count (QoS): how many unacknowledged tasks "
+            "the worker may hold, 0 for no limit.", source="agent"),
+    _worker("celery_worker_eta_tasks", "gauge",
+            "Tasks with an ETA or countdown the worker holds in memory, waiting for their "
+            "time.", source="agent"),
+    _worker("celery_worker_process_resident_memory_bytes", "gauge",
+            "Resident memory of the worker's main process (process=\"main\") and of each "
+            "pool process by slot index (process=\"0\" to N-1; a replacement process takes "
+            "over its slot's series).", ("hostname", "process"), source="agent"),
+    _worker("celery_worker_pool_process_exits_total", "counter",
+            "Pool processes that exited while the worker ran, by reason: recycled (exit "
+            "code 0: max tasks or max memory per child), killed (by a signal, e.g. the "
+            "OOM killer's SIGKILL), failed (another exit code).", ("hostname", "reason"),
+            source="agent"),
     # -- queues and dead-letter queues (polled from the broker) -------------
     _queue("celery_queue_length", "gauge",
            "Messages ready in the queue (all priority levels); absent when the queue is."),
@@ -159,7 +186,7 @@ SPECS: tuple[MetricSpec, ...] = (
             ("transport", "version", "eviction_policy")),
     # -- the exporter itself -----------------------------------------------
     MetricSpec("celery_vitals_event_stream_up", "gauge",
-               "1 while the event stream is connected to the broker."),
+               "1 while the event stream is connected to the broker.", source="exporter"),
     MetricSpec("celery_vitals_events_total", "counter",
                "Events received, by type (unknown types as other).", ("type",)),
     MetricSpec("celery_vitals_events_skipped_total", "counter",
@@ -176,9 +203,11 @@ SPECS: tuple[MetricSpec, ...] = (
                "ETA).",
                ("metric", "reason")),
     MetricSpec("celery_vitals_event_stream_reconnects_total", "counter",
-               "Times the event stream lost its broker connection and reconnected."),
+               "Times the event stream lost its broker connection and reconnected.",
+               source="exporter"),
     MetricSpec("celery_vitals_event_lag_seconds", "gauge",
-               "Exporter receive time minus the timestamp of the latest event."),
+               "Exporter receive time minus the timestamp of the latest event.",
+               source="exporter"),
     MetricSpec("celery_vitals_heartbeats_missed_total", "counter",
                "Worker heartbeats that never arrived although the worker stayed online: the "
                "event stream is losing events (slow consumer, queue TTL, buffer overflow)."),
@@ -192,7 +221,12 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("celery_vitals_label_values_folded_total", "counter",
                "Label values replaced by 'other' by the cardinality guard.", ("label", "reason")),
     MetricSpec("celery_vitals_enable_events_requests_total", "counter",
-               "enable_events broadcasts sent to workers, by result.", ("result",)),
+               "enable_events broadcasts sent to workers, by result.", ("result",),
+               source="exporter"),
+    MetricSpec("celery_vitals_agent_info", "info",
+               "Present (value 1) only on the /metrics of an agent inside a worker "
+               "(celery_vitals.agent), never on the exporter's: tells the two sources apart.",
+               ("hostname", "pool"), source="agent"),
     MetricSpec("celery_vitals_scrape_errors_total", "counter",
                "Metric families left out of a scrape because they could not be rendered "
                "(family: the family, or the collector that failed before naming one); "
@@ -271,13 +305,20 @@ def markdown() -> str:
         "value passes a cardinality guard: past its cap, or when it is not a usable string, "
         "it becomes `other` and `celery_vitals_label_values_folded_total` counts it.",
         "",
+        "Source: `exporter` (`celery-vitals serve`: the event stream and broker polls), "
+        "`agent` (`celery_vitals.agent.install(app)`, inside each worker), or `both` "
+        "(the same name and labels from either; `celery_vitals_agent_info` is only on an "
+        "agent's /metrics).",
+        "",
     ]
     for group, title in titles.items():
-        lines += [f"## {title}", "", "| metric | type | labels | meaning |", "|---|---|---|---|"]
+        lines += [f"## {title}", "", "| metric | type | labels | source | meaning |",
+                  "|---|---|---|---|---|"]
         for spec in SPECS:
             if spec.group == group:
                 labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
-                lines.append(f"| `{spec.name}` | {spec.type} | {labels} | {spec.help} |")
+                lines.append(f"| `{spec.name}` | {spec.type} | {labels} | {spec.source} | "
+                             f"{spec.help} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -138,6 +138,11 @@ class WorkerCollector(_CatalogueCollector):
         missing = gauge("celery_worker_task_events_missing")
         from_heartbeat = {name: gauge(name) for name in (
             "celery_worker_tasks_active", "celery_worker_tasks_processed", "celery_worker_load1")}
+        from_pool = {name: gauge(name) for name in (
+            "celery_worker_pool_processes", "celery_worker_pool_busy_processes",
+            "celery_worker_prefetch_limit", "celery_worker_eta_tasks")}
+        memory = gauge("celery_worker_process_resident_memory_bytes")
+        exits = counter("celery_worker_pool_process_exits_total")
         reserved_by_host = dict(self.tasks.reserved_by_host)
         for host, w in list(self.workers.workers.items()):
             labels = [host]
@@ -151,7 +156,20 @@ class WorkerCollector(_CatalogueCollector):
                                 ("celery_worker_load1", w.load1)):
                 if value is not None:  # no heartbeat carried it yet
                     from_heartbeat[name].add_metric(labels, value)
-        yield from (up, heartbeat, reserved, starts, missing, *from_heartbeat.values())
+            pool = w.pool  # only an agent knows its pool: absent on the exporter
+            if pool is not None:
+                for name, number in (("celery_worker_pool_processes", pool.processes),
+                                     ("celery_worker_pool_busy_processes", pool.busy),
+                                     ("celery_worker_prefetch_limit", pool.prefetch_limit),
+                                     ("celery_worker_eta_tasks", pool.eta_tasks)):
+                    if number is not None:
+                        from_pool[name].add_metric(labels, number)
+                for process, rss in pool.memory.items():
+                    memory.add_metric([host, process], rss)
+                for reason, count in pool.exits.items():
+                    exits.add_metric([host, reason], count)
+        yield from (up, heartbeat, reserved, starts, missing, *from_heartbeat.values(),
+                    *from_pool.values(), memory, exits)
 
 
 class ExporterCollector(_CatalogueCollector):
@@ -167,19 +185,28 @@ class ExporterCollector(_CatalogueCollector):
     def __init__(self, router: EventRouter, guards: Iterable[LabelGuard],
                  stream_up: Callable[[], bool | None], reconnects: Callable[[], int], *,
                  enable_events: Callable[[], Mapping[str, int]] = dict,
-                 scrape_errors: Mapping[str, int] | None = None) -> None:
+                 scrape_errors: Mapping[str, int] | None = None,
+                 agent: Mapping[str, str] | None = None) -> None:
         self.router = router
         self.scrape_errors = scrape_errors if scrape_errors is not None else {}
         self.guards = list(guards)
         self.stream_up = stream_up
         self.reconnects = reconnects
         self.enable_events = enable_events
+        # an agent inside a worker has no event stream: its metrics would only mislead
+        # (stream down, no reconnects); it says what it is instead
+        self.agent = dict(agent) if agent is not None else None
 
     def collect(self) -> Iterator[Metric]:
         router, tasks = self.router, self.router.tasks
-        up = self.stream_up()  # None: --no-event-stream, nothing to be up or down
-        yield _samples(gauge("celery_vitals_event_stream_up"),
-                       {} if up is None else {(): 1 if up else 0})
+        up = None if self.agent is not None else self.stream_up()
+        streaming = up is not None  # an agent, or --no-event-stream: no stream to report on
+        if streaming:
+            yield _samples(gauge("celery_vitals_event_stream_up"), {(): 1 if up else 0})
+        if self.agent is not None:
+            agent = info("celery_vitals_agent_info")
+            agent.add_metric([], self.agent)
+            yield agent
         yield _samples(counter("celery_vitals_events_total"), router.events_by_type)
         skipped = dict(router.skipped)
         for reason, count in list(tasks.skipped.items()):
@@ -189,12 +216,13 @@ class ExporterCollector(_CatalogueCollector):
         for key, count in list(router.workers.observations_skipped.items()):
             observations[key] = observations.get(key, 0) + count
         yield _samples(counter("celery_vitals_observations_skipped_total"), observations)
-        yield _samples(counter("celery_vitals_event_stream_reconnects_total"),
-                               {(): self.reconnects()})
-        lag = gauge("celery_vitals_event_lag_seconds")
-        if router.lag is not None:
-            lag.add_metric([], router.lag)
-        yield lag
+        if streaming:
+            yield _samples(counter("celery_vitals_event_stream_reconnects_total"),
+                           {(): self.reconnects()})
+            lag = gauge("celery_vitals_event_lag_seconds")
+            if router.lag is not None:
+                lag.add_metric([], router.lag)
+            yield lag
         yield _samples(gauge("celery_vitals_tracked_tasks"), {(): len(tasks.tasks)})
         yield _samples(counter("celery_vitals_heartbeats_missed_total"),
                        {(): router.workers.heartbeats_missed})
@@ -207,8 +235,9 @@ class ExporterCollector(_CatalogueCollector):
                 key = (guard.label, reason)
                 folded[key] = folded.get(key, 0) + count
         yield _samples(counter("celery_vitals_label_values_folded_total"), folded)
-        yield _samples(counter("celery_vitals_enable_events_requests_total"),
-                               self.enable_events())
+        if streaming:
+            yield _samples(counter("celery_vitals_enable_events_requests_total"),
+                           self.enable_events())
         yield _samples(counter("celery_vitals_scrape_errors_total"), self.scrape_errors)
         build = info("celery_vitals_build_info")
         build.add_metric([], {"version": __version__, "celery_version": celery.__version__,

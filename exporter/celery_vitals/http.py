@@ -165,6 +165,11 @@ class HttpServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def close_socket(self) -> None:
+        """Closes the listening socket only: for a forked child that inherited it and has
+        no serving thread (shutdown() would wait for that thread forever)."""
+        self._server.server_close()
+
 
 def _address_family(host: str, port: int) -> socket.AddressFamily:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -108,7 +108,10 @@ class Pipeline:
     /metrics, with no I/O. Unit tests and benchmarks build this alone."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 agent: Mapping[str, str] | None = None) -> None:
+        """``agent``: the labels of celery_vitals_agent_info when an agent inside a worker
+        feeds this pipeline (it has no event stream), None for the exporter."""
         length = config.max_label_length
         self.guards = {
             "name": LabelGuard("name", config.max_task_names, length),
@@ -153,6 +156,7 @@ class Pipeline:
                 reconnects=lambda: self.reconnects(),  # noqa: PLW0108
                 enable_events=lambda: self.enable_events(),  # noqa: PLW0108
                 scrape_errors=self.scrape_errors,
+                agent=agent,
             ),
         ]
         self.exposition = Exposition(self.collectors, errors=self.scrape_errors)

@@ -315,6 +315,15 @@ class TaskTracker:
         else:
             redelivered = task.received and task.retries == retries
             self._release(uuid, task)
+        # The agent knows what the event stream cannot: the queue the message was
+        # delivered from, and whether the broker flagged it as a redelivery.
+        queue_field = event.get("queue")
+        if type(queue_field) is str and queue_field:
+            queue = self.queues(queue_field)
+            if queue != task.queue:
+                task.relabel(task.name, queue)
+        if event.get("redelivered") is True:
+            redelivered = True
         upcoming = task.next_queued
         if upcoming is not None and upcoming[0] == retries:
             task.queued_retries, task.queued_at = upcoming
@@ -398,6 +407,9 @@ class TaskTracker:
         task = self.tasks.pop(uuid, None)
         if task is None:
             task = self._new(self.names(name), now)
+            queue = event.get("queue")  # only the agent knows it
+            if type(queue) is str and queue:
+                task.relabel(task.name, self.queues(queue))
         else:
             self._release(uuid, task)
         self._finish(uuid, task)

@@ -8,6 +8,7 @@ churning Kubernetes deployment does not leave series behind forever.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery_vitals.labels import LabelGuard
@@ -21,6 +22,24 @@ FREQ_RANGE = (0.1, 3600.0)  # seconds between heartbeats (Celery's default: 2)
 MAX_GAP = 86_400.0  # a longer silence is a restart, not heartbeats lost on the way
 MAX_LOAD = 1e6
 
+EXIT_REASONS = ("recycled", "killed", "failed")
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """What only the worker itself knows about its pool: sampled by the agent.
+
+    None (or empty) means unknown: the series is absent, as it is on the
+    exporter, which never sees these.
+    """
+
+    processes: int | None = None
+    busy: int | None = None
+    prefetch_limit: int | None = None
+    eta_tasks: int | None = None
+    memory: dict[str, float] = field(default_factory=dict)  # "main" or slot index -> bytes
+    exits: dict[str, int] = field(default_factory=dict)  # reason -> count since start
+
 
 class Worker:
     __slots__ = (
@@ -31,6 +50,7 @@ class Worker:
         "last_heartbeat",
         "load1",
         "online",
+        "pool",
         "processed",
         "processed_at_last",
         "processed_at_previous",
@@ -54,6 +74,7 @@ class Worker:
         self.processed_at_previous: float | None = None
         self.events_at_previous = 0
         self.task_events_missing = 0
+        self.pool: PoolStats | None = None  # from the agent only
 
 
 class WorkerTracker:
@@ -115,6 +136,11 @@ class WorkerTracker:
         worker.online = False
         worker.active = 0
         return host
+
+    def on_pool(self, hostname: object, stats: PoolStats, now: float) -> None:
+        """The agent's latest sample of its own pool (one object, replaced whole)."""
+        _, worker = self._worker({"hostname": hostname}, now)
+        worker.pool = stats
 
     def on_task_events(self, hostname: object, count: int) -> None:
         """Task events from a worker (sent ones excepted) prove its task events are on."""

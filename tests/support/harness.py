@@ -10,8 +10,8 @@ from celery import Celery
 
 from tests.support import events
 from tests.support.metrics import Scrape
-from tests.support.net import wait_until
-from tests.support.processes import CeleryWorker, ExporterProcess
+from tests.support.net import free_port, wait_until
+from tests.support.processes import AgentWorker, CeleryWorker, ExporterProcess
 from tests.support.servers import RedisServer
 
 WORKER_START_TIMEOUT = 45.0
@@ -80,6 +80,23 @@ class Harness:
 
             wait_until(answered, timeout=WORKER_START_TIMEOUT,
                        what=f"{worker.hostname} to answer a ping", details=worker.tail)
+        return worker
+
+    def agent_worker(self, name: str, broker_url: str, *, port: int | None = None,
+                     wait_listening: bool = True, **kwargs: object) -> AgentWorker:
+        """A worker of the agent app (no -E), started; by default, until its agent answers."""
+        worker = AgentWorker(name, broker_url, self.directory, port=port or free_port(),
+                             **kwargs)
+        self._stack.callback(worker.stop)
+        worker.start()
+        if wait_listening:
+            def listening() -> bool:
+                worker.assert_running()
+                return worker.listening()
+
+            wait_until(listening, timeout=WORKER_START_TIMEOUT,
+                       what=f"the agent of {worker.hostname} on port {worker.port}",
+                       details=worker.tail)
         return worker
 
     def client(self, broker_url: str) -> Celery:

@@ -173,14 +173,16 @@ class CeleryWorker(ManagedProcess):
 
     def __init__(self, name: str, broker_url: str, log_dir: Path, *, app: str = "demo.app",
                  task_events: bool = True, concurrency: int = 2, queues: str | None = None,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None, pool: str = "prefork",
+                 extra_args: Sequence[str] = ()) -> None:
         self.hostname = f"{name}@test"
         argv = [venv_executable("celery"), "-A", app, "worker", "-c", str(concurrency),
-                "--pool=prefork", "-n", self.hostname, "--loglevel=info"]
+                f"--pool={pool}", "-n", self.hostname, "--loglevel=info"]
         if task_events:
             argv.insert(4, "-E")
         if queues is not None:
             argv += ["-Q", queues]
+        argv += extra_args
         env = dict(os.environ)
         env.update(extra_env or {})
         env["CELERY_BROKER_URL"] = broker_url
@@ -276,6 +278,50 @@ class ExporterProcess(ManagedProcess):
         def details() -> str:
             shown = last[0].series_text() if last else "(no scrape)"
             return f"last /metrics scrape of {self.name}:\n{shown}\n{self.tail(30)}"
+
+        result = wait_until(check, timeout=timeout, what=what, details=details, interval=0.1)
+        assert result is not None
+        return result
+
+
+class AgentWorker(CeleryWorker):
+    """A worker of tests/support/agent_app.py: its agent serves /metrics on ``port``."""
+
+    APP = "tests.support.agent_app"
+
+    def __init__(self, name: str, broker_url: str, log_dir: Path, *, port: int,
+                 **kwargs: object) -> None:
+        self.port = port
+        env = dict(kwargs.pop("extra_env", None) or {})  # type: ignore[call-overload]
+        env["CELERY_VITALS_AGENT_LISTEN_ADDRESS"] = f"{LOOPBACK}:{port}"
+        super().__init__(name, broker_url, log_dir, app=self.APP, task_events=False,
+                         extra_env=env, **kwargs)  # type: ignore[arg-type]
+
+    def listening(self) -> bool:
+        try:
+            return http_get(self.port, "/healthz", timeout=1).status == 200
+        except OSError:
+            return False
+
+    def scrape(self) -> Scrape:
+        self.assert_running()
+        response = http_get(self.port, "/metrics")
+        assert response.status == 200, f"/metrics answered {response.status}: {response.text}"
+        return Scrape(response.text, parse(response.text))
+
+    def wait_for(self, predicate: Callable[[Scrape], object], *, timeout: float = 30.0,
+                 what: str) -> Scrape:
+        """Scrapes the agent until ``predicate(scrape)``; shows the last scrape on timeout."""
+        last: list[Scrape] = []
+
+        def check() -> Scrape | None:
+            scrape = self.scrape()
+            last[:] = [scrape]
+            return scrape if predicate(scrape) else None
+
+        def details() -> str:
+            shown = last[0].series_text() if last else "(no scrape)"
+            return f"last /metrics scrape of {self.name}:\n{shown}\n{self.tail(40)}"
 
         result = wait_until(check, timeout=timeout, what=what, details=details, interval=0.1)
         assert result is not None

@@ -1,0 +1,346 @@
+"""The agent: celery-vitals inside every worker of a Celery app, with one line.
+
+    import celery_vitals.agent
+    celery_vitals.agent.install(app)  # in the module that creates the Celery app
+
+Every ``celery worker`` of that app then serves /metrics, /healthz and / from
+its main process (never from a pool child) on ``0.0.0.0:9809``, or on
+``listen_address``, or on ``$CELERY_VITALS_AGENT_LISTEN_ADDRESS`` (which wins).
+``$CELERY_VITALS_AGENT_WEB_CONFIG_FILE`` turns on TLS and basic auth, from a
+file in the format of the exporter's ``--web-config-file``.
+
+A process that imports the app without being a worker (a web server, beat,
+``celery inspect``) serves nothing: the agent starts from the ``worker_init``
+signal, which only a WorkController sends, in the worker's main process.
+
+It feeds the same pipeline as the exporter (service.Pipeline: guards,
+trackers, router, collectors, exposition) with event dicts of the shape the
+event stream delivers, taken from the worker's own request handling (see
+tap.py), plus synthetic heartbeats and pool samples from its own thread
+(see pool.py). No task events, no second pipeline, no multiprocess files.
+
+A broken agent never breaks the worker: an occupied port, a bad setting, a
+failing collector or tap is a logged warning, and the worker runs its tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery, signals
+from prometheus_client import CollectorRegistry
+
+from celery_vitals.agent.pool import PoolWatch
+from celery_vitals.agent.tap import Tap, tapped_request_cls
+from celery_vitals.config import (
+    DEFAULT_RUNTIME_BUCKETS,
+    DEFAULT_WAIT_BUCKETS,
+    Config,
+    _buckets,
+    _listen_address,
+)
+from celery_vitals.http import Environ, HttpServer, StartResponse, WsgiApp, make_app
+from celery_vitals.logs import RateLimitedLogger
+
+__all__ = ["DEFAULT_LISTEN_ADDRESS", "Agent", "install"]
+
+DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9809"  # the exporter's is 9808
+LISTEN_ADDRESS_ENV = "CELERY_VITALS_AGENT_LISTEN_ADDRESS"
+WEB_CONFIG_ENV = "CELERY_VITALS_AGENT_WEB_CONFIG_FILE"
+HEARTBEAT_INTERVAL = 2.0
+
+log = logging.getLogger(__name__)
+rate_limited = RateLimitedLogger(log)
+
+_installed: list[tuple[Celery, str | None]] = []  # (app, listen_address) per install()
+
+
+class _Process:
+    """The agent of this process, when it is a worker's main process (else None)."""
+
+    agent: Agent | None = None
+
+
+_process = _Process()
+
+
+def install(app: Celery, listen_address: str | None = None) -> None:
+    """Serve this app's worker metrics from every ``celery worker`` of it.
+
+    ``listen_address`` is ``HOST:PORT`` (``[::]:9809`` for IPv6); the
+    environment variable CELERY_VITALS_AGENT_LISTEN_ADDRESS overrides it.
+    Calling it again for the same app changes nothing but the address.
+    """
+    for index, (known, _) in enumerate(_installed):
+        if known is app:
+            _installed[index] = (app, listen_address)
+            break
+    else:
+        _installed.append((app, listen_address))
+    _connect_signals()
+
+
+def _connect_signals() -> None:
+    """Receivers for every installed app (dispatch_uid: connected once per process)."""
+    signals.worker_init.connect(_on_worker_init, weak=False,
+                                dispatch_uid="celery-vitals-agent-worker-init")
+    signals.worker_ready.connect(_on_worker_ready, weak=False,
+                                 dispatch_uid="celery-vitals-agent-worker-ready")
+    signals.task_received.connect(_on_task_received, weak=False,
+                                  dispatch_uid="celery-vitals-agent-task-received")
+    signals.task_unknown.connect(_on_task_unknown, weak=False,
+                                 dispatch_uid="celery-vitals-agent-task-unknown")
+    signals.worker_process_init.connect(_on_worker_process_init, weak=False,
+                                        dispatch_uid="celery-vitals-agent-process-init")
+    signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False,
+                                         dispatch_uid="celery-vitals-agent-shutting-down")
+    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False,
+                                    dispatch_uid="celery-vitals-agent-worker-shutdown")
+
+
+def _active() -> Agent | None:
+    """This process's running agent; None in pool children, which inherit a copy."""
+    agent = _process.agent
+    if agent is not None and agent.pid == os.getpid() and agent.running:
+        return agent
+    return None
+
+
+def _active_tap() -> Tap | None:
+    agent = _active()
+    return agent.tap if agent is not None else None
+
+
+# -- signal receivers: each catches everything, a signal must never fail the worker ---
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    addresses = [address for known, address in _installed if known is app]
+    if app is None or not addresses or _active() is not None:
+        return  # another app's worker, or already running
+    address = addresses[0]
+    try:
+        agent = Agent.from_environment(sender, address)
+        agent.start()
+    except Exception as error:
+        log.warning("celery-vitals agent not started, the worker runs without its /metrics: "
+                    "%s", error, exc_info=not isinstance(error, (OSError, ValueError)))
+        return
+    _process.agent = agent
+    _tap_requests()
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    agent = _active()
+    if agent is not None:
+        try:
+            agent.pool.hook()
+        except Exception:
+            log.warning("celery-vitals agent: cannot watch the pool's processes", exc_info=True)
+
+
+def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    tap = _active_tap()
+    if tap is not None and request is not None:
+        tap.received(request, sender)
+
+
+def _on_task_unknown(sender: Any = None, message: Any = None, name: Any = None,
+                     id: Any = None, **_: Any) -> None:  # the signal's argument names
+    tap = _active_tap()
+    if tap is not None:
+        tap.unknown(sender, message, name, id)
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    """In a freshly forked pool child: drop the copy of the agent and its listening socket.
+
+    The solo pool sends this signal too, in the main process: nothing to do there.
+    """
+    agent = _process.agent
+    if agent is not None and agent.pid != os.getpid():
+        _process.agent = None
+        try:
+            agent.forget_in_child()
+        except Exception:
+            log.warning("celery-vitals agent: a pool process could not close its copy of the "
+                        "agent's socket", exc_info=True)
+
+
+def _on_worker_shutting_down(**_: Any) -> None:
+    agent = _active()
+    if agent is not None:
+        agent.pool.counting = False  # the pool's children are about to be stopped
+
+
+def _on_worker_shutdown(**_: Any) -> None:
+    agent = _active()
+    if agent is not None:
+        _process.agent = None
+        agent.stop()
+
+
+def _tap_requests() -> None:
+    """Makes Celery's default strategy build tapped request classes (once per process)."""
+    from celery.worker import strategy
+
+    original = strategy.create_request_cls
+    if getattr(original, "_celery_vitals", False):
+        return
+
+    def create_request_cls(*args: Any, **kwargs: Any) -> type:
+        return tapped_request_cls(original(*args, **kwargs), _active_tap)
+
+    create_request_cls._celery_vitals = True  # type: ignore[attr-defined]
+    strategy.create_request_cls = create_request_cls
+
+
+# -- the agent ------------------------------------------------------------------
+
+class Agent:
+    """The pipeline of one worker, its tap, its pool watch, its thread and HTTP server."""
+
+    def __init__(self, worker: Any, config: Config,
+                 interval: float = HEARTBEAT_INTERVAL) -> None:
+        from celery_vitals.service import Pipeline
+
+        self.worker = worker
+        self.config = config
+        self.interval = interval
+        self.pid = os.getpid()
+        self.hostname: str = str(worker.hostname)
+        self.pool = PoolWatch(worker)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.pipeline = Pipeline(config, self.registry,
+                                 agent={"hostname": self.hostname,
+                                        "pool": _pool_name(worker)})
+        self.lock = threading.Lock()
+        self.tap = Tap(self.pipeline.router, self.hostname, self.lock,
+                       consumer=lambda: getattr(worker, "consumer", None))
+        self.http: HttpServer | None = None
+        self.running = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_environment(cls, worker: Any, listen_address: str | None = None) -> Agent:
+        """Settings from install() and the environment; ValueError names the bad one."""
+        address = os.environ.get(LISTEN_ADDRESS_ENV) or listen_address or DEFAULT_LISTEN_ADDRESS
+        try:
+            host, port = _listen_address(address)
+        except ValueError as error:
+            raise ValueError(f"{LISTEN_ADDRESS_ENV}/listen_address: {error}") from None
+        web_config = None
+        path = os.environ.get(WEB_CONFIG_ENV, "").strip()
+        if path:
+            from celery_vitals.webconfig import load
+
+            web_config = load(path)  # ValueError with a one-line reason
+        config = Config(broker_url="", listen_host=host, listen_port=port,
+                        runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
+                        wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS), web_config=web_config)
+        return cls(worker, config)
+
+    def start(self) -> None:
+        """Binds the port (OSError when taken), then starts serving and sampling."""
+        app = _guarded(make_app(self.registry, ready=lambda: self.running,
+                                exposition=self.pipeline.exposition))
+        self.http = HttpServer(app, self.config.listen_host, self.config.listen_port,
+                               web_config=self.config.web_config)
+        self.running = True
+        self._record({"type": "worker-online", **self._heartbeat_fields()})
+        self.http.start()
+        self._thread = threading.Thread(target=self._run, name="celery-vitals-agent",
+                                        daemon=True)
+        self._thread.start()
+        scheme = self.config.web_config.scheme if self.config.web_config else "http"
+        log.info("celery-vitals agent: serving %s://%s:%d/metrics for %s", scheme,
+                 self.config.listen_host, self.http.port, self.hostname)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self.tick()
+            self._stopping.wait(self.interval)
+
+    def tick(self) -> None:
+        """A heartbeat from the worker's own state, a pool sample, housekeeping."""
+        try:
+            now = time.time()  # before sampling: a sample is never older than its timestamp
+            stats = self.pool.sample()
+            event = {"type": "worker-heartbeat", **self._heartbeat_fields(now)}
+            with self.lock:
+                self.pipeline.router.handle(event, now)
+                self.pipeline.workers.on_pool(self.hostname, stats, now)
+                self.pipeline.router.tick(now)
+        except Exception:
+            rate_limited.warn_every("tick", "celery-vitals agent: could not sample the worker",
+                                    exc_info=True)
+
+    def _heartbeat_fields(self, now: float | None = None) -> dict[str, Any]:
+        """What Celery's own heartbeat carries (no freq: a late agent thread is no lost event)."""
+        from celery.worker import state
+
+        try:
+            loadavg: list[float] = [round(value, 2) for value in os.getloadavg()]
+        except OSError:
+            loadavg = []
+        return {"hostname": self.hostname, "timestamp": now or time.time(),
+                "active": len(state.active_requests), "processed": state.all_total_count[0],
+                "loadavg": loadavg}
+
+    def _record(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.pipeline.router.handle(event)
+
+    def stop(self) -> None:
+        """Stops sampling and serving (worker shutdown); idempotent."""
+        self.running = False
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.http is not None:
+            try:
+                self.http.stop()
+            except Exception:
+                log.warning("celery-vitals agent: error stopping the HTTP server",
+                            exc_info=True)
+
+    def forget_in_child(self) -> None:
+        """A forked pool child: close its copy of the listening socket, serve nothing."""
+        self.running = False
+        if self.http is not None:
+            self.http.close_socket()
+
+
+def _pool_name(worker: Any) -> str:
+    """prefork, threads, solo, ... from the pool class's module."""
+    pool_cls = getattr(worker, "pool_cls", None)
+    if isinstance(pool_cls, str):  # an alias or a dotted path (resolved after worker_init)
+        name = pool_cls.rsplit(":", 1)[0].rsplit(".", 1)[-1]
+    else:
+        name = (getattr(pool_cls, "__module__", "") or "").rsplit(".", 1)[-1]
+    return {"prefork": "prefork", "thread": "threads", "solo": "solo"}.get(name, name or "unknown")
+
+
+def _guarded(app: WsgiApp) -> WsgiApp:
+    """A failing render (a collector that raises) is a logged 500, never a dead server."""
+
+    def guarded(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return app(environ, start_response)
+        except Exception:
+            rate_limited.warn_every("scrape", "celery-vitals agent: %s failed",
+                                    environ.get("PATH_INFO"), exc_info=True)
+            body = b"celery-vitals agent: collecting metrics failed, see the worker's log\n"
+            start_response("500 Internal Server Error",
+                           [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body)))], sys.exc_info())
+            return [body]
+
+    return guarded

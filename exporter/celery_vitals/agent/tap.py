@@ -1,0 +1,213 @@
+"""The tap: a worker's own task lifecycle as the event dicts the event stream delivers.
+
+Under every pool (prefork, threads, solo) the worker's MAIN process handles a
+task's lifecycle; only the execution runs in a pool child. The consumer's
+strategy receives the message, the pool's callbacks report it accepted
+(started) and finished (succeeded, failed, retried, WorkerLostError when a
+child dies), and the request rejects or revokes it. Celery announces each step
+through ``Request.send_event``, which publishes only when task events are on.
+The tap sits in front of it, so it sees every step with or without ``-E``:
+
+- task-received: the ``task_received`` signal (main process, whatever the event
+  settings), with the message's delivery info: the exact queue, and whether the
+  broker flagged a redelivery;
+- task-started, -failed, -retried, -rejected, -revoked: ``Request.send_event``,
+  called before Celery checks whether events are enabled;
+- task-succeeded: ``Request.on_success``, because Celery skips ``send_event``
+  there when the dispatcher was disabled when the worker started;
+- task-failed with NotRegistered: the ``task_unknown`` signal (no request exists).
+
+The request class is tapped by wrapping the function Celery's default
+strategy builds it with (``celery.worker.strategy.create_request_cls``): the
+class it returns gets a subclass that reports to the tap and then does exactly
+what Celery does. Nothing the tap does can raise into Celery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery_vitals.logs import RateLimitedLogger
+from celery_vitals.router import EventRouter
+
+log = RateLimitedLogger(logging.getLogger(__name__))
+
+Event = dict[str, Any]
+# fields of Request.send_event the trackers use (never the result: it can be large)
+FORWARDED_FIELDS = ("exception", "traceback", "requeue", "terminated", "signum", "expired",
+                    "runtime")
+MARK = "_celery_vitals_tapped"
+
+
+def delivery_queue(delivery_info: Mapping[str, Any], consumer: Any) -> str | None:
+    """The queue a task message was consumed from.
+
+    RabbitMQ names the consumer (``consumer_tag``), and the worker's task
+    consumer knows which queue each of its tags consumes: exact. Redis (and
+    other virtual transports) give the exchange and routing key it was
+    published with: the consumed queue of that name, else the one consumed
+    queue bound by that exchange and routing key, else the routing key.
+    """
+    task_consumer = getattr(consumer, "task_consumer", None)
+    tag = delivery_info.get("consumer_tag")
+    if tag is not None:
+        tags = getattr(task_consumer, "_active_tags", None)
+        if isinstance(tags, Mapping):
+            for queue, active in list(tags.items()):
+                if active == tag and isinstance(queue, str):
+                    return queue
+    exchange, routing_key = delivery_info.get("exchange"), delivery_info.get("routing_key")
+    queues = list(getattr(task_consumer, "queues", None) or ())
+    if isinstance(routing_key, str) and routing_key in {q.name for q in queues}:
+        return routing_key
+    bound = [q.name for q in queues
+             if getattr(getattr(q, "exchange", None), "name", None) == exchange
+             and getattr(q, "routing_key", None) == routing_key]
+    if len(bound) == 1 and isinstance(bound[0], str):
+        return bound[0]
+    if isinstance(routing_key, str) and routing_key:
+        return routing_key
+    return None
+
+
+def _iso(value: Any) -> str | None:
+    try:
+        return value.isoformat() if value is not None else None
+    except AttributeError:
+        return None
+
+
+class Tap:
+    """Turns request callbacks into events and feeds them to the router, one at a time.
+
+    Events arrive from the consumer's thread and, under the threads pool,
+    from pool threads; the agent's own thread adds heartbeats. The trackers
+    are plain dicts written without locks, so every write goes through one
+    lock (uncontended: well under a microsecond per event).
+    """
+
+    def __init__(self, router: EventRouter, hostname: str, lock: threading.Lock,
+                 consumer: Callable[[], Any] = lambda: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.router = router
+        self.hostname = hostname
+        self.lock = lock
+        self.consumer = consumer  # the worker's consumer, for requests without a signal
+        self.clock = clock
+
+    def feed(self, event: Event) -> None:
+        try:
+            with self.lock:
+                self.router.handle(event, self.clock())
+        except Exception:
+            log.warn_every("tap-feed", "celery-vitals agent: could not record a %s event",
+                           event.get("type"), exc_info=True)
+
+    def received(self, request: Any, consumer: Any = None) -> None:
+        """The task_received signal: the worker took the message (main process)."""
+        try:
+            event = self._received_event(request, consumer or self.consumer())
+        except Exception:
+            log.warn_every("tap-received", "celery-vitals agent: could not read a received "
+                           "task", exc_info=True)
+            return
+        self.feed(event)
+
+    def _received_event(self, request: Any, consumer: Any) -> Event:
+        with contextlib.suppress(AttributeError):  # __slots__: a custom strategy's class
+            setattr(request, MARK, True)
+        message = getattr(request, "message", None)
+        raw = getattr(message, "delivery_info", None) or {}
+        info = getattr(request, "delivery_info", None) or {}
+        delivery = {**info, **raw}
+        request_dict = getattr(request, "request_dict", None) or {}
+        return {
+            "type": "task-received",
+            "uuid": request.id,
+            "name": request.name,
+            "hostname": self.hostname,
+            "timestamp": self.clock(),
+            "retries": request_dict.get("retries", 0),
+            "eta": _iso(getattr(request, "eta", None)),
+            "expires": _iso(getattr(request, "expires", None)),
+            "queue": delivery_queue(delivery, consumer),
+            "redelivered": delivery.get("redelivered") is True,
+        }
+
+    def unknown(self, consumer: Any, message: Any, name: object, uuid: object) -> None:
+        """The task_unknown signal: a message for a task name this worker does not have.
+
+        Celery sends task-failed with NotRegistered('name') and nothing before it; so
+        does the tap, with the queue it came from.
+        """
+        try:
+            delivery = getattr(message, "delivery_info", None) or {}
+            event: Event = {"type": "task-failed", "uuid": uuid, "hostname": self.hostname,
+                            "timestamp": self.clock(), "exception": f"NotRegistered({name!r})",
+                            "queue": delivery_queue(delivery, consumer)}
+        except Exception:
+            log.warn_every("tap-unknown", "celery-vitals agent: could not read an unknown task",
+                           exc_info=True)
+            return
+        self.feed(event)
+
+    def request_event(self, request: Any, event_type: str, fields: Mapping[str, Any]) -> None:
+        """Request.send_event: started, failed, retried, rejected, revoked (and cancelled)."""
+        try:
+            if not getattr(request, MARK, False):
+                # revoked or expired on arrival: Celery revokes it before task_received
+                self.received(request)
+            event: Event = {"type": event_type, "uuid": request.id,
+                            "hostname": self.hostname, "timestamp": self.clock()}
+            for key in FORWARDED_FIELDS:
+                if key in fields:
+                    event[key] = fields[key]
+        except Exception:
+            log.warn_every("tap-event", "celery-vitals agent: could not read a %s event",
+                           event_type, exc_info=True)
+            return
+        self.feed(event)
+
+    def succeeded(self, request: Any, outcome: Any) -> bool:
+        """Request.on_success; True when it reported a success (not a failure in disguise)."""
+        try:
+            failed, _, runtime = outcome
+            if failed:
+                return False  # Celery goes on to on_failure, which sends task-failed
+            event: Event = {"type": "task-succeeded", "uuid": request.id,
+                            "hostname": self.hostname, "timestamp": self.clock(),
+                            "runtime": runtime}
+        except Exception:
+            log.warn_every("tap-success", "celery-vitals agent: could not read a success",
+                           exc_info=True)
+            return False
+        self.feed(event)
+        return True
+
+
+def tapped_request_cls(cls: type, current: Callable[[], Tap | None]) -> type:
+    """A subclass of Celery's request class that reports to ``current()`` (None: nothing)."""
+
+    class TappedRequest(cls):  # type: ignore[misc]
+        def send_event(self, type: str, **fields: Any) -> Any:  # Celery's names
+            tap = current()
+            if tap is not None and not (type == "task-succeeded"
+                                        and getattr(self, "_celery_vitals_succeeded", False)):
+                tap.request_event(self, type, fields)
+            return super().send_event(type, **fields)
+
+        def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> Any:
+            tap = current()
+            if tap is not None and tap.succeeded(self, failed__retval__runtime):
+                self._celery_vitals_succeeded = True  # Celery may send task-succeeded too
+            return super().on_success(failed__retval__runtime, **kwargs)
+
+    TappedRequest.__name__ = cls.__name__
+    TappedRequest.__qualname__ = cls.__qualname__
+    TappedRequest.__module__ = cls.__module__
+    return TappedRequest
