@@ -130,6 +130,28 @@ THRESHOLDS: dict[str, Threshold] = {
     "worker_flap_starts": Threshold(
         3, "starts", "Starts (worker-online events) of one worker in the window that make it "
         "flapping."),
+    # -- workers, from the agent inside them -------------------------------------
+    "worker_killed_min": Threshold(
+        1, "pool processes per event window", "Pool processes ended by a signal (the OOM "
+        "killer's SIGKILL among them)."),
+    "pool_saturation_ratio": Threshold(
+        0.95, "ratio", "Busy pool processes as a share of the pool, averaged over the rate "
+        "window, above which a worker is saturated (while its broker's queues hold a backlog "
+        "of at least queue_min_backlog)."),
+    "prefetch_held_min": Threshold(
+        1, "tasks", "Tasks a saturated worker holds prefetched (not ETA tasks) while another "
+        "worker of the job has idle pool processes."),
+    "worker_process_memory_bytes": Threshold(
+        2147483648, "bytes", "Resident memory of one worker process (main or a pool child) "
+        "that its trend must not reach within memory_horizon: set it a little under what "
+        "the container allows one process (its memory limit / (concurrency + 1))."),
+    "memory_trend_window": Threshold(
+        "30m", "duration", "Window of a worker process' memory trend."),
+    "memory_horizon": Threshold(
+        3600, "seconds", "How far ahead the memory trend is extrapolated."),
+    "worker_remembered": Threshold(
+        "6h", "duration", "How long after its last scrape an agent's target that is down still "
+        "counts as a worker (CeleryWorkerDown) rather than the exporter (CeleryExporterDown)."),
     # -- the exporter ----------------------------------------------------------
     "heartbeats_missed_min": Threshold(
         1, "heartbeats per event window", "Heartbeats the exporter missed from live workers "
@@ -495,12 +517,23 @@ def _queue_alerts() -> list[Alert]:
     ]
 
 
+def _agent_targets() -> str:
+    """Scrape targets that were agents inside workers (they export celery_vitals_agent_info)."""
+    return ("max by (job, instance, hostname) "
+            f"(max_over_time(celery_vitals_agent_info[{value('worker_remembered')}]))")
+
+
 def _worker_alerts() -> list[Alert]:
-    flap = value("worker_flap_window")
+    flap, w, ew = value("worker_flap_window"), value("rate_window"), value("event_window")
+    memory = "celery_worker_process_resident_memory_bytes"
+    trend = value("memory_trend_window")
     return [
         Alert("CeleryWorkerDown", "warning", "5m",
-              f"max by ({WORKER}) (celery_worker_up) == 0\n"
-              "unless on (job) (celery_vitals_event_stream_up == 0)",
+              # the exporter's view (heartbeats), or an agent's target that stopped answering
+              f"(\n  max by ({WORKER}) (celery_worker_up) == 0\n"
+              "  unless on (job) (celery_vitals_event_stream_up == 0)\n)\n"
+              f"or\nmax by ({WORKER}) (\n"
+              f"  (up == 0) * on (job, instance) group_left (hostname) {_agent_targets()}\n)",
               "A Celery worker is down.",
               "Worker {{ $labels.hostname }} went offline or stopped sending heartbeats.",
               _worker_dashboard()),
@@ -517,6 +550,47 @@ def _worker_alerts() -> list[Alert]:
               "Worker {{ $labels.hostname }} reports processed tasks in its heartbeats but no "
               "task event arrived from it. Task, queue and periodic-task alerts that rely on "
               "task events are silenced while this fires.",
+              _worker_dashboard()),
+        Alert("CeleryWorkerPoolProcessKilled", "warning", "1m",
+              _occurrences('celery_worker_pool_process_exits_total{reason="killed"}', WORKER, ew)
+              + f" >= {value('worker_killed_min')}",
+              "Celery pool processes were killed (OOM killer or SIGKILL).",
+              "{{ $value | humanize }} pool processes of worker {{ $labels.hostname }} were "
+              f"ended by a signal in the last {ew}: the kernel's OOM killer (SIGKILL) is the "
+              "usual cause. The task each was running failed with WorkerLostError.",
+              _worker_dashboard()),
+        Alert("CeleryWorkerMemoryGrowing", "warning", "15m",
+              f"predict_linear({memory}[{trend}], {value('memory_horizon')})"
+              f" > {value('worker_process_memory_bytes')}\n"
+              f"and deriv({memory}[{trend}]) > 0",
+              "A Celery worker process' memory grows toward its limit.",
+              "Process {{ $labels.process }} of worker {{ $labels.hostname }} grows and is on "
+              "course for {{ $value | humanize1024 }}B within "
+              f"{value('memory_horizon')}s: without child recycling the OOM killer ends it.",
+              _worker_dashboard()),
+        Alert("CeleryWorkerPoolSaturated", "warning", "5m",
+              f"avg_over_time(celery_worker_pool_busy_processes[{w}])\n"
+              f"/ avg_over_time(celery_worker_pool_processes[{w}])"
+              f" >= {value('pool_saturation_ratio')}\n"
+              "and on (job) (sum by (job) (queue_name:celery_queue_length:sum)"
+              f" >= {value('queue_min_backlog')})",
+              "A Celery worker's pool is saturated while a backlog waits.",
+              "{{ $value | humanizePercentage }} of the pool processes of worker "
+              f"{{{{ $labels.hostname }}}} were busy over the last {w} while messages wait in "
+              "the broker's queues: add workers or concurrency, or look for tasks that hang.",
+              _worker_dashboard()),
+        Alert("CeleryWorkerPrefetchHoarding", "warning", "10m",
+              "(celery_worker_tasks_reserved - celery_worker_eta_tasks)"
+              f" >= {value('prefetch_held_min')}\n"
+              "and celery_worker_pool_busy_processes >= celery_worker_pool_processes\n"
+              "and on (job) (\n"
+              "  sum by (job) (celery_worker_pool_processes - celery_worker_pool_busy_processes)"
+              " > 0\n)",
+              "A busy Celery worker holds prefetched tasks other workers could run.",
+              "Worker {{ $labels.hostname }} has every pool process busy and holds "
+              "{{ $value | humanize }} more tasks prefetched while other workers have idle "
+              "processes: lower worker_prefetch_multiplier, or use -O fair / acks_late for "
+              "long tasks.",
               _worker_dashboard()),
     ]
 
@@ -541,7 +615,8 @@ def _broker_exporter_alerts() -> list[Alert]:
               "The Redis broker behind {{ $labels.instance }} has neither RDB snapshots nor "
               "AOF: a Redis restart loses every queued task."),
         Alert("CeleryExporterDown", "critical", "5m",
-              f"up{{{EXPORTER_JOB}}} == 0",
+              f"up{{{EXPORTER_JOB}}} == 0\n"
+              f"unless on (job, instance) {_agent_targets()}",
               "Prometheus cannot scrape celery-vitals.",
               "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}): no "
               "Celery alert can fire while it is down.",

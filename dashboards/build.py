@@ -171,6 +171,20 @@ class Board:
     tags: tuple[str, ...] = field(default=(TAG, "celery"))
 
 
+def alert_threshold(key: str) -> float:
+    """A threshold of the alert rules (THRESHOLDS in alerts/build.py): a panel's colours
+    change where the alert fires."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # run as a script: the repository's alerts/ is a sibling
+        sys.path.insert(0, root)
+    from alerts.build import THRESHOLDS
+
+    raw = THRESHOLDS[key].value
+    if isinstance(raw, str):
+        raise TypeError(f"threshold {key} is a duration, not a number")
+    return float(raw)
+
+
 def ts(pid: int, title: str, unit: str, *queries: Query, **options: Any) -> Panel:
     """A time series panel."""
     return Panel(pid, "timeseries", title, unit, queries, **options)
@@ -674,9 +688,44 @@ def workers() -> Board:
            description="1: the worker processes tasks but sends no task events, so none of "
                        "its tasks is counted (start it with -E).", min=0, width=24, height=6),
     ))
+    agent = Row(102, "Pool, memory and exits (from the agent inside each worker)", (
+        ts(10, "Pool utilisation by worker", "percentunit",
+           Query(f"sum by (hostname) (celery_worker_pool_busy_processes{{{WORKER}}})\n"
+                 f"/ sum by (hostname) (celery_worker_pool_processes{{{WORKER}}})",
+                 "{{hostname}}"),
+           description="Busy pool processes / pool processes. At 100 % with a backlog "
+                       "waiting (CeleryWorkerPoolSaturated) the pool is too small, or its "
+                       "tasks hang. Needs the agent (celery_vitals.agent.install).",
+           min=0, thresholds=((alert_threshold("pool_saturation_ratio"), "red"),)),
+        ts(11, "Resident memory by process", "bytes",
+           Query(f"max by (hostname, process) "
+                 f"(celery_worker_process_resident_memory_bytes{{{WORKER}}})",
+                 "{{hostname}} {{process}}"),
+           description="RSS of the worker's main process and of each pool slot (a recycled "
+                       "child takes its slot's series). Red: the per-process limit of "
+                       "CeleryWorkerMemoryGrowing.",
+           min=0, thresholds=((alert_threshold("worker_process_memory_bytes"), "red"),)),
+        ts(12, "Pool process exits by reason", "short",
+           Query(occurrences("celery_worker_pool_process_exits_total", WORKER, "hostname",
+                             "reason"), "{{hostname}} {{reason}}"),
+           description="recycled: max-tasks or max-memory recycling (healthy); killed: ended "
+                       "by a signal, the OOM killer's SIGKILL among them; failed: another "
+                       "non-zero exit." + COUNT_HELP, min=0),
+        ts(13, "Reserved (prefetched) by worker", "short",
+           Query(f"sum by (hostname) (celery_worker_tasks_reserved{{{WORKER}}})",
+                 "{{hostname}} reserved"),
+           Query(f"sum by (hostname) (celery_worker_eta_tasks{{{WORKER}}})",
+                 "{{hostname}} ETA/countdown"),
+           Query(f"sum by (hostname) (celery_worker_prefetch_limit{{{WORKER}}})",
+                 "{{hostname}} prefetch limit"),
+           description="Tasks the worker holds and has not started (ETA tasks among them, "
+                       "which a deploy loses unless acks_late), against the consumer's "
+                       "prefetch count.", min=0),
+    ))
     return Board(WORKERS, "Celery / Workers",
-                 "Workers up, heartbeat age, active vs reserved (prefetch), load, restarts and "
-                 "missing task events.", (liveness, load))
+                 "Workers up, heartbeat age, active vs reserved (prefetch), load, restarts, "
+                 "missing task events, and from the agent: pool utilisation, memory and "
+                 "exits.", (liveness, load, agent))
 
 
 def slow() -> Board:

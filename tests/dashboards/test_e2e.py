@@ -36,6 +36,7 @@ JOB = "celery-vitals"
 RULE_FILES = sorted((Path(__file__).resolve().parents[2] / "alerts").glob("*.yml"))
 WAITING = "waiting"  # a queue no worker consumes
 DEAD = "jobs.dead"  # a dead-letter queue (--dlq '*.dead')
+AGENT_QUEUE = "agent.jobs"  # consumed by the worker with the agent only
 
 # (dashboard uid, panel title, refId) -> why it has no data in this scenario
 NEEDS_INCIDENT = {
@@ -141,10 +142,20 @@ def test_every_panel_query_returns_data(harness: Harness, tmp_path: Path) -> Non
         url, "--queue-poll-interval", "1", "--queue-discovery-interval", "1",
         "--queue", WAITING, "--queue", DEAD, "--dlq", "*.dead",
         "--broker-transport-option", "visibility_timeout=120")
-    with PrometheusServer(tmp_path / "prometheus", {JOB: [f"{LOOPBACK}:{exporter.port}"]},
+    # a worker with the agent inside, under the same job (README "The agent"), for the
+    # panels only an agent fills: it consumes a queue of its own and recycles its child
+    # after each task
+    agent = harness.agent_worker("dash-agent", url, queues=AGENT_QUEUE, concurrency=1,
+                                 extra_args=["--max-tasks-per-child", "1"])
+    with PrometheusServer(tmp_path / "prometheus",
+                          {JOB: [f"{LOOPBACK}:{exporter.port}", f"{LOOPBACK}:{agent.port}"]},
                           rule_files=RULE_FILES) as prometheus:
         harness.worker("dash", url, exporter=exporter)
         client = harness.client(url)
+        client.send_task("agent.add", args=(1, 2), queue=AGENT_QUEUE)
+        agent.wait_for(lambda s: s.get("celery_worker_pool_process_exits_total",
+                                       hostname=agent.hostname, reason="recycled") == 1,
+                       what="the agent's child recycled once")
         assert prometheus.rule_health(), f"no rules loaded from {RULE_FILES}"
         _wait_for_sample(prometheus, 'celery_worker_up{hostname="dash@test"} == 1')
         for number in (1, 2):
