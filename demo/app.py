@@ -1,7 +1,8 @@
 """Demo Celery app: one task per behaviour celery-vitals must report.
 
 Broker from CELERY_BROKER_URL. Events are on (worker -E and task-sent
-events), as a production app should have them for celery-vitals.
+events), as an app monitored by the exporter alone has them; with DEMO_AGENT=1
+the celery-vitals agent runs in each worker instead.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from kombu import Exchange, Queue
 
+# DEMO_AGENT=1 (the compose stack): the celery-vitals agent inside each worker owns the
+# task metrics, and task events stay off.
+AGENT = os.environ.get("DEMO_AGENT") == "1"
+
 app = Celery("demo", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(
-    worker_send_task_events=True,
+    worker_send_task_events=not AGENT,
     task_send_sent_event=True,
     task_acks_late=False,
     worker_prefetch_multiplier=1,
@@ -44,6 +49,11 @@ def use_dead_letter_route(celery_app: Celery) -> None:
 
 if DEAD_LETTER:
     use_dead_letter_route(app)
+
+if AGENT:
+    import celery_vitals.agent
+
+    celery_vitals.agent.install(app)
 
 
 @signals.worker_ready.connect

@@ -56,7 +56,13 @@ def test_the_stack_is_complete() -> None:
     assert "--appendonly" in services["redis"]["command"]
     assert services["rabbitmq"]["image"].startswith("rabbitmq:3-management")
     for broker in ("redis", "rabbitmq"):
-        assert "-E" in services[f"worker-{broker}"]["command"]
+        worker = services[f"worker-{broker}"]
+        # the exporter beside agents: no task events, no event stream, nothing counted twice
+        assert "-E" not in worker["command"]
+        assert worker["environment"]["DEMO_AGENT"] == "1"
+        assert worker["environment"]["CELERY_VITALS_AGENT_LISTEN_ADDRESS"] == "0.0.0.0:9809"
+        assert services[f"exporter-{broker}"]["environment"][
+            "CELERY_VITALS_EVENT_STREAM"] == "false"
         assert "demo.load" in services[f"load-{broker}"]["command"]
         env = services[f"exporter-{broker}"]["environment"]
         assert env["CELERY_VITALS_BROKER_URL"] == services[f"worker-{broker}"]["environment"][
@@ -83,6 +89,13 @@ def test_prometheus_scrapes_every_exporter_under_the_alerts_job_name() -> None:
                 scraped[target] = job["job_name"]
     for target in exporters:
         assert "celery-vitals" in scraped[target]  # CeleryExporterDown: job=~".*celery-vitals.*"
+    # each broker's workers (their agents) are scraped under their exporter's job
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for broker in ("redis", "rabbitmq"):
+        workers = jobs[f"celery-vitals-{broker}-workers"]
+        assert workers["static_configs"][0]["targets"] == [f"worker-{broker}:9809"]
+        assert workers["relabel_configs"] == [
+            {"target_label": "job", "replacement": f"celery-vitals-{broker}"}]
     assert config["global"]["scrape_interval"] == "15s"  # the Grafana datasource's timeInterval
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "alertmanager:9093"]
