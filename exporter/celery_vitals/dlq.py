@@ -658,7 +658,8 @@ class RedisBackend:
             moved = self._move(keys=[k for _ in matches for k in (key, inflight)],
                                args=[a for e in matches for a in (e.raw, e.raw)])
             taken = [e for e, ok in zip(matches, moved, strict=True) if ok]
-            outcome.skipped["taken meanwhile"] += len(matches) - len(taken)
+            if len(taken) < len(matches):
+                outcome.skipped["taken meanwhile"] += len(matches) - len(taken)
             if export is not None and taken:
                 for entry in taken:
                     export.write(json.dumps(_export_line(entry, now, queue)) + "\n")
@@ -830,36 +831,46 @@ class AmqpBackend:
         for message in self._messages(queue, min(depth, limit), limit):
             yield parse_amqp(message)
 
-    def _walk(self, queue: str, selection: Selection, window: int
-              ) -> Iterator[tuple[Entry, Any]]:
-        """Matching messages with their channel; the others are held unacked until the end."""
-        depth = self.depth(queue)
+    def _walk(self, consumer: _Consumer, depth: int, queue: str, selection: Selection,
+              window: int) -> Iterator[Entry]:
+        """Matching messages among the first ``depth`` (counted before the consumer started:
+        its deliveries are unacked, not ready); the others stay unacked until the consumer's
+        channel closes."""
         now = time.time()
         held = 0
-        with self._consumer(queue, window) as consumer:
-            channel = consumer.channel
-            for _ in range(depth):
-                message = consumer.next()
-                if message is None:
+        for _ in range(depth):
+            message = consumer.next()
+            if message is None:
+                return
+            entry = parse_amqp(message)
+            if selection.matches(entry, now):
+                yield entry
+            else:
+                held += 1
+                if held >= window:
+                    log.warning("%d messages of %s do not match and are held unacked: "
+                                "stopping (raise --window)", held, queue)
                     return
-                entry = parse_amqp(message)
-                if selection.matches(entry, now):
-                    yield entry, channel
-                else:
-                    held += 1
-                    if held >= window:
-                        log.warning("%d messages of %s do not match and are held unacked: "
-                                    "stopping (raise --window)", held, queue)
-                        return
 
     def replay(self, queue: str, selection: Selection, *, limit: int | None, to: str | None,
                rate: RateLimit, dry_run: bool, window: int, progress: Progress) -> None:
+        depth = self.depth(queue)
+        publisher = self.amqp.channel()
+        publisher.confirm_select()
+        with self._consumer(queue, window) as consumer:
+            self._replay(consumer, depth, publisher, queue, selection, limit=limit, to=to,
+                         rate=rate, dry_run=dry_run, window=window, progress=progress)
+        with contextlib.suppress(Exception):
+            publisher.close()
+
+    def _replay(self, consumer: _Consumer, depth: int, publisher: Any, queue: str,
+                selection: Selection,
+                *, limit: int | None, to: str | None, rate: RateLimit, dry_run: bool,
+                window: int, progress: Progress) -> None:
         import amqp  # type: ignore[import-untyped]
 
         outcome = progress.outcome
-        publisher = self.amqp.channel()
-        publisher.confirm_select()
-        for entry, channel in self._walk(queue, selection, window):
+        for entry in self._walk(consumer, depth, queue, selection, window):
             if limit is not None and outcome.done >= limit:
                 break
             target = to or entry.origin
@@ -880,39 +891,39 @@ class AmqpBackend:
                 publisher.basic_publish_confirm(amqp.Message(message.body, **properties),
                                                 exchange="", routing_key=target,
                                                 confirm_timeout=self.config.probe_timeout * 2)
-                channel.basic_ack(message.delivery_tag)
+                consumer.channel.basic_ack(message.delivery_tag)
             outcome.done += 1
             outcome.targets[target] += 1
             progress.tick()
-        with contextlib.suppress(Exception):
-            publisher.close()
 
     def purge(self, queue: str, selection: Selection, *, limit: int | None,
               export: IO[str] | None, window: int, progress: Progress) -> None:
         outcome = progress.outcome
         now = time.time()
-        batch: list[tuple[Entry, Any]] = []
+        batch: list[Entry] = []
 
-        def flush() -> None:
+        def flush(channel: Any) -> None:
             if export is not None and batch:
-                for entry, _ in batch:
+                for entry in batch:
                     export.write(json.dumps(_export_line(entry, now, queue)) + "\n")
                 export.flush()
-                os.fsync(export.fileno())
+                os.fsync(export.fileno())  # on disk before the broker forgets them
                 outcome.exported += len(batch)
-            for entry, channel in batch:
+            for entry in batch:
                 channel.basic_ack(entry.raw.delivery_tag)
             outcome.done += len(batch)
             batch.clear()
             progress.tick()
 
-        for entry, channel in self._walk(queue, selection, window):
-            if limit is not None and outcome.done + len(batch) >= limit:
-                break
-            batch.append((entry, channel))
-            if len(batch) >= 100:
-                flush()
-        flush()
+        depth = self.depth(queue)
+        with self._consumer(queue, window) as consumer:
+            for entry in self._walk(consumer, depth, queue, selection, window):
+                if limit is not None and outcome.done + len(batch) >= limit:
+                    break
+                batch.append(entry)
+                if len(batch) >= 100:
+                    flush(consumer.channel)
+            flush(consumer.channel)
 
 
 def connect(config: Config) -> Backend:
