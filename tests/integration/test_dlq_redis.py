@@ -23,6 +23,8 @@ import redis
 from celery import Celery
 
 from tests.support import dlq_cli
+from tests.support.harness import Harness
+from tests.support.metrics import Scrape
 from tests.support.net import wait_until
 from tests.support.processes import CeleryWorker
 from tests.support.servers import RedisServer
@@ -273,3 +275,22 @@ def test_unknown_queue_and_unreachable_broker_are_one_line_errors(
     assert down.stderr.startswith("celery-vitals: error: cannot reach the broker at "
                                   "redis://:**@127.0.0.1:1/0")
     assert len(down.stderr.splitlines()) == 1 and "hunter2" not in down.stderr + down.stdout
+
+
+def test_the_exporter_gauges_dlq_messages_per_task_from_its_poller(
+        db: tuple[str, redis.Redis], harness: Harness) -> None:
+    url, client = db
+    app = publisher(url)
+    dead_letter(app, "dead_letter", "billing.charge", 3)
+    dead_letter(app, "dead_letter", "mail.send", 2)
+    foreign(client, "dead_letter")
+    exporter = harness.exporter(url, "--queue-poll-interval", "0.5", "--dlq", "dead_letter",
+                                "--no-enable-events")
+
+    def counted(s: Scrape) -> bool:
+        return s.get("celery_dlq_messages", queue_name="dead_letter",
+                     name="billing.charge") == 3
+    s = exporter.wait_for(counted, timeout=30, what="celery_dlq_messages billing.charge 3")
+    assert s.get("celery_dlq_messages", queue_name="dead_letter", name="mail.send") == 2
+    assert s.get("celery_dlq_length", queue_name="dead_letter") == 8
+    assert client.llen("dead_letter") == 8  # sampled, not consumed
