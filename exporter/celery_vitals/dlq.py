@@ -624,11 +624,11 @@ class RedisBackend:
                 if target == queue:
                     outcome.skipped["target is the DLQ"] += 1
                     continue
-                rate.wait()
-                if dry_run:
+                if dry_run:  # nothing moves: no need to pace it
                     outcome.done += 1
                     outcome.targets[target] += 1
                     continue
+                rate.wait()
                 moved = self._move(keys=[key, self.key_for(target, entry.priority)],
                                    args=[entry.raw, _redeliverable(entry.raw, target)])
                 if moved and moved[0]:
@@ -883,8 +883,8 @@ class AmqpBackend:
             if not self.exists(target):
                 outcome.skipped[f"no queue {target}"] += 1
                 continue
-            rate.wait()
             if not dry_run:
+                rate.wait()
                 message = entry.raw
                 properties = {k: v for k, v in message.properties.items()
                               if k not in ("expiration", "user_id")}

@@ -21,6 +21,8 @@ from celery import Celery
 from kombu import Connection
 
 from tests.support import dlq_cli
+from tests.support.harness import Harness
+from tests.support.metrics import Scrape
 from tests.support.net import wait_until
 from tests.support.processes import CeleryWorker
 from tests.support.replay_app import DEAD, TTL, WORK, declare
@@ -241,6 +243,38 @@ def test_purge_exports_before_acking(rabbit: RabbitMQServer, broker: Connection,
     assert lines[0]["amqp"]["headers"]["task"] == "replay.other"
     wait_until(lambda: depth(broker, "work.dead") == 2, timeout=10, what="2 kept")
     assert ids_in(rabbit, "work.dead") == kept
+
+
+def test_concurrent_replays_do_not_duplicate(rabbit: RabbitMQServer, broker: Connection,
+                                             tmp_path: Path) -> None:
+    ids = send(publisher(rabbit), "replay.record", "work.ttl", 500)
+    wait_until(lambda: depth(broker, "work.dead") == 500, timeout=30, what="500 expired")
+    replays = [dlq_cli.spawn(rabbit.url, tmp_path, f"replay-{n}", "replay", "work.dead",
+                             "--to", "target", "--rate", "0", "--json") for n in range(2)]
+    for process in replays:
+        assert process.wait(60) == 0, process.tail()
+        process.stop()
+    assert Counter(ids_in(rabbit, "target")) == Counter(ids)
+
+
+def test_the_exporter_gauges_dlq_messages_per_task(rabbit: RabbitMQServer, broker: Connection,
+                                                   harness: Harness) -> None:
+    app = publisher(rabbit)
+    send(app, "replay.record", "work.ttl", 3)
+    send(app, "replay.other", "work.ttl", 2)
+    wait_until(lambda: depth(broker, "work.dead") == 5, timeout=30, what="5 expired")
+    exporter = harness.exporter(rabbit.url, "--queue-poll-interval", "0.5",
+                                "--rabbitmq-management-url", rabbit.management_url,
+                                "--no-enable-events")
+
+    def counted(s: Scrape) -> bool:
+        return (s.get("celery_dlq_messages", queue_name="work.dead", name="replay.record") == 3
+                and s.get("celery_dlq_messages", queue_name="work.dead",
+                          name="replay.other") == 2)
+    exporter.wait_for(counted, timeout=40, what="celery_dlq_messages of work.dead")
+    exporter.stop()
+    wait_until(lambda: depth(broker, "work.dead") == 5, timeout=10,
+               what="the sampled messages back in the DLQ")
 
 
 def test_unknown_queue_and_unreachable_broker(rabbit: RabbitMQServer) -> None:

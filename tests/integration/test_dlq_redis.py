@@ -200,6 +200,21 @@ def test_concurrent_replays_do_not_duplicate(db: tuple[str, redis.Redis], tmp_pa
     assert sum(counts) == 600
 
 
+def test_replay_is_paced_and_filtered_by_task_and_limit(db: tuple[str, redis.Redis]) -> None:
+    url, client = db
+    app = publisher(url)
+    charges = dead_letter(app, "dead_letter", "billing.charge", 60)
+    dead_letter(app, "dead_letter", "mail.send", 5)
+    started = time.monotonic()
+    done = dlq_cli.run_json(url, "replay", "dead_letter", "--to", "work", "--task", "billing.*",
+                            "--limit", "50", "--rate", "100/s")
+    assert time.monotonic() - started >= 0.49  # 50 messages at 100/s
+    assert (done["replayed"], done["targets"]) == (50, {"work": 50})
+    assert sorted(ids_in(client, "work")) == sorted(charges[:50])  # the oldest first
+    [summary] = dlq_cli.run_json(url, "list", "dead_letter")
+    assert summary["tasks"] == {"billing.charge": 10, "mail.send": 5}
+
+
 def test_replay_without_a_target_needs_the_origin_header(db: tuple[str, redis.Redis]) -> None:
     url, client = db
     app = publisher(url)
