@@ -413,6 +413,7 @@ class RateLimit:
 
 class Backend(Protocol):
     def dead_letter_queues(self, patterns: Iterable[str]) -> list[str]: ...
+    def exists(self, queue: str) -> bool: ...
     def depth(self, queue: str) -> int: ...
     def summary(self, queue: str, sample: int) -> Summary: ...
     def entries(self, queue: str, limit: int) -> Iterator[Entry]: ...
@@ -997,9 +998,12 @@ def _session(options: Mapping[str, Any]) -> Iterator[tuple[Config, Backend]]:
         backend.close()
 
 
-def _check(backend: Backend, queue: str) -> None:
-    exists = getattr(backend, "exists", None)
-    if exists is not None and not exists(queue):
+def _check(backend: Backend, queue: str, config: Config) -> None:
+    """Unknown queue: exit code 2. An empty Redis list is no key at all, so a DLQ named
+    with --dlq counts as known even when empty."""
+    if config.transport == "redis" and queue in config.dlqs:
+        return
+    if not backend.exists(queue):
         raise UnknownQueue(f"no queue {queue!r} on the broker")
 
 
@@ -1029,7 +1033,7 @@ def group(broker_options: Callable[[Any], Any]) -> click.Group:
         with _session(options) as (config, backend):
             names = list(queues) or backend.dead_letter_queues(config.dlqs)
             for queue in queues:
-                _check(backend, queue)
+                _check(backend, queue, config)
             summaries = [backend.summary(queue, sample) for queue in names]
             now = time.time()
             lines = []
@@ -1057,8 +1061,8 @@ def group(broker_options: Callable[[Any], Any]) -> click.Group:
     @broker_options
     def show(*, queue: str, task: str | None, limit: int, as_json: bool, **options: Any) -> None:
         """Messages of a DLQ, oldest first: id, task, args, kwargs, retries, x-death, age."""
-        with _session(options) as (_, backend):
-            _check(backend, queue)
+        with _session(options) as (config, backend):
+            _check(backend, queue, config)
             now = time.time()
             shown: list[Entry] = []
             scan = max(limit, SAMPLE_SIZE) if task else limit
@@ -1097,8 +1101,8 @@ def group(broker_options: Callable[[Any], Any]) -> click.Group:
                **options: Any) -> None:
         """Move messages back to their queue as the same task message (same id, headers)."""
         per_second = parse_rate(rate)
-        with _session(options) as (_, backend):
-            _check(backend, queue)
+        with _session(options) as (config, backend):
+            _check(backend, queue, config)
             outcome = Outcome(queue, "replay", dry_run=dry_run)
             progress = Progress(outcome, limit, quiet=as_json)
             backend.replay(queue, Selection(task, frozenset(ids)), limit=limit, to=to,
@@ -1131,8 +1135,8 @@ def group(broker_options: Callable[[Any], Any]) -> click.Group:
               as_json: bool, **options: Any) -> None:
         """Delete messages of a DLQ (all Celery tasks, or those selected)."""
         age = parse_duration(older_than) if older_than else None
-        with _session(options) as (_, backend):
-            _check(backend, queue)
+        with _session(options) as (config, backend):
+            _check(backend, queue, config)
             if not yes:
                 what = " and ".join(filter(None, [
                     f"task {task}" if task else "", f"ids {', '.join(ids)}" if ids else "",

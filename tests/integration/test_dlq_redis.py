@@ -285,6 +285,8 @@ def test_unknown_queue_and_unreachable_broker_are_one_line_errors(
         done = dlq_cli.run(url, *command)
         assert (done.returncode, done.stderr) == (
             2, "celery-vitals: error: no queue 'nope' on the broker\n"), command
+    [empty] = dlq_cli.run_json(url, "list", "nope", "--dlq", "nope")  # named: known, if empty
+    assert (empty["depth"], empty["tasks"]) == (0, {})
     down = dlq_cli.run("redis://:hunter2-secret@127.0.0.1:1/0", "list", "dead_letter")
     assert down.returncode == 1
     assert down.stderr.startswith("celery-vitals: error: cannot reach the broker at "
