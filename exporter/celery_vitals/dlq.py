@@ -61,6 +61,12 @@ log = logging.getLogger("celery_vitals.dlq")
 SAMPLE_SIZE = 10_000
 #: Entries per LRANGE.
 PAGE = 500
+#: Entries per LRANGE when moving (whole messages, however large, are read).
+MOVE_PAGE = 100
+#: Larger Redis entries are cut down by the server before they are sent when only read
+#: (list, show, the exporter): headers that matter kept, body left out.
+MAX_ENTRY = 64 * 1024
+OMITTED = "celery-vitals-body-omitted"
 #: Consecutive messages per evenly spaced window of a sample.
 WINDOW = 100
 #: Longest args/kwargs text shown.
@@ -232,12 +238,21 @@ def parse_redis(raw: bytes) -> Entry:
         envelope = json.loads(raw)
     except ValueError:
         envelope = None
-    if not (isinstance(envelope, dict) and "body" in envelope):
+    omitted = envelope.get(OMITTED) if isinstance(envelope, dict) else None
+    if not (isinstance(envelope, dict) and ("body" in envelope or omitted is not None)):
         return Entry(kind="broken-envelope", raw=raw)
     headers = envelope.get("headers")
     properties = envelope.get("properties")
     headers = headers if isinstance(headers, dict) else {}
     properties = properties if isinstance(properties, dict) else {}
+    if omitted is not None:  # cut down by _PEEK: what the headers tell, body not read
+        if "headers" not in envelope:  # not even JSON
+            return Entry(kind="broken-envelope", raw=raw)
+        entry = classify(headers, _text(envelope.get("content-type")), None, b"[[], {}, {}]")
+        if entry.kind == TASK:
+            entry.args = entry.kwargs = f"({omitted} bytes, not read)"
+        entry.raw = raw
+        return entry
     body = envelope.get("body")
     if properties.get("body_encoding") == "base64" and isinstance(body, str):
         try:
@@ -467,6 +482,38 @@ return restored
 """
 
 
+_PEEK = """
+local items = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+local limit = tonumber(ARGV[3])
+local function cut(value, n)
+  if type(value) == 'string' and #value > n then return string.sub(value, 1, n) end
+  if type(value) == 'string' or type(value) == 'number' then return value end
+  return nil
+end
+for i, v in ipairs(items) do
+  if #v > limit then
+    local ok, env = pcall(cjson.decode, v)
+    local small = {['celery-vitals-body-omitted'] = #v}
+    if ok and type(env) == 'table' and type(env['headers']) == 'table' then
+      local h = env['headers']
+      local kept = {}
+      for _, k in ipairs({'task', 'id', 'retries', 'x-origin-queue', 'x-dead-lettered-at',
+                          'x-dead-letter-reason'}) do
+        kept[k] = cut(h[k], 1000)
+      end
+      small['headers'] = kept
+      small['content-type'] = cut(env['content-type'], 200)
+      if type(env['properties']) == 'table' then
+        small['properties'] = {priority = cut(env['properties']['priority'], 20)}
+      end
+    end
+    items[i] = cjson.encode(small)
+  end
+end
+return items
+"""
+
+
 class RedisBackend:
     """DLQs on a Redis broker: lists named as kombu names them (see probes/redis.py)."""
 
@@ -483,6 +530,7 @@ class RedisBackend:
         self.prefix: str = self.channel.global_keyprefix or ""
         self._move = self.client.register_script(_MOVE)
         self._restore = self.client.register_script(_RESTORE)
+        self._peek = self.client.register_script(_PEEK)
 
     def close(self) -> None:
         self.probe.close()
@@ -533,12 +581,19 @@ class RedisBackend:
             pipe.llen(key)
         return list(zip(keys, (int(n) for n in pipe.execute()), strict=True))
 
-    def _read(self, key: str, start: int, stop: int) -> list[bytes]:
-        """Entries at offsets [start, stop) from the oldest (the tail), oldest first."""
+    def _read(self, key: str, start: int, stop: int, *, whole: bool = False) -> list[bytes]:
+        """Entries at offsets [start, stop) from the oldest (the tail), oldest first.
+
+        Unless ``whole``, entries over MAX_ENTRY bytes come cut down by the server
+        (``_PEEK``): a page never costs more than PAGE x MAX_ENTRY bytes.
+        """
         found: list[bytes] = []
-        for first in range(start, stop, PAGE):
-            last = min(first + PAGE, stop)
-            page: list[bytes] = self.client.lrange(key, -last, -first - 1)  # type: ignore[assignment]
+        size = MOVE_PAGE if whole else PAGE
+        for first in range(start, stop, size):
+            last = min(first + size, stop)
+            page: list[bytes] = (
+                self.client.lrange(key, -last, -first - 1) if whole  # type: ignore[assignment]
+                else self._peek(keys=[key], args=[-last, -first - 1, MAX_ENTRY]))
             found.extend(reversed(page))
             if len(page) < last - first:
                 break
@@ -585,27 +640,38 @@ class RedisBackend:
             restored += int(self._restore(keys=[inflight, *keys], args=page))
 
     def _scan(self, queue: str, selection: Selection, window: int,
-              handle: Callable[[str, list[Entry]], tuple[int, bool]]) -> None:
-        """Hands the matching messages of each page, oldest first, to ``handle``, which
-        answers (how many it removed from the list, whether to stop).
+              handle: Callable[[str, list[Entry], bool], tuple[int, bool]]) -> None:
+        """Hands the matching messages of each page, oldest first, to ``handle`` (with
+        whether this is the first pass: later ones see skipped messages again), which
+        answers (how many of them are no longer in the list, whether to stop).
 
         Offsets count only the messages left behind, so removing a message does
-        not make the next page skip one. At most ``window`` non-matching
-        messages are looked past per priority list.
+        not make the next page skip one. Another process removing messages
+        meanwhile can still shift a later page past some, so a pass that removed
+        anything is followed by another, until one removes nothing. At most
+        ``window`` non-matching messages are looked past per priority list and pass.
         """
-        now = time.time()
-        for key in self.keys(queue):
-            kept = passed = 0
-            while passed < window:
-                page = [parse_redis(raw) for raw in self._read(key, kept, kept + PAGE)]
-                if not page:
-                    break
-                matches = [entry for entry in page if selection.matches(entry, now)]
-                passed += len(page) - len(matches)
-                removed, stop = handle(key, matches)
-                kept += len(page) - removed
-                if stop:
-                    return
+        first = True
+        while True:
+            removed_any = False
+            now = time.time()
+            for key in self.keys(queue):
+                kept = passed = 0
+                while passed < window:
+                    page = [parse_redis(raw)
+                            for raw in self._read(key, kept, kept + MOVE_PAGE, whole=True)]
+                    if not page:
+                        break
+                    matches = [entry for entry in page if selection.matches(entry, now)]
+                    passed += len(page) - len(matches)
+                    removed, stop = handle(key, matches, first)
+                    removed_any = removed_any or removed > 0
+                    kept += len(page) - removed
+                    if stop:
+                        return
+            if not removed_any:
+                return
+            first = False
 
     def replay(self, queue: str, selection: Selection, *, limit: int | None, to: str | None,
                rate: RateLimit, dry_run: bool, window: int, progress: Progress) -> None:
@@ -613,17 +679,16 @@ class RedisBackend:
         if not dry_run:
             outcome.recovered = self.recover(queue)
 
-        def handle(key: str, matches: list[Entry]) -> tuple[int, bool]:
+        def handle(key: str, matches: list[Entry], first: bool) -> tuple[int, bool]:
             removed = 0
             for entry in matches:
                 if limit is not None and outcome.done >= limit:
                     return removed, True
                 target = to or entry.origin
-                if not target:
-                    outcome.skipped["no target (use --to)"] += 1
-                    continue
-                if target == queue:
-                    outcome.skipped["target is the DLQ"] += 1
+                if not target or target == queue:
+                    if first:
+                        outcome.skipped["target is the DLQ" if target else
+                                        "no target (use --to)"] += 1
                     continue
                 if dry_run:  # nothing moves: no need to pace it
                     outcome.done += 1
@@ -632,8 +697,8 @@ class RedisBackend:
                 rate.wait()
                 moved = self._move(keys=[key, self.key_for(target, entry.priority)],
                                    args=[entry.raw, _redeliverable(entry.raw, target)])
+                removed += 1  # moved by this call or by another process: gone either way
                 if moved and moved[0]:
-                    removed += 1
                     outcome.done += 1
                     outcome.targets[target] += 1
                 else:
@@ -650,7 +715,7 @@ class RedisBackend:
         inflight = self.inflight_key(queue)
         now = time.time()
 
-        def handle(key: str, matches: list[Entry]) -> tuple[int, bool]:
+        def handle(key: str, matches: list[Entry], _: bool) -> tuple[int, bool]:
             if limit is not None:
                 matches = matches[:max(limit - outcome.done, 0)]
             if not matches:
@@ -659,7 +724,7 @@ class RedisBackend:
             moved = self._move(keys=[k for _ in matches for k in (key, inflight)],
                                args=[a for e in matches for a in (e.raw, e.raw)])
             taken = [e for e, ok in zip(matches, moved, strict=True) if ok]
-            if len(taken) < len(matches):
+            if len(taken) < len(matches):  # another process took them: gone from the list
                 outcome.skipped["taken meanwhile"] += len(matches) - len(taken)
             if export is not None and taken:
                 for entry in taken:
@@ -673,7 +738,7 @@ class RedisBackend:
             pipe.execute()
             outcome.done += len(taken)
             progress.tick()
-            return len(taken), limit is not None and outcome.done >= limit
+            return len(matches), limit is not None and outcome.done >= limit
 
         self._scan(queue, selection, window, handle)
 

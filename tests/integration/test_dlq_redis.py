@@ -215,6 +215,30 @@ def test_replay_is_paced_and_filtered_by_task_and_limit(db: tuple[str, redis.Red
     assert summary["tasks"] == {"billing.charge": 10, "mail.send": 5}
 
 
+def test_huge_messages_are_cut_down_by_the_server_when_only_read(
+        db: tuple[str, redis.Redis]) -> None:
+    url, client = db
+    app = publisher(url)
+    [huge] = [app.send_task("report.build", args=("x" * 5_000_000,), queue="dead_letter",
+                            headers={"x-origin-queue": "work"}).id]
+    client.lpush("dead_letter", b"\x00" * 2_000_000)  # not JSON either
+    dead_letter(app, "dead_letter", "mail.send", 2)
+    original = client.lindex("dead_letter", -1)
+    assert original is not None and len(original) > 5_000_000
+
+    [summary] = dlq_cli.run_json(url, "list", "dead_letter")
+    assert summary["tasks"] == {"report.build": 1, "mail.send": 2}
+    assert summary["not_tasks"] == {"broken-envelope": 1}
+    [shown] = dlq_cli.run_json(url, "show", "dead_letter", "--limit", "1")
+    assert (shown["id"], shown["task"]) == (huge, "report.build")
+    assert shown["args"] == f"({len(original)} bytes, not read)"
+
+    done = dlq_cli.run_json(url, "replay", "dead_letter", "--id", huge)
+    assert done["targets"] == {"work": 1}
+    moved = json.loads(client.lindex("work", 0) or b"{}")
+    assert moved["body"] == json.loads(original)["body"]  # the whole message, not the cut
+
+
 def test_replay_without_a_target_needs_the_origin_header(db: tuple[str, redis.Redis]) -> None:
     url, client = db
     app = publisher(url)
