@@ -25,12 +25,12 @@ from tests.support.harness import Harness
 from tests.support.metrics import Scrape
 from tests.support.net import wait_until
 from tests.support.processes import CeleryWorker
-from tests.support.replay_app import DEAD, TTL, WORK, declare
+from tests.support.replay_app import DEAD, MAXLEN, TTL, WORK, declare
 from tests.support.servers import RabbitMQServer, RedisServer
 
 pytestmark = pytest.mark.integration
 
-QUEUES = ("work", "work.ttl", "work.dead", "target")
+QUEUES = ("work", "work.ttl", "work.max", "work.dead", "target")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def depth(connection: Connection, queue: str) -> int:
 
 def publisher(rabbit: RabbitMQServer) -> Celery:
     app = Celery("publisher", broker=rabbit.url, set_as_current=False)
-    app.conf.update(task_queues=[DEAD, WORK, TTL], broker_connection_retry_on_startup=False,
+    app.conf.update(task_queues=[DEAD, WORK, TTL, MAXLEN], broker_connection_retry_on_startup=False,
                     broker_transport_options={"confirm_publish": True})
     return app
 
@@ -111,27 +111,29 @@ def test_list_counts_rejected_and_expired_per_task_and_reason_exactly(
         send(app, "replay.record", "work", 4)
         send(app, "replay.other", "work", 2)
         send(app, "replay.other", "work.ttl", 3)
-        wait_until(lambda: depth(broker, "work.dead") == 9, timeout=60,
-                   what="9 dead-lettered messages", details=rejecting.tail)
+        send(app, "replay.record", "work.max", 3)  # holds 1: the 2 older are dead-lettered
+        wait_until(lambda: depth(broker, "work.dead") == 11, timeout=60,
+                   what="11 dead-lettered messages", details=rejecting.tail)
     finally:
         rejecting.stop_gracefully()
 
     listed = dlq_cli.run_json(rabbit.url, "list", "--rabbitmq-management-url",
                               rabbit.management_url)
     [summary] = [s for s in listed if s["queue"] == "work.dead"]  # found by its DLX route
-    assert (summary["depth"], summary["sampled"], summary["sample_size"]) == (9, False, 9)
-    assert summary["tasks"] == {"replay.other": 5, "replay.record": 4}
-    assert summary["reasons"] == {"rejected": 6, "expired": 3}
-    assert summary["origins"] == {"work": 6, "work.ttl": 3}
+    assert (summary["depth"], summary["sampled"], summary["sample_size"]) == (11, False, 11)
+    assert summary["tasks"] == {"replay.record": 6, "replay.other": 5}
+    assert summary["reasons"] == {"rejected": 6, "expired": 3, "maxlen": 2}
+    assert summary["origins"] == {"work": 6, "work.ttl": 3, "work.max": 2}
     assert summary["not_tasks"] == {}
     assert 0 <= summary["newest_age_seconds"] <= summary["oldest_age_seconds"] < 120
-    wait_until(lambda: depth(broker, "work.dead") == 9, timeout=10,
+    wait_until(lambda: depth(broker, "work.dead") == 11, timeout=10,
                what="the listed messages back in the DLQ")
 
     shown = dlq_cli.run_json(rabbit.url, "show", "work.dead", "--task", "replay.record")
-    assert len(shown) == 4
-    assert {m["reason"] for m in shown} == {"rejected"}
-    assert shown[0]["x_death"][0]["queue"] == "work" and shown[0]["x_death"][0]["count"] == 1
+    assert len(shown) == 6
+    assert Counter(m["reason"] for m in shown) == {"rejected": 4, "maxlen": 2}
+    rejected = next(m for m in shown if m["reason"] == "rejected")
+    assert rejected["x_death"][0]["queue"] == "work" and rejected["x_death"][0]["count"] == 1
 
 
 def test_replay_runs_each_of_1000_rejected_messages_exactly_once_on_a_real_worker(

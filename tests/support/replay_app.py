@@ -9,8 +9,9 @@ production.
 On RabbitMQ, queue ``work`` dead-letters into exchange ``dlx`` (routing key
 ``work.dead``, bound to queue ``work.dead``); ``work.ttl`` has no consumer and
 a 50 ms message TTL into the same DLX, so what is published there expires into
-``work.dead``. The worker runs with ``-Q work``; declare() sets everything up.
-Broker from CELERY_BROKER_URL.
+``work.dead``; ``work.max`` holds one message and dead-letters the older ones
+when more arrive (reason ``maxlen``). The worker runs with ``-Q work``;
+declare() sets everything up. Broker from CELERY_BROKER_URL.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ WORK = Queue("work", Exchange("", type="direct"), routing_key="work",
 TTL = Queue("work.ttl", Exchange("", type="direct"), routing_key="work.ttl",
             queue_arguments={"x-dead-letter-exchange": "dlx",
                              "x-dead-letter-routing-key": "work.dead", "x-message-ttl": 50})
+MAXLEN = Queue("work.max", Exchange("", type="direct"), routing_key="work.max",
+               queue_arguments={"x-dead-letter-exchange": "dlx",
+                                "x-dead-letter-routing-key": "work.dead", "x-max-length": 1})
 
 BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 app = Celery("replay", broker=BROKER)
@@ -38,7 +42,7 @@ app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4,
                 broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
                 task_default_queue="work")
 if BROKER.startswith("amqp"):
-    app.conf.task_queues = [WORK, TTL, DEAD]
+    app.conf.task_queues = [WORK, TTL, MAXLEN, DEAD]
 
 _record: redis.Redis | None = None
 
@@ -69,5 +73,5 @@ def other(self: Task, *args: Any, **kwargs: Any) -> None:
 
 def declare(connection: Any) -> None:
     channel = connection.default_channel
-    for queue in (DEAD, WORK, TTL):
+    for queue in (DEAD, WORK, TTL, MAXLEN):
         queue(channel).declare()
