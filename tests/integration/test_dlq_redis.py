@@ -14,6 +14,7 @@ import json
 import pickle
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,6 +285,51 @@ def test_purge_confirms_exports_then_deletes_only_what_was_selected(
     assert sorted(line["id"] for line in lines) == sorted(old)
     assert json.loads(lines[0]["redis_envelope"])["headers"]["task"] == "billing.charge"
     assert sorted(ids_in(client, "dead_letter")) == sorted(recent + mail)
+    assert client.llen("dead_letter.celery-vitals.inflight") == 0
+
+
+def copies(client: redis.Redis, app: Celery, queue: str, count: int) -> list[str]:
+    """``count`` task messages fast: one real one, copied with fresh ids."""
+    [template_id] = dead_letter(app, "template", "replay.record", 1)
+    template = json.loads(client.rpop("template") or b"{}")
+    ids, pipe = [], client.pipeline(transaction=False)
+    for _ in range(count):
+        template["headers"]["id"] = str(uuid.uuid4())
+        ids.append(template["headers"]["id"])
+        pipe.lpush(queue, json.dumps(template))
+    pipe.execute()
+    assert template_id not in ids
+    return ids
+
+
+def test_a_purge_killed_at_a_random_point_exports_everything_it_deleted(
+        db: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    url, client = db
+    ids = copies(client, publisher(url), "dead_letter", 20_000)
+    export = tmp_path / "purged.jsonl"
+    seed = random.randrange(1 << 30)
+    delay = random.Random(seed).uniform(0.0, 0.15)  # the whole purge takes ~0.7 s here
+    process = dlq_cli.spawn(url, tmp_path, "purge", "purge", "dead_letter", "--yes",
+                            "--export", str(export))
+    wait_until(lambda: (export.exists() and export.stat().st_size > 0) or not process.running,
+               timeout=30, what="the purge to export", details=process.tail)
+    time.sleep(delay)  # the random point: the kill itself is what is tested
+    process.kill()
+
+    def exported() -> list[str]:
+        lines = export.read_text().splitlines()
+        return [json.loads(line)["id"] for line in lines if line.endswith("}")]
+    left = ids_in(client, "dead_letter")
+    held = ids_in(client, "dead_letter.celery-vitals.inflight")
+    assert 0 < len(left) < 20_000, f"seed {seed}: killed after the purge ended"
+    assert not set(left) & set(held), f"seed {seed}"
+    deleted = set(ids) - set(left) - set(held)
+    assert deleted <= set(exported()), f"seed {seed}: deleted without an export line"
+    assert not set(left) & set(exported()), f"seed {seed}"
+
+    done = dlq_cli.run_json(url, "purge", "dead_letter", "--yes", "--export", str(export))
+    assert (done["recovered"], done["purged"]) == (len(held), len(left) + len(held))
+    assert set(exported()) == set(ids) and client.llen("dead_letter") == 0
     assert client.llen("dead_letter.celery-vitals.inflight") == 0
 
 
