@@ -381,3 +381,20 @@ def test_the_exporter_gauges_dlq_messages_per_task_from_its_poller(
     assert s.get("celery_dlq_messages", queue_name="dead_letter", name="mail.send") == 2
     assert s.get("celery_dlq_length", queue_name="dead_letter") == 8
     assert client.llen("dead_letter") == 8  # sampled, not consumed
+
+
+def test_a_broker_lost_mid_replay_is_a_one_line_error(harness: Harness, tmp_path: Path) -> None:
+    server = harness.redis("lost")
+    url = server.url()
+    client = redis.Redis.from_url(url)
+    dead_letter(publisher(url), "dead_letter", "replay.record", 300)
+    process = dlq_cli.spawn(url, tmp_path, "replay", "replay", "dead_letter", "--to", "work",
+                            "--rate", "50/s")
+    wait_until(lambda: client.llen("work") > 0, timeout=30, what="the replay to start",
+               details=process.tail)
+    server.kill()
+    assert process.wait(30) == 1, process.tail()
+    output = process.output(latest_start_only=True)
+    errors = [line for line in output.splitlines() if line.startswith("celery-vitals: error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    assert "(broker redis://127.0.0.1:" in errors[0], errors
