@@ -635,6 +635,13 @@ def queues() -> Board:
            description="Reject(requeue=False): the broker dead-letters the message (RabbitMQ "
                        "with a dead-letter exchange) or drops it." + COUNT_HELP, width=6,
            task_link=True),
+        ts(13, "Dead letters by task", "short",
+           Query(f'sum by (queue_name, name) (celery_dlq_messages{{{DLQ}, name=~"$task"}})',
+                 "{{queue_name}} {{name}}"),
+           description="Messages in each dead-letter queue by task name, from a sample the "
+                       "exporter reads without consuming (--dlq-sample; scaled to the depth "
+                       "beyond it). `celery-vitals dlq list` shows the same with origins, "
+                       "reasons and ages.", width=24, min=0, task_link=True),
     ))
     return Board(QUEUES, "Celery / Queues & DLQ",
                  "Queue depth, ingress vs egress, oldest message, drain time, consumers, "

@@ -168,6 +168,11 @@ SPECS: tuple[MetricSpec, ...] = (
     _queue("celery_queue_visibility_timeout_seconds", "gauge",
            "The Redis transport's visibility_timeout, as the exporter is configured.", ()),
     _queue("celery_dlq_length", "gauge", "Messages in the dead-letter queue."),
+    _queue("celery_dlq_messages", "gauge",
+           "Messages in the dead-letter queue by task name, from a bounded sample read "
+           "without consuming on the poller thread (--dlq-sample; scaled up to the depth "
+           "when the DLQ holds more). Messages that are not Celery tasks are not counted.",
+           ("queue_name", "name")),
     _queue("celery_dlq_ingress_total", "counter",
            "Messages that entered the dead-letter queue: from the broker's publish counter "
            "where it has one, else from depth increases between polls (a lower bound)."),

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -27,6 +28,7 @@ from celery_vitals.config import (
     ConfigError,
     build,
 )
+from celery_vitals.dlq import group as dlq_group
 
 log = logging.getLogger("celery_vitals")
 _DEFAULTS = Config(broker_url="")
@@ -75,6 +77,9 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "Time between looks for new queues (broker bindings, RabbitMQ management, workers)."),
     ("--probe-timeout", "SECONDS", _DEFAULTS.probe_timeout,
      "Longest a single broker poll may take."),
+    ("--dlq-sample", "N", _DEFAULTS.dlq_sample,
+     "Messages read (never consumed) per dead-letter queue and poll for "
+     "celery_dlq_messages; 0 turns it off."),
     ("--rabbitmq-management-url", "URL", None,
      "RabbitMQ management API, e.g. http://user:pw@rabbit:15672/, for unacked counts, "
      "publish counters and dead-letter routes."),
@@ -88,44 +93,68 @@ def envvar(option: str) -> str:
     return "CELERY_VITALS_" + option.lstrip("-").split("/")[0].replace("-", "_").upper()
 
 
-def _with_options(command: Any) -> Any:
-    # click lists options in reverse order of decoration: flags last, broker first
-    flags = [
-        ("--queue", "Queue to poll, repeatable (space-separated in the environment); "
-         "queues found on the broker and in workers' active_queues are added."),
-        ("--dlq", "Dead-letter queue name or glob, repeatable (space-separated in the "
-         "environment). On RabbitMQ with the management API, queues that others "
-         "dead-letter into are found without it."),
-        ("--broker-transport-option", "Kombu transport option KEY=VALUE, repeatable; VALUE is "
-         "parsed as JSON when it is JSON (visibility_timeout=3600, global_keyprefix=prod:). "
-         "In the environment, separate pairs with spaces."),
-        ("--event-stream/--no-event-stream",
-         "Consume Celery's event stream (task and worker metrics). Off when the "
-         "celery-vitals agent runs in every worker and owns those metrics: the exporter then "
-         "polls queues, dead-letter queues and the broker only, and asks no worker for events."),
-        ("--enable-events/--no-enable-events",
-         "Periodically ask workers to send task events (celery control enable_events)."),
-        ("--task-hostname-label/--no-task-hostname-label",
-         "Add the worker hostname as a label on task metrics (one series per worker)."),
-    ]
-    for option, help_text in reversed(flags):
-        if "/" in option:
-            default = option.startswith(("--enable-events", "--event-stream"))
-            command = click.option(option, default=default, envvar=envvar(option),
-                                   show_envvar=True, show_default=True,
-                                   help=help_text)(command)
-        else:
-            command = click.option(option, multiple=True,
-                                   metavar="KEY=VALUE" if "transport" in option else "NAME",
-                                   envvar=envvar(option), show_envvar=True,
-                                   help=help_text)(command)
-    for option, metavar, default, help_text in reversed(_OPTIONS):
-        # type=str: config.build validates every value, so all problems come together
-        command = click.option(option, type=str, metavar=metavar,
-                               default=None if default is None else str(default),
-                               envvar=envvar(option), show_envvar=True,
-                               show_default=default is not None, help=help_text)(command)
-    return command
+_FLAGS = [
+    ("--queue", "Queue to poll, repeatable (space-separated in the environment); "
+     "queues found on the broker and in workers' active_queues are added."),
+    ("--dlq", "Dead-letter queue name or glob, repeatable (space-separated in the "
+     "environment). On RabbitMQ with the management API, queues that others "
+     "dead-letter into are found without it."),
+    ("--broker-transport-option", "Kombu transport option KEY=VALUE, repeatable; VALUE is "
+     "parsed as JSON when it is JSON (visibility_timeout=3600, global_keyprefix=prod:). "
+     "In the environment, separate pairs with spaces."),
+    ("--event-stream/--no-event-stream",
+     "Consume Celery's event stream (task and worker metrics). Off when the "
+     "celery-vitals agent runs in every worker and owns those metrics: the exporter then "
+     "polls queues, dead-letter queues and the broker only, and asks no worker for events."),
+    ("--enable-events/--no-enable-events",
+     "Periodically ask workers to send task events (celery control enable_events)."),
+    ("--task-hostname-label/--no-task-hostname-label",
+     "Add the worker hostname as a label on task metrics (one series per worker)."),
+]
+
+#: The options of `serve` that the `dlq` commands share (same names, same variables).
+DLQ_OPTIONS = ("--broker-url", "--broker-transport-option", "--rabbitmq-management-url",
+               "--dlq", "--log-level", "--probe-timeout")
+
+
+def with_options(only: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
+    """Adds the declared options (all, or those named in ``only``) to a command."""
+
+    def wanted(option: str) -> bool:
+        return only is None or option in only
+
+    def decorate(command: Any) -> Any:
+        # click lists options in reverse order of decoration: flags last, broker first
+        for option, help_text in reversed(_FLAGS):
+            if wanted(option):
+                command = _flag(command, option, help_text)
+        for option, metavar, default, help_text in reversed(_OPTIONS):
+            if wanted(option):
+                # type=str: config.build validates every value, so problems come together
+                command = click.option(option, type=str, metavar=metavar,
+                                       default=None if default is None else str(default),
+                                       envvar=envvar(option), show_envvar=True,
+                                       show_default=default is not None,
+                                       help=help_text)(command)
+        return command
+
+    return decorate
+
+
+ON_BY_DEFAULT = ("--enable-events", "--event-stream")  # the other flags are off by default
+
+
+def _flag(command: Any, option: str, help_text: str) -> Any:
+    if "/" in option:
+        return click.option(option, default=option.startswith(ON_BY_DEFAULT),
+                            envvar=envvar(option), show_envvar=True, show_default=True,
+                            help=help_text)(command)
+    return click.option(option, multiple=True,
+                        metavar="KEY=VALUE" if "transport" in option else "NAME",
+                        envvar=envvar(option), show_envvar=True, help=help_text)(command)
+
+
+_with_options = with_options()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,6 +198,9 @@ def metrics_doc() -> None:
     from celery_vitals.catalogue import markdown
 
     click.echo(markdown(), nl=False)
+
+
+cli.add_command(dlq_group(with_options(DLQ_OPTIONS)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -259,10 +259,12 @@ class QueueCollector(_CatalogueCollector):
     FACTS = ("celery_broker_memory_used_bytes", "celery_broker_memory_limit_bytes")
 
     def __init__(self, poller: QueuePoller | None, tasks: TaskTracker, queue_names: LabelGuard,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 task_names: LabelGuard | None = None) -> None:
         self.poller = poller
         self.tasks = tasks
         self.queue_names = queue_names
+        self.task_names = task_names
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
@@ -273,6 +275,20 @@ class QueueCollector(_CatalogueCollector):
         yield oldest
         if self.poller is not None:
             yield from self._from_broker(self.poller)
+
+    def _dlq_messages(self, poller: QueuePoller) -> Metric:
+        family = gauge("celery_dlq_messages")
+        folded: dict[tuple[str, str], int] = {}
+        for queue, tasks in poller.dlq_messages.items():
+            queue_name = self.queue_names(queue)
+            if queue_name == OTHER:
+                continue
+            for task, count in tasks.items():
+                name = self.task_names(task) if self.task_names is not None else task
+                folded[(queue_name, name)] = folded.get((queue_name, name), 0) + count
+        for labels, count in sorted(folded.items()):
+            family.add_metric(list(labels), count)
+        return family
 
     def _from_broker(self, poller: QueuePoller) -> Iterator[Metric]:
         length, unacked = gauge("celery_queue_length"), gauge("celery_queue_unacked")
@@ -309,6 +325,7 @@ class QueueCollector(_CatalogueCollector):
             if result.info:
                 broker.add_metric([], dict(result.info))
         yield from (length, unacked, consumers, exists, oldest_unacked, visibility, dlq_length)
+        yield self._dlq_messages(poller)
         yield _samples(counter("celery_dlq_ingress_total"), poller.dlq_ingress)
         yield _samples(gauge("celery_broker_up"), {(): 1 if poller.up else 0})
         yield _histogram("celery_broker_probe_duration_seconds", (), poller.durations)

@@ -67,6 +67,7 @@ class Config:
     queue_poll_interval: float = 15.0
     queue_discovery_interval: float = 300.0
     probe_timeout: float = 5.0
+    dlq_sample: int = 1000
     rabbitmq_management_url: str | None = None
     broker_transport_options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}))
@@ -112,6 +113,16 @@ def _positive_int(raw: str) -> int:
         raise ValueError(f"expected a whole number, got {raw!r}") from None
     if value <= 0:
         raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count_or_zero(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -289,6 +300,8 @@ def build(raw: Mapping[str, Any]) -> Config:
                                          "queue_discovery_interval",
                                          defaults.queue_discovery_interval),
         probe_timeout=seconds("--probe-timeout", "probe_timeout", defaults.probe_timeout),
+        dlq_sample=c.parse("--dlq-sample", str(raw.get("dlq_sample", defaults.dlq_sample)),
+                           _count_or_zero, defaults.dlq_sample),
         rabbitmq_management_url=c.parse("--rabbitmq-management-url",
                                         raw.get("rabbitmq_management_url") or "",
                                         _http_url, None),

@@ -13,7 +13,7 @@ import fnmatch
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from celery_vitals.histogram import Histograms
 from celery_vitals.labels import OTHER, LabelGuard
@@ -35,6 +35,7 @@ class QueuePoller:
         discovery_interval: float,
         queue_names: LabelGuard,
         worker_queues: Callable[[], set[str]] | None = None,
+        dlq_sampler: Callable[[str], Mapping[str, int]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.probe = probe
@@ -44,6 +45,9 @@ class QueuePoller:
         self.discovery_interval = discovery_interval
         self.queue_names = queue_names
         self.worker_queues = worker_queues
+        self.dlq_sampler = dlq_sampler
+        # DLQ -> task name -> messages (celery_dlq_messages), swapped in whole per poll
+        self.dlq_messages: Mapping[str, Mapping[str, int]] = {}
         self.clock = clock
         self.latest: ProbeResult | None = None
         self.up = False
@@ -98,6 +102,19 @@ class QueuePoller:
         self._count_dlq_ingress(result)
         self.latest = result
         self.up = True
+        self._sample_dlqs()
+
+    def _sample_dlqs(self) -> None:
+        """Messages per task name in each DLQ, from a bounded sample (celery_vitals.dlq)."""
+        if self.dlq_sampler is None:
+            return
+        sampled: dict[str, Mapping[str, int]] = {}
+        for queue in sorted(self.dead_letter_queues):
+            try:
+                sampled[queue] = self.dlq_sampler(queue)
+            except Exception as error:  # the DLQ's series go until a sample succeeds again
+                self._count_error(error, "dlq sample")
+        self.dlq_messages = sampled
 
     def _count_error(self, error: Exception, what: str) -> None:
         kind = type(error).__name__
@@ -137,6 +154,9 @@ class QueuePoller:
             self.poll_once()
             self._stopping.wait(self.interval)
         self.probe.close()
+        close = getattr(self.dlq_sampler, "close", None)
+        if close is not None:
+            close()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -18,6 +18,7 @@ from celery_vitals.collectors import (
     WorkerCollector,
 )
 from celery_vitals.config import Config
+from celery_vitals.dlq import DlqSampler
 from celery_vitals.exposition import Exposition
 from celery_vitals.http import HttpServer, make_app
 from celery_vitals.labels import LabelGuard
@@ -70,7 +71,8 @@ def queue_poller(config: Config, app: Celery, queue_names: LabelGuard) -> QueueP
     return QueuePoller(probe, queues=config.queues, dlq_patterns=config.dlqs,
                        interval=config.queue_poll_interval,
                        discovery_interval=config.queue_discovery_interval,
-                       queue_names=queue_names, worker_queues=worker_queues)
+                       queue_names=queue_names, worker_queues=worker_queues,
+                       dlq_sampler=DlqSampler(config) if config.dlq_sample else None)
 
 
 class EventsEnabler:
@@ -144,7 +146,7 @@ class Pipeline:
         # the broker poller is plugged in by Exporter; without one, queue metrics come
         # from events only
         self.queue_collector = QueueCollector(None, self.tasks, self.guards["queue_name"],
-                                              clock=clock)
+                                              clock=clock, task_names=self.guards["name"])
         self.collectors: list[Collector] = [
             TaskCollector(self.tasks),
             self.queue_collector,

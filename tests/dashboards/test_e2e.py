@@ -138,6 +138,8 @@ def test_every_panel_query_returns_data(harness: Harness, tmp_path: Path) -> Non
     redis = harness.redis()
     url = redis.url()
     push(url, DEAD, 2)
+    dead_letter = Celery("dead-letter", broker=url, set_as_current=False)
+    dead_letter.send_task("demo.hopeless", queue=DEAD)  # a Celery task: celery_dlq_messages
     exporter = harness.exporter(
         url, "--queue-poll-interval", "1", "--queue-discovery-interval", "1",
         "--queue", WAITING, "--queue", DEAD, "--dlq", "*.dead",

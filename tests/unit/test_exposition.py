@@ -47,7 +47,8 @@ def busy_harness() -> Harness:
            event("worker-heartbeat", ts=h.clock.now + 60, freq=2.0, active=0, processed=1))
     last = redis_result(2)
     last = replace(last, queues=(*last.queues, QueueStats("work", True, ready=0, consumers=2)))
-    poller = with_poller(h, ScriptedProbe(redis_result(1), ConnectionError(), last))
+    poller = with_poller(h, ScriptedProbe(redis_result(1), ConnectionError(), last),
+                         dlq_sampler=lambda queue: {"billing.charge": 3})
     for _ in range(3):
         poller.poll_once()
     # one scrape that had to leave a broken collector out (celery_vitals_scrape_errors_total)
