@@ -44,22 +44,12 @@ OK_NAME = "fuzz.ok"
 CHART_MEMORY_LIMIT = 256 * MiB  # charts/celery-vitals/values.yaml resources.limits.memory
 
 
-@pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    server = RabbitMQServer(Path(tmp_path_factory.mktemp("rabbit")), management=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker(request: pytest.FixtureRequest, harness: Harness) -> tuple[str, Any]:
     """(kind, server) of a fresh Redis, or of the module's RabbitMQ node."""
     if request.param == "redis":
         return "redis", harness.redis()
-    server: RabbitMQServer = request.getfixturevalue("rabbitmq")
+    server: RabbitMQServer = request.getfixturevalue("rabbit")
     return "rabbitmq", server
 
 

@@ -168,6 +168,38 @@ class ManagedProcess:
             raise AssertionError(f"{self.name} exited with code {self.returncode}\n{self.tail()}")
 
 
+class Scraped(ManagedProcess):
+    """A process that serves /metrics on ``port``: the exporter, or a worker's agent."""
+
+    port: int
+    WAIT_TIMEOUT = 20.0
+
+    def scrape(self) -> Scrape:
+        self.assert_running()
+        response = http_get(self.port, "/metrics")
+        assert response.status == 200, f"/metrics answered {response.status}: {response.text}"
+        return Scrape(response.text, parse(response.text))
+
+    def wait_for(self, predicate: Callable[[Scrape], object], *, timeout: float | None = None,
+                 what: str) -> Scrape:
+        """Scrapes until ``predicate(scrape)`` is truthy; shows the last scrape on timeout."""
+        last: list[Scrape] = []
+
+        def check() -> Scrape | None:
+            scrape = self.scrape()
+            last[:] = [scrape]
+            return scrape if predicate(scrape) else None
+
+        def details() -> str:
+            shown = last[0].series_text() if last else "(no scrape)"
+            return f"last /metrics scrape of {self.name}:\n{shown}\n{self.tail(40)}"
+
+        result = wait_until(check, timeout=self.WAIT_TIMEOUT if timeout is None else timeout,
+                            what=what, details=details, interval=0.1)
+        assert result is not None
+        return result
+
+
 class CeleryWorker(ManagedProcess):
     """``celery worker`` for the demo app, as a production worker would run it."""
 
@@ -201,7 +233,7 @@ class CeleryWorker(ManagedProcess):
         return self.stop(timeout=timeout, signum=signal.SIGTERM)
 
 
-class ExporterProcess(ManagedProcess):
+class ExporterProcess(Scraped):
     """``celery-vitals serve`` on a free loopback port, ready once /readyz says so."""
 
     def __init__(self, broker_url: str, log_dir: Path, *args: str, name: str = "exporter",
@@ -260,34 +292,13 @@ class ExporterProcess(ManagedProcess):
         wait_until(lambda: self.get("/readyz").status == 503, timeout=timeout,
                    what=f"{self.name} /readyz 503", details=self.tail)
 
-    def scrape(self) -> Scrape:
-        response = self.get("/metrics")
-        assert response.status == 200, f"/metrics answered {response.status}: {response.text}"
-        return Scrape(response.text, parse(response.text))
-
-    def wait_for(self, predicate: Callable[[Scrape], object], *, timeout: float = 20.0,
-                 what: str) -> Scrape:
-        """Scrapes until ``predicate(scrape)`` is truthy; shows the last scrape on timeout."""
-        last: list[Scrape] = []
-
-        def check() -> Scrape | None:
-            scrape = self.scrape()
-            last[:] = [scrape]
-            return scrape if predicate(scrape) else None
-
-        def details() -> str:
-            shown = last[0].series_text() if last else "(no scrape)"
-            return f"last /metrics scrape of {self.name}:\n{shown}\n{self.tail(30)}"
-
-        result = wait_until(check, timeout=timeout, what=what, details=details, interval=0.1)
-        assert result is not None
-        return result
 
 
-class AgentWorker(CeleryWorker):
+class AgentWorker(CeleryWorker, Scraped):
     """A worker of tests/support/agent_app.py: its agent serves /metrics on ``port``."""
 
     APP = "tests.support.agent_app"
+    WAIT_TIMEOUT = 30.0
 
     def __init__(self, name: str, broker_url: str, log_dir: Path, *, port: int,
                  **kwargs: object) -> None:
@@ -303,26 +314,3 @@ class AgentWorker(CeleryWorker):
         except OSError:
             return False
 
-    def scrape(self) -> Scrape:
-        self.assert_running()
-        response = http_get(self.port, "/metrics")
-        assert response.status == 200, f"/metrics answered {response.status}: {response.text}"
-        return Scrape(response.text, parse(response.text))
-
-    def wait_for(self, predicate: Callable[[Scrape], object], *, timeout: float = 30.0,
-                 what: str) -> Scrape:
-        """Scrapes the agent until ``predicate(scrape)``; shows the last scrape on timeout."""
-        last: list[Scrape] = []
-
-        def check() -> Scrape | None:
-            scrape = self.scrape()
-            last[:] = [scrape]
-            return scrape if predicate(scrape) else None
-
-        def details() -> str:
-            shown = last[0].series_text() if last else "(no scrape)"
-            return f"last /metrics scrape of {self.name}:\n{shown}\n{self.tail(40)}"
-
-        result = wait_until(check, timeout=timeout, what=what, details=details, interval=0.1)
-        assert result is not None
-        return result
