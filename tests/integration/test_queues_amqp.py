@@ -36,16 +36,6 @@ pytestmark = pytest.mark.integration
 PASSWORD = "s3cret-Pa55"
 
 
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def uid() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
