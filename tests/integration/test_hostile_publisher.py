@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +50,13 @@ def broker(request: pytest.FixtureRequest, harness: Harness) -> tuple[str, Any]:
         return "redis", harness.redis()
     server: RabbitMQServer = request.getfixturevalue("rabbit")
     return "rabbitmq", server
+
+
+def consuming_exporter(harness: Harness, url: str) -> ExporterProcess:
+    """An exporter that only consumes events (no polls, no broadcasts), seen consuming."""
+    exporter = harness.exporter(url, "--queue-poll-interval", "0", "--no-enable-events")
+    harness.sync_events(exporter, url)
+    return exporter
 
 
 def url_of(kind: str, server: Any) -> str:
@@ -105,7 +111,7 @@ def fixed_shapes(kind: str) -> list[Message]:
         *(Message(jbytes({**heartbeat, "freq": 1e-300}),
                   observation=("celery_vitals_heartbeats_missed_total", "bad_value"))
           for _ in range(4)),
-        Message(zlib.compress(bytes(64 * MiB), 9), headers={"compression": "application/x-gzip"},
+        Message(events.zeros_bomb(64 * MiB), headers={"compression": "application/x-gzip"},
                 skip="too_large"),
         Message(b"\x80\x04K\x01.", content_type="application/x-python-serialize",
                 skip="undecodable_body"),
@@ -223,8 +229,7 @@ def check_scrape(exporter: ExporterProcess) -> None:
 def test_each_hostile_message_costs_one_skip(broker: tuple[str, Any], harness: Harness) -> None:
     kind, server = broker
     url = url_of(kind, server)
-    exporter = harness.exporter(url, "--queue-poll-interval", "0", "--no-enable-events")
-    harness.sync_events(exporter, url)
+    exporter = consuming_exporter(harness, url)
     pid = exporter.pid
     shapes = fixed_shapes(kind) + random_shapes(random.Random(FUZZ_SEED))
     raw = redis_only_shapes() if kind == "redis" else []
@@ -278,10 +283,9 @@ def test_a_decompression_bomb_is_a_skip_within_the_memory_limit(
         broker: tuple[str, Any], harness: Harness) -> None:
     kind, server = broker
     url = url_of(kind, server)
-    exporter = harness.exporter(url, "--queue-poll-interval", "0", "--no-enable-events")
-    harness.sync_events(exporter, url)
+    exporter = consuming_exporter(harness, url)
     before = peak_rss(exporter.pid)
-    bomb = zlib.compress(bytes(256 * MiB), 9)
+    bomb = events.zeros_bomb(256 * MiB)
     assert len(bomb) < 300_000
     publisher = Publisher(url)
     try:
@@ -306,8 +310,7 @@ def test_consuming_again_within_5s_of_the_broker_return(
         broker: tuple[str, Any], harness: Harness) -> None:
     kind, server = broker
     url = url_of(kind, server)
-    exporter = harness.exporter(url, "--queue-poll-interval", "0", "--no-enable-events")
-    harness.sync_events(exporter, url)
+    exporter = consuming_exporter(harness, url)
     pid = exporter.pid
     server.kill()
     exporter.wait_unready(timeout=20)

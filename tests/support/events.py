@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,3 +54,12 @@ def heartbeat(hostname: str, **fields: Any) -> dict[str, Any]:
             "utcoffset": 0, "pid": 1, "clock": 1, "freq": 2.0, "active": 0, "processed": 0,
             "loadavg": [0.0, 0.0, 0.0], "sw_ident": "test", "sw_ver": "0",
             "sw_sys": "Linux", **fields}
+
+
+def zeros_bomb(size: int) -> bytes:
+    """``size`` zero bytes zlib-compressed (kombu's "gzip") without ever holding them:
+    about a thousandth of the size. A decompression bomb."""
+    compressor = zlib.compressobj(9)
+    chunk = bytes(1024 * 1024)
+    parts = [compressor.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join(parts) + compressor.flush()

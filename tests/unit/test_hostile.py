@@ -30,6 +30,7 @@ from celery_vitals.decode import MAX_BODY_BYTES, Skip
 from celery_vitals.exposition import Exposition
 from celery_vitals.stream import FrameGuard
 from celery_vitals.tasks import number
+from tests.support.events import zeros_bomb
 from tests.support.net import wait_until
 from tests.unit.conftest import T0, Harness, event, lifecycle
 
@@ -50,14 +51,6 @@ def envelope(body: bytes, *, headers: object = None, content_type: object = deco
 
 def nested_json(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
-
-
-def zeros_bomb(size: int) -> bytes:
-    """``size`` zero bytes, zlib-compressed without ever holding them: ~1/1000 the size."""
-    compressor = zlib.compressobj(9)
-    chunk = bytes(MiB)
-    parts = [compressor.compress(chunk) for _ in range(size // MiB)]
-    return b"".join(parts) + compressor.flush()
 
 
 HEARTBEAT = json.dumps({"type": "worker-heartbeat", "hostname": "w1"}).encode()
