@@ -163,6 +163,7 @@ def scope(expr: str, selector: str, *, recorded: bool = False) -> str:
             out.append(text + expr[position:end])
             position = end
             continue
+        scoped = True
         if (
             following == "("
             or lowered in _KEYWORDS
@@ -171,15 +172,14 @@ def scope(expr: str, selector: str, *, recorded: bool = False) -> str:
             or text in _UNSCOPED
             or (":" in text and not recorded)
         ):
-            out.append(text)
-            continue
+            scoped = False
         out.append(text)
         matchers = _MATCHERS.match(expr, position) if following == "{" and after == 0 else None
-        if matchers is None:
-            out.append(_merged("", selector))
-        else:
-            out.append(_merged(matchers.group(1), selector))
+        if matchers is not None:  # the series' own matchers, with the selector or as they are
+            out.append(_merged(matchers.group(1), selector) if scoped else matchers.group())
             position = matchers.end()
+        elif scoped:
+            out.append(_merged("", selector))
     out.append(expr[position:])
     return "".join(out)
 
