@@ -5,17 +5,20 @@
 
 The files: the rule file and the dashboards (``celery-vitals rules`` and
 ``celery-vitals dashboards`` with no overrides), the tables of docs/runbooks.md,
-docs/metrics.md (``celery-vitals metrics-doc``), and the Helm chart's copies.
+docs/metrics.md (``celery-vitals metrics-doc``), and in the Helm chart the
+dashboards' copies, the PrometheusRule template and the prometheusRule part of
+values.schema.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from celery_vitals.catalogue import markdown
-from celery_vitals.rules import alerts, dashboards
+from celery_vitals.rules import alerts, dashboards, helm
 from celery_vitals.rules.config import RulesConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,13 +38,29 @@ def _runbook(config: RulesConfig) -> str:
     return f"{head}{BEGIN}\n{alerts.runbook_tables(config)}\n{END}{tail}"
 
 
+def _schema() -> str:
+    """values.schema.json with its prometheusRule part generated (the rest, written by
+    hand, stays as it is)."""
+    text = (CHART / "values.schema.json").read_text(encoding="utf-8")
+    key = '    "prometheusRule": '
+    start = text.index(key) + len(key)
+    depth, end = 0, start
+    for end, char in enumerate(text[start:], start):  # noqa: B007 - end is used below
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth == 0:
+            break
+    block = json.dumps(helm.values_schema(), indent=2).replace("\n", "\n    ")
+    return text[:start] + block + text[end + 1 :]
+
+
 def outputs() -> dict[Path, str]:
     """Every generated file, with the content it must have."""
     config = RulesConfig()
     rules = alerts.render(config)
     files = {
         ROOT / "alerts" / "celery-vitals.rules.yml": rules,
-        CHART / "files" / "alerts" / "celery-vitals.rules.yml": rules,
+        CHART / "templates" / "prometheusrule.yaml": helm.template(),
+        CHART / "values.schema.json": _schema(),
         RUNBOOKS: _runbook(config),
         ROOT / "docs" / "metrics.md": markdown(),
     }

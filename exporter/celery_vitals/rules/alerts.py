@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
-from celery_vitals.rules.config import THRESHOLDS, RulesConfig, regex_text
+from celery_vitals.rules.config import THRESHOLDS, RulesConfig, number_text, regex_text
 from celery_vitals.rules.promql import (
     OVERVIEW,
     QUEUES,
@@ -197,7 +197,7 @@ def recording_rules(c: RulesConfig) -> list[Record]:
     rules += [
         Record(
             PERIODIC_CONFIG,
-            f'label_replace(vector({seconds:g}), "name", {json.dumps(name)}, "", "")',
+            f'label_replace(vector({number_text(seconds)}), "name", {json.dumps(name)}, "", "")',
         )
         for name, seconds in sorted(c.periodic_tasks.items())
     ]
@@ -239,7 +239,7 @@ def _failure_ratio_above(c: RulesConfig, ratio_series: str, key: str) -> str:
             matchers = [f'name=~"{regex_text(override.pattern)}"']
             if earlier:
                 matchers.append(f'name!~"{regex_text("|".join(earlier))}"')
-            parts.append(f"{ratio_series}{{{', '.join(matchers)}}} > {own:g}")
+            parts.append(f"{ratio_series}{{{', '.join(matchers)}}} > {number_text(own)}")
         earlier.append(override.pattern)
     rest = f'{{name!~"{regex_text("|".join(earlier))}"}}' if parts else ""
     default = f"{ratio_series}{rest} > {c.text(key)}"
@@ -756,7 +756,7 @@ def _block(text: str, indent: int) -> str:
     return "|-\n" + "\n".join(pad + line if line else "" for line in text.splitlines())
 
 
-def _alert_lines(c: RulesConfig, alert: Alert) -> list[str]:
+def alert_lines(c: RulesConfig, alert: Alert) -> list[str]:
     lines = [
         f"      - alert: {alert.name}",
         f"        expr: {_block(alert.expr, 10)}",
@@ -776,14 +776,22 @@ def _alert_lines(c: RulesConfig, alert: Alert) -> list[str]:
     return lines
 
 
+def record_lines(record: Record) -> list[str]:
+    return [f"      - record: {record.record}", f"        expr: {_block(record.expr, 10)}"]
+
+
+RECORDING_GROUP = ["  - name: celery-vitals.recording", "    rules:"]
+ALERTS_GROUP = ["  - name: celery-vitals.alerts", "    rules:"]
+
+
 def render(c: RulesConfig) -> str:
     """The rule file, as YAML written by hand: stable order, block-scalar expressions."""
-    lines = [HEADER.rstrip("\n"), "groups:", "  - name: celery-vitals.recording", "    rules:"]
+    lines = [HEADER.rstrip("\n"), "groups:", *RECORDING_GROUP]
     for record in scoped_recording_rules(c):
-        lines += [f"      - record: {record.record}", f"        expr: {_block(record.expr, 10)}"]
-    lines += ["  - name: celery-vitals.alerts", "    rules:"]
+        lines += record_lines(record)
+    lines += ALERTS_GROUP
     for alert in alerting_rules(c):
-        lines += _alert_lines(c, alert)
+        lines += alert_lines(c, alert)
     return "\n".join(lines) + "\n"
 
 

@@ -219,7 +219,7 @@ class RulesConfig:
     def text(self, key: str) -> str:
         """A threshold as PromQL (or duration) text: 0.1, 900, "5m"."""
         raw = self.thresholds[key]
-        return raw if isinstance(raw, str) else f"{raw:g}"
+        return raw if isinstance(raw, str) else number_text(raw)
 
     def number(self, key: str) -> float:
         """A numeric threshold (a panel's colour step)."""
@@ -235,6 +235,11 @@ class RulesConfig:
             return self.selector
         ignored = f'queue_name!~"{regex_text("|".join(self.ignored_queues))}"'
         return f"{self.selector}, {ignored}" if self.selector else ignored
+
+
+def number_text(value: float) -> str:
+    """A number as PromQL text, exact: 2147483648, 0.1 (never 2.14748e+09)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def regex_text(regex: str) -> str:
