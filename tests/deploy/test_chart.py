@@ -168,17 +168,34 @@ def test_rendered_rules_pass_promtool(helm: str, tmp_path: Path) -> None:
     assert "> 4294967296\n" in path.read_text(encoding="utf-8").replace("'", "")
 
 
-def test_dashboard_config_maps_are_the_repo_dashboards(helm: str) -> None:
-    objects = helm_template(helm, "-f", str(VALUES_ALL))
+def _dashboards(helm: str, *args: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    objects = helm_template(helm, "-f", str(VALUES_ALL), *args)
     maps = [o for o in _kind(objects, "ConfigMap")
             if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
-    rendered = {name: text for m in maps for name, text in m["data"].items()}
+    return maps, {name: text for m in maps for name, text in m["data"].items()}
+
+
+def test_dashboard_config_maps_are_the_repo_dashboards(helm: str) -> None:
+    """With the shipped selector, exactly dashboards/*.json."""
+    maps, rendered = _dashboards(helm, "--set-string",
+                                 f"prometheusRule.selector={SHIPPED_SELECTOR}")
     expected = {p.name: p.read_text() for p in (ROOT / "dashboards").glob("*.json")}
     assert sorted(rendered) == sorted(expected)
     for name, text in rendered.items():
         assert text.rstrip("\n") == expected[name].rstrip("\n"), name
         assert json.loads(text) == json.loads(expected[name])
     assert all(m["metadata"]["annotations"]["grafana_folder"] == "Celery" for m in maps)
+
+
+def test_dashboards_select_the_releases_jobs(helm: str) -> None:
+    """The release's selector replaces the shipped one in every query of every dashboard."""
+    _, rendered = _dashboards(helm, "--set", "fullnameOverride=jobs-exporter")
+    selector = 'job=~"jobs-exporter|default/jobs-exporter-workers"'
+    for name, text in rendered.items():
+        shipped = (ROOT / "dashboards" / name).read_text()
+        assert SHIPPED_SELECTOR not in text.replace("\\\"", "\""), name
+        assert json.loads(text) == json.loads(shipped.replace(
+            json.dumps(SHIPPED_SELECTOR)[1:-1], json.dumps(selector)[1:-1])), name
 
 
 def test_service_monitor_follows_kube_prometheus_stack_conventions(helm: str) -> None:

@@ -44,14 +44,10 @@ def _dict_literal(values: dict[str, Any]) -> str:
 def _preamble() -> list[str]:
     defaults = {key: threshold.value for key, threshold in THRESHOLDS.items()}
     fors = {alert.name: alert.for_ for alert in alerts.all_alerts(RulesConfig())}
-    job = (
-        'printf "job=~%s" (printf "%s|%s/%s-workers" $fullname .Release.Namespace '
-        "$fullname | toJson)"
-    )
     return [
         f"{{{{- if {_VALUES}.enabled }}}}",
         '{{- $fullname := include "celery-vitals.fullname" . }}',
-        f"{{{{- $selector := {_VALUES}.selector | default ({job}) }}}}",
+        '{{- $selector := include "celery-vitals.selector" . }}',
         f"{{{{- with {_VALUES}.ignoredQueues }}}}",
         '{{- $selector = printf "%s, queue_name!~%s" $selector (join "|" . | toJson) }}',
         "{{- end }}",
