@@ -53,6 +53,7 @@ INSTANCE = "job, instance"
 
 #: Exceptions with an alert of their own: not counted by CeleryTaskFailureRateHigh.
 CLASSIFIED_EXCEPTIONS = (
+    "Reject",  # Reject(requeue=False): a dead letter, CeleryDeadLetterQueueGrowing explains it
     "NotRegistered",
     "WorkerLostError",
     "TimeLimitExceeded",
@@ -123,6 +124,11 @@ class Alert:
     def anchor(self) -> str:
         """GitHub's anchor for a markdown heading that is exactly the alert name."""
         return self.name.lower()
+
+    def unless(self, labels: str, condition: str) -> Alert:
+        """This alert, silent where ``condition`` (another alert's) holds for the same
+        ``labels``: one incident, one page."""
+        return replace(self, expr=f"{self.expr}\nunless on ({labels}) (\n{_indent(condition)}\n)")
 
 
 def _rate(c: RulesConfig, metric: str, labels: str = TASK, matchers: str = "") -> str:
@@ -248,6 +254,24 @@ def _failure_ratio_above(c: RulesConfig, ratio_series: str, key: str) -> str:
     return "(\n" + _indent("\nor ".join([default, *parts])) + "\n)"
 
 
+def _retry_storm(c: RulesConfig) -> str:
+    """Tasks retrying themselves into a storm: many retries per new task, and the
+    retrying tasks do not finish. Bounded retries (max_retries=2, then success or a
+    dead letter) finish every task, so they are no storm however many retries they take."""
+    w = c.text("rate_window")
+    t = f"name_queue_name:celery_task_{{}}:rate{w}"
+    new = f"clamp_min({t.format('received')} - {t.format('retried')}, 0)"
+    return (
+        f"name_queue_name:celery_task_retry_amplification:rate{w}"
+        f" > {c.text('retry_amplification')}\n"
+        f"and {t.format('retried')} > {_per_second(c, 'retry_min_per_minute')}\n"
+        f"unless on ({TASK}) (\n"
+        f"  {t.format('finished')}\n"
+        f"  > on ({TASK}) {new} * {c.text('retry_storm_finished_ratio')}\n"
+        ")"
+    )
+
+
 def _task_alerts(c: RulesConfig) -> list[Alert]:
     w, ew = c.text("rate_window"), c.text("event_window")
     plain = f"name_queue_name:celery_task_failed_plain:rate{w}"
@@ -305,17 +329,15 @@ def _task_alerts(c: RulesConfig) -> list[Alert]:
         Alert(
             "CeleryTaskRetryStorm",
             "warning",
-            "10m",
-            f"name_queue_name:celery_task_retry_amplification:rate{w}"
-            f" > {c.text('retry_amplification')}\n"
-            f"and name_queue_name:celery_task_retried:rate{w}"
-            f" > {_per_second(c, 'retry_min_per_minute')}",
+            "5m",
+            _retry_storm(c),
             "A Celery task retries itself into a storm.",
             "{{ $labels.name }} (queue {{ $labels.queue_name }}) was retried "
             "{{ $value | humanize }} times per new task over the last " + w + ": each retry "
             "is another message and another run, so a failing dependency multiplies the load.",
             _task_dashboard(),
         ),
+        # during a storm the exhausted retries are its symptom: one page, the storm's
         event(
             "CeleryTaskRetriesExhausted",
             "celery_task_failed_after_retries_total",
@@ -323,7 +345,7 @@ def _task_alerts(c: RulesConfig) -> list[Alert]:
             "Celery tasks failed for good after retrying.",
             happened="failed for good after retrying",
             consequence="the retries did not help, the work is lost or dead-lettered.",
-        ),
+        ).unless(TASK, _retry_storm(c)),
         event(
             "CeleryTaskWorkerLost",
             failures('="WorkerLostError"'),
@@ -384,6 +406,9 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
     no_drain = c.text("queue_no_drain_window")
     received = occurrences("celery_task_received_total", QUEUE, no_drain)
     stale = c.text("dlq_stale_window")
+    # messages wait and nothing took one for the no-drain window (CeleryQueueNotDraining's
+    # and CeleryQueueNoConsumers' incident)
+    stuck = f"{length} > 0\nunless on ({QUEUE}) (\n{_indent(received)} > 0\n)"
     oldest = [
         Alert(
             "CeleryQueueOldestMessageTooOld",
@@ -395,7 +420,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "The oldest task sent to queue {{ $labels.queue_name }} and not yet received by a "
             "worker has waited {{ $value | humanizeDuration }}.",
             _queue_dashboard(),
-        )
+        ).unless(QUEUE, stuck)  # not draining or no consumers: that alert pages instead
         for severity, key in (
             ("warning", "oldest_message_warning"),
             ("critical", "oldest_message_critical"),
@@ -405,7 +430,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
         Alert(
             "CeleryQueueClimbing",
             "warning",
-            "30m",
+            "15m",
             f"{long} * 60 > {c.text('queue_climb_min_per_minute')}\n"
             f"and {short} > 0\n"
             f"and {length} > {c.text('queue_min_backlog')}\n"
@@ -433,9 +458,8 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
         Alert(
             "CeleryQueueNotDraining",
             "critical",
-            "5m",
-            f"{length} > 0\n"
-            f"unless on ({QUEUE}) (\n{_indent(received)} > 0\n)\n"
+            "3m",
+            f"{stuck}\n"
             f"unless on ({QUEUE}) (\n{_indent(_no_consumers())}\n)\n"
             + EXPORTER_SEES
             + "\n"
@@ -506,6 +530,22 @@ def _agent_targets(c: RulesConfig) -> str:
     )
 
 
+def _purged_worker_down(c: RulesConfig) -> str:
+    """Workers that went down and whose series the exporter has purged since, while their
+    job has fewer workers up than it had: nothing recovered (a replacement under another
+    hostname brings the count back and ends it)."""
+    remembered = c.text("worker_down_remembered")
+    up = "sum by (job) (celery_worker_up)"
+    return (
+        f"max by ({WORKER}) (\n"
+        f"  max_over_time((max by ({WORKER}) (celery_worker_up) == 0)[{remembered}:1m])\n"
+        ")\n"
+        f"unless on ({WORKER}) celery_worker_up\n"
+        f"and on (job) ({up} < max_over_time(({up})[{remembered}:1m]))\n"
+        "unless on (job) (celery_vitals_event_stream_up == 0)"
+    )
+
+
 def _worker_alerts(c: RulesConfig) -> list[Alert]:
     flap, w, ew = c.text("worker_flap_window"), c.text("rate_window"), c.text("event_window")
     memory = "celery_worker_process_resident_memory_bytes"
@@ -515,9 +555,11 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             "CeleryWorkerDown",
             "warning",
             "5m",
-            # the exporter's view (heartbeats), or an agent's target that stopped answering
+            # the exporter's view (heartbeats), the same after the exporter purged the
+            # worker's series, or an agent's target that stopped answering
             f"(\n  max by ({WORKER}) (celery_worker_up) == 0\n"
             "  unless on (job) (celery_vitals_event_stream_up == 0)\n)\n"
+            f"or\n(\n{_indent(_purged_worker_down(c))}\n)\n"
             f"or\nmax by ({WORKER}) (\n"
             f"  (up == 0) * on (job, instance) group_left (hostname) {_agent_targets(c)}\n)",
             "A Celery worker is down.",

@@ -63,6 +63,13 @@ THRESHOLDS: dict[str, Threshold] = {
         "retries per new task",
         "Retries per newly received task above which a task is in a retry storm.",
     ),
+    "retry_storm_finished_ratio": Threshold(
+        0.5,
+        "ratio",
+        "Finished runs (succeeded or failed for good) per new task below which "
+        "the retrying tasks pile up: a storm. Bounded retries finish every task (ratio 1) and "
+        "are no storm, however many retries each takes.",
+    ),
     "retry_min_per_minute": Threshold(
         1, "retries/min", "Fewer retries than this per minute are no storm."
     ),
@@ -104,7 +111,7 @@ THRESHOLDS: dict[str, Threshold] = {
         "queue drains too slowly.",
     ),
     "queue_no_drain_window": Threshold(
-        "10m",
+        "5m",
         DURATION,
         "A queue with messages from which no task was received for this long does not drain.",
     ),
@@ -130,6 +137,13 @@ THRESHOLDS: dict[str, Threshold] = {
         "A dead-letter queue that was never empty for this long is not being drained.",
     ),
     # -- workers ---------------------------------------------------------------
+    "worker_down_remembered": Threshold(
+        "1h",
+        DURATION,
+        "How long CeleryWorkerDown keeps firing for a down worker whose "
+        "series the exporter purged (--worker-purge-after), while its job has fewer workers "
+        "up than during that time.",
+    ),
     "worker_flap_window": Threshold("30m", DURATION, "Window in which worker starts count."),
     "worker_flap_starts": Threshold(
         3,
