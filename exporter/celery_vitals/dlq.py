@@ -838,13 +838,14 @@ class AmqpBackend:
         return int(ready)
 
     def dead_letter_queues(self, patterns: Iterable[str]) -> list[str]:
-        from celery_vitals.probes.amqp import _Deadline, dead_letter_targets
+        from celery_vitals.probes import Deadline
+        from celery_vitals.probes.amqp import dead_letter_targets
 
         patterns = list(patterns)
         names = {p for p in patterns if not any(c in p for c in "*?[")}
         api = self.probe.management
         if api is not None:
-            deadline = _Deadline(self.config.probe_timeout * 4)
+            deadline = Deadline(self.config.probe_timeout * 4)
             listing = api.queues(deadline)
             names |= dead_letter_targets(listing, lambda name: api.exchange(name, deadline))
             names |= {q["name"] for q in listing if isinstance(q.get("name"), str)
