@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.support import dlq_cli
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
 from tests.support.processes import ExporterProcess
@@ -150,6 +151,40 @@ def test_redrive_policy_dead_letters_a_rejected_task(harness: Harness, moto: Mot
     )
     assert agent.get("celery_task_received_total", name="agent.reject", queue_name=flaky) == 2
     assert_no_secret(exporter, s)
+
+
+def test_dlq_list_and_show_read_without_deleting(harness: Harness, moto: MotoServer) -> None:
+    orders = unique("orders")
+    source = with_dlq(moto, orders, receives=1, visibility=0)
+    dead = f"{orders}-dead"
+    url = broker_url(moto)
+    client = harness.client(url)
+    client.conf.broker_transport_options = {"region": "us-east-1"}
+    ids = {client.send_task("agent.add", args=(i, i), queue=orders).id for i in range(3)}
+    ids.add(client.send_task("agent.fail", queue=dead).id)  # put there by hand
+    for _ in range(3):  # one receive each (maxReceiveCount 1), then SQS moves them on
+        assert sqs(moto).receive_message(QueueUrl=source, MaxNumberOfMessages=10)
+    assert not sqs(moto).receive_message(QueueUrl=source, MaxNumberOfMessages=10).get("Messages")
+    options = {"CELERY_VITALS_BROKER_TRANSPORT_OPTION": "region=us-east-1"}
+
+    listed = dlq_cli.run_json(url, "list", **options)  # found from the redrive policies
+    (summary,) = [s for s in listed if s["queue"] == dead]  # (and earlier tests' DLQs)
+    assert (summary["queue"], summary["depth"], summary["sampled"]) == (dead, 4, False)
+    assert summary["tasks"] == {"agent.add": 3, "agent.fail": 1}
+    shown = dlq_cli.run_json(url, "show", dead, "--limit", "10", **options)
+    assert {entry["id"] for entry in shown} == ids
+    assert {entry["task"] for entry in shown} == {"agent.add", "agent.fail"}
+    # (origin: AWS's DeadLetterQueueSourceArn attribute, which moto does not set)
+    for command in (("replay", dead), ("purge", dead, "--yes")):
+        done = dlq_cli.run(url, *command, **options)
+        assert done.returncode == 1
+        assert "start-message-move-task" in done.stderr and SECRET not in done.stderr
+    attributes = sqs(moto).get_queue_attributes(
+        QueueUrl=sqs(moto).get_queue_url(QueueName=dead)["QueueUrl"], AttributeNames=["All"]
+    )["Attributes"]
+    # every message still there, and visible again at once
+    assert attributes["ApproximateNumberOfMessages"] == "4"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
 
 
 def test_the_exporter_survives_the_servers_restart(harness: Harness, moto: MotoServer) -> None:

@@ -262,6 +262,14 @@ class SqsProbe:
             if close is not None:
                 close()
 
+    def queue_url(self, name: str, deadline: Deadline) -> str | None:
+        """The URL of the queue (configured, predefined or found), None if SQS has none."""
+        return self._url(name, deadline)
+
+    def client_for(self, name: str) -> Any:
+        """The client with the queue's credentials (a predefined queue's own)."""
+        return self._client(name)
+
     # -- one queue -------------------------------------------------------------------
 
     def _url(self, name: str, deadline: Deadline) -> str | None:
