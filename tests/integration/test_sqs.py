@@ -68,7 +68,7 @@ def assert_no_secret(exporter: ExporterProcess, *scrapes: Scrape) -> None:
 
 
 def test_depth_in_flight_and_delayed_with_agent_workers(harness: Harness, moto: MotoServer) -> None:
-    idle, slow = unique("idle"), unique("slow")
+    idle, slow = unique("idle") + ".low", unique("slow")  # SQS names idle: "idle-…-low"
     make_queue(moto, slow, VisibilityTimeout="900")  # the queue's own attribute counts
     url = broker_url(moto)
     client = harness.client(url)
@@ -79,8 +79,8 @@ def test_depth_in_flight_and_delayed_with_agent_workers(harness: Harness, moto: 
         client.send_task("agent.add", args=(2, 2), queue=idle, delay_seconds=600)
     for _ in range(3):
         client.send_task("agent.late_sleep", args=(60,), queue=slow)
-    # no --queue: the exporter finds both with ListQueues
-    exporter = harness.exporter(url, *POLL, "--queue-discovery-interval", "1")
+    # slow is found with ListQueues; idle too, as "idle-…-low", and reported once, as named
+    exporter = harness.exporter(url, *POLL, "--queue-discovery-interval", "1", "--queue", idle)
     worker = harness.agent_worker("sqs1", url, queues=slow)  # -c 2, prefetch multiplier 1
 
     def settled(s: Scrape) -> bool:
@@ -98,6 +98,7 @@ def test_depth_in_flight_and_delayed_with_agent_workers(harness: Harness, moto: 
     # the client created "idle" with kombu's default visibility_timeout option
     assert s.get("celery_queue_visibility_timeout_seconds", queue_name=idle) == 1800
     assert s.get("celery_queue_exists", queue_name=idle) == 1
+    assert s.get("celery_queue_exists", queue_name=idle.replace(".", "-")) is None
     assert s.get("celery_broker_up") == 1
     assert s.get("celery_broker_info", transport="sqs", version="", eviction_policy="") == 1
     assert s.series("celery_vitals_event_stream_up") == {}  # no event stream on SQS

@@ -223,6 +223,9 @@ class SqsProbe:
     def poll(self, queues: Iterable[str]) -> ProbeResult:
         deadline = Deadline(self.timeout)
         names = [name for name in dict.fromkeys(queues) if name and not is_sqs_plumbing(name)]
+        # Celery names first ("a.b" configured before "a-b" listed): one queue, one label,
+        # and the one the agents use
+        names.sort(key=lambda name: sqs_name(name) == name)
         if len(names) > self.max_queues:
             log.warn_every(
                 "sqs-cap",
@@ -236,7 +239,7 @@ class SqsProbe:
         seen_urls: dict[str, str] = {}
         for name in names:
             url = self._url(name, deadline)
-            if url is not None and url in seen_urls:  # "a.b" configured, "a-b" discovered
+            if url is not None and url in seen_urls:  # "a-b" listed, "a.b" polled already
                 continue
             queue, target = self._stats(name, url, deadline)
             if url is not None and queue.exists:
