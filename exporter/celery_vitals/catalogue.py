@@ -175,7 +175,7 @@ SPECS: tuple[MetricSpec, ...] = (
            "broker hands it out again: Redis, the transport's visibility_timeout as the "
            "exporter is configured (the same for every queue); SQS, the queue's "
            "VisibilityTimeout attribute."),
-    _queue("celery_queue_max_receive_count", "gauge",
+    _queue("celery_queue_max_receives", "gauge",
            "Receives after which SQS moves a message of the queue to its dead-letter queue "
            "(maxReceiveCount of the queue's RedrivePolicy)."),
     _queue("celery_dlq_length", "gauge", "Messages in the dead-letter queue."),

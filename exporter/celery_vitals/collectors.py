@@ -296,7 +296,7 @@ class QueueCollector(_CatalogueCollector):
         oldest_unacked = gauge("celery_queue_oldest_unacked_age_seconds")
         delayed = gauge("celery_queue_delayed")
         visibility = gauge("celery_queue_visibility_timeout_seconds")
-        receives = gauge("celery_queue_max_receive_count")
+        receives = gauge("celery_queue_max_receives")
         dlq_length = gauge("celery_dlq_length")
         facts = {name: gauge(name) for name in self.FACTS}
         persistence = gauge("celery_broker_persistence_enabled")

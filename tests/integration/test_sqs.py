@@ -124,7 +124,7 @@ def test_redrive_policy_dead_letters_a_rejected_task(harness: Harness, moto: Mot
         timeout=20,
         what="the DLQ found from the redrive policy",
     )
-    assert s.get("celery_queue_max_receive_count", queue_name=flaky) == 2
+    assert s.get("celery_queue_max_receives", queue_name=flaky) == 2
     assert s.get("celery_queue_length", queue_name=f"{flaky}-dead") is None  # a DLQ, not a queue
     worker = harness.agent_worker("sqs2", url, queues=flaky)
     client = harness.client(url)
