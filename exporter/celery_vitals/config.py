@@ -7,6 +7,7 @@ a message an operator can act on. The broker password never appears in it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -333,6 +334,9 @@ def build(raw: Mapping[str, Any]) -> Config:
     )
     if config.transport == "sqs":  # no events, no remote control on SQS: the agents count
         config = replace(config, event_stream=False, enable_events=False)
+        if importlib.util.find_spec("boto3") is None:
+            c.problems.append("--broker-url: sqs:// needs boto3: pip install "
+                              "'celery-vitals[sqs]'")
         if config.queue_poll_interval == 0:
             c.problems.append("--queue-poll-interval: must be above 0 on SQS (no event "
                               "stream there: polling is all the exporter does)")

@@ -3,6 +3,7 @@ config an sqs:// broker gets (no event stream, secrets known to the log filter).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -95,3 +96,16 @@ def test_an_sqs_broker_gets_no_event_stream_and_its_secrets_are_known(
     assert sorted(config.secrets) == ["from-the-environment", "per-queue", "url-secret"]
     with pytest.raises(ConfigError, match="--queue-poll-interval: must be above 0 on SQS"):
         build({"broker_url": "sqs://", "queue_poll_interval": "0"})
+
+
+def test_without_boto3_an_sqs_broker_is_a_one_line_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
+    )
+    with pytest.raises(
+        ConfigError, match=r"sqs:// needs boto3: pip install 'celery-vitals\[sqs\]'"
+    ):
+        build({"broker_url": "sqs://"})
