@@ -16,6 +16,7 @@ import pytest
 from tests.support import dlq_cli
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
+from tests.support.net import wait_until
 from tests.support.processes import ExporterProcess
 from tests.support.servers import MotoServer
 
@@ -186,6 +187,52 @@ def test_dlq_list_and_show_read_without_deleting(harness: Harness, moto: MotoSer
     # every message still there, and visible again at once
     assert attributes["ApproximateNumberOfMessages"] == "4"
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_a_reader_killed_half_way_loses_no_message(harness: Harness, moto: MotoServer) -> None:
+    dead = unique("killed-dead")
+    url_of = make_queue(moto, dead)
+    client = sqs(moto)
+    for batch in range(100):
+        client.send_message_batch(
+            QueueUrl=url_of,
+            Entries=[
+                {"Id": str(i), "MessageBody": json.dumps({"n": batch * 10 + i})} for i in range(10)
+            ],
+        )
+    reader = dlq_cli.spawn(
+        broker_url(moto),
+        harness.directory,
+        "dlq-list",
+        "list",
+        dead,
+        "--broker-transport-option",
+        "region=us-east-1",
+    )
+
+    def counts() -> tuple[int, int]:
+        attributes = client.get_queue_attributes(QueueUrl=url_of, AttributeNames=["All"])
+        a = attributes["Attributes"]
+        return (
+            int(a["ApproximateNumberOfMessages"]),
+            int(a["ApproximateNumberOfMessagesNotVisible"]),
+        )
+
+    try:
+        wait_until(
+            lambda: counts()[1] > 0 or not reader.running,
+            timeout=30,
+            what="the reader to receive a batch",
+            details=reader.tail,
+            interval=0.005,
+        )
+        reader.kill()  # SIGKILL in the middle of its read
+    finally:
+        reader.stop()
+    visible, hidden = counts()
+    assert reader.returncode == -9, reader.tail()  # it was killed, it did not finish
+    assert visible + hidden == 1000  # nothing deleted
+    assert hidden <= 10  # only the batch in hand: SQS shows it again after 60 s
 
 
 def test_the_exporter_survives_the_servers_restart(harness: Harness, moto: MotoServer) -> None:
