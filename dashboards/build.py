@@ -569,8 +569,12 @@ def queues() -> Board:
     depth = Row(100, "Depth", (
         ts(1, "Messages waiting by queue", "short",
            Query(f"sum by (queue_name) (celery_queue_length{{{QUEUE}}})", "{{queue_name}}"),
+           Query(f"sum by (queue_name) (celery_queue_delayed{{{QUEUE}}})",
+                 "{{queue_name}} delayed"),
            description="Messages ready in the broker queue, every priority level "
-                       "(celery_queue_length; absent for a queue the broker does not know).",
+                       "(celery_queue_length; absent for a queue the broker does not know). "
+                       "SQS: also messages sent with a delay that has not passed yet "
+                       "(celery_queue_delayed).",
            width=8, min=0),
         ts(2, "Oldest waiting message by queue", "s",
            Query(f"max by (queue_name) (celery_queue_oldest_message_age_seconds{{{QUEUE}}})",
@@ -607,7 +611,8 @@ def queues() -> Board:
         ts(7, "Unacked messages by queue", "short",
            Query(f"sum by (queue_name) (celery_queue_unacked{{{QUEUE}}})", "{{queue_name}}"),
            description="Messages delivered to a worker and not acknowledged yet (prefetched, "
-                       "or running with acks_late).", min=0),
+                       "or running with acks_late). SQS: in flight, received and not deleted; "
+                       "back in the queue after its VisibilityTimeout.", min=0),
         ts(8, "Oldest unacked delivery vs visibility timeout", "s",
            Query(f"max by (queue_name) (celery_queue_oldest_unacked_age_seconds{{{QUEUE}}})",
                  "{{queue_name}}"),
