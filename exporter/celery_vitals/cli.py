@@ -29,6 +29,7 @@ from celery_vitals.config import (
     build,
 )
 from celery_vitals.dlq import group as dlq_group
+from celery_vitals.doctor import command as doctor_command
 
 log = logging.getLogger("celery_vitals")
 _DEFAULTS = Config(broker_url="")
@@ -115,6 +116,9 @@ _FLAGS = [
 #: The options of `serve` that the `dlq` commands share (same names, same variables).
 DLQ_OPTIONS = ("--broker-url", "--broker-transport-option", "--rabbitmq-management-url",
                "--dlq", "--log-level", "--probe-timeout")
+#: The options of `serve` that `doctor` shares.
+DOCTOR_OPTIONS = (*DLQ_OPTIONS, "--queue", "--default-queue", "--event-queue-ttl",
+                  "--event-queue-expires", "--event-queue-max-length")
 
 
 def with_options(only: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
@@ -201,6 +205,7 @@ def metrics_doc() -> None:
 
 
 cli.add_command(dlq_group(with_options(DLQ_OPTIONS)))
+cli.add_command(doctor_command(with_options(DOCTOR_OPTIONS)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,22 +44,25 @@ def celery_app(config: Config) -> Celery:
     return app
 
 
+def broker_probe(config: Config) -> QueueProbe:
+    """The queue probe of the configured broker's transport (connects lazily)."""
+    if config.transport == "redis":
+        from celery_vitals.probes.redis import RedisProbe
+
+        return RedisProbe(config.broker_url, config.broker_transport_options,
+                          timeout=config.probe_timeout)
+    from celery_vitals.probes.amqp import AmqpProbe
+
+    return AmqpProbe(config.broker_url, config.broker_transport_options,
+                     timeout=config.probe_timeout,
+                     management_url=config.rabbitmq_management_url)
+
+
 def queue_poller(config: Config, app: Celery, queue_names: LabelGuard) -> QueuePoller | None:
     """The broker's queue poller, with the probe for its transport (None: polling off)."""
     if config.queue_poll_interval == 0:
         return None
-    probe: QueueProbe
-    if config.transport == "redis":
-        from celery_vitals.probes.redis import RedisProbe
-
-        probe = RedisProbe(config.broker_url, config.broker_transport_options,
-                           timeout=config.probe_timeout)
-    else:
-        from celery_vitals.probes.amqp import AmqpProbe
-
-        probe = AmqpProbe(config.broker_url, config.broker_transport_options,
-                          timeout=config.probe_timeout,
-                          management_url=config.rabbitmq_management_url)
+    probe = broker_probe(config)
     timeout = config.probe_timeout
 
     def worker_queues() -> set[str]:
