@@ -698,7 +698,8 @@ def workers() -> Board:
     agent = Row(102, "Pool, memory and exits (from the agent inside each worker)", (
         ts(10, "Pool utilisation by worker", "percentunit",
            Query(f"sum by (hostname) (celery_worker_pool_busy_processes{{{WORKER}}})\n"
-                 f"/ sum by (hostname) (celery_worker_pool_processes{{{WORKER}}})",
+                 # max: the exporter's stats polls report the same pool as the agent
+                 f"/ max by (hostname) (celery_worker_pool_processes{{{WORKER}}})",
                  "{{hostname}}"),
            description="Busy pool processes / pool processes. At 100 % with a backlog "
                        "waiting (CeleryWorkerPoolSaturated) the pool is too small, or its "
@@ -723,7 +724,7 @@ def workers() -> Board:
                  "{{hostname}} reserved"),
            Query(f"sum by (hostname) (celery_worker_eta_tasks{{{WORKER}}})",
                  "{{hostname}} ETA/countdown"),
-           Query(f"sum by (hostname) (celery_worker_prefetch_limit{{{WORKER}}})",
+           Query(f"max by (hostname) (celery_worker_prefetch_limit{{{WORKER}}})",
                  "{{hostname}} prefetch limit"),
            description="Tasks the worker holds and has not started (ETA tasks among them, "
                        "which a deploy loses unless acks_late), against the consumer's "

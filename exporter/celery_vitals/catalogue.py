@@ -130,14 +130,21 @@ SPECS: tuple[MetricSpec, ...] = (
     _worker("celery_worker_task_events_missing", "gauge",
             "1 when the worker's heartbeats report processed tasks but no task event arrived "
             "from it: task events are disabled on that worker."),
-    # -- workers, from the agent inside the worker (absent from the exporter) --
+    _worker("celery_worker_info", "info",
+            "What each worker runs: its Celery version and pool. The agent knows both; the "
+            "exporter takes the version from worker events and the pool from its stats polls "
+            "of the workers (at queue discovery, and on the next poll after a worker appears).",
+            ("hostname", "version", "pool")),
     _worker("celery_worker_pool_processes", "gauge",
-            "Processes (or threads) in the worker's pool: its concurrency.", source="agent"),
-    _worker("celery_worker_pool_busy_processes", "gauge",
-            "Pool processes currently executing a task.", source="agent"),
+            "Processes (or threads) in the worker's pool: its concurrency. The agent samples "
+            "it; the exporter polls the workers' stats for it."),
     _worker("celery_worker_prefetch_limit", "gauge",
             "The consumer's current prefetch count (QoS): how many unacknowledged tasks "
-            "the worker may hold, 0 for no limit.", source="agent"),
+            "the worker may hold, 0 for no limit. The agent samples it; the exporter polls "
+            "the workers' stats for it."),
+    # -- workers, from the agent inside the worker (absent from the exporter) --
+    _worker("celery_worker_pool_busy_processes", "gauge",
+            "Pool processes currently executing a task.", source="agent"),
     _worker("celery_worker_eta_tasks", "gauge",
             "Tasks with an ETA or countdown the worker holds in memory, waiting for their "
             "time.", source="agent"),
@@ -227,6 +234,11 @@ SPECS: tuple[MetricSpec, ...] = (
                "Label values replaced by 'other' by the cardinality guard.", ("label", "reason")),
     MetricSpec("celery_vitals_enable_events_requests_total", "counter",
                "enable_events broadcasts sent to workers, by result.", ("result",),
+               source="exporter"),
+    MetricSpec("celery_vitals_task_sent_events_missing", "gauge",
+               "1 when, in the last complete minute, workers received tasks that no task-sent "
+               "event announced: their publishers lack task_send_sent_event, so those tasks "
+               "get the --default-queue as queue_name and no queue wait. 0 otherwise.",
                source="exporter"),
     MetricSpec("celery_vitals_agent_info", "info",
                "Present (value 1) only on the /metrics of an agent inside a worker "

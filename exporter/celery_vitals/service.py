@@ -27,7 +27,7 @@ from celery_vitals.probes import QueueProbe
 from celery_vitals.router import EventRouter
 from celery_vitals.stream import EventStream
 from celery_vitals.tasks import TaskTracker
-from celery_vitals.workers import WorkerTracker
+from celery_vitals.workers import WorkerTracker, pool_from_stats
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +58,53 @@ def broker_probe(config: Config) -> QueueProbe:
                      management_url=config.rabbitmq_management_url)
 
 
-def queue_poller(config: Config, app: Celery, queue_names: LabelGuard) -> QueuePoller | None:
-    """The broker's queue poller, with the probe for its transport (None: polling off)."""
-    if config.queue_poll_interval == 0:
-        return None
-    probe = broker_probe(config)
-    timeout = config.probe_timeout
+class WorkerBroadcasts:
+    """What the poller thread asks the workers, rarely: the queues they consume
+    (``active_queues``, at discovery) and their pool (``stats``: at discovery, and for
+    workers the events showed since, on the next poll). Never on the scrape path."""
 
-    def worker_queues() -> set[str]:
-        """Queues workers consume from: a broadcast, so only at discovery time."""
-        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    def __init__(self, app: Celery, workers: WorkerTracker | None, timeout: float) -> None:
+        self.app = app
+        self.workers = workers
+        self.timeout = timeout
+        self._asked: set[str] = set()  # a worker that does not answer is asked once
+
+    def queues(self) -> set[str]:
+        replies = self.app.control.inspect(timeout=self.timeout).active_queues() or {}
+        self._asked.clear()
+        self._ask_stats(None, len(replies) or None)
         return {queue["name"] for queues in replies.values() for queue in queues
                 if isinstance(queue, dict) and isinstance(queue.get("name"), str)}
 
-    return QueuePoller(probe, queues=config.queues, dlq_patterns=config.dlqs,
+    def new_workers(self) -> None:
+        known = self.workers.without_stats() if self.workers is not None else []
+        hosts = [host for host in known if host not in self._asked]
+        if hosts:
+            self._asked.update(hosts)
+            self._ask_stats(hosts, len(hosts))
+
+    def _ask_stats(self, hosts: list[str] | None, limit: int | None) -> None:
+        if self.workers is None:
+            return
+        inspect = self.app.control.inspect(timeout=self.timeout, destination=hosts,
+                                           limit=limit)
+        for host, reply in (inspect.stats() or {}).items():
+            if isinstance(host, str) and isinstance(reply, dict):
+                self.workers.on_stats(host, *pool_from_stats(reply))
+
+
+def queue_poller(config: Config, app: Celery, queue_names: LabelGuard,
+                 workers: WorkerTracker | None = None) -> QueuePoller | None:
+    """The broker's queue poller, with the probe for its transport (None: polling off).
+    With ``workers`` (the event stream's tracker) it also polls the workers' stats."""
+    if config.queue_poll_interval == 0:
+        return None
+    asks = WorkerBroadcasts(app, workers, config.probe_timeout)
+    return QueuePoller(broker_probe(config), queues=config.queues, dlq_patterns=config.dlqs,
                        interval=config.queue_poll_interval,
                        discovery_interval=config.queue_discovery_interval,
-                       queue_names=queue_names, worker_queues=worker_queues,
+                       queue_names=queue_names, worker_queues=asks.queues,
+                       worker_stats=asks.new_workers if workers is not None else None,
                        dlq_sampler=DlqSampler(config) if config.dlq_sample else None)
 
 
@@ -184,7 +214,8 @@ class Exporter:
                                    queue_expires=config.event_queue_expires,
                                    queue_max_length=config.event_queue_max_length)
                        if config.event_stream else None)
-        self.poller = queue_poller(config, self.app, pipeline.guards["queue_name"])
+        self.poller = queue_poller(config, self.app, pipeline.guards["queue_name"],
+                                   pipeline.workers if self.stream is not None else None)
         pipeline.queue_collector.poller = self.poller
         self.enabler = (EventsEnabler(self.app, config.enable_events_interval)
                         if config.enable_events and self.stream is not None else None)

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from celery_vitals import catalogue
 from celery_vitals.http import HttpServer, make_app
 from celery_vitals.probes import QueueStats
+from celery_vitals.workers import pool_from_stats
 from tests.unit.conftest import Harness, event, lifecycle
 from tests.unit.test_poller import ScriptedProbe, redis_result, with_poller
 
@@ -24,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def busy_harness() -> Harness:
     h = Harness()
-    h.feed(event("worker-online", freq=2.0, active=0, processed=0, loadavg=[0.1, 0.1, 0.1]))
+    h.feed(event("worker-online", freq=2.0, active=0, processed=0, loadavg=[0.1, 0.1, 0.1],
+                 sw_ver="5.7.0"))
+    # the poller's stats broadcast (celery_worker_info, pool processes, prefetch limit)
+    h.pipeline.workers.on_stats("w1@host", *pool_from_stats(
+        {"pool": {"implementation": "celery.concurrency.prefork:TaskPool",
+                  "max-concurrency": 2}, "prefetch_count": 8}))
     h.feed(*lifecycle("u1", "t"))
     h.feed(event("task-received", uuid="u2", name="t"),
            event("task-failed", uuid="u2", exception="ValueError()"),

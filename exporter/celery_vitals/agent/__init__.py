@@ -217,9 +217,9 @@ class Agent:
         self.hostname: str = str(worker.hostname)
         self.pool = PoolWatch(worker)
         self.registry = CollectorRegistry(auto_describe=True)
+        self.pool_name = _pool_name(worker)
         self.pipeline = Pipeline(config, self.registry,
-                                 agent={"hostname": self.hostname,
-                                        "pool": _pool_name(worker)})
+                                 agent={"hostname": self.hostname, "pool": self.pool_name})
         self.lock = threading.Lock()
         self.tap = Tap(self.pipeline.router, self.hostname, self.lock,
                        consumer=lambda: getattr(worker, "consumer", None))
@@ -276,7 +276,7 @@ class Agent:
             event = {"type": "worker-heartbeat", **self._heartbeat_fields(now)}
             with self.lock:
                 self.pipeline.router.handle(event, now)
-                self.pipeline.workers.on_pool(self.hostname, stats, now)
+                self.pipeline.workers.on_pool(self.hostname, stats, now, self.pool_name)
                 self.pipeline.router.tick(now)
         except Exception:
             rate_limited.warn_every("tick", "celery-vitals agent: could not sample the worker",
@@ -284,6 +284,7 @@ class Agent:
 
     def _heartbeat_fields(self, now: float | None = None) -> dict[str, Any]:
         """What Celery's own heartbeat carries (no freq: a late agent thread is no lost event)."""
+        import celery
         from celery.worker import state
 
         try:
@@ -292,7 +293,7 @@ class Agent:
             loadavg = []
         return {"hostname": self.hostname, "timestamp": now or time.time(),
                 "active": len(state.active_requests), "processed": state.all_total_count[0],
-                "loadavg": loadavg}
+                "loadavg": loadavg, "sw_ver": celery.__version__}
 
     def _record(self, event: dict[str, Any]) -> None:
         with self.lock:
