@@ -10,5 +10,7 @@ echo "== ruff"
 ruff check .
 echo "== mypy (strict, package)"
 mypy
+echo "== imports (every third-party import declared in pyproject.toml, with a range)"
+python scripts/check_imports.py
 echo "== pytest"
 pytest "$@"

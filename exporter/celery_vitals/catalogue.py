@@ -248,6 +248,9 @@ SPECS: tuple[MetricSpec, ...] = (
                "Metric families left out of a scrape because they could not be rendered "
                "(family: the family, or the collector that failed before naming one); "
                "the rest of the scrape is served.", ("family",)),
+    MetricSpec("celery_vitals_scrape_duration_seconds", "histogram",
+               "Time to render the whole /metrics body (before compression), observed after "
+               "each render: a scrape shows the renders before it."),
     MetricSpec("celery_vitals_build_info", "info",
                "Build information of the exporter.",
                ("version", "celery_version", "python_version")),
@@ -326,6 +329,10 @@ def markdown() -> str:
         "`agent` (`celery_vitals.agent.install(app)`, inside each worker), or `both` "
         "(the same name and labels from either; `celery_vitals_agent_info` is only on an "
         "agent's /metrics).",
+        "",
+        "The exporter's /metrics also carries prometheus_client's standard process and "
+        "Python metrics: `process_*` (CPU, resident memory, open file descriptors, start "
+        "time), `python_info` and `python_gc_*`.",
         "",
     ]
     for group, title in titles.items():

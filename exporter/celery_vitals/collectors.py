@@ -190,8 +190,10 @@ class ExporterCollector(_CatalogueCollector):
                  stream_up: Callable[[], bool | None], reconnects: Callable[[], int], *,
                  enable_events: Callable[[], Mapping[str, int]] = dict,
                  scrape_errors: Mapping[str, int] | None = None,
-                 agent: Mapping[str, str] | None = None) -> None:
+                 agent: Mapping[str, str] | None = None,
+                 render_durations: Callable[[], Histograms | None] = lambda: None) -> None:
         self.router = router
+        self.render_durations = render_durations
         self.scrape_errors = scrape_errors if scrape_errors is not None else {}
         self.guards = list(guards)
         self.stream_up = stream_up
@@ -245,6 +247,9 @@ class ExporterCollector(_CatalogueCollector):
             yield _samples(gauge("celery_vitals_task_sent_events_missing"),
                            {(): tasks.sent_events_missing})
         yield _samples(counter("celery_vitals_scrape_errors_total"), self.scrape_errors)
+        durations = self.render_durations()
+        if durations is not None:
+            yield _histogram("celery_vitals_scrape_duration_seconds", (), durations)
         build = info("celery_vitals_build_info")
         build.add_metric([], {"version": __version__, "celery_version": celery.__version__,
                              "python_version": platform.python_version()})

@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable, Mapping
 
 from celery import Celery
+from celery.app.control import Control
+from kombu import Queue
+from kombu.pidbox import Mailbox
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
@@ -32,9 +35,31 @@ from celery_vitals.workers import WorkerTracker, pool_from_stats
 log = logging.getLogger(__name__)
 
 
+class ExclusiveRepliesMailbox(Mailbox):  # type: ignore[misc]  # kombu is untyped
+    """The remote-control mailbox, its broadcast reply queue always exclusive.
+
+    RabbitMQ 4 refuses transient queues that are not exclusive (error 541), and
+    kombu before 5.5 declares the reply queue auto-delete but not exclusive. An
+    exclusive queue lives as long as the connection that declared it, which is
+    the one that collects the replies.
+    """
+
+    @property
+    def reply_queue(self) -> Queue:
+        return Queue(f"{self.oid}.{self.reply_exchange.name}", exchange=self.reply_exchange,
+                     routing_key=self.oid, durable=False, exclusive=True, auto_delete=True,
+                     expires=self.reply_queue_expires, message_ttl=self.reply_queue_ttl)
+
+
+class ExclusiveRepliesControl(Control):  # type: ignore[misc]  # celery is untyped
+    Mailbox = ExclusiveRepliesMailbox
+
+
 def celery_app(config: Config) -> Celery:
-    """A Celery app used only as a connection factory and for control broadcasts."""
-    app = Celery("celery-vitals", broker=config.broker_url, set_as_current=False)
+    """A Celery app used only as a connection factory and for control broadcasts (their
+    reply queues exclusive, as RabbitMQ 4 wants them)."""
+    app = Celery("celery-vitals", broker=config.broker_url, set_as_current=False,
+                 control=ExclusiveRepliesControl)
     app.conf.update(
         broker_transport_options=dict(config.broker_transport_options),
         broker_connection_retry_on_startup=False,
@@ -192,12 +217,22 @@ class Pipeline:
                 enable_events=lambda: self.enable_events(),  # noqa: PLW0108
                 scrape_errors=self.scrape_errors,
                 agent=agent,
+                render_durations=lambda: self.exposition.durations,
             ),
         ]
         self.exposition = Exposition(self.collectors, errors=self.scrape_errors)
         if registry is not None:
             for collector in self.collectors:
                 registry.register(collector)
+
+
+def process_collectors(registry: CollectorRegistry) -> list[Collector]:
+    """prometheus_client's standard process_*, python_info and python_gc_* collectors,
+    registered on ``registry`` (never the global one)."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    return [ProcessCollector(registry=registry), PlatformCollector(registry=registry),
+            GCCollector(registry=registry)]
 
 
 class Exporter:
@@ -207,6 +242,7 @@ class Exporter:
                  app: Celery | None = None) -> None:
         self.config = config
         self.pipeline = pipeline = Pipeline(config, registry)
+        pipeline.exposition.collectors.extend(process_collectors(registry))
         self.app = app or celery_app(config)
         router = pipeline.router
         self.stream = (EventStream(self.app, router.handle, router.tick, router.count_skip,

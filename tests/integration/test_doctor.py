@@ -248,3 +248,30 @@ def test_broker_down_is_one_failure(url: str) -> None:
 def test_bad_options_exit_2() -> None:
     code, out, err = finish(doctor("redis://127.0.0.1:1/0", "--timeout", "0"), timeout=30)
     assert code == 2 and "--timeout" in err and not out
+
+
+def test_declared_queues_are_exclusive_on_rabbitmq(rabbit: RabbitMQServer) -> None:
+    """RabbitMQ 4 refuses transient queues that are not exclusive: the event queue and the
+    broadcast reply queue of the exporter and the doctor (service.celery_app, EventStream)
+    are exclusive, as the broker itself reports them."""
+    from celery_vitals.config import build
+    from celery_vitals.service import celery_app
+    from celery_vitals.stream import EventStream
+
+    vhost = "exclusive"
+    app = celery_app(build({"broker_url": rabbit.vhost(vhost)}))
+    stream = EventStream(app, print, lambda: None, print, queue_ttl=5, queue_expires=60)
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            app.control.mailbox.reply_queue(channel).declare()
+            stream._queue(connection).bind(channel).declare()
+            listed = rabbit.api("GET", f"queues/{vhost}?columns=name,exclusive,durable,"
+                                       "auto_delete,arguments")
+            assert isinstance(listed, list)
+            shapes = sorted((q["name"].split(".", 1)[0] == "celeryev", q["exclusive"],
+                             q["durable"], q["auto_delete"]) for q in listed)
+            assert shapes == [(False, True, False, True), (True, True, False, True)], listed
+            assert app.control.inspect(timeout=0.5).ping() is None  # replies collected, none
+    finally:
+        app.close()

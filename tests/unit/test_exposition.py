@@ -131,3 +131,26 @@ def test_http_endpoints() -> None:
         assert get(base + "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_exporter_metrics_carry_process_python_and_render_duration() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from celery_vitals.config import build
+    from celery_vitals.service import Exporter
+
+    config = build({"broker_url": "redis://127.0.0.1:1/0", "listen_address": "127.0.0.1:0"})
+    exporter = Exporter(config, CollectorRegistry())  # never started: nothing connects
+    try:
+        exposition = exporter.pipeline.exposition
+        first = exposition.render()
+        second = {f.name: f for f in text_string_to_metric_families(exposition.render().decode())}
+    finally:
+        exporter.http.close_socket()
+    for name in ("process_resident_memory_bytes", "process_start_time_seconds",
+                 "process_open_fds", "python_info", "python_gc_objects_collected"):
+        assert name in second, name
+    assert b"celery_vitals_scrape_duration_seconds_count" not in first  # no render before
+    [count] = [s.value for s in second["celery_vitals_scrape_duration_seconds"].samples
+               if s.name.endswith("_count")]
+    assert count == 1  # the first render; a body never counts itself
