@@ -12,5 +12,7 @@ echo "== mypy (strict, package)"
 mypy
 echo "== imports (every third-party import declared in pyproject.toml, with a range)"
 python scripts/check_imports.py
+echo "== README options table (generated from config.OPTIONS)"
+python scripts/options_table.py --check
 echo "== pytest"
 pytest "$@"

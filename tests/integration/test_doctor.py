@@ -6,7 +6,8 @@ Per broker, two clusters run side by side (tests/support/doctor_app.py):
   with -E, a publisher without task_send_sent_event, visibility_timeout=30 with a 60 s
   time limit and acks_late, no child recycling, prefetch multiplier 4, a task with
   max_retries=None, three messages in a queue nobody consumes and (Redis) no persistence;
-- right: the same tasks configured well, publishers with task-sent events, Redis with AOF.
+- right: the same tasks configured well, publishers with task-sent events, Redis with AOF
+  (and, on Redis, a `celery-vitals serve` the doctor checks with --exporter-url).
 
 The doctor runs four times at once per broker (each cluster, text and --json) while
 tasks are published, so the whole set costs one listen window per broker.
@@ -27,6 +28,7 @@ import redis
 from tests.support.dlq_cli import env
 from tests.support.doctor_app import make_app
 from tests.support.harness import Harness
+from tests.support.net import LOOPBACK
 from tests.support.processes import REPO_ROOT, venv_executable
 from tests.support.servers import RabbitMQServer
 
@@ -126,6 +128,10 @@ def expected_right(transport: str) -> list[Key]:
             "max-retries",
         )
     ]
+    if transport == "redis":  # with --exporter-url: a `serve` on the right cluster
+        found += [
+            (check, "ok", None) for check in ("exporter", "exporter-events", "exporter-limits")
+        ]
     return sorted(found)
 
 
@@ -169,8 +175,17 @@ def test_doctor_names_each_problem(
     try:
         for _ in range(3):
             wrong_client.send_task("doctor.add", args=(1, 2), queue="orphans")
+        served: tuple[str, ...] = ()
+        if transport == "redis":
+            exporter = harness.exporter(right_url)
+            served = ("--exporter-url", f"http://{LOOPBACK}:{exporter.port}")
         runs = {
-            (setup, form): doctor(url, *extra, *(["--json"] if form == "json" else []))
+            (setup, form): doctor(
+                url,
+                *extra,
+                *(served if setup == "right" else ()),
+                *(["--json"] if form == "json" else []),
+            )
             for setup, url in (("wrong", wrong_url), ("right", right_url))
             for form in ("text", "json")
         }
@@ -266,11 +281,19 @@ def test_declared_queues_are_exclusive_on_rabbitmq(rabbit: RabbitMQServer) -> No
             channel = connection.default_channel
             app.control.mailbox.reply_queue(channel).declare()
             stream._queue(connection).bind(channel).declare()
-            listed = rabbit.api("GET", f"queues/{vhost}?columns=name,exclusive,durable,"
-                                       "auto_delete,arguments")
+            listed = rabbit.api(
+                "GET", f"queues/{vhost}?columns=name,exclusive,durable,auto_delete,arguments"
+            )
             assert isinstance(listed, list)
-            shapes = sorted((q["name"].split(".", 1)[0] == "celeryev", q["exclusive"],
-                             q["durable"], q["auto_delete"]) for q in listed)
+            shapes = sorted(
+                (
+                    q["name"].split(".", 1)[0] == "celeryev",
+                    q["exclusive"],
+                    q["durable"],
+                    q["auto_delete"],
+                )
+                for q in listed
+            )
             assert shapes == [(False, True, False, True), (True, True, False, True)], listed
             assert app.control.inspect(timeout=0.5).ping() is None  # replies collected, none
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from celery_vitals import cli
-from celery_vitals.config import ConfigError, build
+from celery_vitals.config import OPTIONS, ConfigError, build
 
 
 def test_defaults() -> None:
@@ -24,8 +24,8 @@ def test_all_problems_are_reported_together() -> None:
     with pytest.raises(ConfigError) as caught:
         build({"broker_url": "ftp://x", "listen_address": "9808", "max_workers": "0",
                "runtime_buckets": "1,0.5", "log_level": "loud", "worker_timeout": "-1"})
-    assert [p.split(":")[0] for p in caught.value.problems] == [
-        "--listen-address", "--broker-url", "--log-level", "--runtime-buckets",
+    assert [p.split(":")[0] for p in caught.value.problems] == [  # in declaration order
+        "--broker-url", "--listen-address", "--log-level", "--runtime-buckets",
         "--worker-timeout", "--max-workers"]
     assert "\n" not in str(caught.value)
 
@@ -114,3 +114,23 @@ def test_without_the_event_stream_the_exporter_must_poll() -> None:
     assert caught.value.problems == [
         "--no-event-stream: needs queue polling (--queue-poll-interval above 0), or the "
         "exporter has nothing to do"]
+
+
+def test_readme_options_table_is_generated_from_the_declarations() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "options_table.py"),
+                           "--check"], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_every_declared_option_is_a_flag_of_serve_with_its_default() -> None:
+    params = {param.opts[0]: param for param in cli.serve.params}
+    assert list(params) == [option.name for option in OPTIONS]
+    for option in OPTIONS:
+        param = params[option.name]
+        assert param.envvar == option.envvar
+        if option.kind != "multiple":  # those have no default: nothing given is none
+            assert param.default == option.raw_default(), option.flag
+    defaults = build({"broker_url": "redis://h/0"})
+    assert defaults.max_task_age == 21600 and defaults.dlq_sample == 1000
+    assert (defaults.queues, defaults.web_config, defaults.event_stream) == ((), None, True)
