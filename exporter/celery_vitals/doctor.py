@@ -190,8 +190,10 @@ class Observation:
     listening: bool = False
     events: EventCounts = field(default_factory=EventCounts)
     queues: dict[str, QueueStats] = field(default_factory=dict)
+    queues_error: str | None = None
     dead_letter: frozenset[str] = frozenset()
     durable: dict[str, bool] = field(default_factory=dict)  # RabbitMQ management only
+    durable_error: str | None = None
     exporter: ExporterView | None = None
 
     @property
@@ -222,31 +224,46 @@ def look(config: Config, *, timeout: float, listen: float, exporter_url: str | N
     seen = Observation(config, listen)
     probe = broker_probe(config)
     try:
-        started = time.perf_counter()
-        try:
-            seen.broker = probe.poll(config.queues or [config.default_queue])
-        except Exception as error:
-            seen.broker_error = describe(error, config)
-            return seen
-        seen.broker_seconds = time.perf_counter() - started
-        app = celery_app(config)
-        try:
-            seen.exporter = _scrape(exporter_url) if exporter_url else None
-            with _listening(app, config, seen.events, timeout) as connected:
-                seen.listening = connected
-                window_ends = time.monotonic() + listen
-                _ask_workers(app, seen, timeout)
-                time.sleep(max(0.0, window_ends - time.monotonic()))
-                _count_processed(app, seen, timeout)
-                time.sleep(GRACE)
-            if seen.exporter is not None and seen.exporter.error is None:
-                seen.exporter.after = _scrape(seen.exporter.url).before
-            _look_at_queues(probe, seen)
-        finally:
-            app.close()
+        if _look_at_broker(probe, seen):
+            app = celery_app(config)
+            try:
+                _watch(app, seen, timeout, exporter_url)
+                try:
+                    _look_at_queues(probe, seen)
+                except Exception as error:  # the broker went away meanwhile
+                    seen.queues_error = describe(error, config)
+            finally:
+                app.close()
     finally:
         probe.close()
     return seen
+
+
+def _look_at_broker(probe: Any, seen: Observation) -> bool:
+    """Reachable, version, persistence: one poll (the default or --queue queues)."""
+    started = time.perf_counter()
+    try:
+        seen.broker = probe.poll(seen.config.queues or [seen.config.default_queue])
+    except Exception as error:
+        seen.broker_error = describe(error, seen.config)
+        return False
+    seen.broker_seconds = time.perf_counter() - started
+    return True
+
+
+def _watch(app: Any, seen: Observation, timeout: float, exporter_url: str | None) -> None:
+    """The listen window: events consumed while the workers are asked, then their totals
+    again; the exporter scraped before and after."""
+    seen.exporter = _scrape(exporter_url) if exporter_url else None
+    with _listening(app, seen.config, seen.events, timeout) as connected:
+        seen.listening = connected
+        window_ends = time.monotonic() + seen.listen
+        _ask_workers(app, seen, timeout)
+        time.sleep(max(0.0, window_ends - time.monotonic()))
+        _count_processed(app, seen, timeout)
+        time.sleep(GRACE)
+    if exporter_url and seen.exporter is not None and seen.exporter.error is None:
+        seen.exporter.after = _scrape(exporter_url).before
 
 
 @contextlib.contextmanager
@@ -364,9 +381,13 @@ def _look_at_queues(probe: Any, seen: Observation) -> None:
     if management is not None:
         from celery_vitals.probes.amqp import _Deadline
 
-        listing = management.queues(
-            _Deadline(seen.config.probe_timeout), columns=("name", "durable")
-        )
+        try:
+            listing = management.queues(
+                _Deadline(seen.config.probe_timeout), columns=("name", "durable")
+            )
+        except Exception as error:  # the probe fell back to passive declares: go on
+            seen.durable_error = describe(error, seen.config)
+            return
         seen.durable = {
             queue["name"]: bool(queue.get("durable"))
             for queue in listing
@@ -466,11 +487,14 @@ def check_persistence(seen: Observation) -> Iterator[Finding]:
             )
         return
     if not seen.durable:
+        why = f" ({seen.durable_error})" if seen.durable_error else ""
         yield Finding(
             "broker-persistence",
             WARN,
-            "cannot tell whether the task queues are durable without the RabbitMQ management API",
-            "pass --rabbitmq-management-url to check queue durability",
+            "cannot tell whether the task queues are durable without the RabbitMQ "
+            f"management API{why}",
+            "pass --rabbitmq-management-url (with credentials allowed to list queues) to "
+            "check queue durability",
         )
         return
     transient = sorted(name for name in seen.consumed if seen.durable.get(name) is False)
@@ -596,6 +620,14 @@ def check_task_sent(seen: Observation) -> Iterator[Finding]:
 
 
 def check_queues(seen: Observation) -> Iterator[Finding]:
+    if seen.queues_error is not None:
+        yield Finding(
+            "queue-consumers",
+            FAIL,
+            f"polling the queues failed: {seen.queues_error}",
+            "check the broker (and --rabbitmq-management-url and its credentials)",
+        )
+        return
     consumed = seen.consumed
     orphans = []
     for name, queue in sorted(seen.queues.items()):

@@ -97,7 +97,8 @@ class WorkerBroadcasts:
     def queues(self) -> set[str]:
         replies = self.app.control.inspect(timeout=self.timeout).active_queues() or {}
         self._asked.clear()
-        self._ask_stats(None, len(replies) or None)
+        if replies:  # those that answered: the stats broadcast returns once they all did
+            self._ask_stats(None, len(replies))
         return {queue["name"] for queues in replies.values() for queue in queues
                 if isinstance(queue, dict) and isinstance(queue.get("name"), str)}
 

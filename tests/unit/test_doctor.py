@@ -156,3 +156,23 @@ def test_text_report_ends_each_line_with_its_fix() -> None:
         "FAIL  x                     saw it. Fix: do that.",
         "OK    y                     fine",
     ]
+
+
+def test_a_queue_poll_that_fails_is_one_failure() -> None:
+    seen = observation()
+    seen.queues_error = "ManagementError: 401 Unauthorized"
+    [finding] = by_check(diagnose(seen), "queue-consumers")
+    assert (finding.status, finding.detail) == (
+        "fail",
+        "polling the queues failed: ManagementError: 401 Unauthorized",
+    )
+
+
+def test_exporter_url_credentials_are_never_shown() -> None:
+    from celery_vitals.doctor import _scrape
+    from tests.support.net import free_port
+
+    view = _scrape(f"http://monitor:s3cret@127.0.0.1:{free_port()}")
+    assert view.url.startswith("http://monitor:**@127.0.0.1:")
+    assert view.error is not None and "refused" in view.error.lower()
+    assert "s3cret" not in view.url + view.error

@@ -133,3 +133,37 @@ def test_task_sent_events_missing_per_window() -> None:
     h.clock.now += SENT_WINDOW
     h.router.tick()  # a window with only announced tasks, or none: 0 again
     assert h.value("celery_vitals_task_sent_events_missing") == 0
+
+
+class FakeInspect:
+    def __init__(self, asked: list[object], replies: dict[str, object]) -> None:
+        self.asked, self.replies = asked, replies
+
+    def active_queues(self) -> dict[str, object]:
+        return {host: [{"name": "celery"}] for host in self.replies}
+
+    def stats(self) -> dict[str, object]:
+        return self.replies
+
+
+def test_the_exporter_asks_each_new_worker_for_its_stats_once() -> None:
+    from types import SimpleNamespace
+
+    from celery_vitals.service import WorkerBroadcasts
+
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"), heartbeat(0, hostname="mute@host"))
+    asked: list[object] = []
+
+    def inspect(**options: object) -> FakeInspect:
+        asked.append(options.get("destination"))
+        return FakeInspect(asked, {"w1@host": PREFORK_STATS})  # mute@host never answers
+
+    app = SimpleNamespace(control=SimpleNamespace(inspect=inspect))
+    broadcasts = WorkerBroadcasts(app, h.pipeline.workers, timeout=1)  # type: ignore[arg-type]
+    broadcasts.new_workers()
+    broadcasts.new_workers()  # mute@host was asked already: no second broadcast
+    assert asked == [["w1@host", "mute@host"]]  # in the order the events showed them
+    assert h.value("celery_worker_pool_processes", hostname="w1@host") == 4
+    assert broadcasts.queues() == {"celery"}  # discovery: everyone again
+    assert asked[1:] == [None, None]
