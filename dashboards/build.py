@@ -692,8 +692,14 @@ def workers() -> Board:
         ts(9, "Task events missing by worker", "short",
            Query(f"max by (hostname) (celery_worker_task_events_missing{{{WORKER}}})",
                  "{{hostname}}"),
+           Query(f"max(celery_vitals_task_sent_events_missing{{{JOB}}})",
+                 "publishers without task-sent events"),
            description="1: the worker processes tasks but sends no task events, so none of "
-                       "its tasks is counted (start it with -E).", min=0, width=24, height=6),
+                       "its tasks is counted (start it with -E). Publishers without task-sent "
+                       "events: tasks were received last minute that no task-sent announced "
+                       "(set task_send_sent_event=True where tasks are published), so their "
+                       "queue is the default one and they have no queue wait. "
+                       "`celery-vitals doctor` names both.", min=0, width=24, height=6),
     ))
     agent = Row(102, "Pool, memory and exits (from the agent inside each worker)", (
         ts(10, "Pool utilisation by worker", "percentunit",

@@ -571,7 +571,8 @@ def check_task_events(seen: Observation) -> Iterator[Finding]:
                 FAIL,
                 f"{host}: finished {worker.processed_during} tasks in "
                 f"{seen.listen:g}s and sent no task event: task events are off and "
-                "no `celery-vitals serve` turns them on",
+                "no `celery-vitals serve` turns them on (the worker answers remote "
+                "control, so `serve --enable-events` would)",
                 _EVENTS_FIX,
                 subject=host,
             )
