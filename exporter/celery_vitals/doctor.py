@@ -252,14 +252,13 @@ def _look_at_broker(probe: Any, seen: Observation) -> bool:
 
 
 def _watch(app: Any, seen: Observation, timeout: float, exporter_url: str | None) -> None:
-    """The listen window: events consumed while the workers are asked, then their totals
-    again; the exporter scraped before and after."""
+    """The workers asked while the event stream is consumed, then the listen window, then
+    their totals again (what they finished in it); the exporter scraped before and after."""
     seen.exporter = _scrape(exporter_url) if exporter_url else None
     with _listening(app, seen.config, seen.events, timeout) as connected:
         seen.listening = connected
-        window_ends = time.monotonic() + seen.listen
         _ask_workers(app, seen, timeout)
-        time.sleep(max(0.0, window_ends - time.monotonic()))
+        time.sleep(seen.listen)
         _count_processed(app, seen, timeout)
         time.sleep(GRACE)
     if exporter_url and seen.exporter is not None and seen.exporter.error is None:
@@ -962,7 +961,7 @@ def command(broker_options: Callable[[Any], Any]) -> click.Command:
         default=10.0,
         show_default=True,
         metavar="SECONDS",
-        help="How long to watch the event stream.",
+        help="How long to watch the event stream, after asking the workers.",
     )
     @click.option(
         "--exporter-url",

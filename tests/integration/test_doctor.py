@@ -45,7 +45,7 @@ Key = tuple[str, str, str | None]  # (check, status, subject)
 def doctor(broker_url: str, *args: str) -> subprocess.Popen[str]:
     """The doctor as a user runs it: broker URL from the environment."""
     return subprocess.Popen(
-        [venv_executable("celery-vitals"), "doctor", "--listen", LISTEN, *args],
+        [venv_executable("celery-vitals"), "doctor", "--listen", LISTEN, "--timeout", "3", *args],
         env=env(broker_url),
         cwd=REPO_ROOT,
         text=True,
