@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from celery_vitals import logs
+from celery_vitals import AGENT_CONF_KEY, logs
 from celery_vitals.config import Config, build
 from celery_vitals.logs import safe_url
 from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
@@ -562,6 +562,14 @@ def check_task_events(seen: Observation) -> Iterator[Finding]:
                 "task-events",
                 OK,
                 f"{host}: task events on ({events} in {seen.listen:g}s)",
+                subject=host,
+            )
+        elif isinstance(worker.conf.get(AGENT_CONF_KEY), str):
+            yield Finding(
+                "task-events",
+                OK,
+                f"{host}: task events off, and not needed: the celery-vitals agent runs in "
+                f"it (on {worker.conf[AGENT_CONF_KEY]})",
                 subject=host,
             )
         elif worker.processed_during:

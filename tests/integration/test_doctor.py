@@ -242,6 +242,29 @@ def test_doctor_names_each_problem(
     assert "worker_max_tasks_per_child" in fixes["recycling"]
 
 
+def test_a_worker_with_the_agent_needs_no_task_events(harness: Harness) -> None:
+    url = harness.redis().url()
+    worker = harness.agent_worker("agent", url)
+    harness.wait_answering(worker, url)
+    client = make_app(url, sent_events=False)
+    try:
+        run = doctor(url, "--json")
+        while run.poll() is None:
+            client.send_task("agent.add", args=(1, 2))
+            time.sleep(0.2)
+        code, out, err = finish(run)
+    finally:
+        client.close()
+    findings = json.loads(out)
+    assert code == 0, out
+    assert detail(findings, "task-events", worker.hostname) == (
+        f"{worker.hostname}: task events off, and not needed: the celery-vitals agent runs "
+        f"in it (on 127.0.0.1:{worker.port})"
+    )
+    assert "task-events" not in {f["check"] for f in findings if f["status"] != "ok"}, out
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "url", ["redis://:s3cret@127.0.0.1:1/0", "amqp://user:s3cret@127.0.0.1:1//"]
 )

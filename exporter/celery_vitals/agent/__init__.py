@@ -25,6 +25,7 @@ failing collector or tap is a logged warning, and the worker runs its tasks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -36,6 +37,7 @@ from typing import Any
 from celery import Celery, signals
 from prometheus_client import CollectorRegistry
 
+from celery_vitals import AGENT_CONF_KEY
 from celery_vitals.agent.pool import PoolWatch
 from celery_vitals.agent.tap import Tap, tapped_request_cls
 from celery_vitals.config import (
@@ -256,6 +258,10 @@ class Agent:
         self.running = True
         self._record({"type": "worker-online", **self._heartbeat_fields()})
         self.http.start()
+        with contextlib.suppress(Exception):  # a marker only: never worth failing a worker
+            # `celery inspect conf` (and so `celery-vitals doctor`) tells an agent runs here
+            self.worker.app.conf[AGENT_CONF_KEY] = (
+                f"{self.config.listen_host}:{self.http.port}")
         self._thread = threading.Thread(target=self._run, name="celery-vitals-agent",
                                         daemon=True)
         self._thread.start()
