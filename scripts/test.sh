@@ -10,6 +10,8 @@ echo "== ruff"
 ruff check .
 echo "== mypy (strict, package)"
 mypy
+echo "== imports (every third-party import declared in pyproject.toml, with a range)"
+python scripts/check_imports.py
 echo "== generated files (scripts/generate.sh --check)"
 bash scripts/generate.sh --check
 echo "== pytest"

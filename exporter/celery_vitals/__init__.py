@@ -17,3 +17,7 @@ try:
     __version__ = version("celery-vitals")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
+
+#: Set in a worker's app config while the celery-vitals agent runs in it (its listen
+#: address): `celery inspect conf`, and so `celery-vitals doctor`, can tell.
+AGENT_CONF_KEY = "celery_vitals_agent"

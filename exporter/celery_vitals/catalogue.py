@@ -130,14 +130,21 @@ SPECS: tuple[MetricSpec, ...] = (
     _worker("celery_worker_task_events_missing", "gauge",
             "1 when the worker's heartbeats report processed tasks but no task event arrived "
             "from it: task events are disabled on that worker."),
-    # -- workers, from the agent inside the worker (absent from the exporter) --
+    _worker("celery_worker_info", "info",
+            "What each worker runs: its Celery version and pool. The agent knows both; the "
+            "exporter takes the version from worker events and the pool from its stats polls "
+            "of the workers (at queue discovery, and on the next poll after a worker appears).",
+            ("hostname", "version", "pool")),
     _worker("celery_worker_pool_processes", "gauge",
-            "Processes (or threads) in the worker's pool: its concurrency.", source="agent"),
-    _worker("celery_worker_pool_busy_processes", "gauge",
-            "Pool processes currently executing a task.", source="agent"),
+            "Processes (or threads) in the worker's pool: its concurrency. The agent samples "
+            "it; the exporter polls the workers' stats for it."),
     _worker("celery_worker_prefetch_limit", "gauge",
             "The consumer's current prefetch count (QoS): how many unacknowledged tasks "
-            "the worker may hold, 0 for no limit.", source="agent"),
+            "the worker may hold, 0 for no limit. The agent samples it; the exporter polls "
+            "the workers' stats for it."),
+    # -- workers, from the agent inside the worker (absent from the exporter) --
+    _worker("celery_worker_pool_busy_processes", "gauge",
+            "Pool processes currently executing a task.", source="agent"),
     _worker("celery_worker_eta_tasks", "gauge",
             "Tasks with an ETA or countdown the worker holds in memory, waiting for their "
             "time.", source="agent"),
@@ -239,6 +246,11 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("celery_vitals_enable_events_requests_total", "counter",
                "enable_events broadcasts sent to workers, by result.", ("result",),
                source="exporter"),
+    MetricSpec("celery_vitals_task_sent_events_missing", "gauge",
+               "1 when, in the last complete minute, workers received tasks that no task-sent "
+               "event announced: their publishers lack task_send_sent_event, so those tasks "
+               "get the --default-queue as queue_name and no queue wait. 0 otherwise.",
+               source="exporter"),
     MetricSpec("celery_vitals_agent_info", "info",
                "Present (value 1) only on the /metrics of an agent inside a worker "
                "(celery_vitals.agent), never on the exporter's: tells the two sources apart.",
@@ -247,6 +259,9 @@ SPECS: tuple[MetricSpec, ...] = (
                "Metric families left out of a scrape because they could not be rendered "
                "(family: the family, or the collector that failed before naming one); "
                "the rest of the scrape is served.", ("family",)),
+    MetricSpec("celery_vitals_scrape_duration_seconds", "histogram",
+               "Time to render the whole /metrics body (before compression), observed after "
+               "each render: a scrape shows the renders before it."),
     MetricSpec("celery_vitals_build_info", "info",
                "Build information of the exporter.",
                ("version", "celery_version", "python_version")),
@@ -325,6 +340,10 @@ def markdown() -> str:
         "`agent` (`celery_vitals.agent.install(app)`, inside each worker), or `both` "
         "(the same name and labels from either; `celery_vitals_agent_info` is only on an "
         "agent's /metrics).",
+        "",
+        "The exporter's /metrics also carries prometheus_client's standard process and "
+        "Python metrics: `process_*` (CPU, resident memory, open file descriptors, start "
+        "time), `python_info` and `python_gc_*`.",
         "",
     ]
     for group, title in titles.items():

@@ -143,6 +143,7 @@ class WorkerCollector(_CatalogueCollector):
             "celery_worker_prefetch_limit", "celery_worker_eta_tasks")}
         memory = gauge("celery_worker_process_resident_memory_bytes")
         exits = counter("celery_worker_pool_process_exits_total")
+        worker_info = info("celery_worker_info")
         reserved_by_host = dict(self.tasks.reserved_by_host)
         for host, w in list(self.workers.workers.items()):
             labels = [host]
@@ -156,7 +157,10 @@ class WorkerCollector(_CatalogueCollector):
                                 ("celery_worker_load1", w.load1)):
                 if value is not None:  # no heartbeat carried it yet
                     from_heartbeat[name].add_metric(labels, value)
-            pool = w.pool  # only an agent knows its pool: absent on the exporter
+            if w.pool_name is not None:  # the exporter polled its stats
+                worker_info.add_metric([], {"hostname": host, "version": w.version,
+                                            "pool": w.pool_name})
+            pool = w.pool  # the agent's samples, or the exporter's stats polls
             if pool is not None:
                 for name, number in (("celery_worker_pool_processes", pool.processes),
                                      ("celery_worker_pool_busy_processes", pool.busy),
@@ -169,7 +173,7 @@ class WorkerCollector(_CatalogueCollector):
                 for reason, count in pool.exits.items():
                     exits.add_metric([host, reason], count)
         yield from (up, heartbeat, reserved, starts, missing, *from_heartbeat.values(),
-                    *from_pool.values(), memory, exits)
+                    *from_pool.values(), memory, exits, worker_info)
 
 
 class ExporterCollector(_CatalogueCollector):
@@ -186,8 +190,10 @@ class ExporterCollector(_CatalogueCollector):
                  stream_up: Callable[[], bool | None], reconnects: Callable[[], int], *,
                  enable_events: Callable[[], Mapping[str, int]] = dict,
                  scrape_errors: Mapping[str, int] | None = None,
-                 agent: Mapping[str, str] | None = None) -> None:
+                 agent: Mapping[str, str] | None = None,
+                 render_durations: Callable[[], Histograms | None] = lambda: None) -> None:
         self.router = router
+        self.render_durations = render_durations
         self.scrape_errors = scrape_errors if scrape_errors is not None else {}
         self.guards = list(guards)
         self.stream_up = stream_up
@@ -238,7 +244,12 @@ class ExporterCollector(_CatalogueCollector):
         if streaming:
             yield _samples(counter("celery_vitals_enable_events_requests_total"),
                            self.enable_events())
+            yield _samples(gauge("celery_vitals_task_sent_events_missing"),
+                           {(): tasks.sent_events_missing})
         yield _samples(counter("celery_vitals_scrape_errors_total"), self.scrape_errors)
+        durations = self.render_durations()
+        if durations is not None:
+            yield _histogram("celery_vitals_scrape_duration_seconds", (), durations)
         build = info("celery_vitals_build_info")
         build.add_metric([], {"version": __version__, "celery_version": celery.__version__,
                              "python_version": platform.python_version()})

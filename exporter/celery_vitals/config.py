@@ -7,6 +7,7 @@ a message an operator can act on. The broker password never appears in it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -14,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from celery_vitals.logs import safe_url, url_passwords
@@ -261,77 +262,234 @@ def _web_config(raw: str) -> WebConfig | None:
     return load(raw.strip())
 
 
+# -- the options: each declared once --------------------------------------------------
+# The CLI builds its flags from OPTIONS (cli.with_options), build() parses with them, and
+# the README's configuration table is written from them (scripts/options_table.py).
+# A new option is one entry here (and a field of Config).
+
+Kind = Literal["value", "multiple", "switch"]
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # "--max-task-age"; a switch is "--on/--no-on"
+    metavar: str
+    parse: Callable[[Any], Any]  # raw value -> typed value; ValueError with the reason
+    help: str  # --help
+    readme: str = ""  # the README's meaning (markdown), when it says more than help
+    default: str | None = None  # raw default; None: the Config field's own default
+    kind: Kind = "value"  # multiple: repeatable (space-separated in the environment)
+    fields: tuple[str, ...] = ()  # the Config fields it sets; default: its own name
+
+    @property
+    def name(self) -> str:
+        """The flag that turns it on: ``--event-stream`` of ``--event-stream/--no-event-stream``."""
+        return self.flag.partition("/")[0]
+
+    @property
+    def key(self) -> str:
+        """The name click gives the parameter, and the key build() reads."""
+        return self.name.lstrip("-").replace("-", "_")
+
+    @property
+    def envvar(self) -> str:
+        return "CELERY_VITALS_" + self.key.upper()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.fields or (self.key,)
+
+    def raw_default(self) -> Any:
+        """What the option is when not given: a string (or bool for a switch), or None."""
+        if self.default is not None or self.kind == "multiple":
+            return self.default
+        value = _FIELD_DEFAULTS.get(self.targets[0])
+        if self.kind == "switch" or value is None:
+            return value
+        return _text(value)
+
+
+def _text(value: object) -> str:
+    """A default as a user writes it: 21600, not 21600.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _fields_defaults() -> dict[str, Any]:
+    defaults = {}
+    for item in dataclasses.fields(Config):
+        if item.default is not dataclasses.MISSING:
+            defaults[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            defaults[item.name] = item.default_factory()
+    return defaults
+
+
+_FIELD_DEFAULTS = _fields_defaults()
+
+
+def _seconds_option(allow_zero: bool = False) -> Callable[[Any], float]:
+    return lambda raw: _seconds(str(raw), allow_zero=allow_zero)
+
+
+def _count(raw: Any) -> int:
+    return _positive_int(str(raw))
+
+
+def _zero_or_count(raw: Any) -> int:
+    return _count_or_zero(str(raw))
+
+
+def _switch(raw: Any) -> bool:
+    return bool(raw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--broker-url", "URL", lambda raw: _broker_url(str(raw or "")),
+           "Celery broker URL, e.g. redis://host:6379/0, amqp://user:pw@host// or sqs://.",
+           "Celery broker URL: `redis://`, `rediss://`, `sentinel://`, `amqp://`, `amqps://`, "
+           "`pyamqp://`, `sqs://` (see [Amazon SQS](#amazon-sqs)); failover lists with `;`"),
+    Option("--broker-transport-option", "KEY=VALUE", _transport_options,
+           "Kombu transport option KEY=VALUE, repeatable; VALUE is parsed as JSON when it is "
+           "JSON (visibility_timeout=3600, global_keyprefix=prod:). In the environment, "
+           "separate pairs with spaces.",
+           "kombu transport option, repeatable (space-separated in the variable); VALUE is "
+           "JSON when it parses as JSON, e.g. `global_keyprefix=prod:`, "
+           "`visibility_timeout=3600`", kind="multiple", fields=("broker_transport_options",)),
+    Option("--listen-address", "HOST:PORT", _listen_address,
+           "Where to serve /metrics, /healthz and /readyz.",
+           "HTTP address (`[::]:9808` for IPv6)", default="0.0.0.0:9808",
+           fields=("listen_host", "listen_port")),
+    Option("--log-level", "LEVEL", _choice(LOG_LEVELS), f"One of {', '.join(LOG_LEVELS)}.",
+           ", ".join(f"`{level}`" for level in LOG_LEVELS)),
+    Option("--log-format", "FORMAT", _choice(LOG_FORMATS), f"One of {', '.join(LOG_FORMATS)}.",
+           "`text` or `json` (one object per line)"),
+    Option("--runtime-buckets", "SECONDS,...", _buckets,
+           "Upper bounds of celery_task_runtime_seconds.",
+           "buckets of `celery_task_runtime_seconds`", default=DEFAULT_RUNTIME_BUCKETS),
+    Option("--wait-buckets", "SECONDS,...", _buckets,
+           "Upper bounds of the queue-wait and prefetch-wait histograms.",
+           "buckets of the queue-wait and prefetch-wait histograms",
+           default=DEFAULT_WAIT_BUCKETS),
+    Option("--max-tracked-tasks", "N", _count,
+           "Most unfinished tasks remembered by uuid; the oldest is evicted beyond it.",
+           "unfinished tasks remembered by uuid (to name events that carry only a uuid); the "
+           "oldest is evicted beyond it"),
+    Option("--max-task-age", "SECONDS", _seconds_option(),
+           "How long an unfinished task is remembered before it is evicted.",
+           "an unfinished task is forgotten after this long (raise it for long ETAs)"),
+    Option("--worker-timeout", "SECONDS", _seconds_option(),
+           "Silence after which a worker is down (celery_worker_up 0).",
+           "no heartbeat for this long: `celery_worker_up` 0"),
+    Option("--worker-purge-after", "SECONDS", _seconds_option(),
+           "Silence after which a worker's series are removed.",
+           "no heartbeat for this long: the worker's series are removed"),
+    Option("--max-task-names", "N", _count, "Cap on distinct `name` values.",
+           "distinct `name` values before new ones become `other`"),
+    Option("--max-queue-names", "N", _count, "Cap on distinct `queue_name` values.",
+           "distinct `queue_name` values"),
+    Option("--max-exception-names", "N", _count, "Cap on distinct `exception` values.",
+           "distinct `exception` values"),
+    Option("--max-workers", "N", _count, "Cap on distinct `hostname` values.",
+           "distinct `hostname` values (a purged worker frees its slot)"),
+    Option("--max-label-length", "N", _count, "Longer label values become `other`.",
+           "longer label values become `other`"),
+    Option("--default-queue", "NAME", str,
+           "queue_name of tasks whose queue no task-sent event told.",
+           "`queue_name` of a task whose queue no task-sent event told"),
+    Option("--task-hostname-label/--no-task-hostname-label", "", _switch,
+           "Add the worker hostname as a label on task metrics (one series per worker).",
+           "add the worker's `hostname` to task metrics (one series per worker: beware on "
+           "Kubernetes)", kind="switch"),
+    Option("--event-stream/--no-event-stream", "", _switch,
+           "Consume Celery's event stream (task and worker metrics). Off when the "
+           "celery-vitals agent runs in every worker and owns those metrics: the exporter "
+           "then polls queues, dead-letter queues and the broker only, and asks no worker "
+           "for events.",
+           "consume Celery's event stream; turn it off when the "
+           "[agent](#the-agent-inside-the-worker) runs in every worker and owns the task and "
+           "worker metrics: the exporter then polls queues, DLQs and the broker only, sends "
+           "no `enable_events`, and `/readyz` means \"the last broker poll succeeded\"",
+           kind="switch"),
+    Option("--enable-events/--no-enable-events", "", _switch,
+           "Periodically ask workers to send task events (celery control enable_events).",
+           "periodically broadcast `enable_events` to workers", kind="switch"),
+    Option("--enable-events-interval", "SECONDS", _seconds_option(),
+           "Time between enable_events broadcasts.", "time between those broadcasts"),
+    Option("--event-queue-ttl", "SECONDS", _seconds_option(),
+           "Message TTL of the exporter's event queue (RabbitMQ).",
+           "message TTL of the exporter's event queue on RabbitMQ"),
+    Option("--event-queue-expires", "SECONDS", _seconds_option(),
+           "Idle time after which RabbitMQ deletes the exporter's event queue.",
+           "RabbitMQ deletes the exporter's event queue after this long unused"),
+    Option("--event-queue-max-length", "N", _count,
+           "Most messages the exporter's event queue holds on RabbitMQ (oldest dropped "
+           "beyond).",
+           "most messages (event batches) that queue holds on RabbitMQ; the oldest are "
+           "dropped beyond it, so a stalled exporter cannot fill the broker"),
+    Option("--queue", "NAME", _names,
+           "Queue to poll, repeatable (space-separated in the environment); queues found on "
+           "the broker and in workers' active_queues are added.",
+           "queue to poll, repeatable (space-separated in the variable); queues bound on the "
+           "broker, listed by the RabbitMQ management API and consumed by workers "
+           "(`active_queues`) are added", kind="multiple", fields=("queues",)),
+    Option("--dlq", "NAME", _names,
+           "Dead-letter queue name or glob, repeatable (space-separated in the environment). "
+           "On RabbitMQ with the management API, queues that others dead-letter into are "
+           "found without it.",
+           "dead-letter queue name or glob (`*.dead`), repeatable; on RabbitMQ with "
+           "`--rabbitmq-management-url`, queues that others dead-letter into are found "
+           "without it", kind="multiple", fields=("dlqs",)),
+    Option("--queue-poll-interval", "SECONDS", _seconds_option(allow_zero=True),
+           "Time between polls of queue depths and broker health; 0 turns polling off.",
+           "time between polls of queue depth and broker health, on a background thread; "
+           "`0` turns polling off"),
+    Option("--queue-discovery-interval", "SECONDS", _seconds_option(),
+           "Time between looks for new queues (broker bindings, RabbitMQ management, "
+           "workers).",
+           "time between looks for new queues (a broadcast to workers among them)"),
+    Option("--dlq-sample", "N", _zero_or_count,
+           "Messages read (never consumed) per dead-letter queue and poll for "
+           "celery_dlq_messages; 0 turns it off.",
+           "messages read per dead-letter queue and poll, never consumed, for "
+           "`celery_dlq_messages{queue_name, name}` (see "
+           "[Dead-letter triage](#dead-letter-triage)); `0` turns it off"),
+    Option("--probe-timeout", "SECONDS", _seconds_option(),
+           "Longest a single broker poll may take.", "longest one broker poll may take"),
+    Option("--rabbitmq-management-url", "URL", lambda raw: _http_url(str(raw or "")),
+           "RabbitMQ management API, e.g. http://user:pw@rabbit:15672/, for unacked counts, "
+           "publish counters and dead-letter routes.",
+           "e.g. `http://user:pw@rabbit:15672/`: unacked counts, publish counters (DLQ "
+           "ingress) and dead-letter routes; without credentials the broker URL's are used"),
+    Option("--web-config-file", "PATH", lambda raw: _web_config(str(raw or "")),
+           "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
+           "(tls_server_config, basic_auth_users with bcrypt hashes).",
+           "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
+           "(`tls_server_config`, `basic_auth_users` with bcrypt hashes); see "
+           "[Deploy](#deploy)", fields=("web_config",)),
+)
+
+BY_FLAG: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
 def build(raw: Mapping[str, Any]) -> Config:
-    """A Config from raw option strings (CLI or environment); raises ConfigError."""
+    """A Config from raw option values (CLI or environment, keyed as click names them,
+    absent or None for the default); raises ConfigError naming every bad one."""
     c = _Collector()
-    host, port = c.parse("--listen-address", raw.get("listen_address", "0.0.0.0:9808"),
-                         _listen_address, ("0.0.0.0", 9808))
-
-    def seconds(option: str, key: str, default: float, allow_zero: bool = False) -> float:
-        return c.parse(option, str(raw.get(key, default)),
-                       lambda text: _seconds(text, allow_zero=allow_zero), default)
-
-    def count(option: str, key: str, default: int) -> int:
-        return c.parse(option, str(raw.get(key, default)), _positive_int, default)
-
-    defaults = Config(broker_url="")
-    config = Config(
-        broker_url=c.parse("--broker-url", raw.get("broker_url") or "", _broker_url, ""),
-        listen_host=host,
-        listen_port=port,
-        log_level=c.parse("--log-level", raw.get("log_level", "info"), _choice(LOG_LEVELS),
-                          "info"),
-        log_format=c.parse("--log-format", raw.get("log_format", "text"),
-                           _choice(LOG_FORMATS), "text"),
-        runtime_buckets=c.parse("--runtime-buckets",
-                                raw.get("runtime_buckets", DEFAULT_RUNTIME_BUCKETS), _buckets, ()),
-        wait_buckets=c.parse("--wait-buckets", raw.get("wait_buckets", DEFAULT_WAIT_BUCKETS),
-                             _buckets, ()),
-        max_tracked_tasks=count("--max-tracked-tasks", "max_tracked_tasks",
-                                defaults.max_tracked_tasks),
-        max_task_age=seconds("--max-task-age", "max_task_age", defaults.max_task_age),
-        worker_timeout=seconds("--worker-timeout", "worker_timeout", defaults.worker_timeout),
-        worker_purge_after=seconds("--worker-purge-after", "worker_purge_after",
-                                   defaults.worker_purge_after),
-        max_task_names=count("--max-task-names", "max_task_names", defaults.max_task_names),
-        max_queue_names=count("--max-queue-names", "max_queue_names",
-                              defaults.max_queue_names),
-        max_exception_names=count("--max-exception-names", "max_exception_names",
-                                  defaults.max_exception_names),
-        max_workers=count("--max-workers", "max_workers", defaults.max_workers),
-        max_label_length=count("--max-label-length", "max_label_length",
-                               defaults.max_label_length),
-        default_queue=str(raw.get("default_queue", defaults.default_queue)),
-        task_hostname_label=bool(raw.get("task_hostname_label", False)),
-        event_stream=bool(raw.get("event_stream", True)),
-        enable_events=bool(raw.get("enable_events", True)),
-        enable_events_interval=seconds("--enable-events-interval", "enable_events_interval",
-                                       defaults.enable_events_interval),
-        event_queue_ttl=seconds("--event-queue-ttl", "event_queue_ttl",
-                                defaults.event_queue_ttl),
-        event_queue_expires=seconds("--event-queue-expires", "event_queue_expires",
-                                    defaults.event_queue_expires),
-        event_queue_max_length=count("--event-queue-max-length", "event_queue_max_length",
-                                     defaults.event_queue_max_length),
-        queues=c.parse("--queue", raw.get("queue", ()), _names, ()),
-        dlqs=c.parse("--dlq", raw.get("dlq", ()), _names, ()),
-        queue_poll_interval=seconds("--queue-poll-interval", "queue_poll_interval",
-                                    defaults.queue_poll_interval, allow_zero=True),
-        queue_discovery_interval=seconds("--queue-discovery-interval",
-                                         "queue_discovery_interval",
-                                         defaults.queue_discovery_interval),
-        probe_timeout=seconds("--probe-timeout", "probe_timeout", defaults.probe_timeout),
-        dlq_sample=c.parse("--dlq-sample", str(raw.get("dlq_sample", defaults.dlq_sample)),
-                           _count_or_zero, defaults.dlq_sample),
-        rabbitmq_management_url=c.parse("--rabbitmq-management-url",
-                                        raw.get("rabbitmq_management_url") or "",
-                                        _http_url, None),
-        broker_transport_options=c.parse("--broker-transport-option",
-                                         raw.get("broker_transport_option", ()),
-                                         _transport_options, MappingProxyType({})),
-        web_config=c.parse("--web-config-file", str(raw.get("web_config_file") or ""),
-                           _web_config, None),
-    )
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = raw.get(option.key)
+        if value is None:
+            value = option.raw_default()
+        if value is None:
+            value = () if option.kind == "multiple" else ""
+        fallback = tuple(_FIELD_DEFAULTS.get(name, "") for name in option.targets)
+        parsed = c.parse(option.name, value, option.parse,
+                         fallback if len(fallback) > 1 else fallback[0])
+        values.update(zip(option.targets, parsed if len(option.targets) > 1 else (parsed,),
+                          strict=True))
+    config = Config(**values)
     if config.transport == "sqs":  # no events, no remote control on SQS: the agents count
         config = replace(config, event_stream=False, enable_events=False)
         if importlib.util.find_spec("boto3") is None:
@@ -352,3 +510,30 @@ def build(raw: Mapping[str, Any]) -> Config:
     if c.problems:
         raise ConfigError(c.problems)
     return config
+
+
+# -- the README's configuration table ------------------------------------------------------
+
+
+def _cell(option: Option) -> str:
+    if option.kind == "switch":
+        on, off = option.flag.split("/")
+        return f"`{on}` / `{off}`"
+    return f"`{option.flag} {option.metavar}`"
+
+
+def _default_cell(option: Option) -> str:
+    value = option.raw_default()
+    if option.kind == "switch":
+        return "on" if value else "off"
+    if value is None:
+        return "(required)" if option.key == "broker_url" else "none"
+    return f"`{value}`"
+
+
+def options_table() -> str:
+    """The README's table of options (markdown), generated from OPTIONS."""
+    lines = ["| option | environment variable | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| {_cell(o)} | `{o.envvar}` | {_default_cell(o)} | {o.readme or o.help} |"
+              for o in OPTIONS]
+    return "\n".join(lines) + "\n"

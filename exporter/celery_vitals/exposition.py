@@ -40,6 +40,7 @@ floatToGoString: Callable[[float], str] = _untyped_go_float
 generate_openmetrics: Callable[[Any], bytes] = openmetrics_exposition.generate_latest
 OM_EOF = b"# EOF\n"
 skip_log = RateLimitedLogger(logging.getLogger(__name__))
+RENDER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @runtime_checkable
@@ -82,6 +83,9 @@ class Exposition:
         self.errors: dict[str, int] = {} if errors is None else errors
         self._lock = threading.Lock()
         self._last: dict[bool, tuple[float, bytes]] = {}  # openmetrics -> (started, body)
+        # seconds each full render took (celery_vitals_scrape_duration_seconds): written
+        # under the lock, so by one thread at a time
+        self.durations = Histograms(RENDER_BUCKETS)
 
     def render(self, openmetrics: bool = False, names: Set[str] | None = None) -> bytes:
         """The body; with ``names``, only the families whose sample names are among them."""
@@ -91,9 +95,11 @@ class Exposition:
             if names is None and last is not None and last[0] >= arrived:
                 return last[1]  # rendered while this request waited for the lock
             started = self.clock()
+            took = time.perf_counter()
             body = self._render(openmetrics, names)
             if names is None:
                 self._last[openmetrics] = (started, body)
+                self.durations.observe((), time.perf_counter() - took)
         return body
 
     def _render(self, openmetrics: bool, names: Set[str] | None) -> bytes:

@@ -35,6 +35,7 @@ class QueuePoller:
         discovery_interval: float,
         queue_names: LabelGuard,
         worker_queues: Callable[[], set[str]] | None = None,
+        worker_stats: Callable[[], None] | None = None,
         dlq_sampler: Callable[[str], Mapping[str, int]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -45,6 +46,7 @@ class QueuePoller:
         self.discovery_interval = discovery_interval
         self.queue_names = queue_names
         self.worker_queues = worker_queues
+        self.worker_stats = worker_stats
         self.dlq_sampler = dlq_sampler
         # DLQ -> task name -> messages (celery_dlq_messages), swapped in whole per poll
         self.dlq_messages: Mapping[str, Mapping[str, int]] = {}
@@ -91,10 +93,20 @@ class QueuePoller:
                 log.warn_every("active_queues", "asking workers for their queues failed "
                             "(%s: %s)", type(error).__name__, error)
 
+    def _ask_new_workers(self) -> None:
+        if self.worker_stats is None:
+            return
+        try:
+            self.worker_stats()
+        except Exception as error:  # a broadcast: workers may not answer
+            log.warn_every("stats", "asking workers for their stats failed (%s: %s)",
+                           type(error).__name__, error)
+
     # -- one poll ----------------------------------------------------------------
 
     def poll_once(self) -> None:
         self._discover(self.clock())
+        self._ask_new_workers()
         started = time.perf_counter()
         try:
             result = self.probe.poll(self.queue_set())

@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable, Mapping
 
 from celery import Celery
+from celery.app.control import Control
+from kombu import Queue
+from kombu.pidbox import Mailbox
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
@@ -27,14 +30,36 @@ from celery_vitals.probes import QueueProbe
 from celery_vitals.router import EventRouter
 from celery_vitals.stream import EventStream
 from celery_vitals.tasks import TaskTracker
-from celery_vitals.workers import WorkerTracker
+from celery_vitals.workers import WorkerTracker, pool_from_stats
 
 log = logging.getLogger(__name__)
 
 
+class ExclusiveRepliesMailbox(Mailbox):  # type: ignore[misc]  # kombu is untyped
+    """The remote-control mailbox, its broadcast reply queue always exclusive.
+
+    RabbitMQ 4 refuses transient queues that are not exclusive (error 541), and
+    kombu before 5.5 declares the reply queue auto-delete but not exclusive. An
+    exclusive queue lives as long as the connection that declared it, which is
+    the one that collects the replies.
+    """
+
+    @property
+    def reply_queue(self) -> Queue:
+        return Queue(f"{self.oid}.{self.reply_exchange.name}", exchange=self.reply_exchange,
+                     routing_key=self.oid, durable=False, exclusive=True, auto_delete=True,
+                     expires=self.reply_queue_expires, message_ttl=self.reply_queue_ttl)
+
+
+class ExclusiveRepliesControl(Control):  # type: ignore[misc]  # celery is untyped
+    Mailbox = ExclusiveRepliesMailbox
+
+
 def celery_app(config: Config) -> Celery:
-    """A Celery app used only as a connection factory and for control broadcasts."""
-    app = Celery("celery-vitals", broker=config.broker_url, set_as_current=False)
+    """A Celery app used only as a connection factory and for control broadcasts (their
+    reply queues exclusive, as RabbitMQ 4 wants them)."""
+    app = Celery("celery-vitals", broker=config.broker_url, set_as_current=False,
+                 control=ExclusiveRepliesControl)
     app.conf.update(
         broker_transport_options=dict(config.broker_transport_options),
         broker_connection_retry_on_startup=False,
@@ -44,46 +69,80 @@ def celery_app(config: Config) -> Celery:
     return app
 
 
-def queue_poller(config: Config, app: Celery, queue_names: LabelGuard) -> QueuePoller | None:
-    """The broker's queue poller, with the probe for its transport (None: polling off)."""
-    if config.queue_poll_interval == 0:
-        return None
-    probe: QueueProbe
+def broker_probe(config: Config) -> QueueProbe:
+    """The queue probe of the configured broker's transport (connects lazily)."""
     if config.transport == "redis":
         from celery_vitals.probes.redis import RedisProbe
 
-        probe = RedisProbe(config.broker_url, config.broker_transport_options,
-                           timeout=config.probe_timeout)
-    elif config.transport == "sqs":
+        return RedisProbe(config.broker_url, config.broker_transport_options,
+                          timeout=config.probe_timeout)
+    if config.transport == "sqs":
         from celery_vitals.probes.sqs import SqsProbe
 
-        # No remote control on SQS (no active_queues broadcast); no DLQ sample either:
-        # reading a DLQ means receiving its messages, which costs calls and hides them
-        return QueuePoller(SqsProbe(config.broker_url, config.broker_transport_options,
-                                    timeout=config.probe_timeout,
-                                    max_queues=config.max_queue_names),
-                           queues=config.queues, dlq_patterns=config.dlqs,
-                           interval=config.queue_poll_interval,
-                           discovery_interval=config.queue_discovery_interval,
-                           queue_names=queue_names)
-    else:
-        from celery_vitals.probes.amqp import AmqpProbe
+        return SqsProbe(config.broker_url, config.broker_transport_options,
+                        timeout=config.probe_timeout, max_queues=config.max_queue_names)
+    from celery_vitals.probes.amqp import AmqpProbe
 
-        probe = AmqpProbe(config.broker_url, config.broker_transport_options,
-                          timeout=config.probe_timeout,
-                          management_url=config.rabbitmq_management_url)
-    timeout = config.probe_timeout
+    return AmqpProbe(config.broker_url, config.broker_transport_options,
+                     timeout=config.probe_timeout,
+                     management_url=config.rabbitmq_management_url)
 
-    def worker_queues() -> set[str]:
-        """Queues workers consume from: a broadcast, so only at discovery time."""
-        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+
+class WorkerBroadcasts:
+    """What the poller thread asks the workers, rarely: the queues they consume
+    (``active_queues``, at discovery) and their pool (``stats``: at discovery, and for
+    workers the events showed since, on the next poll). Never on the scrape path."""
+
+    def __init__(self, app: Celery, workers: WorkerTracker | None, timeout: float) -> None:
+        self.app = app
+        self.workers = workers
+        self.timeout = timeout
+        self._asked: set[str] = set()  # a worker that does not answer is asked once
+
+    def queues(self) -> set[str]:
+        replies = self.app.control.inspect(timeout=self.timeout).active_queues() or {}
+        self._asked.clear()
+        if replies:  # those that answered: the stats broadcast returns once they all did
+            self._ask_stats(None, len(replies))
         return {queue["name"] for queues in replies.values() for queue in queues
                 if isinstance(queue, dict) and isinstance(queue.get("name"), str)}
 
-    return QueuePoller(probe, queues=config.queues, dlq_patterns=config.dlqs,
+    def new_workers(self) -> None:
+        known = self.workers.without_stats() if self.workers is not None else []
+        hosts = [host for host in known if host not in self._asked]
+        if hosts:
+            self._asked.update(hosts)
+            self._ask_stats(hosts, len(hosts))
+
+    def _ask_stats(self, hosts: list[str] | None, limit: int | None) -> None:
+        if self.workers is None:
+            return
+        inspect = self.app.control.inspect(timeout=self.timeout, destination=hosts,
+                                           limit=limit)
+        for host, reply in (inspect.stats() or {}).items():
+            if isinstance(host, str) and isinstance(reply, dict):
+                self.workers.on_stats(host, *pool_from_stats(reply))
+
+
+def queue_poller(config: Config, app: Celery, queue_names: LabelGuard,
+                 workers: WorkerTracker | None = None) -> QueuePoller | None:
+    """The broker's queue poller, with the probe for its transport (None: polling off).
+    With ``workers`` (the event stream's tracker) it also polls the workers' stats."""
+    if config.queue_poll_interval == 0:
+        return None
+    if config.transport == "sqs":
+        # No remote control on SQS (no active_queues or stats broadcast); no DLQ sample
+        # either: reading a DLQ means receiving its messages, which costs calls and hides them
+        return QueuePoller(broker_probe(config), queues=config.queues,
+                           dlq_patterns=config.dlqs, interval=config.queue_poll_interval,
+                           discovery_interval=config.queue_discovery_interval,
+                           queue_names=queue_names)
+    asks = WorkerBroadcasts(app, workers, config.probe_timeout)
+    return QueuePoller(broker_probe(config), queues=config.queues, dlq_patterns=config.dlqs,
                        interval=config.queue_poll_interval,
                        discovery_interval=config.queue_discovery_interval,
-                       queue_names=queue_names, worker_queues=worker_queues,
+                       queue_names=queue_names, worker_queues=asks.queues,
+                       worker_stats=asks.new_workers if workers is not None else None,
                        dlq_sampler=DlqSampler(config) if config.dlq_sample else None)
 
 
@@ -171,12 +230,22 @@ class Pipeline:
                 enable_events=lambda: self.enable_events(),  # noqa: PLW0108
                 scrape_errors=self.scrape_errors,
                 agent=agent,
+                render_durations=lambda: self.exposition.durations,
             ),
         ]
         self.exposition = Exposition(self.collectors, errors=self.scrape_errors)
         if registry is not None:
             for collector in self.collectors:
                 registry.register(collector)
+
+
+def process_collectors(registry: CollectorRegistry) -> list[Collector]:
+    """prometheus_client's standard process_*, python_info and python_gc_* collectors,
+    registered on ``registry`` (never the global one)."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    return [ProcessCollector(registry=registry), PlatformCollector(registry=registry),
+            GCCollector(registry=registry)]
 
 
 class Exporter:
@@ -186,6 +255,7 @@ class Exporter:
                  app: Celery | None = None) -> None:
         self.config = config
         self.pipeline = pipeline = Pipeline(config, registry)
+        pipeline.exposition.collectors.extend(process_collectors(registry))
         self.app = app or celery_app(config)
         router = pipeline.router
         self.stream = (EventStream(self.app, router.handle, router.tick, router.count_skip,
@@ -193,7 +263,8 @@ class Exporter:
                                    queue_expires=config.event_queue_expires,
                                    queue_max_length=config.event_queue_max_length)
                        if config.event_stream else None)
-        self.poller = queue_poller(config, self.app, pipeline.guards["queue_name"])
+        self.poller = queue_poller(config, self.app, pipeline.guards["queue_name"],
+                                   pipeline.workers if self.stream is not None else None)
         pipeline.queue_collector.poller = self.poller
         self.enabler = (EventsEnabler(self.app, config.enable_events_interval)
                         if config.enable_events and self.stream is not None else None)

@@ -30,6 +30,8 @@ MAX_NUMBER = float(2**53)
 # Event timestamps (seconds since the epoch, the sender's clock) are accepted up to
 # the year 5138; Celery stamps every event, so one outside [0, this] is not Celery's.
 MAX_TIMESTAMP = 1e11
+# celery_vitals_task_sent_events_missing looks at tasks received in windows this long.
+SENT_WINDOW = 60.0
 
 
 def number(value: object) -> float | None:
@@ -160,6 +162,10 @@ class TaskTracker:
         self.queue_wait = Histograms(wait_buckets)
         self.prefetch_wait = Histograms(wait_buckets)
 
+        # tasks received that no task-sent announced; per SENT_WINDOW, the gauge
+        self.unannounced = 0
+        self.sent_events_missing = 0
+        self._window: tuple[float, int] | None = None  # (ends at, unannounced at its start)
         self.evictions = {"capacity": 0, "age": 0}
         self.unknown_uuid: dict[str, int] = {}
         self.skipped: dict[str, int] = {}  # whole events, by reason
@@ -320,6 +326,8 @@ class TaskTracker:
                 # already finished once: the broker handed out a copy again
                 del self._finished[uuid]
                 redelivered = True
+            else:
+                self.unannounced += 1
         else:
             redelivered = task.received and task.retries == retries
             self._release(uuid, task)
@@ -474,7 +482,9 @@ class TaskTracker:
     # -- housekeeping ------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
-        """Drop unfinished tasks older than max_age (oldest first, insertion order)."""
+        """Drop unfinished tasks older than max_age (oldest first, insertion order), and
+        close the task-sent window when it is over."""
+        self._close_sent_window(now)
         cutoff = now - self.max_age
         tasks = self.tasks
         while tasks:
@@ -484,6 +494,13 @@ class TaskTracker:
             del tasks[uuid]
             self._release(uuid, task)
             self.evictions["age"] += 1
+
+    def _close_sent_window(self, now: float) -> None:
+        if self._window is None:
+            self._window = (now + SENT_WINDOW, self.unannounced)
+        elif now >= self._window[0]:
+            self.sent_events_missing = int(self.unannounced > self._window[1])
+            self._window = (now + SENT_WINDOW, self.unannounced)
 
     def release_host(self, host: str) -> None:
         """A worker went away: what it had prefetched goes back to the broker."""

@@ -8,6 +8,7 @@ churning Kubernetes deployment does not leave series behind forever.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ MAX_GAP = 86_400.0  # a longer silence is a restart, not heartbeats lost on the 
 MAX_LOAD = 1e6
 
 EXIT_REASONS = ("recycled", "killed", "failed")
+MAX_VERSION_LENGTH = 40  # a Celery version is "5.4.0rc1" at most: longer is not one
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,20 @@ class PoolStats:
     exits: dict[str, int] = field(default_factory=dict)  # reason -> count since start
 
 
+def pool_from_stats(reply: Mapping[str, Any]) -> tuple[str, PoolStats]:
+    """A worker's answer to the ``stats`` broadcast: its pool's name (prefork, thread,
+    solo, ... as the pool class's module names it; "" if unknown) and size and prefetch."""
+    pool = reply.get("pool")
+    pool = pool if isinstance(pool, dict) else {}
+    implementation = pool.get("implementation")
+    name = (implementation.rpartition(":")[0].rpartition(".")[2]
+            if isinstance(implementation, str) else "")
+    processes, prefetch = pool.get("max-concurrency"), reply.get("prefetch_count")
+    return name, PoolStats(
+        processes=processes if type(processes) is int and processes >= 0 else None,
+        prefetch_limit=prefetch if type(prefetch) is int and prefetch >= 0 else None)
+
+
 class Worker:
     __slots__ = (
         "active",
@@ -51,12 +67,14 @@ class Worker:
         "load1",
         "online",
         "pool",
+        "pool_name",
         "processed",
         "processed_at_last",
         "processed_at_previous",
         "starts",
         "task_events",
         "task_events_missing",
+        "version",
     )
 
     def __init__(self, now: float) -> None:
@@ -74,7 +92,9 @@ class Worker:
         self.processed_at_previous: float | None = None
         self.events_at_previous = 0
         self.task_events_missing = 0
-        self.pool: PoolStats | None = None  # from the agent only
+        self.pool: PoolStats | None = None  # the agent's samples, or the exporter's stats polls
+        self.pool_name: str | None = None  # from the exporter's stats polls
+        self.version = ""  # Celery version, from worker events (sw_ver)
 
 
 class WorkerTracker:
@@ -137,10 +157,26 @@ class WorkerTracker:
         worker.active = 0
         return host
 
-    def on_pool(self, hostname: object, stats: PoolStats, now: float) -> None:
+    def on_pool(self, hostname: object, stats: PoolStats, now: float,
+                pool_name: str | None = None) -> None:
         """The agent's latest sample of its own pool (one object, replaced whole)."""
         _, worker = self._worker({"hostname": hostname}, now)
         worker.pool = stats
+        if pool_name is not None:
+            worker.pool_name = pool_name
+
+    def on_stats(self, hostname: str, pool_name: str, stats: PoolStats) -> None:
+        """The exporter's poll of a worker's ``stats`` (from the poller thread: only whole
+        attributes are replaced, and only on workers the events already told of)."""
+        worker = self.workers.get(hostname)
+        if worker is not None:
+            worker.pool = stats
+            worker.pool_name = pool_name
+
+    def without_stats(self) -> list[str]:
+        """Workers seen in events whose pool no stats poll told yet."""
+        return [host for host, worker in list(self.workers.items())
+                if worker.pool_name is None and worker.online]
 
     def on_task_events(self, hostname: object, count: int) -> None:
         """Task events from a worker (sent ones excepted) prove its task events are on."""
@@ -152,6 +188,9 @@ class WorkerTracker:
     def _heartbeat(self, worker: Worker, event: Event, now: float) -> None:
         worker.online = True
         worker.last_heartbeat = now
+        version = event.get("sw_ver")
+        if type(version) is str and len(version) <= MAX_VERSION_LENGTH:
+            worker.version = version
         active = self._checked(event.get("active"), "celery_worker_tasks_active", 0, MAX_NUMBER)
         processed = self._checked(event.get("processed"), "celery_worker_tasks_processed", 0,
                                   MAX_NUMBER)

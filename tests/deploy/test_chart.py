@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from celery_vitals import cli
+from celery_vitals.config import OPTIONS
 from tests.deploy.conftest import CHART, ROOT, helm_template
 
 VALUES_ALL = Path(__file__).with_name("values-all.yaml")
@@ -269,7 +270,8 @@ def test_an_existing_secret_replaces_the_charts(helm: str) -> None:
 
 def test_every_exporter_option_is_settable_from_values(helm: str) -> None:
     """`config` maps any option to its variable: the same name the CLI reads."""
-    options = [option for option, *_ in cli._OPTIONS if option != "--broker-url"]
+    options = [option.flag for option in OPTIONS
+               if option.kind == "value" and option.flag != "--broker-url"]
     args: list[str] = []
     for option in options:
         args += ["--set-string", f"config.{option.lstrip('-')}=x"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import celery
 import pytest
 
 from tests.support.harness import Harness
@@ -22,10 +23,19 @@ QUEUE = "celery"
 
 def test_missing_task_events_are_detected(harness: Harness) -> None:
     redis = harness.redis()
-    exporter = harness.exporter(redis.url(), "--no-enable-events")
+    exporter = harness.exporter(redis.url(), "--no-enable-events", "--queue-poll-interval", "1")
     worker = harness.worker("quiet", redis.url(), exporter=exporter, app=QUIET_APP,
                             task_events=False)
     host = worker.hostname
+    # the poll after the worker appeared asked it for its stats: pool and prefetch
+    exporter.wait_for(
+        lambda scrape: scrape.get("celery_worker_info", hostname=host,
+                                  version=celery.__version__, pool="prefork") == 1,
+        what=f'celery_worker_info{{hostname="{host}", pool="prefork"}} 1')
+    info = exporter.scrape()
+    assert info.get("celery_worker_pool_processes", hostname=host) == 2  # -c 2
+    assert info.get("celery_worker_prefetch_limit", hostname=host) == 2  # multiplier 1
+    assert info.get("celery_vitals_task_sent_events_missing") == 0
     client = harness.client(redis.url())
     for _ in range(3):
         client.send_task("demo.add", args=(1, 2))

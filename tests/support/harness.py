@@ -72,15 +72,19 @@ class Harness:
             exporter.wait_for(online, timeout=WORKER_START_TIMEOUT,
                               what=f'celery_worker_up{{hostname="{worker.hostname}"}} 1')
         else:
-            client = self.client(broker_url)
-
-            def answered() -> bool:
-                worker.assert_running()
-                return bool(client.control.ping(destination=[worker.hostname], timeout=0.5))
-
-            wait_until(answered, timeout=WORKER_START_TIMEOUT,
-                       what=f"{worker.hostname} to answer a ping", details=worker.tail)
+            self.wait_answering(worker, broker_url)
         return worker
+
+    def wait_answering(self, worker: CeleryWorker, broker_url: str) -> None:
+        """Until the worker answers a ping: it consumes (remote control included)."""
+        client = self.client(broker_url)
+
+        def answered() -> bool:
+            worker.assert_running()
+            return bool(client.control.ping(destination=[worker.hostname], timeout=0.5))
+
+        wait_until(answered, timeout=WORKER_START_TIMEOUT,
+                   what=f"{worker.hostname} to answer a ping", details=worker.tail)
 
     def agent_worker(self, name: str, broker_url: str, *, port: int | None = None,
                      wait_listening: bool = True, **kwargs: object) -> AgentWorker:

@@ -10,11 +10,14 @@ in ~2 s; a restart loses every queue, as a region outage with lost state would.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -158,6 +161,24 @@ class RabbitMQServer:
     @property
     def management_url(self) -> str:
         return f"http://{LOOPBACK}:{self.management_port}/"
+
+    def api(self, method: str, path: str, body: object = None) -> object:
+        """One call to the management API as guest; the decoded JSON answer (None if empty)."""
+        request = urllib.request.Request(
+            self.management_url + "api/" + path.lstrip("/"), method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"content-type": "application/json",
+                     "authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def vhost(self, name: str) -> str:
+        """A new virtual host (guest may use it): its broker URL."""
+        self.api("PUT", f"vhosts/{name}")
+        self.api("PUT", f"permissions/{name}/guest",
+                 {"configure": ".*", "write": ".*", "read": ".*"})
+        return f"amqp://guest:guest@{LOOPBACK}:{self.port}/{name}"
 
     @property
     def pid_file(self) -> Path:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import bcrypt
+import celery
 import pytest
 from celery import Celery
 from celery.worker import state
@@ -389,6 +390,8 @@ def test_agent_exports_every_agent_metric_and_none_of_the_event_stream(agent_env
     assert s.get("celery_worker_starts_total", hostname=HOST) == 1
     assert s.get("celery_worker_pool_processes", hostname=HOST) == 1
     assert s.get("celery_worker_prefetch_limit", hostname=HOST) == 8
+    assert s.get("celery_worker_info", hostname=HOST, version=celery.__version__,
+                 pool="prefork") == 1
     assert s.get("celery_task_succeeded_total", name="t", queue_name="q") == 1
     assert s.get("celery_worker_pool_process_exits_total", hostname=HOST, reason="killed") == 0
     with pytest.raises(OSError):

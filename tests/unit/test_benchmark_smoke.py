@@ -55,7 +55,9 @@ def test_scrape_benchmark_smoke_renders_every_series() -> None:
     cases = ("prometheus_client", "render_unchanged", "render_changed", "http_text_unchanged",
              "http_prometheus_unchanged", "http_prometheus_changed")
     assert [results[case]["runs"] for case in cases] == [3] * len(cases)
-    assert results["prometheus_client"]["bytes"] == results["bytes"]
+    # the same body but for celery_vitals_scrape_duration_seconds, which counts the renders
+    # in between (a few hundred bytes of buckets)
+    assert abs(results["prometheus_client"]["bytes"] - results["bytes"]) < 1000
     # Prometheus' request gets gzipped OpenMetrics: much smaller than the plain text
     assert results["http_prometheus_unchanged"]["bytes"] < results["http_text_unchanged"][
         "bytes"] / 5

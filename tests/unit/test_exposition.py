@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from celery_vitals import catalogue
 from celery_vitals.http import HttpServer, make_app
 from celery_vitals.probes import QueueStats
+from celery_vitals.workers import pool_from_stats
 from tests.unit.conftest import Harness, event, lifecycle
 from tests.unit.test_poller import ScriptedProbe, redis_result, with_poller
 
@@ -24,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def busy_harness() -> Harness:
     h = Harness()
-    h.feed(event("worker-online", freq=2.0, active=0, processed=0, loadavg=[0.1, 0.1, 0.1]))
+    h.feed(event("worker-online", freq=2.0, active=0, processed=0, loadavg=[0.1, 0.1, 0.1],
+                 sw_ver="5.7.0"))
+    # the poller's stats broadcast (celery_worker_info, pool processes, prefetch limit)
+    h.pipeline.workers.on_stats("w1@host", *pool_from_stats(
+        {"pool": {"implementation": "celery.concurrency.prefork:TaskPool",
+                  "max-concurrency": 2}, "prefetch_count": 8}))
     h.feed(*lifecycle("u1", "t"))
     h.feed(event("task-received", uuid="u2", name="t"),
            event("task-failed", uuid="u2", exception="ValueError()"),
@@ -128,3 +134,26 @@ def test_http_endpoints() -> None:
         assert get(base + "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_exporter_metrics_carry_process_python_and_render_duration() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from celery_vitals.config import build
+    from celery_vitals.service import Exporter
+
+    config = build({"broker_url": "redis://127.0.0.1:1/0", "listen_address": "127.0.0.1:0"})
+    exporter = Exporter(config, CollectorRegistry())  # never started: nothing connects
+    try:
+        exposition = exporter.pipeline.exposition
+        first = exposition.render()
+        second = {f.name: f for f in text_string_to_metric_families(exposition.render().decode())}
+    finally:
+        exporter.http.close_socket()
+    for name in ("process_resident_memory_bytes", "process_start_time_seconds",
+                 "process_open_fds", "python_info", "python_gc_objects_collected"):
+        assert name in second, name
+    assert b"celery_vitals_scrape_duration_seconds_count" not in first  # no render before
+    [count] = [s.value for s in second["celery_vitals_scrape_duration_seconds"].samples
+               if s.name.endswith("_count")]
+    assert count == 1  # the first render; a body never counts itself

@@ -189,3 +189,20 @@ def test_queue_label_cap_applies_to_polled_queues() -> None:
     assert h.value("celery_queue_exists", queue_name="missing") is None
     assert h.value("celery_vitals_label_values_folded_total", label="queue_name",
                    reason="cap") >= 1
+
+
+def test_each_poll_asks_new_workers_and_a_failed_broadcast_costs_nothing_else() -> None:
+    h = Harness()
+    calls: list[int] = []
+
+    def worker_stats() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TimeoutError("no reply")
+
+    poller = with_poller(h, ScriptedProbe(redis_result(0), redis_result(0)),
+                         worker_stats=worker_stats)
+    poller.poll_once()
+    poller.poll_once()
+    assert len(calls) == 2
+    assert poller.up is True and poller.errors == {}  # a broadcast is not a broker error

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.unit.conftest import Harness, event
+from celery_vitals.tasks import SENT_WINDOW
+from celery_vitals.workers import PoolStats, pool_from_stats
+from tests.unit.conftest import Harness, event, lifecycle
 
 
 def heartbeat(processed: int, active: int = 0, hostname: str = "w1@host",
@@ -84,3 +86,84 @@ def test_gaps_between_heartbeats_count_as_missed_heartbeats() -> None:
     h.feed({**heartbeat(0, type_="worker-online"), "timestamp": t + 100})  # restart: no gap
     h.feed({**heartbeat(0), "timestamp": t + 102})
     assert h.value("celery_vitals_heartbeats_missed_total") == 2
+
+
+PREFORK_STATS = {"pool": {"implementation": "celery.concurrency.prefork:TaskPool",
+                          "max-concurrency": 4}, "prefetch_count": 16}
+
+
+def test_stats_polls_give_worker_info_pool_processes_and_prefetch_limit() -> None:
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"))
+    assert h.pipeline.workers.without_stats() == ["w1@host"]
+    assert h.value("celery_worker_info", hostname="w1@host", version="5.7.0",
+                   pool="prefork") is None  # no stats poll yet: no pool to tell
+    h.pipeline.workers.on_stats("w1@host", *pool_from_stats(PREFORK_STATS))
+    h.pipeline.workers.on_stats("gone@host", *pool_from_stats(PREFORK_STATS))  # unknown: no
+    w = {"hostname": "w1@host"}
+    assert h.value("celery_worker_info", version="5.7.0", pool="prefork", **w) == 1
+    assert h.value("celery_worker_pool_processes", **w) == 4
+    assert h.value("celery_worker_prefetch_limit", **w) == 16
+    assert h.value("celery_worker_pool_processes", hostname="gone@host") is None
+    assert h.pipeline.workers.without_stats() == []
+
+
+def test_stats_replies_that_are_not_celerys_give_nothing() -> None:
+    assert pool_from_stats({}) == ("", PoolStats())
+    assert pool_from_stats({"pool": {"implementation": 3, "max-concurrency": "8"},
+                            "prefetch_count": -1}) == ("", PoolStats())
+    name, stats = pool_from_stats({"pool": {"implementation": "celery.concurrency.thread:"
+                                            "TaskPool", "max-concurrency": 10},
+                                   "prefetch_count": 0})
+    assert (name, stats.processes, stats.prefetch_limit) == ("thread", 10, 0)
+
+
+def test_task_sent_events_missing_per_window() -> None:
+    h = Harness()
+    h.router.tick()  # the first window starts
+    h.feed(*lifecycle("u1", "t"))  # announced by its task-sent
+    h.clock.now += SENT_WINDOW
+    h.router.tick()
+    assert h.value("celery_vitals_task_sent_events_missing") == 0
+    h.feed(event("task-received", uuid="u2", name="t"))  # no task-sent
+    assert h.value("celery_vitals_task_sent_events_missing") == 0  # the window is not over
+    h.clock.now += SENT_WINDOW
+    h.router.tick()
+    assert h.value("celery_vitals_task_sent_events_missing") == 1
+    h.clock.now += SENT_WINDOW
+    h.router.tick()  # a window with only announced tasks, or none: 0 again
+    assert h.value("celery_vitals_task_sent_events_missing") == 0
+
+
+class FakeInspect:
+    def __init__(self, asked: list[object], replies: dict[str, object]) -> None:
+        self.asked, self.replies = asked, replies
+
+    def active_queues(self) -> dict[str, object]:
+        return {host: [{"name": "celery"}] for host in self.replies}
+
+    def stats(self) -> dict[str, object]:
+        return self.replies
+
+
+def test_the_exporter_asks_each_new_worker_for_its_stats_once() -> None:
+    from types import SimpleNamespace
+
+    from celery_vitals.service import WorkerBroadcasts
+
+    h = Harness()
+    h.feed(heartbeat(0, type_="worker-online"), heartbeat(0, hostname="mute@host"))
+    asked: list[object] = []
+
+    def inspect(**options: object) -> FakeInspect:
+        asked.append(options.get("destination"))
+        return FakeInspect(asked, {"w1@host": PREFORK_STATS})  # mute@host never answers
+
+    app = SimpleNamespace(control=SimpleNamespace(inspect=inspect))
+    broadcasts = WorkerBroadcasts(app, h.pipeline.workers, timeout=1)  # type: ignore[arg-type]
+    broadcasts.new_workers()
+    broadcasts.new_workers()  # mute@host was asked already: no second broadcast
+    assert asked == [["w1@host", "mute@host"]]  # in the order the events showed them
+    assert h.value("celery_worker_pool_processes", hostname="w1@host") == 4
+    assert broadcasts.queues() == {"celery"}  # discovery: everyone again
+    assert asked[1:] == [None, None]

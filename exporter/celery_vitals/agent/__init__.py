@@ -25,6 +25,7 @@ failing collector or tap is a logged warning, and the worker runs its tasks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -36,6 +37,7 @@ from typing import Any
 from celery import Celery, signals
 from prometheus_client import CollectorRegistry
 
+from celery_vitals import AGENT_CONF_KEY
 from celery_vitals.agent.pool import PoolWatch
 from celery_vitals.agent.tap import Tap, tapped_request_cls
 from celery_vitals.config import (
@@ -217,9 +219,9 @@ class Agent:
         self.hostname: str = str(worker.hostname)
         self.pool = PoolWatch(worker)
         self.registry = CollectorRegistry(auto_describe=True)
+        self.pool_name = _pool_name(worker)
         self.pipeline = Pipeline(config, self.registry,
-                                 agent={"hostname": self.hostname,
-                                        "pool": _pool_name(worker)})
+                                 agent={"hostname": self.hostname, "pool": self.pool_name})
         self.lock = threading.Lock()
         self.tap = Tap(self.pipeline.router, self.hostname, self.lock,
                        consumer=lambda: getattr(worker, "consumer", None))
@@ -256,6 +258,10 @@ class Agent:
         self.running = True
         self._record({"type": "worker-online", **self._heartbeat_fields()})
         self.http.start()
+        with contextlib.suppress(Exception):  # a marker only: never worth failing a worker
+            # `celery inspect conf` (and so `celery-vitals doctor`) tells an agent runs here
+            self.worker.app.conf[AGENT_CONF_KEY] = (
+                f"{self.config.listen_host}:{self.http.port}")
         self._thread = threading.Thread(target=self._run, name="celery-vitals-agent",
                                         daemon=True)
         self._thread.start()
@@ -276,7 +282,7 @@ class Agent:
             event = {"type": "worker-heartbeat", **self._heartbeat_fields(now)}
             with self.lock:
                 self.pipeline.router.handle(event, now)
-                self.pipeline.workers.on_pool(self.hostname, stats, now)
+                self.pipeline.workers.on_pool(self.hostname, stats, now, self.pool_name)
                 self.pipeline.router.tick(now)
         except Exception:
             rate_limited.warn_every("tick", "celery-vitals agent: could not sample the worker",
@@ -284,6 +290,7 @@ class Agent:
 
     def _heartbeat_fields(self, now: float | None = None) -> dict[str, Any]:
         """What Celery's own heartbeat carries (no freq: a late agent thread is no lost event)."""
+        import celery
         from celery.worker import state
 
         try:
@@ -292,7 +299,7 @@ class Agent:
             loadavg = []
         return {"hostname": self.hostname, "timestamp": now or time.time(),
                 "active": len(state.active_requests), "processed": state.all_total_count[0],
-                "loadavg": loadavg}
+                "loadavg": loadavg, "sw_ver": celery.__version__}
 
     def _record(self, event: dict[str, Any]) -> None:
         with self.lock:

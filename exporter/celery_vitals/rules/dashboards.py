@@ -1231,8 +1231,16 @@ def workers(c: RulesConfig) -> Board:
                     f"max by (hostname) (celery_worker_task_events_missing{{{WORKER}}})",
                     "{{hostname}}",
                 ),
+                Query(
+                    f"max(celery_vitals_task_sent_events_missing{{{JOB}}})",
+                    "publishers without task-sent events",
+                ),
                 description="1: the worker processes tasks but sends no task events, so none of "
-                "its tasks is counted (start it with -E).",
+                "its tasks is counted (start it with -E). Publishers without task-sent "
+                "events: tasks were received last minute that no task-sent announced "
+                "(set task_send_sent_event=True where tasks are published), so their "
+                "queue is the default one and they have no queue wait. "
+                "`celery-vitals doctor` names both.",
                 min=0,
                 width=24,
                 height=6,
@@ -1249,7 +1257,8 @@ def workers(c: RulesConfig) -> Board:
                 "percentunit",
                 Query(
                     f"sum by (hostname) (celery_worker_pool_busy_processes{{{WORKER}}})\n"
-                    f"/ sum by (hostname) (celery_worker_pool_processes{{{WORKER}}})",
+                    # max: the exporter's stats polls report the same pool as the agent
+                    f"/ max by (hostname) (celery_worker_pool_processes{{{WORKER}}})",
                     "{{hostname}}",
                 ),
                 description="Busy pool processes / pool processes. At 100 % with a backlog "
@@ -1301,7 +1310,7 @@ def workers(c: RulesConfig) -> Board:
                     "{{hostname}} ETA/countdown",
                 ),
                 Query(
-                    f"sum by (hostname) (celery_worker_prefetch_limit{{{WORKER}}})",
+                    f"max by (hostname) (celery_worker_prefetch_limit{{{WORKER}}})",
                     "{{hostname}} prefetch limit",
                 ),
                 description="Tasks the worker holds and has not started (ETA tasks among them, "
