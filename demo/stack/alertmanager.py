@@ -23,11 +23,16 @@ class Alertmanager:
         self.port = free_port()
         self.process = ManagedProcess(
             f"alertmanager :{self.port}",
-            [executable("prometheus-alertmanager"), f"--config.file={config}",
-             f"--storage.path={directory / 'data'}",
-             f"--web.listen-address={LOOPBACK}:{self.port}", "--cluster.listen-address=",
-             "--log.level=warn"],
-            directory / "alertmanager.log")
+            [
+                executable("prometheus-alertmanager"),
+                f"--config.file={config}",
+                f"--storage.path={directory / 'data'}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            directory / "alertmanager.log",
+        )
 
     @property
     def url(self) -> str:
@@ -35,8 +40,13 @@ class Alertmanager:
 
     def start(self, timeout: float = 20.0) -> Alertmanager:
         self.process.spawn()
-        wait_until(self.ready, timeout=timeout, what="alertmanager /-/ready",
-                   details=self.process.tail, interval=0.1)
+        wait_until(
+            self.ready,
+            timeout=timeout,
+            what="alertmanager /-/ready",
+            details=self.process.tail,
+            interval=0.1,
+        )
         return self
 
     def ready(self) -> bool:
@@ -55,8 +65,7 @@ class Alertmanager:
         body = json.dumps([{"labels": labels, "startsAt": now} for labels in alerts])
         connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=5)
         try:
-            connection.request("POST", "/api/v2/alerts", body,
-                               {"Content-Type": "application/json"})
+            connection.request("POST", "/api/v2/alerts", body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             if response.status != 200:
                 raise AssertionError(f"POST /api/v2/alerts: {response.status} {response.read()!r}")

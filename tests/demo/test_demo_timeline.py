@@ -1,0 +1,86 @@
+"""The demo's timeline end to end: ``python -m demo`` (what scripts/demo.sh runs after
+set-up) with real redis-server, worker, exporter, Prometheus and Alertmanager.
+
+Three incidents back to back (DEMO_INCIDENTS), a timeline minute shortened to
+MINUTE_SECONDS (the demo's rules, windows and ``for:`` are the real demo ones):
+through Alertmanager's API, polled every second, and the receiver's printout,
+each incident's intended alert fires, the first one resolves, and no other
+warning or critical alert fires. Ctrl-C (SIGTERM here) stops everything.
+retry-storm and not-registered are left out to keep this under four minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from demo.timeline import INCIDENTS
+
+from tests.support.net import http_get, port_open, wait_until
+from tests.support.processes import REPO_ROOT, ManagedProcess
+
+pytestmark = pytest.mark.integration
+
+CHOSEN = ("task-failing", "no-consumers", "worker-killed")
+MINUTE_SECONDS = 25
+EXPECTED = {alert for name in CHOSEN for alert in INCIDENTS[name].alerts}
+URL = re.compile(r"demo: (exporter|worker's agent|Prometheus alerts|Alertmanager) +"
+                 r"http://127\.0\.0\.1:(\d+)/")
+PRINTED = re.compile(r"(PAGE|TICKET) (FIRING|RESOLVED): (\w+) (\w+) ")
+
+
+def _ports(demo: ManagedProcess) -> dict[str, int] | None:
+    """What the demo printed as where to look, once it has printed all four."""
+    demo.assert_running()
+    found = {match[1]: int(match[2]) for match in URL.finditer(demo.output())}
+    return found if len(found) == 4 else None
+
+
+def _printed(demo: ManagedProcess, status: str) -> set[str]:
+    """Alert/severity of every page and ticket the receiver printed with this status."""
+    return {f"{m[3]}/{m[2]}" for m in PRINTED.finditer(demo.output()) if m[1] == status}
+
+
+def _held(port: int) -> set[str]:
+    """Alert/severity of the warning and critical alerts Alertmanager holds now."""
+    alerts = json.loads(http_get(port, "/api/v2/alerts").body)
+    return {f"{a['labels']['alertname']}/{a['labels']['severity']}" for a in alerts
+            if a["labels"].get("severity") in ("warning", "critical")}
+
+
+@pytest.mark.timeout(300)
+def test_each_incident_fires_its_alert_and_no_other(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DEMO_")}
+    env.update(DEMO_INCIDENTS=",".join(CHOSEN), DEMO_MINUTE_SECONDS=str(MINUTE_SECONDS))
+    demo = ManagedProcess("demo", [sys.executable, "-m", "demo"], tmp_path / "demo.log",
+                          env=env, cwd=REPO_ROOT)
+    demo.spawn()
+    try:
+        ports = wait_until(lambda: _ports(demo), timeout=90, what="the demo's URLs",
+                           details=demo.tail)
+        seen: set[str] = set()
+
+        def fired_and_over() -> bool:
+            demo.assert_running()
+            seen.update(_held(ports["Alertmanager"]))
+            return (seen >= EXPECTED and _printed(demo, "FIRING") >= EXPECTED
+                    and "timeline: over" in demo.output())
+
+        wait_until(fired_and_over, timeout=200, interval=1.0, details=demo.tail,
+                   what=f"{sorted(EXPECTED)} fired (seen {sorted(seen)})")
+        wait_until(lambda: "CeleryTaskFailureRateHigh/warning" in _printed(demo, "RESOLVED"),
+                   timeout=60, what="task-failing's alert resolved", details=demo.tail)
+        assert seen == EXPECTED
+        assert _printed(demo, "FIRING") == EXPECTED
+        assert "runbook: https://github.com/celery-vitals/celery-vitals/blob/main/docs/" \
+               "runbooks.md#celeryqueuenoconsumers" in demo.output()
+    finally:
+        code = demo.stop(timeout=30, signum=signal.SIGTERM)
+    assert code == 130, demo.tail()
+    assert "demo: stopping" in demo.output()
+    assert [name for name, port in ports.items() if port_open(port)] == []
