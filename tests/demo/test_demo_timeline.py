@@ -43,7 +43,7 @@ def _ports(demo: ManagedProcess) -> dict[str, int] | None:
 
 def _printed(demo: ManagedProcess, status: str) -> set[str]:
     """Alert/severity of every page and ticket the receiver printed with this status."""
-    return {f"{m[3]}/{m[2]}" for m in PRINTED.finditer(demo.output()) if m[1] == status}
+    return {f"{m[4]}/{m[3]}" for m in PRINTED.finditer(demo.output()) if m[2] == status}
 
 
 def _held(port: int) -> set[str]:
@@ -71,8 +71,8 @@ def test_each_incident_fires_its_alert_and_no_other(tmp_path: Path) -> None:
             return (seen >= EXPECTED and _printed(demo, "FIRING") >= EXPECTED
                     and "timeline: over" in demo.output())
 
-        wait_until(fired_and_over, timeout=200, interval=1.0, details=demo.tail,
-                   what=f"{sorted(EXPECTED)} fired (seen {sorted(seen)})")
+        wait_until(fired_and_over, timeout=200, interval=1.0, what=f"{sorted(EXPECTED)} fired",
+                   details=lambda: f"Alertmanager held {sorted(seen)}\n{demo.tail()}")
         wait_until(lambda: "CeleryTaskFailureRateHigh/warning" in _printed(demo, "RESOLVED"),
                    timeout=60, what="task-failing's alert resolved", details=demo.tail)
         assert seen == EXPECTED
