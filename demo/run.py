@@ -277,6 +277,8 @@ def main() -> int:
         print(f"demo: {error}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Ctrl-C, also when started in the background (where a shell ignores SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     directory = Path(tempfile.mkdtemp(prefix="celery-vitals-demo."))
     try:
         run(settings, directory)

@@ -5,7 +5,7 @@ Three incidents back to back (DEMO_INCIDENTS), a timeline minute shortened to
 MINUTE_SECONDS (the demo's rules, windows and ``for:`` are the real demo ones):
 through Alertmanager's API, polled every second, and the receiver's printout,
 each incident's intended alert fires, the first one resolves, and no other
-warning or critical alert fires. Ctrl-C (SIGTERM here) stops everything.
+warning or critical alert fires. Ctrl-C (SIGINT) stops everything.
 retry-storm and not-registered are left out to keep this under four minutes.
 """
 
@@ -80,7 +80,7 @@ def test_each_incident_fires_its_alert_and_no_other(tmp_path: Path) -> None:
         assert "runbook: https://github.com/celery-vitals/celery-vitals/blob/main/docs/" \
                "runbooks.md#celeryqueuenoconsumers" in demo.output()
     finally:
-        code = demo.stop(timeout=30, signum=signal.SIGTERM)
+        code = demo.stop(timeout=30, signum=signal.SIGINT)  # Ctrl-C
     assert code == 130, demo.tail()
     assert "demo: stopping" in demo.output()
     assert [name for name, port in ports.items() if port_open(port)] == []
