@@ -29,8 +29,10 @@ pytestmark = pytest.mark.integration
 CHOSEN = ("task-failing", "no-consumers", "worker-killed")
 MINUTE_SECONDS = 25
 EXPECTED = {alert for name in CHOSEN for alert in INCIDENTS[name].alerts}
-URL = re.compile(r"demo: (exporter|worker's agent|Prometheus alerts|Alertmanager) +"
-                 r"http://127\.0\.0\.1:(\d+)/")
+URL = re.compile(
+    r"demo: (exporter|worker's agent|Prometheus alerts|Alertmanager) +"
+    r"http://127\.0\.0\.1:(\d+)/"
+)
 PRINTED = re.compile(r"(PAGE|TICKET) (FIRING|RESOLVED): (\w+) (\w+) ")
 
 
@@ -49,36 +51,55 @@ def _printed(demo: ManagedProcess, status: str) -> set[str]:
 def _held(port: int) -> set[str]:
     """Alert/severity of the warning and critical alerts Alertmanager holds now."""
     alerts = json.loads(http_get(port, "/api/v2/alerts").body)
-    return {f"{a['labels']['alertname']}/{a['labels']['severity']}" for a in alerts
-            if a["labels"].get("severity") in ("warning", "critical")}
+    return {
+        f"{a['labels']['alertname']}/{a['labels']['severity']}"
+        for a in alerts
+        if a["labels"].get("severity") in ("warning", "critical")
+    }
 
 
 @pytest.mark.timeout(300)
 def test_each_incident_fires_its_alert_and_no_other(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DEMO_")}
     env.update(DEMO_INCIDENTS=",".join(CHOSEN), DEMO_MINUTE_SECONDS=str(MINUTE_SECONDS))
-    demo = ManagedProcess("demo", [sys.executable, "-m", "demo"], tmp_path / "demo.log",
-                          env=env, cwd=REPO_ROOT)
+    demo = ManagedProcess(
+        "demo", [sys.executable, "-m", "demo"], tmp_path / "demo.log", env=env, cwd=REPO_ROOT
+    )
     demo.spawn()
     try:
-        ports = wait_until(lambda: _ports(demo), timeout=90, what="the demo's URLs",
-                           details=demo.tail)
+        ports = wait_until(
+            lambda: _ports(demo), timeout=90, what="the demo's URLs", details=demo.tail
+        )
         seen: set[str] = set()
 
         def fired_and_over() -> bool:
             demo.assert_running()
             seen.update(_held(ports["Alertmanager"]))
-            return (seen >= EXPECTED and _printed(demo, "FIRING") >= EXPECTED
-                    and "timeline: over" in demo.output())
+            return (
+                seen >= EXPECTED
+                and _printed(demo, "FIRING") >= EXPECTED
+                and "timeline: over" in demo.output()
+            )
 
-        wait_until(fired_and_over, timeout=200, interval=1.0, what=f"{sorted(EXPECTED)} fired",
-                   details=lambda: f"Alertmanager held {sorted(seen)}\n{demo.tail()}")
-        wait_until(lambda: "CeleryTaskFailureRateHigh/warning" in _printed(demo, "RESOLVED"),
-                   timeout=60, what="task-failing's alert resolved", details=demo.tail)
+        wait_until(
+            fired_and_over,
+            timeout=200,
+            interval=1.0,
+            what=f"{sorted(EXPECTED)} fired",
+            details=lambda: f"Alertmanager held {sorted(seen)}\n{demo.tail()}",
+        )
+        wait_until(
+            lambda: "CeleryTaskFailureRateHigh/warning" in _printed(demo, "RESOLVED"),
+            timeout=60,
+            what="task-failing's alert resolved",
+            details=demo.tail,
+        )
         assert seen == EXPECTED
         assert _printed(demo, "FIRING") == EXPECTED
-        assert "runbook: https://github.com/celery-vitals/celery-vitals/blob/main/docs/" \
-               "runbooks.md#celeryqueuenoconsumers" in demo.output()
+        assert (
+            "runbook: https://github.com/celery-vitals/celery-vitals/blob/main/docs/"
+            "runbooks.md#celeryqueuenoconsumers" in demo.output()
+        )
     finally:
         code = demo.stop(timeout=30, signum=signal.SIGINT)  # Ctrl-C
     assert code == 130, demo.tail()
