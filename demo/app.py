@@ -117,6 +117,15 @@ def charge(declined: bool = False) -> str:
     return "charged"
 
 
+@app.task(name="demo.sync", bind=True, max_retries=None)
+def sync(self: Task, until: float = 0.0) -> str:
+    """Syncs with a dependency that is down until ``until`` (a Unix time): till then it
+    retries every 10 s without limit (max_retries=None), as a retry storm does."""
+    if time.time() < until:
+        raise self.retry(exc=ConnectionError("dependency down"), countdown=10)
+    return "synced"
+
+
 @app.task(name="demo.report")
 def report() -> str:
     """A report the timeline routes to a queue no worker consumes (no-consumers)."""

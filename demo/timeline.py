@@ -27,7 +27,7 @@ class Traffic:
     """What the load sends; an incident changes some of it while it lasts."""
 
     declined_in_ten: int = 0  # of every 10 demo.charge, how many the provider declines
-    sync_failures: int = 0  # times each demo.flaky fails (and retries) before it succeeds
+    sync_down: bool = False  # demo.sync's dependency is down: it retries until the end
     unknown_task: bool = False  # one task a second is UNKNOWN_TASK
     reports: bool = False  # a demo.report to REPORTS_QUEUE every two seconds
     oom_every: float = 0.0  # seconds between two demo.resize (0: none)
@@ -57,11 +57,11 @@ INCIDENTS: dict[str, Incident] = {
         ),
         Incident(
             "retry-storm",
-            "demo.flaky's dependency flaps: every demo.flaky retries 3 times before it succeeds",
-            "the dependency is stable again",
+            "demo.sync's dependency is down: every demo.sync retries every 10 s, without limit",
+            "the dependency is back: the retrying demo.sync succeed",
             ("CeleryTaskRetryStorm/warning",),
             2.0,
-            {"sync_failures": 3},
+            {"sync_down": True},
         ),
         Incident(
             "not-registered",
@@ -163,6 +163,7 @@ class Load:
         self.sent = 0
         self.charges = 0
         self.last_oom = 0.0
+        self.ends_at = 0.0  # wall clock: when the current incident ends
 
     def run(self, slots: Sequence[Slot], until: Callable[[], bool] = lambda: False) -> None:
         """Follows ``slots`` from now; keeps sending healthy traffic until ``until()``."""
@@ -176,13 +177,15 @@ class Load:
             minute = (time.monotonic() - start) / self.minute_seconds
             while events and events[0][0] <= minute:
                 _, beginning, slot = events.pop(0)
-                self._begin(slot.incident) if beginning else self._end(slot.incident)
+                self._begin(slot) if beginning else self._end(slot.incident)
                 if not events:
                     say("timeline: over, healthy traffic until Ctrl-C")
             self.tick()
             time.sleep(1.0 / self.rate)
 
-    def _begin(self, incident: Incident) -> None:
+    def _begin(self, slot: Slot) -> None:
+        incident = slot.incident
+        self.ends_at = time.time() + (slot.ends - slot.begins) * self.minute_seconds
         say(
             f"incident {incident.name} begins: {incident.story} "
             f"(expect {', '.join(incident.alerts)})"
@@ -198,7 +201,7 @@ class Load:
             getattr(self, incident.on_end)()
 
     def tick(self) -> None:
-        """One task: six in ten demo.add, two demo.charge, one demo.flaky, one of the
+        """One task: six in ten demo.add, two demo.charge, one demo.sync, one of the
         incident's (demo.add when there is none)."""
         slot = self.sent % 10
         self.sent += 1
@@ -206,7 +209,7 @@ class Load:
             self.charges += 1
             self.tasks.charge.delay(declined=self.charges % 10 < self.traffic.declined_in_ten)
         elif slot == 8:
-            self.tasks.flaky.delay(self.traffic.sync_failures)
+            self.tasks.sync.delay(until=self.ends_at if self.traffic.sync_down else 0.0)
         elif slot == 9 and not self._incident_task():
             self.tasks.add.delay(self.sent, 1)
         elif slot < 9:

@@ -10,5 +10,7 @@ echo "== ruff"
 ruff check .
 echo "== mypy (strict, package)"
 mypy
+echo "== generated files (scripts/generate.sh --check)"
+bash scripts/generate.sh --check
 echo "== pytest"
 pytest "$@"

@@ -161,7 +161,7 @@ SPECS: tuple[MetricSpec, ...] = (
            "1 when the broker knows the queue, 0 for a configured queue it does not know."),
     _queue("celery_queue_oldest_message_age_seconds", "gauge",
            "Age of the oldest task sent to the queue and not yet received by a worker "
-           "(from task-sent events)."),
+           "(from task-sent events); never for a dead-letter queue."),
     _queue("celery_queue_oldest_unacked_age_seconds", "gauge",
            "Time since the oldest unacknowledged delivery from the queue (Redis); Redis "
            "redelivers it once this passes the visibility timeout."),

@@ -29,6 +29,7 @@ from celery_vitals.config import (
     build,
 )
 from celery_vitals.dlq import group as dlq_group
+from celery_vitals.rules.command import dashboards_command, rules_command
 
 log = logging.getLogger("celery_vitals")
 _DEFAULTS = Config(broker_url="")
@@ -201,6 +202,8 @@ def metrics_doc() -> None:
 
 
 cli.add_command(dlq_group(with_options(DLQ_OPTIONS)))
+cli.add_command(rules_command)
+cli.add_command(dashboards_command)
 
 
 def main(argv: list[str] | None = None) -> None:

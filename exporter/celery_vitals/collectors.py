@@ -270,8 +270,12 @@ class QueueCollector(_CatalogueCollector):
     def collect(self) -> Iterator[Metric]:
         oldest = gauge("celery_queue_oldest_message_age_seconds")
         now = self.clock()
+        poller = self.poller
+        targets = poller.latest.dead_letter_targets if poller and poller.latest else ()
         for queue, sent_at in self.tasks.oldest_pending().items():
-            oldest.add_metric([queue], max(now - sent_at, 0.0))
+            # a DLQ holds messages by design: its age is no queue waiting for workers
+            if poller is None or not poller.is_dlq(queue, targets):
+                oldest.add_metric([queue], max(now - sent_at, 0.0))
         yield oldest
         if self.poller is not None:
             yield from self._from_broker(self.poller)

@@ -65,7 +65,11 @@ class QueuePoller:
 
     def queue_set(self) -> list[str]:
         named_dlqs = {p for p in self.dlq_patterns if not any(c in p for c in "*?[")}
-        names = {*self.configured, *named_dlqs, *self._discovered, *self._from_workers}
+        # the DLQs RabbitMQ showed other queues dead-lettering into: polled from the next
+        # poll on, not only after the next discovery (minutes later)
+        targets = self.latest.dead_letter_targets if self.latest is not None else ()
+        names = {*self.configured, *named_dlqs, *self._discovered, *self._from_workers,
+                 *targets}
         return sorted(name for name in names if name and not is_plumbing(name))
 
     def is_dlq(self, name: str, targets: Iterable[str] = ()) -> bool:

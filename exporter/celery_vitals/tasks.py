@@ -270,6 +270,14 @@ class TaskTracker:
         if name != OTHER:
             self.queue_by_name[name] = queue
         task = self.tasks.get(uuid)
+        if task is None and uuid in self._finished:
+            # Its end came first (a worker that discards an unregistered task can report
+            # task-failed before the client's task-sent arrives): count the send, but a
+            # finished task waits in no queue and must never enter the pending map.
+            late = Task(name, queue, now)
+            key = self._key(late, event)
+            self.sent[key] = self.sent.get(key, 0) + 1
+            return
         if task is None:
             task = self._track(uuid, Task(name, queue, now))
         else:

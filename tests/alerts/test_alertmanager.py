@@ -34,7 +34,7 @@ def test_amtool_check_config() -> None:
     result = amtool("check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert " - 4 inhibit rules" in result.stdout
+    assert " - 5 inhibit rules" in result.stdout
     assert " - 3 receivers" in result.stdout
 
 
@@ -136,3 +136,33 @@ def test_critical_silences_the_same_warning(alertmanager: Alertmanager) -> None:
                             "orders.charge/warning": "suppressed",
                             "orders.ship/warning": "active"},
              key=lambda labels: f"{labels['name']}/{labels['severity']}")
+
+
+def test_co_symptoms_are_one_page(alertmanager: Alertmanager) -> None:
+    """A retry storm silences the retries it exhausts; a queue nobody drains or consumes
+    silences its oldest-message alert. Other tasks and queues keep theirs."""
+    alertmanager.post(
+        {"alertname": "CeleryTaskRetryStorm", "severity": "warning", "name": "orders.sync",
+         "queue_name": "celery"},
+        {"alertname": "CeleryTaskRetriesExhausted", "severity": "warning",
+         "name": "orders.sync", "queue_name": "celery"},
+        {"alertname": "CeleryTaskRetriesExhausted", "severity": "warning",
+         "name": "orders.notify", "queue_name": "celery"},
+        {"alertname": "CeleryQueueNotDraining", "severity": "critical", "queue_name": "reports"},
+        {"alertname": "CeleryQueueOldestMessageTooOld", "severity": "critical",
+         "queue_name": "reports"},
+        {"alertname": "CeleryQueueNoConsumers", "severity": "critical", "queue_name": "billing"},
+        {"alertname": "CeleryQueueOldestMessageTooOld", "severity": "warning",
+         "queue_name": "billing"},
+        {"alertname": "CeleryQueueOldestMessageTooOld", "severity": "warning",
+         "queue_name": "emails"})
+    _settled(alertmanager, {
+        "CeleryTaskRetryStorm/orders.sync": "active",
+        "CeleryTaskRetriesExhausted/orders.sync": "suppressed",
+        "CeleryTaskRetriesExhausted/orders.notify": "active",
+        "CeleryQueueNotDraining/reports": "active",
+        "CeleryQueueOldestMessageTooOld/reports": "suppressed",
+        "CeleryQueueNoConsumers/billing": "active",
+        "CeleryQueueOldestMessageTooOld/billing": "suppressed",
+        "CeleryQueueOldestMessageTooOld/emails": "active"},
+        key=lambda labels: f"{labels['alertname']}/{labels.get('name') or labels['queue_name']}")

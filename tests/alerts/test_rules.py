@@ -7,14 +7,16 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from alerts import build
 from celery_vitals.catalogue import SPECS, all_series_names
+from celery_vitals.rules import alerts as build
+from celery_vitals.rules.config import DEFAULT_RUNBOOK_URL, THRESHOLDS, RulesConfig
 from tests.alerts.rules import (
     PROMTOOL_TESTS,
     RULES_PATH,
@@ -34,6 +36,7 @@ TARGET_LABELS = {"job", "instance"}
 #: Series the rules may use besides the catalogue's and their own recordings:
 #: Prometheus's own ``up``, and the periodic-task configuration users provide.
 EXTERNAL_SERIES = {"up", build.PERIODIC_CONFIG}
+CLI = (sys.executable, "-m", "celery_vitals")
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
@@ -50,11 +53,12 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 # -- generated and valid -------------------------------------------------------------------
 
-def test_generated_files_are_current() -> None:
-    """The committed rule file and runbook tables are exactly what alerts/build.py writes."""
-    for path, content in build.outputs().items():
-        assert path.read_text(encoding="utf-8") == content, \
-            f"{path} is stale: run python alerts/build.py"
+def test_committed_rule_file_is_what_the_command_writes_without_overrides() -> None:
+    """`celery-vitals rules` with no config writes exactly alerts/celery-vitals.rules.yml."""
+    result = run(*CLI, "rules")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == RULES_PATH.read_text(encoding="utf-8"), \
+        f"{RULES_PATH} is stale: run scripts/generate.sh"
 
 
 def test_promtool_check_rules() -> None:
@@ -243,16 +247,19 @@ def test_runbook_sections_are_complete() -> None:
 
 def test_thresholds_are_documented() -> None:
     text = RUNBOOKS_PATH.read_text(encoding="utf-8")
-    for key in build.THRESHOLDS:
-        assert f"| `{key}` | {build.value(key)} |" in text
+    defaults = RulesConfig()
+    for key in THRESHOLDS:
+        assert f"| `{key}` | {defaults.text(key)} |" in text
 
 
-def test_periodic_tasks_configured_in_build_fire(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """PERIODIC_TASKS becomes config rules that CeleryPeriodicTaskMissed reads."""
-    monkeypatch.setattr(build, "PERIODIC_TASKS", {"reports.nightly": 90000})
+def test_periodic_tasks_configured_in_the_overrides_fire(tmp_path: Path) -> None:
+    """periodic_tasks becomes config rules that CeleryPeriodicTaskMissed reads."""
+    overrides = tmp_path / "overrides.yml"
+    overrides.write_text("periodic_tasks:\n  reports.nightly: 90000\n", encoding="utf-8")
     rules_file = tmp_path / "rules.yml"
-    rules_file.write_text(build.render_rules(), encoding="utf-8")
+    result = run(*CLI, "rules", "--config", str(overrides), "--output",
+                 str(rules_file))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert ('label_replace(vector(90000), "name", "reports.nightly", "", "")'
             in rules_file.read_text(encoding="utf-8"))
     (tmp_path / "test.yml").write_text(json.dumps({
@@ -275,7 +282,7 @@ def test_periodic_tasks_configured_in_build_fire(tmp_path: Path,
                                    "interval.",
                         "description": "reports.nightly last succeeded 1d 2h 0m 0s ago, "
                                        "longer than its configured interval allows.",
-                        "runbook_url": f"{build.RUNBOOK_URL}#celeryperiodictaskmissed",
+                        "runbook_url": f"{DEFAULT_RUNBOOK_URL}#celeryperiodictaskmissed",
                         "dashboard_url": "/d/celery-vitals-tasks?var-job=celery-vitals"
                                          "&var-task=reports.nightly"}}]}]}]}))
     result = run(promtool(), "test", "rules", str(tmp_path / "test.yml"))

@@ -1,34 +1,44 @@
-"""The committed dashboards/*.json is exactly what dashboards/build.py builds."""
+"""`celery-vitals dashboards` without overrides writes exactly the committed dashboards/*.json."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from dashboards import build
+from celery_vitals.rules import dashboards
+from celery_vitals.rules.config import RulesConfig
 from tests.dashboards.queries import DASHBOARDS, UIDS
 
 
-def test_committed_json_is_what_the_code_builds() -> None:
-    expected = build.rendered()
-    assert sorted(path.name for path in expected) == sorted(f"{uid}.json" for uid in UIDS)
-    stale = [path.name for path, text in expected.items()
-             if not path.exists() or path.read_text(encoding="utf-8") != text]
-    assert stale == [], f"stale dashboards {stale}: run .venv/bin/python dashboards/build.py"
-    assert sorted(path.name for path in DASHBOARDS.glob("*.json")) == sorted(
-        path.name for path in expected)
+def test_committed_json_is_what_the_command_writes(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery_vitals",
+            "dashboards",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    written = {path.name: path.read_text(encoding="utf-8") for path in (tmp_path / "out").iterdir()}
+    assert sorted(written) == sorted(f"{uid}.json" for uid in UIDS)
+    committed = {path.name: path.read_text(encoding="utf-8") for path in DASHBOARDS.glob("*.json")}
+    stale = sorted(name for name in written if committed.get(name) != written[name])
+    assert stale == [], f"stale dashboards {stale}: run scripts/generate.sh"
+    assert sorted(committed) == sorted(written)
 
 
 def test_output_is_deterministic_and_canonical() -> None:
-    first, second = build.rendered(), build.rendered()
+    first, second = dashboards.render(RulesConfig()), dashboards.render(RulesConfig())
     assert first == second
     for text in first.values():
         data = json.loads(text)
         assert text == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def test_check_mode_of_the_command_passes() -> None:
-    result = subprocess.run([sys.executable, str(DASHBOARDS / "build.py"), "--check"],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert (result.returncode, result.stderr) == (0, "")

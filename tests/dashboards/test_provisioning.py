@@ -24,4 +24,4 @@ def test_dashboard_provider_loads_the_generated_json_into_folder_celery() -> Non
     (provider,) = document["providers"]
     assert (provider["type"], provider["folder"], provider["options"]["path"]) == (
         "file", "Celery", "/var/lib/grafana/dashboards/celery-vitals")
-    assert provider["allowUiUpdates"] is False  # the JSON is generated: edit build.py
+    assert provider["allowUiUpdates"] is False  # the JSON is generated: edit celery_vitals/rules

@@ -73,7 +73,7 @@ def test_demo_rules_shorten_only_what_the_overrides_say(tmp_path: Path) -> None:
         ("CeleryTaskWorkerLost", "warning"): "15s",
     }
     text = path.read_text(encoding="utf-8")
-    assert "[5m]" not in text and "[15m]" not in text and "[1m]" in text and "[2m]" in text
+    assert "rate5m" not in text and "[15m]" not in text and "rate1m" in text and "[2m]" in text
     intended = {alert for incident in INCIDENTS.values() for alert in incident.alerts}
     assert intended <= {f"{name}/{severity}" for name, severity in demo}
 

@@ -1,16 +1,15 @@
 """charts/celery-vitals: lints, renders, and carries exactly the repo's alerts and dashboards.
 
 The chart cannot read files outside itself, so files/ holds copies of
-alerts/celery-vitals.rules.yml and dashboards/*.json; these tests keep them
-equal. To resync after regenerating alerts or dashboards:
-
-    cp alerts/celery-vitals.rules.yml charts/celery-vitals/files/alerts/ && \
-    cp dashboards/*.json charts/celery-vitals/files/dashboards/
+dashboards/*.json, and templates/prometheusrule.yaml is the rule file with the
+overrides of .Values.prometheusRule as Helm expressions; scripts/generate.sh
+writes both, and these tests check that they render the repository's files.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from celery_vitals import cli
 from tests.deploy.conftest import CHART, ROOT, helm_template
 
 VALUES_ALL = Path(__file__).with_name("values-all.yaml")
-SYNC = ("cp alerts/celery-vitals.rules.yml charts/celery-vitals/files/alerts/ && "
-        "cp dashboards/*.json charts/celery-vitals/files/dashboards/")
+SYNC = "bash scripts/generate.sh"
+SHIPPED_SELECTOR = 'job=~".*celery-vitals.*"'
+
 
 
 def _kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -41,10 +41,8 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_chart_copies_equal_the_repo_files() -> None:
-    pairs = [(ROOT / "alerts/celery-vitals.rules.yml",
-              CHART / "files/alerts/celery-vitals.rules.yml")]
-    pairs += [(path, CHART / "files/dashboards" / path.name)
-              for path in sorted((ROOT / "dashboards").glob("*.json"))]
+    pairs = [(path, CHART / "files/dashboards" / path.name)
+             for path in sorted((ROOT / "dashboards").glob("*.json"))]
     copies = sorted(p.name for p in (CHART / "files/dashboards").glob("*.json"))
     assert copies == sorted(p.name for p in (ROOT / "dashboards").glob("*.json")), SYNC
     for source, copy in pairs:
@@ -87,8 +85,18 @@ def test_deployment_is_probed_and_locked_down(helm: str, values: list[str]) -> N
     assert container["ports"] == [{"name": "http", "containerPort": 9808, "protocol": "TCP"}]
 
 
+def _rules(helm: str, *args: str) -> dict[str, dict[str, Any]]:
+    """The rendered PrometheusRule's rules by record name or alert name/severity."""
+    (rule,) = _kind(helm_template(helm, "--set", "prometheusRule.enabled=true", *args),
+                    "PrometheusRule")
+    return {r.get("record") or f"{r['alert']}/{r['labels']['severity']}": r
+            for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
 def test_prometheus_rule_is_the_repo_rules(helm: str) -> None:
-    objects = helm_template(helm, "-f", str(VALUES_ALL))
+    """With the shipped selector the chart renders exactly alerts/celery-vitals.rules.yml."""
+    objects = helm_template(helm, "-f", str(VALUES_ALL),
+                            "--set-string", f"prometheusRule.selector={SHIPPED_SELECTOR}")
     (rule,) = _kind(objects, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -97,17 +105,97 @@ def test_prometheus_rule_is_the_repo_rules(helm: str) -> None:
     assert any("{{ $labels" in str(r.get("annotations")) for g in expected for r in g["rules"])
 
 
-def test_dashboard_config_maps_are_the_repo_dashboards(helm: str) -> None:
-    objects = helm_template(helm, "-f", str(VALUES_ALL))
+@pytest.mark.parametrize(("args", "job"), [
+    ((), 'job=~"test-celery-vitals|default/test-celery-vitals-workers"'),
+    (("--set", "fullnameOverride=jobs-exporter", "--namespace", "celery"),
+     'job=~"jobs-exporter|celery/jobs-exporter-workers"'),
+    (("--set", "nameOverride=cv"), 'job=~"test-cv|default/test-cv-workers"'),
+])
+def test_default_selector_is_the_releases_jobs(helm: str, args: tuple[str, ...],
+                                               job: str) -> None:
+    """The jobs Prometheus Operator gives the ServiceMonitor's Service and the PodMonitor,
+    whatever the release name or name overrides."""
+    objects = helm_template(helm, "--set", "prometheusRule.enabled=true",
+                            "--set", "serviceMonitor.enabled=true", *args)
+    (service,) = _kind(objects, "Service")
+    assert job.startswith(f'job=~"{service["metadata"]["name"]}|')
+    (rule,) = _kind(objects, "PrometheusRule")
+    exporter_down = next(r for g in rule["spec"]["groups"] for r in g["rules"]
+                         if r.get("alert") == "CeleryExporterDown")
+    assert exporter_down["expr"].startswith(f"up{{{job}}} == 0\n")
+
+
+def test_values_override_threshold_for_selector_disabled_labels(helm: str,
+                                                                tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"  # a file: --set would pass 0.25 as a string
+    values.write_text(yaml.safe_dump({"prometheusRule": {
+        "thresholds": {"failure_ratio_warning": 0.25, "rate_window": "10m"},
+        "for": {"CeleryQueueClimbing": "45m"},
+        "disabledAlerts": ["CeleryWorkerFlapping", "CeleryBrokerDown"],
+        "selector": 'namespace="prod"', "ignoredQueues": ["scratch"],
+        "labels": {"team": "payments"}, "periodicTasks": {"nightly": 90000},
+        "runbookUrl": "https://wiki.example/rb"}}), encoding="utf-8")
+    rules = _rules(helm, "-f", str(values))
+    warning = rules["CeleryTaskFailureRateHigh/warning"]
+    assert warning["expr"].startswith(
+        "name_queue_name:celery_task_failed_plain:ratio_rate10m > 0.25\n")
+    assert warning["labels"] == {"severity": "warning", "team": "payments"}
+    assert warning["annotations"]["runbook_url"] == \
+        "https://wiki.example/rb#celerytaskfailureratehigh"
+    assert rules["CeleryQueueClimbing/warning"]["for"] == "45m"
+    assert not {"CeleryWorkerFlapping/warning", "CeleryBrokerDown/critical"} & set(rules)
+    assert "CeleryWorkerDown/warning" in rules
+    assert rules["name_queue_name:celery_task_received:rate10m"]["expr"] == (
+        "sum by (job, name, queue_name) (rate(celery_task_received_total"
+        '{namespace="prod", queue_name!~"scratch"}[10m]))')
+    assert rules["name:celery_periodic_task_max_age_seconds:config"]["expr"] == \
+        'label_replace(vector(90000), "name", "nightly", "", "")'
+
+
+def test_rendered_rules_pass_promtool(helm: str, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool not found (scripts/setup.sh installs it)"
+    (rule,) = _kind(helm_template(
+        helm, "--set", "prometheusRule.enabled=true",
+        "--set", "prometheusRule.thresholds.worker_process_memory_bytes=4294967296",
+        "--set", "prometheusRule.disabledAlerts={CeleryExporterDown}",
+        "--set", "prometheusRule.periodicTasks.a=60"), "PrometheusRule")
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "> 4294967296\n" in path.read_text(encoding="utf-8").replace("'", "")
+
+
+def _dashboards(helm: str, *args: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    objects = helm_template(helm, "-f", str(VALUES_ALL), *args)
     maps = [o for o in _kind(objects, "ConfigMap")
             if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
-    rendered = {name: text for m in maps for name, text in m["data"].items()}
+    return maps, {name: text for m in maps for name, text in m["data"].items()}
+
+
+def test_dashboard_config_maps_are_the_repo_dashboards(helm: str) -> None:
+    """With the shipped selector, exactly dashboards/*.json."""
+    maps, rendered = _dashboards(helm, "--set-string",
+                                 f"prometheusRule.selector={SHIPPED_SELECTOR}")
     expected = {p.name: p.read_text() for p in (ROOT / "dashboards").glob("*.json")}
     assert sorted(rendered) == sorted(expected)
     for name, text in rendered.items():
         assert text.rstrip("\n") == expected[name].rstrip("\n"), name
         assert json.loads(text) == json.loads(expected[name])
     assert all(m["metadata"]["annotations"]["grafana_folder"] == "Celery" for m in maps)
+
+
+def test_dashboards_select_the_releases_jobs(helm: str) -> None:
+    """The release's selector replaces the shipped one in every query of every dashboard."""
+    _, rendered = _dashboards(helm, "--set", "fullnameOverride=jobs-exporter")
+    selector = 'job=~"jobs-exporter|default/jobs-exporter-workers"'
+    for name, text in rendered.items():
+        shipped = (ROOT / "dashboards" / name).read_text()
+        assert SHIPPED_SELECTOR not in text.replace("\\\"", "\""), name
+        assert json.loads(text) == json.loads(shipped.replace(
+            json.dumps(SHIPPED_SELECTOR)[1:-1], json.dumps(selector)[1:-1])), name
 
 
 def test_service_monitor_follows_kube_prometheus_stack_conventions(helm: str) -> None:
@@ -204,7 +292,11 @@ def test_values_are_rendered_as_the_exporter_reads_them(helm: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["replicaCount=notanumber", "logLevel=loud",
-                                 "serviceMonitor.interval=soon", "unknownKey=1"])
+                                 "serviceMonitor.interval=soon", "unknownKey=1",
+                                 "prometheusRule.thresholds.rate_windw=5m",
+                                 "prometheusRule.thresholds.rate_window=5",
+                                 "prometheusRule.for.CeleryWorkerDown=soon",
+                                 "prometheusRule.disabledAlerts={CeleryTypo}"])
 def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
     result = subprocess.run([helm, "template", "test", str(CHART), "--set", bad],
                             capture_output=True, text=True, timeout=60, check=False)

@@ -4,7 +4,7 @@ Every worker runs tests/support/agent_app.py, which calls
 celery_vitals.agent.install(app); each gets its own free port through
 CELERY_VITALS_AGENT_LISTEN_ADDRESS and is scraped directly (no exporter, no
 task events). Redis and RabbitMQ, pools prefork (with child recycling),
-threads and solo. Queue names are unique per test: the RabbitMQ node is
+threads, solo and gevent. Queue names are unique per test: the RabbitMQ node is
 shared by the module.
 """
 
@@ -29,7 +29,7 @@ from tests.support.servers import RabbitMQServer
 pytestmark = pytest.mark.integration
 
 APP = "tests.support.agent_app"
-POOL_ARGS = {"prefork": ["--max-tasks-per-child=2"], "threads": [], "solo": []}
+POOL_ARGS = {"prefork": ["--max-tasks-per-child=2"], "threads": [], "solo": [], "gevent": []}
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])

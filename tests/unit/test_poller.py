@@ -143,6 +143,40 @@ def test_oldest_message_age_from_task_sent_events() -> None:
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="reports") is None
 
 
+def test_a_dlq_has_no_oldest_message_age_even_when_tasks_are_sent_to_it() -> None:
+    # a task that re-publishes itself to a DLQ by name (Redis has no dead-lettering),
+    # and a queue RabbitMQ says another queue dead-letters into: both hold by design
+    h = Harness()
+    amqp = ProbeResult(queues=(QueueStats("work", True, ready=0, consumers=1),
+                               QueueStats("parked", True, ready=1)),
+                       dead_letter_targets=frozenset({"parked"}))
+    with_poller(h, ScriptedProbe(amqp)).poll_once()
+    now = h.clock.now
+    h.feed(event("task-sent", now - 900, uuid="u1", name="t", queue="billing.dead"),
+           event("task-sent", now - 800, uuid="u2", name="t", queue="parked"),
+           event("task-sent", now - 700, uuid="u3", name="t", queue="work"))
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing.dead") is None
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="parked") is None
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="work") == 700
+    assert h.task("celery_task_sent_total", "t", "billing.dead") == 1
+
+
+def test_a_dead_letter_target_is_polled_from_the_next_poll_not_the_next_discovery() -> None:
+    h = Harness()
+    first = ProbeResult(queues=(QueueStats("billing", True, ready=0),),
+                        dead_letter_targets=frozenset({"billing.parked"}))
+    second = ProbeResult(queues=(QueueStats("billing", True, ready=0),
+                                 QueueStats("billing.parked", True, ready=4)),
+                         dead_letter_targets=frozenset({"billing.parked"}))
+    probe = ScriptedProbe(first, second)
+    poller = with_poller(h, probe)
+    poller.poll_once()
+    poller.poll_once()  # well within the discovery interval
+    assert probe.polled == [["billing", "from-worker", "missing"],
+                            ["billing", "billing.parked", "from-worker", "missing"]]
+    assert h.value("celery_dlq_length", queue_name="billing.parked") == 4
+
+
 def test_queue_label_cap_applies_to_polled_queues() -> None:
     # "celery" (the default queue) takes one slot, the DLQ one at poll time, billing one
     h = Harness(max_queue_names=3)

@@ -68,6 +68,23 @@ def test_not_registered_failure_is_counted_under_the_unknown_tasks_name() -> Non
     assert h.value("celery_vitals_unknown_uuid_events_total", type="task-failed") is None
 
 
+def test_a_task_sent_arriving_after_its_task_failed_never_waits_in_the_queue() -> None:
+    # a worker discarding an unregistered task can report task-failed before the
+    # client's task-sent reaches the exporter: the task is over, no message waits
+    h = Harness()
+    now = h.clock.now
+    h.feed(event("task-failed", now - 2, uuid="u1", exception="NotRegistered('old.task')",
+                 queue="billing"),
+           event("task-sent", now - 3, "client", uuid="u1", name="old.task", retries=0,
+                 queue="billing"))
+    assert h.task("celery_task_sent_total", "old.task", "billing") == 1
+    assert h.task("celery_task_failed_total", "old.task", "billing",
+                  exception="NotRegistered") == 1
+    assert h.tasks.oldest_pending() == {}
+    assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") is None
+    assert h.value("celery_vitals_tracked_tasks") == 0
+
+
 def test_duplicate_terminal_events_count_once() -> None:
     h = Harness()
     failed = event("task-failed", uuid="u1", exception="ExceptionWithTraceback()")

@@ -45,3 +45,13 @@ app.kubernetes.io/part-of: celery-vitals
 {{- define "celery-vitals.scheme" -}}
 {{- if and .Values.webConfig.enabled (or .Values.webConfig.tlsSecret (hasKey .Values.webConfig.config "tls_server_config")) }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
+
+{{/*
+The label matchers of every series the rules and dashboards read:
+prometheusRule.selector, or the jobs Prometheus Operator gives this release's
+ServiceMonitor (the Service's name) and worker PodMonitor (namespace/name).
+*/}}
+{{- define "celery-vitals.selector" -}}
+{{- $fullname := include "celery-vitals.fullname" . -}}
+{{- .Values.prometheusRule.selector | default (printf "job=~%s" (printf "%s|%s/%s-workers" $fullname .Release.Namespace $fullname | toJson)) -}}
+{{- end }}

@@ -1,1 +1,0 @@
-"""celery-vitals Grafana dashboards: built by ``build.py``, committed as JSON beside it."""

@@ -1,0 +1,855 @@
+"""The celery-vitals Prometheus rules: recording rules and the diagnosis-tree alerts.
+
+``render(config)`` is the rule file ``celery-vitals rules`` writes; with the
+default RulesConfig it is the shipped ``alerts/celery-vitals.rules.yml``.
+The thresholds and their documentation are in ``rules.config``.
+
+Conventions:
+
+- Recording rules are named ``level:metric:operation``; the level lists the
+  labels kept besides ``job`` (every aggregation keeps ``job``: one job per
+  broker, so series of different brokers are never summed together).
+- Alerts are ``Celery...`` in CamelCase, with ``for``, a ``severity``
+  (critical pages, warning opens a ticket, info is for dashboards), a stable
+  ``summary``, a templated ``description``, ``runbook_url`` (its section of
+  docs/runbooks.md) and ``dashboard_url`` (a Grafana dashboard by uid).
+- The builders write bare metric names; ``promql.scope`` adds the config's
+  selector to every series of every expression at the end.
+- Alerts built on the absence of task events ("nothing left the queue",
+  "no success since") carry ``unless`` clauses that silence them while the
+  exporter is blind (event stream down, a worker without task events);
+  deploy/alertmanager.yml inhibits the same alerts once more.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+from celery_vitals.rules.config import THRESHOLDS, RulesConfig, number_text, regex_text
+from celery_vitals.rules.promql import (
+    OVERVIEW,
+    QUEUES,
+    SLOW,
+    TASKS,
+    WORKERS,
+    drain_time,
+    failure_ratio,
+    finished,
+    occurrences,
+    or_zero,
+    retry_amplification,
+    scope,
+    sum_rate,
+)
+
+#: The series CeleryPeriodicTaskMissed reads the periodic tasks' limits from.
+PERIODIC_CONFIG = "name:celery_periodic_task_max_age_seconds:config"
+
+TASK = "job, name, queue_name"
+QUEUE = "job, queue_name"
+WORKER = "job, hostname"
+INSTANCE = "job, instance"
+
+#: Exceptions with an alert of their own: not counted by CeleryTaskFailureRateHigh.
+CLASSIFIED_EXCEPTIONS = (
+    "Reject",  # Reject(requeue=False): a dead letter, CeleryDeadLetterQueueGrowing explains it
+    "NotRegistered",
+    "WorkerLostError",
+    "TimeLimitExceeded",
+    "SoftTimeLimitExceeded",
+)
+
+
+def _per_second(c: RulesConfig, key: str) -> str:
+    """A per-minute threshold as a per-second PromQL expression, e.g. ``(1 / 60)``."""
+    return f"({c.text(key)} / 60)"
+
+
+def _indent(text: str, spaces: int = 2) -> str:
+    return "\n".join(" " * spaces + line if line else line for line in text.splitlines())
+
+
+BROKER_UP = "unless on (job) (celery_broker_up == 0)"
+# While the exporter is blind, "no task event" proves nothing.
+EXPORTER_SEES = (
+    "unless on (job) (celery_vitals_event_stream_up == 0)\n"
+    "unless on (job) (max by (job) (celery_worker_task_events_missing) == 1)"
+)
+
+
+def _no_consumers() -> str:
+    """Queues with messages that nobody consumes.
+
+    RabbitMQ tells the consumer count. Redis does not: there, a queue nobody
+    has received a task from since the exporter started, while workers are
+    up, is one they do not listen to (a typo in task_routes, a missing -Q).
+    """
+    return (
+        "(\n"
+        "  queue_name:celery_queue_length:sum > 0\n"
+        "  and on (job, queue_name) (sum by (job, queue_name) (celery_queue_consumers) == 0)\n"
+        ")\n"
+        "or\n"
+        "(\n"
+        "  queue_name:celery_queue_length:sum > 0\n"
+        "  unless on (job, queue_name) celery_queue_consumers\n"
+        "  unless on (job, queue_name) celery_task_received_total\n"
+        "  and on (job) (sum by (job) (celery_worker_up) > 0)\n"
+        f"{_indent(EXPORTER_SEES)}\n"
+        ")"
+    )
+
+
+# -- rules -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    record: str
+    expr: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    severity: str  # critical | warning | info
+    for_: str
+    expr: str
+    summary: str
+    description: str
+    dashboard: str | None = None  # path below the dashboard_url base, e.g. /d/<uid>?var-...
+
+    @property
+    def anchor(self) -> str:
+        """GitHub's anchor for a markdown heading that is exactly the alert name."""
+        return self.name.lower()
+
+    def unless(self, labels: str, condition: str) -> Alert:
+        """This alert, silent where ``condition`` (another alert's) holds for the same
+        ``labels``: one incident, one page."""
+        return replace(self, expr=f"{self.expr}\nunless on ({labels}) (\n{_indent(condition)}\n)")
+
+
+def _rate(c: RulesConfig, metric: str, labels: str = TASK, matchers: str = "") -> str:
+    return sum_rate(metric, c.text("rate_window"), labels, matchers)
+
+
+def recording_rules(c: RulesConfig) -> list[Record]:
+    """Per-task, per-queue and periodic-task series that the alerts and dashboards share."""
+    w = c.text("rate_window")
+    t = f"name_queue_name:celery_task_{{}}:rate{w}"
+    received, succeeded, failed = t.format("received"), t.format("succeeded"), t.format("failed")
+    retried, after_retries = t.format("retried"), t.format("failed_after_retries")
+    done, plain = t.format("finished"), t.format("failed_plain")
+    length = "queue_name:celery_queue_length:sum"
+    egress = f"queue_name:celery_queue_egress:rate{w}"
+    classified = "|".join(CLASSIFIED_EXCEPTIONS)
+    unclassified = f'exception!~"{classified}"'
+    latch = "name:celery_task_last_success_timestamp_seconds:max"
+    rules = [
+        Record(received, _rate(c, "celery_task_received_total")),
+        Record(succeeded, _rate(c, "celery_task_succeeded_total")),
+        Record(failed, _rate(c, "celery_task_failed_total")),
+        Record(retried, _rate(c, "celery_task_retried_total")),
+        Record(after_retries, _rate(c, "celery_task_failed_after_retries_total")),
+        # a task that never succeeded (or never failed) has no such series: fill in zeros
+        Record(done, finished(succeeded, failed)),
+        Record(
+            f"name_queue_name:celery_task_failed:ratio_rate{w}",
+            failure_ratio(failed, succeeded, done),
+        ),
+        # failures that no more specific alert explains: not a classified exception,
+        # not the last attempt of a task that retried (CeleryTaskRetriesExhausted)
+        Record(
+            plain,
+            "clamp_min(\n"
+            f"  {_rate(c, 'celery_task_failed_total', matchers=unclassified)}\n"
+            f"  - {or_zero(after_retries, failed)},\n"
+            "  0\n"
+            ")",
+        ),
+        Record(f"name_queue_name:celery_task_failed_plain:ratio_rate{w}", f"{plain}\n/ {done}"),
+        # retries per new task: received counts every attempt, so new = received - retried
+        Record(
+            f"name_queue_name:celery_task_retry_amplification:rate{w}",
+            retry_amplification(retried, received),
+        ),
+        Record(length, f"sum by ({QUEUE}) (celery_queue_length)"),
+        Record(
+            f"queue_name:celery_queue_length:deriv{c.text('queue_trend_window')}",
+            f"sum by ({QUEUE}) (deriv(celery_queue_length[{c.text('queue_trend_window')}]))",
+        ),
+        Record(
+            f"queue_name:celery_queue_length:deriv{c.text('queue_climb_window')}",
+            f"sum by ({QUEUE}) (deriv(celery_queue_length[{c.text('queue_climb_window')}]))",
+        ),
+        # a message leaves the queue when a worker receives it (retries and redeliveries too)
+        Record(egress, f"sum by ({QUEUE}) ({received})"),
+        Record(
+            f"queue_name:celery_queue_ingress:rate{w}",
+            _rate(c, "celery_task_sent_total", labels=QUEUE),
+        ),
+        # time to work off the backlog at the current egress, new arrivals ignored;
+        # +Inf for a queue with messages that nothing leaves
+        Record(
+            f"queue_name:celery_queue_drain_time_seconds:estimate{w}", drain_time(length, egress)
+        ),
+        # the last success survives an exporter restart (the rule reads its own last value)
+        Record(
+            latch, f"max by (job, name) (celery_task_last_success_timestamp_seconds)\nor {latch}"
+        ),
+    ]
+    rules += [
+        Record(
+            PERIODIC_CONFIG,
+            f'label_replace(vector({number_text(seconds)}), "name", {json.dumps(name)}, "", "")',
+        )
+        for name, seconds in sorted(c.periodic_tasks.items())
+    ]
+    return rules
+
+
+def _task_dashboard() -> str:
+    return (
+        f"/d/{TASKS}?var-job={{{{ $labels.job | urlquery }}}}"
+        "&var-queue={{ $labels.queue_name | urlquery }}"
+        "&var-task={{ $labels.name | urlquery }}"
+    )
+
+
+def _queue_dashboard(with_queue: bool = True) -> str:
+    url = f"/d/{QUEUES}?var-job={{{{ $labels.job | urlquery }}}}"
+    return url + ("&var-queue={{ $labels.queue_name | urlquery }}" if with_queue else "")
+
+
+def _worker_dashboard() -> str:
+    return (
+        f"/d/{WORKERS}?var-job={{{{ $labels.job | urlquery }}}}"
+        "&var-worker={{ $labels.hostname | urlquery }}"
+    )
+
+
+def _job_dashboard(uid: str) -> str:
+    return f"/d/{uid}?var-job={{{{ $labels.job | urlquery }}}}"
+
+
+def _failure_ratio_above(c: RulesConfig, ratio_series: str, key: str) -> str:
+    """``ratio_series`` above the threshold ``key``: the task overrides' own (the first
+    override whose pattern matches a task wins), the global one for every other task."""
+    parts: list[str] = []
+    earlier: list[str] = []
+    for override in c.tasks:
+        own = getattr(override, key)
+        if own is not None and not override.ignore:
+            matchers = [f'name=~"{regex_text(override.pattern)}"']
+            if earlier:
+                matchers.append(f'name!~"{regex_text("|".join(earlier))}"')
+            parts.append(f"{ratio_series}{{{', '.join(matchers)}}} > {number_text(own)}")
+        earlier.append(override.pattern)
+    rest = f'{{name!~"{regex_text("|".join(earlier))}"}}' if parts else ""
+    default = f"{ratio_series}{rest} > {c.text(key)}"
+    if not parts:
+        return default
+    return "(\n" + _indent("\nor ".join([default, *parts])) + "\n)"
+
+
+def _retry_storm(c: RulesConfig) -> str:
+    """Tasks retrying themselves into a storm: many retries per new task, and the
+    retrying tasks do not finish. Bounded retries (max_retries=2, then success or a
+    dead letter) finish every task, so they are no storm however many retries they take."""
+    w = c.text("rate_window")
+    t = f"name_queue_name:celery_task_{{}}:rate{w}"
+    new = f"clamp_min({t.format('received')} - {t.format('retried')}, 0)"
+    return (
+        f"name_queue_name:celery_task_retry_amplification:rate{w}"
+        f" > {c.text('retry_amplification')}\n"
+        f"and {t.format('retried')} > {_per_second(c, 'retry_min_per_minute')}\n"
+        f"unless on ({TASK}) (\n"
+        f"  {t.format('finished')}\n"
+        f"  > on ({TASK}) {new} * {c.text('retry_storm_finished_ratio')}\n"
+        ")"
+    )
+
+
+def _task_alerts(c: RulesConfig) -> list[Alert]:
+    w, ew = c.text("rate_window"), c.text("event_window")
+    plain = f"name_queue_name:celery_task_failed_plain:rate{w}"
+    plain_ratio = f"name_queue_name:celery_task_failed_plain:ratio_rate{w}"
+    failure_description = (
+        "{{ $value | humanizePercentage }} of the runs of {{ $labels.name }} (queue "
+        f"{{{{ $labels.queue_name }}}}) failed over the last {w}. Counted are failures no more "
+        "specific alert explains: time limits, lost workers, unregistered tasks and exhausted "
+        "retries have their own."
+    )
+    failure = [
+        Alert(
+            "CeleryTaskFailureRateHigh",
+            severity,
+            "5m",
+            f"{_failure_ratio_above(c, plain_ratio, key)}\n"
+            f"and {plain} > {_per_second(c, 'failure_min_per_minute')}",
+            "A Celery task fails often.",
+            failure_description,
+            _task_dashboard(),
+        )
+        for severity, key in (
+            ("warning", "failure_ratio_warning"),
+            ("critical", "failure_ratio_critical"),
+        )
+    ]
+
+    def failures(exceptions: str) -> str:
+        return f"celery_task_failed_total{{exception{exceptions}}}"
+
+    def event(
+        name: str,
+        selector: str,
+        threshold: str,
+        summary: str,
+        *,
+        happened: str,
+        consequence: str,
+        by: str = TASK,
+    ) -> Alert:
+        """An alert on events a task counter counted in the event window."""
+        return Alert(
+            name,
+            "warning",
+            "1m",
+            f"{occurrences(selector, by, ew)} >= {c.text(threshold)}",
+            summary,
+            f"{{{{ $labels.name }}}} (queue {{{{ $labels.queue_name }}}}) {happened} "
+            f"({{{{ $value | humanize }}}} in the last {ew}): {consequence}",
+            _task_dashboard(),
+        )
+
+    return [
+        *failure,
+        Alert(
+            "CeleryTaskRetryStorm",
+            "warning",
+            "5m",
+            _retry_storm(c),
+            "A Celery task retries itself into a storm.",
+            "{{ $labels.name }} (queue {{ $labels.queue_name }}) was retried "
+            "{{ $value | humanize }} times per new task over the last " + w + ": each retry "
+            "is another message and another run, so a failing dependency multiplies the load.",
+            _task_dashboard(),
+        ),
+        # during a storm the exhausted retries are its symptom: one page, the storm's
+        event(
+            "CeleryTaskRetriesExhausted",
+            "celery_task_failed_after_retries_total",
+            "retries_exhausted_min",
+            "Celery tasks failed for good after retrying.",
+            happened="failed for good after retrying",
+            consequence="the retries did not help, the work is lost or dead-lettered.",
+        ).unless(TASK, _retry_storm(c)),
+        event(
+            "CeleryTaskWorkerLost",
+            failures('="WorkerLostError"'),
+            "worker_lost_min",
+            "Celery tasks died with their worker process (WorkerLostError).",
+            happened="failed with WorkerLostError",
+            consequence="the pool process running it was killed (OOM killer, SIGKILL) or crashed.",
+        ),
+        event(
+            "CeleryTaskTimeLimitExceeded",
+            failures('=~"TimeLimitExceeded|SoftTimeLimitExceeded"'),
+            "time_limit_min",
+            "Celery tasks hit their time limit.",
+            happened="failed with {{ $labels.exception }}",
+            consequence="the task ran longer than its time limit allows.",
+            by=f"{TASK}, exception",
+        ),
+        event(
+            "CeleryTaskNotRegistered",
+            failures('="NotRegistered"'),
+            "not_registered_min",
+            "Workers received Celery tasks they do not know (NotRegistered).",
+            happened="reached workers that do not know the task",
+            consequence="producers and workers run different code, or the name is "
+            "misspelled. Celery drops these messages.",
+        ),
+        event(
+            "CeleryTaskRedelivered",
+            "celery_task_redelivered_total",
+            "redelivered_min",
+            "The broker delivered Celery tasks a second time.",
+            happened="was received again without a retry",
+            consequence="the Redis visibility timeout passed or a worker was lost before "
+            "acknowledging. It may run twice.",
+        ),
+        Alert(
+            "CeleryPeriodicTaskMissed",
+            "warning",
+            "5m",
+            "(time() - name:celery_task_last_success_timestamp_seconds:max)\n"
+            f"  > on (name) group_left () {PERIODIC_CONFIG}\n" + EXPORTER_SEES,
+            "A periodic Celery task has not succeeded within its interval.",
+            "{{ $labels.name }} last succeeded {{ $value | humanizeDuration }} ago, longer "
+            "than its configured interval allows.",
+            f"/d/{TASKS}?var-job={{{{ $labels.job | urlquery }}}}"
+            "&var-task={{ $labels.name | urlquery }}",
+        ),
+    ]
+
+
+def _queue_alerts(c: RulesConfig) -> list[Alert]:
+    w = c.text("rate_window")
+    length = "queue_name:celery_queue_length:sum"
+    egress = f"queue_name:celery_queue_egress:rate{w}"
+    short = f"queue_name:celery_queue_length:deriv{c.text('queue_trend_window')}"
+    long = f"queue_name:celery_queue_length:deriv{c.text('queue_climb_window')}"
+    drain = f"queue_name:celery_queue_drain_time_seconds:estimate{w}"
+    no_drain = c.text("queue_no_drain_window")
+    received = occurrences("celery_task_received_total", QUEUE, no_drain)
+    stale = c.text("dlq_stale_window")
+    # messages wait and nothing took one for the no-drain window (CeleryQueueNotDraining's
+    # and CeleryQueueNoConsumers' incident)
+    stuck = f"{length} > 0\nunless on ({QUEUE}) (\n{_indent(received)} > 0\n)"
+    oldest = [
+        Alert(
+            "CeleryQueueOldestMessageTooOld",
+            severity,
+            "5m",
+            f"max by ({QUEUE}) (celery_queue_oldest_message_age_seconds) > {c.text(key)}\n"
+            + EXPORTER_SEES,
+            "Tasks wait too long in a Celery queue.",
+            "The oldest task sent to queue {{ $labels.queue_name }} and not yet received by a "
+            "worker has waited {{ $value | humanizeDuration }}.",
+            _queue_dashboard(),
+        ).unless(QUEUE, stuck)  # not draining or no consumers: that alert pages instead
+        for severity, key in (
+            ("warning", "oldest_message_warning"),
+            ("critical", "oldest_message_critical"),
+        )
+    ]
+    return [
+        Alert(
+            "CeleryQueueClimbing",
+            "warning",
+            "15m",
+            f"{long} * 60 > {c.text('queue_climb_min_per_minute')}\n"
+            f"and {short} > 0\n"
+            f"and {length} > {c.text('queue_min_backlog')}\n"
+            f"and {egress} > 0\n" + BROKER_UP,
+            "A Celery queue keeps growing although workers consume it.",
+            "Queue {{ $labels.queue_name }} grew by {{ $value | humanize }} messages per "
+            f"minute over the last {c.text('queue_climb_window')} while workers took tasks "
+            "from it: more arrives than the workers finish.",
+            _queue_dashboard(),
+        ),
+        Alert(
+            "CeleryQueueSlowDrain",
+            "warning",
+            "10m",
+            f"{drain} > {c.text('queue_drain_slo')}\n"
+            f"and {length} > {c.text('queue_min_backlog')}\n"
+            f"and {egress} > 0\n"
+            f"and {short} <= 0\n" + BROKER_UP,
+            "A Celery queue drains too slowly.",
+            "At the rate workers take tasks from queue {{ $labels.queue_name }}, its backlog "
+            "takes {{ $value | humanizeDuration }} to drain, more than the "
+            f"{c.text('queue_drain_slo')}s objective.",
+            _queue_dashboard(),
+        ),
+        Alert(
+            "CeleryQueueNotDraining",
+            "critical",
+            "3m",
+            f"{stuck}\n"
+            f"unless on ({QUEUE}) (\n{_indent(_no_consumers())}\n)\n"
+            + EXPORTER_SEES
+            + "\n"
+            + BROKER_UP,
+            "A Celery queue has messages and nothing takes them.",
+            "{{ $value | humanize }} messages wait in queue {{ $labels.queue_name }} and no "
+            f"worker received a task from it for {no_drain}: its workers are stopped or stuck.",
+            _queue_dashboard(),
+        ),
+        Alert(
+            "CeleryQueueNoConsumers",
+            "critical",
+            "5m",
+            f"(\n{_indent(_no_consumers())}\n)\n" + BROKER_UP,
+            "A Celery queue has messages and no consumer.",
+            "{{ $value | humanize }} messages wait in queue {{ $labels.queue_name }}, which no "
+            "worker consumes: a misspelled queue in task_routes, or no worker started with "
+            "-Q for it.",
+            _queue_dashboard(),
+        ),
+        *oldest,
+        Alert(
+            "CeleryQueueUnackedNearVisibilityTimeout",
+            "warning",
+            "1m",
+            f"max by ({QUEUE}) (\n"
+            "  celery_queue_oldest_unacked_age_seconds\n"
+            "  / on (job, instance) group_left () celery_queue_visibility_timeout_seconds\n"
+            f") > {c.text('visibility_timeout_ratio')}",
+            "A Celery task is close to the Redis visibility timeout.",
+            "The oldest unacknowledged delivery from queue {{ $labels.queue_name }} is at "
+            "{{ $value | humanizePercentage }} of the visibility timeout: past it, Redis "
+            "delivers the task to another worker and it runs twice.",
+            _queue_dashboard(),
+        ),
+        Alert(
+            "CeleryDeadLetterQueueGrowing",
+            "warning",
+            "1m",
+            occurrences("celery_dlq_ingress_total", QUEUE, c.text("event_window"))
+            + f" >= {c.text('dlq_ingress_min')}",
+            "Messages are entering a Celery dead-letter queue.",
+            "Messages entered dead-letter queue {{ $labels.queue_name }} "
+            "({{ $value | humanize }} in the last " + c.text("event_window") + ").",
+            _queue_dashboard(with_queue=False),
+        ),
+        Alert(
+            "CeleryDeadLetterQueueNotDrained",
+            "warning",
+            "15m",
+            # never empty within the window, and already there when it began
+            f"max by ({QUEUE}) (min_over_time(celery_dlq_length[{stale}])) > 0\n"
+            f"and on ({QUEUE}) max by ({QUEUE}) (celery_dlq_length offset {stale}) > 0",
+            "A Celery dead-letter queue is not being drained.",
+            "Dead-letter queue {{ $labels.queue_name }} has held at least "
+            "{{ $value | humanize }} messages for " + stale + ": nobody "
+            "replays or discards them.",
+            _queue_dashboard(with_queue=False),
+        ),
+    ]
+
+
+def _agent_targets(c: RulesConfig) -> str:
+    """Scrape targets that were agents inside workers (they export celery_vitals_agent_info)."""
+    return (
+        "max by (job, instance, hostname) "
+        f"(max_over_time(celery_vitals_agent_info[{c.text('worker_remembered')}]))"
+    )
+
+
+def _purged_worker_down(c: RulesConfig) -> str:
+    """Workers that went down and whose series the exporter has purged since, while their
+    job has fewer workers up than it had: nothing recovered (a replacement under another
+    hostname brings the count back and ends it)."""
+    remembered = c.text("worker_down_remembered")
+    up = "sum by (job) (celery_worker_up)"
+    return (
+        f"max by ({WORKER}) (\n"
+        f"  max_over_time((max by ({WORKER}) (celery_worker_up) == 0)[{remembered}:1m])\n"
+        ")\n"
+        f"unless on ({WORKER}) celery_worker_up\n"
+        f"and on (job) ({up} < max_over_time(({up})[{remembered}:1m]))\n"
+        "unless on (job) (celery_vitals_event_stream_up == 0)"
+    )
+
+
+def _worker_alerts(c: RulesConfig) -> list[Alert]:
+    flap, w, ew = c.text("worker_flap_window"), c.text("rate_window"), c.text("event_window")
+    memory = "celery_worker_process_resident_memory_bytes"
+    trend = c.text("memory_trend_window")
+    return [
+        Alert(
+            "CeleryWorkerDown",
+            "warning",
+            "5m",
+            # the exporter's view (heartbeats), the same after the exporter purged the
+            # worker's series, or an agent's target that stopped answering
+            f"(\n  max by ({WORKER}) (celery_worker_up) == 0\n"
+            "  unless on (job) (celery_vitals_event_stream_up == 0)\n)\n"
+            f"or\n(\n{_indent(_purged_worker_down(c))}\n)\n"
+            f"or\nmax by ({WORKER}) (\n"
+            f"  (up == 0) * on (job, instance) group_left (hostname) {_agent_targets(c)}\n)",
+            "A Celery worker is down.",
+            "Worker {{ $labels.hostname }} went offline or stopped sending heartbeats.",
+            _worker_dashboard(),
+        ),
+        Alert(
+            "CeleryWorkerFlapping",
+            "warning",
+            "1m",
+            f"sum by ({WORKER}) (increase(celery_worker_starts_total[{flap}]))"
+            f" >= {c.text('worker_flap_starts')}",
+            "A Celery worker keeps restarting.",
+            "Worker {{ $labels.hostname }} started {{ $value | humanize }} times in the last "
+            f"{flap}.",
+            _worker_dashboard(),
+        ),
+        Alert(
+            "CeleryWorkerTaskEventsMissing",
+            "critical",
+            "5m",
+            f"max by ({WORKER}) (celery_worker_task_events_missing) == 1",
+            "A Celery worker sends no task events: celery-vitals is blind to its tasks.",
+            "Worker {{ $labels.hostname }} reports processed tasks in its heartbeats but no "
+            "task event arrived from it. Task, queue and periodic-task alerts that rely on "
+            "task events are silenced while this fires.",
+            _worker_dashboard(),
+        ),
+        Alert(
+            "CeleryWorkerPoolProcessKilled",
+            "warning",
+            "1m",
+            occurrences('celery_worker_pool_process_exits_total{reason="killed"}', WORKER, ew)
+            + f" >= {c.text('worker_killed_min')}",
+            "Celery pool processes were killed (OOM killer or SIGKILL).",
+            "{{ $value | humanize }} pool processes of worker {{ $labels.hostname }} were "
+            f"ended by a signal in the last {ew}: the kernel's OOM killer (SIGKILL) is the "
+            "usual cause. The task each was running failed with WorkerLostError.",
+            _worker_dashboard(),
+        ),
+        Alert(
+            "CeleryWorkerMemoryGrowing",
+            "warning",
+            "15m",
+            f"predict_linear({memory}[{trend}], {c.text('memory_horizon')})"
+            f" > {c.text('worker_process_memory_bytes')}\n"
+            f"and deriv({memory}[{trend}]) > 0",
+            "A Celery worker process' memory grows toward its limit.",
+            "Process {{ $labels.process }} of worker {{ $labels.hostname }} grows and is on "
+            "course for {{ $value | humanize1024 }}B within "
+            f"{c.text('memory_horizon')}s: without child recycling the OOM killer ends it.",
+            _worker_dashboard(),
+        ),
+        Alert(
+            "CeleryWorkerPoolSaturated",
+            "warning",
+            "5m",
+            f"avg_over_time(celery_worker_pool_busy_processes[{w}])\n"
+            f"/ avg_over_time(celery_worker_pool_processes[{w}])"
+            f" >= {c.text('pool_saturation_ratio')}\n"
+            "and on (job) (sum by (job) (queue_name:celery_queue_length:sum)"
+            f" >= {c.text('queue_min_backlog')})",
+            "A Celery worker's pool is saturated while a backlog waits.",
+            "{{ $value | humanizePercentage }} of the pool processes of worker "
+            f"{{{{ $labels.hostname }}}} were busy over the last {w} while messages wait in "
+            "the broker's queues: add workers or concurrency, or look for tasks that hang.",
+            _worker_dashboard(),
+        ),
+        Alert(
+            "CeleryWorkerPrefetchHoarding",
+            "warning",
+            "10m",
+            "(celery_worker_tasks_reserved - celery_worker_eta_tasks)"
+            f" >= {c.text('prefetch_held_min')}\n"
+            "and celery_worker_pool_busy_processes >= celery_worker_pool_processes\n"
+            "and on (job) (\n"
+            "  sum by (job) (celery_worker_pool_processes - celery_worker_pool_busy_processes)"
+            " > 0\n)",
+            "A busy Celery worker holds prefetched tasks other workers could run.",
+            "Worker {{ $labels.hostname }} has every pool process busy and holds "
+            "{{ $value | humanize }} more tasks prefetched while other workers have idle "
+            "processes: lower worker_prefetch_multiplier, or use -O fair / acks_late for "
+            "long tasks.",
+            _worker_dashboard(),
+        ),
+    ]
+
+
+def _broker_exporter_alerts(c: RulesConfig) -> list[Alert]:
+    ew = c.text("event_window")
+    persistence = 'celery_broker_persistence_enabled{kind=~"rdb|aof"}'
+    return [
+        Alert(
+            "CeleryBrokerDown",
+            "critical",
+            "1m",
+            "celery_broker_up == 0",
+            "celery-vitals cannot reach the Celery broker.",
+            "The exporter {{ $labels.instance }} could not poll the broker: queue depths are "
+            "stale and the queue alerts are silenced.",
+            _job_dashboard(SLOW),
+        ),
+        Alert(
+            "CeleryRedisBrokerNotPersistent",
+            "warning",
+            "15m",
+            # both kinds known (RDB is unknown on a Redis that refuses CONFIG and has
+            # taken no snapshot yet) and both off
+            f"max by ({INSTANCE}) ({persistence}) == 0\n"
+            f"and on ({INSTANCE}) count by ({INSTANCE}) ({persistence}) == 2\n"
+            f'and on ({INSTANCE}) celery_broker_info{{transport="redis"}}',
+            "The Redis broker does not persist to disk.",
+            "The Redis broker behind {{ $labels.instance }} has neither RDB snapshots nor "
+            "AOF: a Redis restart loses every queued task.",
+        ),
+        Alert(
+            "CeleryExporterDown",
+            "critical",
+            "5m",
+            f"up == 0\nunless on (job, instance) {_agent_targets(c)}",
+            "Prometheus cannot scrape celery-vitals.",
+            "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}): no "
+            "Celery alert can fire while it is down.",
+            _job_dashboard(OVERVIEW),
+        ),
+        Alert(
+            "CeleryExporterEventStreamDown",
+            "critical",
+            "2m",
+            "celery_vitals_event_stream_up == 0\nunless on (job, instance) (celery_broker_up == 0)",
+            "celery-vitals receives no Celery events.",
+            "The event stream of {{ $labels.instance }} is disconnected although the broker "
+            "answers: task and worker metrics are frozen, and alerts built on them are "
+            "silenced.",
+            _job_dashboard(SLOW),
+        ),
+        Alert(
+            "CeleryExporterEventsLost",
+            "warning",
+            "5m",
+            f"increase(celery_vitals_heartbeats_missed_total[{ew}])"
+            f" >= {c.text('heartbeats_missed_min')}",
+            "celery-vitals is losing Celery events.",
+            "{{ $value | humanize }} worker heartbeats never reached {{ $labels.instance }} in "
+            f"the last {ew} although the workers stayed online: task events are lost too, "
+            "and task counts are too low.",
+            _job_dashboard(SLOW),
+        ),
+        Alert(
+            "CeleryExporterTrackerEvicting",
+            "warning",
+            "5m",
+            f"sum by (job, instance, reason) (increase(celery_vitals_tracker_evictions_total"
+            f"[{ew}])) >= {c.text('tracker_evictions_min')}",
+            "celery-vitals forgets unfinished tasks.",
+            "{{ $labels.instance }} dropped {{ $value | humanize }} unfinished tasks from its "
+            f"uuid map in the last {ew} (reason {{{{ $labels.reason }}}}): their later events "
+            'are counted as name="unknown".',
+            _job_dashboard(SLOW),
+        ),
+        Alert(
+            "CeleryExporterLabelValuesFolded",
+            "info",
+            "5m",
+            occurrences(
+                "celery_vitals_label_values_folded_total", "job, instance, label, reason", ew
+            )
+            + f" >= {c.text('label_values_folded_min')}",
+            'celery-vitals folds label values into "other".',
+            "{{ $labels.instance }} replaced {{ $value | humanize }} values of label "
+            '{{ $labels.label }} by "other" in the last ' + ew + " (reason "
+            "{{ $labels.reason }}): series of those values are merged.",
+            _job_dashboard(SLOW),
+        ),
+    ]
+
+
+def _ignoring_tasks(c: RulesConfig, alerts: list[Alert]) -> list[Alert]:
+    """The task alerts without the tasks the config ignores."""
+    ignored = [override.pattern for override in c.tasks if override.ignore]
+    if not ignored:
+        return alerts
+    matcher = f'name!~"{regex_text("|".join(ignored))}"'
+    return [replace(alert, expr=scope(alert.expr, matcher, recorded=True)) for alert in alerts]
+
+
+def all_alerts(c: RulesConfig) -> list[Alert]:
+    """Every alert the rules define, before the config disables any or changes for:."""
+    return [
+        *_ignoring_tasks(c, _task_alerts(c)),
+        *_queue_alerts(c),
+        *_worker_alerts(c),
+        *_broker_exporter_alerts(c),
+    ]
+
+
+def alert_names() -> frozenset[str]:
+    """The names a config may disable or change the for: of."""
+    return frozenset(alert.name for alert in all_alerts(RulesConfig()))
+
+
+def alerting_rules(c: RulesConfig) -> list[Alert]:
+    """The alerts of the rule file: enabled ones, with the config's for: and selector."""
+    return [
+        replace(
+            alert, for_=c.for_.get(alert.name, alert.for_), expr=scope(alert.expr, c.rule_selector)
+        )
+        for alert in all_alerts(c)
+        if alert.name not in c.disabled_alerts
+    ]
+
+
+def scoped_recording_rules(c: RulesConfig) -> list[Record]:
+    """The recording rules of the rule file, with the config's selector."""
+    return [
+        replace(record, expr=scope(record.expr, c.rule_selector)) for record in recording_rules(c)
+    ]
+
+
+# -- output ------------------------------------------------------------------------
+
+HEADER = """\
+# Generated by `celery-vitals rules`: do not edit. Tune it with an overrides file
+# (docs/rules-config.md) and run
+#   celery-vitals rules --config overrides.yml --output celery-vitals.rules.yml
+"""
+
+
+def _quoted(text: str) -> str:
+    """A YAML double-quoted scalar (a JSON string is one)."""
+    return json.dumps(text)
+
+
+def _block(text: str, indent: int) -> str:
+    pad = " " * indent
+    return "|-\n" + "\n".join(pad + line if line else "" for line in text.splitlines())
+
+
+def alert_lines(c: RulesConfig, alert: Alert) -> list[str]:
+    lines = [
+        f"      - alert: {alert.name}",
+        f"        expr: {_block(alert.expr, 10)}",
+        f"        for: {alert.for_}",
+        "        labels:",
+        f"          severity: {alert.severity}",
+    ]
+    lines += [f"          {name}: {_quoted(text)}" for name, text in sorted(c.labels.items())]
+    lines += [
+        "        annotations:",
+        f"          summary: {_quoted(alert.summary)}",
+        f"          description: {_quoted(alert.description)}",
+        f"          runbook_url: {_quoted(f'{c.runbook_url}#{alert.anchor}')}",
+    ]
+    if alert.dashboard is not None:
+        lines.append(f"          dashboard_url: {_quoted(c.dashboard_url + alert.dashboard)}")
+    return lines
+
+
+def record_lines(record: Record) -> list[str]:
+    return [f"      - record: {record.record}", f"        expr: {_block(record.expr, 10)}"]
+
+
+RECORDING_GROUP = ["  - name: celery-vitals.recording", "    rules:"]
+ALERTS_GROUP = ["  - name: celery-vitals.alerts", "    rules:"]
+
+
+def render(c: RulesConfig) -> str:
+    """The rule file, as YAML written by hand: stable order, block-scalar expressions."""
+    lines = [HEADER.rstrip("\n"), "groups:", *RECORDING_GROUP]
+    for record in scoped_recording_rules(c):
+        lines += record_lines(record)
+    lines += ALERTS_GROUP
+    for alert in alerting_rules(c):
+        lines += alert_lines(c, alert)
+    return "\n".join(lines) + "\n"
+
+
+def runbook_tables(c: RulesConfig) -> str:
+    """The alert index and the thresholds table of docs/runbooks.md."""
+    lines = ["| alert | severity | for | summary |", "|---|---|---|---|"]
+    seen: set[tuple[str, str]] = set()
+    for alert in alerting_rules(c):
+        if (alert.name, alert.severity) in seen:
+            continue
+        seen.add((alert.name, alert.severity))
+        lines.append(
+            f"| [{alert.name}](#{alert.anchor}) | {alert.severity} | {alert.for_} "
+            f"| {alert.summary} |"
+        )
+    lines += ["", "| threshold | value | unit | meaning |", "|---|---|---|---|"]
+    for key, threshold in THRESHOLDS.items():
+        lines.append(f"| `{key}` | {c.text(key)} | {threshold.unit} | {threshold.meaning} |")
+    return "\n".join(lines)
