@@ -216,7 +216,10 @@ def run(settings: Settings, directory: Path) -> None:
     try:
         say(f"demo: starting (logs in {directory})")
         broker_url = demo.redis()
+        say(f"demo: broker  {broker_url}")
         agent_port = demo.worker(broker_url)
+        if agent_port is not None:
+            say(f"demo: worker's agent  http://{LOOPBACK}:{agent_port}/metrics")
         exporter_port = demo.exporter(broker_url)
         say(f"demo: exporter  http://{LOOPBACK}:{exporter_port}/metrics")
         if settings.quiet:
@@ -231,18 +234,15 @@ def run(settings: Settings, directory: Path) -> None:
         prometheus, manager = demo.alerting(
             [f"{LOOPBACK}:{exporter_port}", f"{LOOPBACK}:{agent_port}"]
         )
-        _announce(settings, agent_port, prometheus, manager)
+        _announce(prometheus, manager)
         _follow_timeline(settings, broker_url)
     finally:
         say("demo: stopping")
         demo.close()
 
 
-def _announce(
-    settings: Settings, agent_port: int | None, prometheus: PrometheusServer, manager: Alertmanager
-) -> None:
+def _announce(prometheus: PrometheusServer, manager: Alertmanager) -> None:
     say(
-        f"demo: worker's agent  http://{LOOPBACK}:{agent_port}/metrics\n"
         f"demo: Prometheus alerts  {prometheus.url}/alerts\n"
         f"demo: Alertmanager  {manager.url}/#/alerts\n"
         "demo: Grafana dashboards: docker compose up (README, Deploy), http://localhost:3000\n"
@@ -285,7 +285,7 @@ def main() -> int:
     except KeyboardInterrupt:
         shutil.rmtree(directory, ignore_errors=True)
         return 130
-    except (AssertionError, OSError, ValueError) as error:
+    except Exception as error:  # a server that did not start, a broker that went away
         print(f"demo: failed: {error}\n(logs kept in {directory})", file=sys.stderr)
         return 1
     shutil.rmtree(directory, ignore_errors=True)

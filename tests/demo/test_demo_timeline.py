@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from demo.stack.processes import executable
 from demo.timeline import INCIDENTS
 
 from tests.support.net import http_get, port_open, wait_until
@@ -30,17 +31,33 @@ CHOSEN = ("task-failing", "no-consumers", "worker-killed")
 MINUTE_SECONDS = 25
 EXPECTED = {alert for name in CHOSEN for alert in INCIDENTS[name].alerts}
 URL = re.compile(
-    r"demo: (exporter|worker's agent|Prometheus alerts|Alertmanager) +"
-    r"http://127\.0\.0\.1:(\d+)/"
+    r"demo: (broker|exporter|worker's agent|Prometheus alerts|Alertmanager) +"
+    r"(?:redis|http)://127\.0\.0\.1:(\d+)/"
 )
 PRINTED = re.compile(r"(PAGE|TICKET) (FIRING|RESOLVED): (\w+) (\w+) ")
 
 
+def _printed_ports(demo: ManagedProcess) -> dict[str, int]:
+    """Where the demo said its servers are: name -> loopback port."""
+    return {match[1]: int(match[2]) for match in URL.finditer(demo.output())}
+
+
 def _ports(demo: ManagedProcess) -> dict[str, int] | None:
-    """What the demo printed as where to look, once it has printed all four."""
+    """Every port the demo prints, once it has printed all five."""
     demo.assert_running()
-    found = {match[1]: int(match[2]) for match in URL.finditer(demo.output())}
-    return found if len(found) == 4 else None
+    found = _printed_ports(demo)
+    return found if len(found) == 5 else None
+
+
+def _start(tmp_path: Path, **variables: str) -> ManagedProcess:
+    """python -m demo (what scripts/demo.sh runs after set-up) with these DEMO_* variables."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DEMO_")}
+    env.update(variables)
+    demo = ManagedProcess(
+        "demo", [sys.executable, "-m", "demo"], tmp_path / "demo.log", env=env, cwd=REPO_ROOT
+    )
+    demo.spawn()
+    return demo
 
 
 def _printed(demo: ManagedProcess, status: str) -> set[str]:
@@ -60,12 +77,9 @@ def _held(port: int) -> set[str]:
 
 @pytest.mark.timeout(300)
 def test_each_incident_fires_its_alert_and_no_other(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DEMO_")}
-    env.update(DEMO_INCIDENTS=",".join(CHOSEN), DEMO_MINUTE_SECONDS=str(MINUTE_SECONDS))
-    demo = ManagedProcess(
-        "demo", [sys.executable, "-m", "demo"], tmp_path / "demo.log", env=env, cwd=REPO_ROOT
+    demo = _start(
+        tmp_path, DEMO_INCIDENTS=",".join(CHOSEN), DEMO_MINUTE_SECONDS=str(MINUTE_SECONDS)
     )
-    demo.spawn()
     try:
         ports = wait_until(
             lambda: _ports(demo), timeout=90, what="the demo's URLs", details=demo.tail
@@ -104,4 +118,22 @@ def test_each_incident_fires_its_alert_and_no_other(tmp_path: Path) -> None:
         code = demo.stop(timeout=30, signum=signal.SIGINT)  # Ctrl-C
     assert code == 130, demo.tail()
     assert "demo: stopping" in demo.output()
+    assert [name for name, port in ports.items() if port_open(port)] == []
+
+
+def test_a_server_that_cannot_start_stops_everything_started_before(tmp_path: Path) -> None:
+    """Alertmanager missing (a PATH with redis-server only): the demo says what to install,
+    exits 1 and stops the broker, worker and exporter it had started."""
+    path = tmp_path / "bin"
+    path.mkdir()
+    (path / "redis-server").symlink_to(executable("redis-server"))
+    demo = _start(tmp_path, PATH=str(path))
+    assert demo.wait(timeout=90) == 1, demo.tail()
+    output = demo.output()
+    assert (
+        "demo: failed: prometheus-alertmanager not found: install Debian's "
+        "prometheus-alertmanager package (scripts/setup.sh does)"
+    ) in output
+    ports = _printed_ports(demo)
+    assert sorted(ports) == ["broker", "exporter", "worker's agent"], output
     assert [name for name, port in ports.items() if port_open(port)] == []
