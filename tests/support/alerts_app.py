@@ -4,6 +4,8 @@
 Redis deployments do by hand (Redis has no dead-lettering), publishes the
 failed message to the dead-letter queue ``dead``. ``alerts.crash`` kills its
 own pool process, as the OOM killer would: Celery reports WorkerLostError.
+``alerts.storm`` retries forever: a retry storm (``hopeless`` and the demo's
+``flaky`` retry a bounded few times, which is none).
 The worker declares ``dead`` (bound, empty) when it is ready, so the exporter
 sees the queue before the first dead letter and counts it as ingress.
 Broker from CELERY_BROKER_URL.
@@ -40,6 +42,13 @@ class DeadLettering(Task):  # type: ignore[misc]  # celery is untyped
 def hopeless(self: Task) -> None:
     """Retries twice, then fails with TimeoutError and is dead-lettered."""
     raise self.retry(exc=TimeoutError("dependency never answers"), countdown=0)
+
+
+@app.task(name="alerts.storm", bind=True, max_retries=None)
+def storm(self: Task) -> None:
+    """Retries forever (no max_retries) against a dependency that never answers: the
+    retries compound and the task never finishes, a retry storm."""
+    raise self.retry(exc=ConnectionError("dependency down"), countdown=0.5)
 
 
 @app.task(name="alerts.crash")

@@ -538,10 +538,10 @@ def _purged_worker_down(c: RulesConfig) -> str:
     up = "sum by (job) (celery_worker_up)"
     return (
         f"max by ({WORKER}) (\n"
-        f"  max_over_time((max by ({WORKER}) (celery_worker_up) == 0)[{remembered}:1m])\n"
+        f"  max_over_time((max by ({WORKER}) (celery_worker_up) == 0)[{remembered}:])\n"
         ")\n"
         f"unless on ({WORKER}) celery_worker_up\n"
-        f"and on (job) ({up} < max_over_time(({up})[{remembered}:1m]))\n"
+        f"and on (job) ({up} < max_over_time(({up})[{remembered}:]))\n"
         "unless on (job) (celery_vitals_event_stream_up == 0)"
     )
 
