@@ -152,10 +152,15 @@ SPECS: tuple[MetricSpec, ...] = (
             source="agent"),
     # -- queues and dead-letter queues (polled from the broker) -------------
     _queue("celery_queue_length", "gauge",
-           "Messages ready in the queue (all priority levels); absent when the queue is."),
+           "Messages ready in the queue (all priority levels; SQS: "
+           "ApproximateNumberOfMessages); absent when the queue is."),
     _queue("celery_queue_unacked", "gauge",
            "Messages delivered to a consumer and not acknowledged (Redis; RabbitMQ with "
-           "the management API)."),
+           "the management API; SQS: ApproximateNumberOfMessagesNotVisible, in flight until "
+           "deleted or back after the visibility timeout)."),
+    _queue("celery_queue_delayed", "gauge",
+           "Messages sent with a delay that has not passed yet (SQS: "
+           "ApproximateNumberOfMessagesDelayed)."),
     _queue("celery_queue_consumers", "gauge", "Consumers of the queue (RabbitMQ)."),
     _queue("celery_queue_exists", "gauge",
            "1 when the broker knows the queue, 0 for a configured queue it does not know."),
@@ -166,7 +171,13 @@ SPECS: tuple[MetricSpec, ...] = (
            "Time since the oldest unacknowledged delivery from the queue (Redis); Redis "
            "redelivers it once this passes the visibility timeout."),
     _queue("celery_queue_visibility_timeout_seconds", "gauge",
-           "The Redis transport's visibility_timeout, as the exporter is configured.", ()),
+           "Time a delivered, unacknowledged message stays with its consumer before the "
+           "broker hands it out again: Redis, the transport's visibility_timeout as the "
+           "exporter is configured (the same for every queue); SQS, the queue's "
+           "VisibilityTimeout attribute."),
+    _queue("celery_queue_max_receives", "gauge",
+           "Receives after which SQS moves a message of the queue to its dead-letter queue "
+           "(maxReceiveCount of the queue's RedrivePolicy)."),
     _queue("celery_dlq_length", "gauge", "Messages in the dead-letter queue."),
     _queue("celery_dlq_messages", "gauge",
            "Messages in the dead-letter queue by task name, from a bounded sample read "

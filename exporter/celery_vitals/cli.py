@@ -37,7 +37,7 @@ _DEFAULTS = Config(broker_url="")
 # (option, metavar, default, help). The environment variable is derived from the name.
 _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--broker-url", "URL", None,
-     "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pw@host//."),
+     "Celery broker URL, e.g. redis://host:6379/0, amqp://user:pw@host// or sqs://."),
     ("--listen-address", "HOST:PORT", "0.0.0.0:9808",
      "Where to serve /metrics, /healthz and /readyz."),
     ("--log-level", "LEVEL", "info", f"One of {', '.join(LOG_LEVELS)}."),

@@ -298,7 +298,9 @@ class QueueCollector(_CatalogueCollector):
         length, unacked = gauge("celery_queue_length"), gauge("celery_queue_unacked")
         consumers, exists = gauge("celery_queue_consumers"), gauge("celery_queue_exists")
         oldest_unacked = gauge("celery_queue_oldest_unacked_age_seconds")
+        delayed = gauge("celery_queue_delayed")
         visibility = gauge("celery_queue_visibility_timeout_seconds")
+        receives = gauge("celery_queue_max_receives")
         dlq_length = gauge("celery_dlq_length")
         facts = {name: gauge(name) for name in self.FACTS}
         persistence = gauge("celery_broker_persistence_enabled")
@@ -314,13 +316,16 @@ class QueueCollector(_CatalogueCollector):
                         dlq_length.add_metric([name], queue.ready)
                     continue
                 exists.add_metric([name], 1 if queue.exists else 0)
+                timeout = queue.visibility_timeout  # SQS: per queue; Redis: the transport's
+                if timeout is None and queue.exists:
+                    timeout = result.visibility_timeout
                 for fam, value in ((length, queue.ready), (unacked, queue.unacked),
                                    (consumers, queue.consumers),
-                                   (oldest_unacked, queue.oldest_unacked_age)):
+                                   (oldest_unacked, queue.oldest_unacked_age),
+                                   (delayed, queue.delayed), (visibility, timeout),
+                                   (receives, queue.max_receive_count)):
                     if value is not None:
                         fam.add_metric([name], value)
-            if result.visibility_timeout is not None:
-                visibility.add_metric([], result.visibility_timeout)
             for fact, fam in facts.items():
                 if fact in result.facts:
                     fam.add_metric([], result.facts[fact])
@@ -328,7 +333,8 @@ class QueueCollector(_CatalogueCollector):
                 persistence.add_metric([kind], 1 if enabled else 0)
             if result.info:
                 broker.add_metric([], dict(result.info))
-        yield from (length, unacked, consumers, exists, oldest_unacked, visibility, dlq_length)
+        yield from (length, unacked, consumers, exists, oldest_unacked, delayed, visibility,
+                    receives, dlq_length)
         yield self._dlq_messages(poller)
         yield _samples(counter("celery_dlq_ingress_total"), poller.dlq_ingress)
         yield _samples(gauge("celery_broker_up"), {(): 1 if poller.up else 0})

@@ -7,10 +7,12 @@ a message an operator can act on. The broker password never appears in it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,7 +22,11 @@ from celery_vitals.logs import safe_url, url_passwords
 if TYPE_CHECKING:
     from celery_vitals.webconfig import WebConfig
 
-BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "sqs")
+#: Where AWS credentials may come from besides the URL: what the logs must not show either
+AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+#: Keys of kombu's SQS transport options (predefined_queues entries) that hold secrets
+SECRET_OPTION_KEYS = ("secret_access_key", "session_token")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -80,13 +86,28 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """What the logs must never show."""
-        return url_passwords(self.broker_url) + url_passwords(self.rabbitmq_management_url or "")
+        found = url_passwords(self.broker_url) + url_passwords(self.rabbitmq_management_url or "")
+        if self.transport == "sqs":
+            found += _option_secrets(self.broker_transport_options)
+            found += [os.environ[name] for name in AWS_SECRET_VARIABLES if os.environ.get(name)]
+        return found
 
     @property
     def transport(self) -> str:
-        """redis or amqp: which queue probe applies."""
+        """redis, amqp or sqs: which queue probe applies."""
         scheme = urlsplit(self.broker_url).scheme.split("+")[-1]
+        if scheme == "sqs":
+            return "sqs"
         return "redis" if scheme in ("redis", "rediss", "sentinel") else "amqp"
+
+
+def _option_secrets(value: Any) -> list[str]:
+    """Secret values anywhere in transport options (predefined_queues credentials)."""
+    if isinstance(value, Mapping):
+        return [secret for key, item in value.items()
+                for secret in ([str(item)] if key in SECRET_OPTION_KEYS and item
+                               else _option_secrets(item))]
+    return []
 
 
 T = TypeVar("T")
@@ -311,7 +332,15 @@ def build(raw: Mapping[str, Any]) -> Config:
         web_config=c.parse("--web-config-file", str(raw.get("web_config_file") or ""),
                            _web_config, None),
     )
-    if not config.event_stream and config.queue_poll_interval == 0:
+    if config.transport == "sqs":  # no events, no remote control on SQS: the agents count
+        config = replace(config, event_stream=False, enable_events=False)
+        if importlib.util.find_spec("boto3") is None:
+            c.problems.append("--broker-url: sqs:// needs boto3: pip install "
+                              "'celery-vitals[sqs]'")
+        if config.queue_poll_interval == 0:
+            c.problems.append("--queue-poll-interval: must be above 0 on SQS (no event "
+                              "stream there: polling is all the exporter does)")
+    elif not config.event_stream and config.queue_poll_interval == 0:
         c.problems.append("--no-event-stream: needs queue polling (--queue-poll-interval "
                           "above 0), or the exporter has nothing to do")
     if not config.default_queue:

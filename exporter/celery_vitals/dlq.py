@@ -26,6 +26,9 @@ Moving never loses a message:
 - RabbitMQ: publisher confirms on the target before the ack on the DLQ; a
   client killed in between leaves the message in both (at least once).
 
+SQS (dlq_sqs.py): list and show receive with a visibility timeout and make
+the messages visible again; replay and purge are refused (SQS's own redrive).
+
 Messages that are not Celery tasks (no ``task``/``id`` headers, broken JSON,
 a content type other than JSON, pickle — never unpickled) are listed as such
 and replayed only when named with ``--id``.
@@ -838,13 +841,14 @@ class AmqpBackend:
         return int(ready)
 
     def dead_letter_queues(self, patterns: Iterable[str]) -> list[str]:
-        from celery_vitals.probes.amqp import _Deadline, dead_letter_targets
+        from celery_vitals.probes import Deadline
+        from celery_vitals.probes.amqp import dead_letter_targets
 
         patterns = list(patterns)
         names = {p for p in patterns if not any(c in p for c in "*?[")}
         api = self.probe.management
         if api is not None:
-            deadline = _Deadline(self.config.probe_timeout * 4)
+            deadline = Deadline(self.config.probe_timeout * 4)
             listing = api.queues(deadline)
             names |= dead_letter_targets(listing, lambda name: api.exchange(name, deadline))
             names |= {q["name"] for q in listing if isinstance(q.get("name"), str)
@@ -999,6 +1003,10 @@ def connect(config: Config) -> Backend:
             backend: Backend = RedisBackend(config)
             backend.depth("celery-vitals.ping")  # the connection is lazy: fail here
             return backend
+        if config.transport == "sqs":
+            from celery_vitals import dlq_sqs  # imports this module: only when used
+
+            return dlq_sqs.connect(config)
         return AmqpBackend(config)
     except Exception as error:
         raise DlqError(f"cannot reach the broker at {config.safe_broker_url}: "

@@ -54,6 +54,18 @@ def queue_poller(config: Config, app: Celery, queue_names: LabelGuard) -> QueueP
 
         probe = RedisProbe(config.broker_url, config.broker_transport_options,
                            timeout=config.probe_timeout)
+    elif config.transport == "sqs":
+        from celery_vitals.probes.sqs import SqsProbe
+
+        # No remote control on SQS (no active_queues broadcast); no DLQ sample either:
+        # reading a DLQ means receiving its messages, which costs calls and hides them
+        return QueuePoller(SqsProbe(config.broker_url, config.broker_transport_options,
+                                    timeout=config.probe_timeout,
+                                    max_queues=config.max_queue_names),
+                           queues=config.queues, dlq_patterns=config.dlqs,
+                           interval=config.queue_poll_interval,
+                           discovery_interval=config.queue_discovery_interval,
+                           queue_names=queue_names)
     else:
         from celery_vitals.probes.amqp import AmqpProbe
 
@@ -197,6 +209,10 @@ class Exporter:
             ready = lambda: poller.up  # noqa: E731
             ready_means = "the last broker poll succeeded"
             pipeline.stream_up = None
+            if config.transport == "sqs":
+                log.info("SQS broker: no event stream and no remote control on SQS, so the "
+                         "exporter only polls queues and dead-letter queues; task and worker "
+                         "metrics come from celery_vitals.agent in each worker")
         if self.enabler is not None:
             enabler = self.enabler
             pipeline.enable_events = lambda: enabler.results

@@ -48,6 +48,8 @@ NEEDS_INCIDENT = {
         "a redelivery needs a visibility timeout to pass or a worker lost holding a task",
     ("celery-vitals-queues", "Consumers by queue", "A"):
         "RabbitMQ only: Redis cannot tell who consumes a list",
+    ("celery-vitals-queues", "Messages waiting by queue", "B"):
+        "SQS only: messages sent with a delay (celery_queue_delayed)",
     ("celery-vitals-queues", "Oldest unacked delivery vs visibility timeout", "A"):
         "only while a delivery is unacknowledged (a long task with acks_late)",
     ("celery-vitals-queues", "Rejected without requeue by task", "A"):

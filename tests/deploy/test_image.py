@@ -50,7 +50,7 @@ def test_image_shape() -> None:
     users = re.findall(r"^USER (\S+)", DOCKERFILE, re.MULTILINE)
     assert users and all(user.split(":")[0] not in ("root", "0") for user in users)
     assert re.search(r"^EXPOSE 9808$", DOCKERFILE, re.MULTILINE)
-    assert re.search(r"pip install \.", DOCKERFILE)
+    assert re.search(r'pip install "\.\$\{EXTRAS:\+\[\$EXTRAS\]\}"', DOCKERFILE)  # and EXTRAS
     assert DOCKERFILE.rstrip().splitlines()[-1].startswith("ENTRYPOINT")  # default target
 
 

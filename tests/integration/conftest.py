@@ -1,21 +1,41 @@
 """Integration tests use the shared fixtures of tests/conftest.py (harness, process logs),
-and this module-scoped RabbitMQ node: one per test module, stopped by pid after it."""
+and these module-scoped servers: one per test module, stopped by pid after it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
-from tests.support.servers import RabbitMQServer
+from tests.support.servers import MotoServer, RabbitMQServer
 
 
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    """A RabbitMQ node (with the management API) on free loopback ports."""
-    server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"))
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _running(make: Callable[[Path], S], directory: Path) -> Iterator[S]:
+    server = make(directory)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node (with the management API) on free loopback ports."""
+    yield from _running(RabbitMQServer, tmp_path_factory.mktemp("rabbitmq"))
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's SQS-compatible server on a free loopback port (its state: in memory only)."""
+    yield from _running(MotoServer, tmp_path_factory.mktemp("moto"))

@@ -60,7 +60,7 @@ def test_redis_queues_dlq_and_broker_facts(harness: Harness) -> None:
     assert s.get("celery_queue_length", queue_name="ghost") is None  # absent, not 0
     assert s.get("celery_queue_length", queue_name="jobs.dead") is None  # a DLQ, not a queue
     assert s.get("celery_queue_unacked", queue_name="idle") == 0
-    assert s.get("celery_queue_visibility_timeout_seconds") == 120
+    assert s.get("celery_queue_visibility_timeout_seconds", queue_name="idle") == 120
     age = s.get("celery_queue_oldest_message_age_seconds", queue_name="idle")
     assert age is not None and 0 <= age <= time.time() - sent_before + 1
     assert s.get("celery_broker_up") == 1

@@ -12,10 +12,12 @@ import os
 import time
 
 from celery import Celery
+from celery.exceptions import Reject
 
 import celery_vitals.agent
 
-app = Celery("agent", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
+BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+app = Celery("agent", broker=BROKER_URL)
 app.conf.update(
     worker_send_task_events=False,
     task_send_sent_event=False,
@@ -29,6 +31,10 @@ app.conf.update(
         "unacked_restore_interval": 1,
     },
 )
+
+if BROKER_URL.startswith("sqs://"):  # moto on loopback: short long-polls, moto's region
+    app.conf.broker_transport_options.update(
+        region="us-east-1", wait_time_seconds=1, polling_interval=0.1)
 
 celery_vitals.agent.install(app)
 
@@ -72,3 +78,9 @@ def touch(path: str) -> None:
 def late_sleep(seconds: float) -> None:
     """Acknowledged when done: a worker lost meanwhile leaves it to the broker to redeliver."""
     time.sleep(seconds)
+
+
+@app.task(name="agent.reject", acks_late=True)
+def reject() -> None:
+    """Rejected without requeue: SQS redelivers it until its redrive policy dead-letters it."""
+    raise Reject("agent test rejection", requeue=False)

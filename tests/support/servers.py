@@ -1,10 +1,12 @@
 """Real brokers from Debian's packages, on free loopback ports, in temporary directories.
 
-RedisServer (demo/stack/redis.py, which the demo runs too) starts in ~50 ms
+RedisServer (demo/stack/redis_server.py, which the demo runs too) starts in ~50 ms
 and can be SIGKILLed and restarted on the same port (the broker-outage
 tests). RabbitMQServer runs a private node (own
 HOME, Erlang cookie, epmd, ports and data directories) without systemd and
 without the /usr/sbin wrappers that switch user; it takes a few seconds.
+MotoServer is moto's server mode (from PyPI): an SQS-compatible API in memory,
+in ~2 s; a restart loses every queue, as a region outage with lost state would.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 from demo.stack.processes import executable
 from demo.stack.redis_server import RedisServer
 
-from tests.support.net import LOOPBACK, free_port, port_open, wait_until
-from tests.support.processes import ManagedProcess
+from tests.support.net import LOOPBACK, free_port, http_get, port_open, wait_until
+from tests.support.processes import ManagedProcess, venv_executable
 
-__all__ = ["RabbitMQServer", "RedisServer"]
+__all__ = ["MotoServer", "RabbitMQServer", "RedisServer"]
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -192,3 +194,65 @@ class RabbitMQServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class MotoServer:
+    """moto's server mode on a free loopback port: SQS (and every other AWS API) in memory.
+
+    Clients reach it with ``endpoint_url`` (or a ``sqs://KEY:SECRET@127.0.0.1:PORT``
+    broker URL, which kombu turns into that endpoint) and any credentials.
+    """
+
+    REGION = "us-east-1"
+    ACCOUNT = "123456789012"  # moto's default account id
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port: int | None = None  # fixed after the first start: restarts reuse it
+        self.process: ManagedProcess | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def broker_url(self, key: str, secret: str) -> str:
+        return f"sqs://{key}:{secret}@{LOOPBACK}:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            return http_get(self.port or 0, "/moto-api/", timeout=1).status < 500
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 30.0) -> MotoServer:
+        """Starts and waits for an HTTP answer; a new port if the chosen one was taken."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            port = self.port if self.port is not None else free_port()
+            process = ManagedProcess(
+                f"moto_server :{port}",
+                [venv_executable("moto_server"), "-H", LOOPBACK, "-p", str(port)],
+                self.directory / "moto.log")
+            self.process, self.port = process, port
+            process.spawn()
+            wait_until(lambda p=process: self.answers() or not p.running,  # type: ignore[misc]
+                       timeout=max(deadline - time.monotonic(), 0.1),
+                       what=f"moto_server to answer on port {port}", details=process.tail)
+            if process.running:
+                return self
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"moto_server did not start\n{process.tail()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None:
+            self.process.stop(timeout)
+
+    def restart(self, timeout: float = 30.0) -> MotoServer:
+        """Back on the same port, with no queues: moto keeps nothing across a restart."""
+        self.stop()
+        return self.start(timeout)
+
+    def tail(self) -> str:
+        return self.process.tail() if self.process is not None else "(moto_server never ran)"

@@ -46,7 +46,10 @@ def busy_harness() -> Harness:
            event("task-failed", uuid="u9", exception="TimeoutError()"),
            event("worker-heartbeat", ts=h.clock.now + 60, freq=2.0, active=0, processed=1))
     last = redis_result(2)
-    last = replace(last, queues=(*last.queues, QueueStats("work", True, ready=0, consumers=2)))
+    sqs = QueueStats("sqs-work", True, ready=1, unacked=2, delayed=3, visibility_timeout=30.0,
+                     max_receive_count=5)  # what only the SQS probe tells
+    last = replace(last, queues=(*last.queues, QueueStats("work", True, ready=0, consumers=2),
+                                 sqs))
     poller = with_poller(h, ScriptedProbe(redis_result(1), ConnectionError(), last),
                          dlq_sampler=lambda queue: {"billing.charge": 3})
     for _ in range(3):

@@ -81,7 +81,11 @@ def test_queue_and_broker_metrics_from_the_latest_poll() -> None:
     assert h.value("celery_queue_exists", **q) == 1
     assert h.value("celery_queue_exists", queue_name="missing") == 0
     assert h.value("celery_queue_length", queue_name="missing") is None  # absent, not 0
-    assert h.value("celery_queue_visibility_timeout_seconds") == 3600
+    # the Redis transport's option applies to every queue the broker knows (not DLQs)
+    assert h.value("celery_queue_visibility_timeout_seconds", **q) == 3600
+    assert h.value("celery_queue_visibility_timeout_seconds", queue_name="missing") is None
+    assert h.value("celery_queue_visibility_timeout_seconds", queue_name="billing.dead") is None
+    assert h.value("celery_queue_delayed", **q) is None  # SQS only
     assert h.value("celery_dlq_length", queue_name="billing.dead") == 0
     assert h.value("celery_queue_length", queue_name="billing.dead") is None
     assert h.value("celery_broker_up") == 1

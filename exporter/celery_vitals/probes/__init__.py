@@ -9,6 +9,7 @@ families at scrape time. One probe per transport: ``redis`` and ``amqp``.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,6 +36,9 @@ class QueueStats:
     consumers: int | None = None
     oldest_unacked_age: float | None = None  # seconds since the oldest unacked delivery
     published_total: int | None = None  # broker's own publish counter (RabbitMQ management)
+    delayed: int | None = None  # sent with a delay that has not passed yet (SQS)
+    visibility_timeout: float | None = None  # the queue's own (SQS queue attribute)
+    max_receive_count: int | None = None  # receives before SQS moves a message to the DLQ
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,19 @@ class ProbeResult:
     # persistence per kind (Redis: "rdb", "aof") -> enabled
     persistence: Mapping[str, bool] = field(default_factory=dict)
     visibility_timeout: float | None = None  # Redis transport option, for the unacked alert
+
+
+class Deadline:
+    """One call's time budget: every wait gets what is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("broker probe ran out of time")
+        return remaining
 
 
 class QueueProbe(Protocol):

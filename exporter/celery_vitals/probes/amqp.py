@@ -54,6 +54,7 @@ from urllib.parse import quote, unquote, urlsplit
 from kombu import Connection
 
 from celery_vitals.logs import RateLimitedLogger
+from celery_vitals.probes import Deadline as _Deadline
 from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
 
 log = logging.getLogger(__name__)
@@ -74,19 +75,6 @@ class ManagementError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-class _Deadline:
-    """One call's time budget: every wait gets what is left of it."""
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-
-    def left(self) -> float:
-        remaining = self.at - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("broker probe ran out of time")
-        return remaining
 
 
 # -- dead-letter routing (pure: canned API JSON in, queue names out) -----------------

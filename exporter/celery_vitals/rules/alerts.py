@@ -487,7 +487,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "1m",
             f"max by ({QUEUE}) (\n"
             "  celery_queue_oldest_unacked_age_seconds\n"
-            "  / on (job, instance) group_left () celery_queue_visibility_timeout_seconds\n"
+            "  / celery_queue_visibility_timeout_seconds\n"
             f") > {c.text('visibility_timeout_ratio')}",
             "A Celery task is close to the Redis visibility timeout.",
             "The oldest unacknowledged delivery from queue {{ $labels.queue_name }} is at "

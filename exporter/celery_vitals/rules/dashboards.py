@@ -948,8 +948,14 @@ def queues(c: RulesConfig) -> Board:
                 "Messages waiting by queue",
                 "short",
                 Query(f"sum by (queue_name) (celery_queue_length{{{QUEUE}}})", "{{queue_name}}"),
+                Query(
+                    f"sum by (queue_name) (celery_queue_delayed{{{QUEUE}}})",
+                    "{{queue_name}} delayed",
+                ),
                 description="Messages ready in the broker queue, every priority level "
-                "(celery_queue_length; absent for a queue the broker does not know).",
+                "(celery_queue_length; absent for a queue the broker does not know). "
+                "SQS: also messages sent with a delay that has not passed yet "
+                "(celery_queue_delayed).",
                 width=8,
                 min=0,
             ),
@@ -1026,7 +1032,8 @@ def queues(c: RulesConfig) -> Board:
                 "short",
                 Query(f"sum by (queue_name) (celery_queue_unacked{{{QUEUE}}})", "{{queue_name}}"),
                 description="Messages delivered to a worker and not acknowledged yet (prefetched, "
-                "or running with acks_late).",
+                "or running with acks_late). SQS: in flight, received and not deleted; "
+                "back in the queue after its VisibilityTimeout.",
                 min=0,
             ),
             ts(
