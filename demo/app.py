@@ -8,6 +8,7 @@ the celery-vitals agent runs in each worker instead.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from celery import Celery, Task, signals
@@ -99,3 +100,40 @@ def slow(seconds: float) -> float:
     """Sleeps; past one second the hard time limit kills it (TimeLimitExceeded)."""
     time.sleep(seconds)
     return seconds
+
+
+# -- the tasks of the demo's timeline (demo/timeline.py) ----------------------------
+
+
+class CardDeclined(ValueError):
+    """The payment provider said no."""
+
+
+@app.task(name="demo.charge")
+def charge(declined: bool = False) -> str:
+    """A payment: fails with CardDeclined when the provider declines the card."""
+    if declined:
+        raise CardDeclined("card declined")
+    return "charged"
+
+
+@app.task(name="demo.sync", bind=True, max_retries=None)
+def sync(self: Task, until: float = 0.0) -> str:
+    """Syncs with a dependency that is down until ``until`` (a Unix time): till then it
+    retries every 10 s without limit (max_retries=None), as a retry storm does."""
+    if time.time() < until:
+        raise self.retry(exc=ConnectionError("dependency down"), countdown=10)
+    return "synced"
+
+
+@app.task(name="demo.report")
+def report() -> str:
+    """A report the timeline routes to a queue no worker consumes (no-consumers)."""
+    return "report"
+
+
+@app.task(name="demo.resize")
+def resize() -> None:
+    """Runs out of memory: SIGKILLs its own pool process as the OOM killer would
+    (the task fails with WorkerLostError, the pool starts a new process)."""
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,7 +1,8 @@
 """Real brokers from Debian's packages, on free loopback ports, in temporary directories.
 
-RedisServer starts in ~50 ms and can be SIGKILLed and restarted on the same
-port (the broker-outage tests). RabbitMQServer runs a private node (own
+RedisServer (demo/stack/redis_server.py, which the demo runs too) starts in ~50 ms
+and can be SIGKILLed and restarted on the same port (the broker-outage
+tests). RabbitMQServer runs a private node (own
 HOME, Erlang cookie, epmd, ports and data directories) without systemd and
 without the /usr/sbin wrappers that switch user; it takes a few seconds.
 MotoServer is moto's server mode (from PyPI): an SQS-compatible API in memory,
@@ -13,125 +14,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+from demo.stack.processes import executable
+from demo.stack.redis_server import RedisServer
+
 from tests.support.net import LOOPBACK, free_port, http_get, port_open, wait_until
 from tests.support.processes import ManagedProcess, venv_executable
 
+__all__ = ["MotoServer", "RabbitMQServer", "RedisServer"]
+
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def _executable(name: str, *candidates: Path) -> str:
-    for candidate in candidates:
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name} not found (install the Debian package)")
-    return found
-
-
-class RedisServer:
-    """A throwaway redis-server without persistence on a free loopback port."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory = directory
-        self.port = port  # fixed after the first successful start: restarts reuse it
-        self.executable = _executable("redis-server")
-        self.process: ManagedProcess | None = None
-
-    def url(self, db: int = 0, password: str | None = None) -> str:
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}{LOOPBACK}:{self.port}/{db}"
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Starts and waits for PING. A new port is picked if the chosen one was taken.
-
-        After the first start the port is fixed: a restart must come back where
-        clients expect it, so it retries that port until the deadline.
-        """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            port = self.port if self.port is not None else free_port()
-            process = self._spawn(port, deadline)
-            if process is not None:
-                self.port, self.process = port, process
-                return self
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"redis-server did not start\n{self.tail()}")
-            time.sleep(0.05)
-
-    def _spawn(self, port: int, deadline: float) -> ManagedProcess | None:
-        """redis-server on ``port``, answering PING; None if it exited (port taken)."""
-        process = ManagedProcess(
-            f"redis-server :{port}",
-            [self.executable, "--port", str(port), "--bind", LOOPBACK,
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             "--daemonize", "no", "--logfile", ""],
-            self.directory / "redis.log")
-        self.process = process
-        process.spawn()
-        try:
-            wait_until(lambda: self.ping(port) or not process.running,
-                       timeout=max(deadline - time.monotonic(), 0.1),
-                       what=f"redis-server to answer PING on port {port}",
-                       details=process.tail)
-        except AssertionError:
-            process.stop()
-            raise
-        if process.running:
-            return process
-        process.stop()
-        return None
-
-    def tail(self) -> str:
-        return self.process.tail() if self.process is not None else "(redis-server never ran)"
-
-    def ping(self, port: int | None = None) -> bool:
-        """PING over a raw socket: no client library, nothing to leak."""
-        try:
-            with socket.create_connection((LOOPBACK, port or self.port or 0), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, "redis-server not started"
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.running
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM by pid (redis shuts down cleanly), SIGKILL after the deadline."""
-        if self.process is not None:
-            self.process.stop(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: the broker vanishes without closing its connections cleanly."""
-        if self.process is not None:
-            self.process.kill()
-
-    def restart(self, timeout: float = 10.0) -> RedisServer:
-        """Back on the same port (clients reconnect to the URL they know); empty, no persistence."""
-        self.stop()
-        return self.start(timeout)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 class RabbitMQServer:
@@ -250,7 +147,7 @@ class RabbitMQServer:
         self._write_config()
 
         self.epmd = ManagedProcess(
-            "epmd", [_executable("epmd"), "-port", str(self.epmd_port), "-address", LOOPBACK],
+            "epmd", [executable("epmd"), "-port", str(self.epmd_port), "-address", LOOPBACK],
             self.directory / "epmd.log")
         self.epmd.spawn()
         wait_until(lambda: port_open(self.epmd_port) or not self.epmd_running(), timeout=10,
@@ -258,7 +155,7 @@ class RabbitMQServer:
         self.epmd.assert_running()
 
         if self.management:
-            self._run(_executable("rabbitmq-plugins", RABBITMQ_BIN / "rabbitmq-plugins"),
+            self._run(executable("rabbitmq-plugins", RABBITMQ_BIN / "rabbitmq-plugins"),
                       "--offline", "enable", "rabbitmq_management", timeout=60)
         self._start_node(timeout)
 
@@ -280,7 +177,7 @@ class RabbitMQServer:
         deadline = time.monotonic() + timeout
         self.server = ManagedProcess(
             f"rabbitmq-server {self.node}",
-            [_executable("rabbitmq-server", RABBITMQ_BIN / "rabbitmq-server")],
+            [executable("rabbitmq-server", RABBITMQ_BIN / "rabbitmq-server")],
             self.directory / "server.log", env=self._env(), cwd=self.directory)
         self.server.spawn()
         server = self.server
@@ -288,7 +185,7 @@ class RabbitMQServer:
                    timeout=max(deadline - time.monotonic(), 1), what="the rabbitmq pid file",
                    details=self.tail)
         server.assert_running()
-        self._run(_executable("rabbitmqctl", RABBITMQ_BIN / "rabbitmqctl"), "wait",
+        self._run(executable("rabbitmqctl", RABBITMQ_BIN / "rabbitmqctl"), "wait",
                   str(self.pid_file), "--timeout", str(int(max(deadline - time.monotonic(), 5))),
                   timeout=max(deadline - time.monotonic(), 5) + 5)
         wait_until(lambda: port_open(self.port), timeout=10, what="the AMQP listener",

@@ -1,0 +1,1 @@
+"""Tests of the demo (scripts/demo.sh): its settings, rules, receiver and timeline."""
