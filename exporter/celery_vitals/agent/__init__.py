@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, signals
@@ -50,11 +51,39 @@ from celery_vitals.config import (
 from celery_vitals.http import Environ, HttpServer, StartResponse, WsgiApp, make_app
 from celery_vitals.logs import RateLimitedLogger
 
-__all__ = ["DEFAULT_LISTEN_ADDRESS", "Agent", "install"]
+__all__ = ["DEFAULT_LISTEN_ADDRESS", "SETTINGS", "Agent", "install"]
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9809"  # the exporter's is 9808
 LISTEN_ADDRESS_ENV = "CELERY_VITALS_AGENT_LISTEN_ADDRESS"
 WEB_CONFIG_ENV = "CELERY_VITALS_AGENT_WEB_CONFIG_FILE"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of the agent: an environment variable (the worker has no flags of ours)."""
+
+    envvar: str
+    default: str  # as the README says it
+    readme: str  # its meaning (markdown)
+
+
+#: The agent's settings, declared once: from_environment() reads them, and
+#: scripts/generate.sh writes the README's table of them.
+SETTINGS = (
+    Setting(LISTEN_ADDRESS_ENV, f"`listen_address` of `install()`, else `{DEFAULT_LISTEN_ADDRESS}`",
+            "`HOST:PORT` of the worker's HTTP endpoint (`[::]:9809` for IPv6); parsed as the "
+            "exporter's `--listen-address`"),
+    Setting(WEB_CONFIG_ENV, "none",
+            "TLS and basic auth, a file in the format of `--web-config-file` (see "
+            "[below](#tls-and-basic-auth---web-config-file)), parsed by the same code"),
+)
+
+
+def settings_table() -> str:
+    """The README's table of the agent's settings (markdown), generated from SETTINGS."""
+    lines = ["| environment variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{s.envvar}` | {s.default} | {s.readme} |" for s in SETTINGS]
+    return "\n".join(lines) + "\n"
 HEARTBEAT_INTERVAL = 2.0
 
 log = logging.getLogger(__name__)
