@@ -106,7 +106,8 @@ class TapHarness:
                                  agent={"hostname": HOST, "pool": "prefork"})
         self.tap = Tap(self.pipeline.router, HOST, threading.Lock(),
                        consumer=lambda: consumer_, clock=self.clock)
-        self.cls = tapped_request_cls(CeleryLikeRequest, lambda: self.tap)
+        running = SimpleNamespace(pid=os.getpid(), running=True, tap=self.tap)
+        self.cls = tapped_request_cls(CeleryLikeRequest, SimpleNamespace(agent=running))
 
     def scrape(self) -> Scrape:
         text = self.pipeline.exposition.render().decode()
@@ -260,10 +261,16 @@ def test_a_broken_request_or_router_never_raises_into_celery(
 
 
 def test_no_tap_in_a_pool_child_means_plain_celery() -> None:
-    cls = tapped_request_cls(CeleryLikeRequest, lambda: None)
-    request = cls("u1", "t")
-    request.on_success((False, 1, 0.1))
-    assert request.sent == ["task-succeeded"]
+    h = TapHarness()
+    inherited = SimpleNamespace(pid=os.getpid() + 1, running=True, tap=h.tap)  # the parent's
+    stopped = SimpleNamespace(pid=os.getpid(), running=False, tap=h.tap)
+    for agent in (None, inherited, stopped):
+        request = tapped_request_cls(CeleryLikeRequest, SimpleNamespace(agent=agent))("u1", "t")
+        request.send_event("task-started")
+        request.on_success((False, 1, 0.1))
+        assert request.sent == ["task-started", "task-succeeded"]
+    assert h.scrape().series("celery_task_started_total") == {}
+    assert h.scrape().series("celery_task_succeeded_total") == {}
 
 
 # -- the pool watch --------------------------------------------------------------------
@@ -364,7 +371,7 @@ def test_agent_exports_every_agent_metric_and_none_of_the_event_stream(agent_env
     worker = fake_worker([SimpleNamespace(index=0, pid=me)])
     agent = started_agent(worker)
     try:
-        request = tapped_request_cls(CeleryLikeRequest, lambda: agent.tap)(
+        request = tapped_request_cls(CeleryLikeRequest, SimpleNamespace(agent=agent))(
             "u1", "t", {"routing_key": "q"})
         agent.tap.received(request)
         request.send_event("task-started")

@@ -177,9 +177,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    tap = _active_tap()
-    if tap is not None and request is not None:
-        tap.received(request, sender)
+    agent = _process.agent  # _active(), inline: this runs for every task
+    if (agent is not None and agent.running and agent.pid == os.getpid()
+            and request is not None):
+        agent.tap.received(request, sender)
 
 
 def _on_task_unknown(sender: Any = None, message: Any = None, name: Any = None,
@@ -226,7 +227,7 @@ def _tap_requests() -> None:
         return
 
     def create_request_cls(*args: Any, **kwargs: Any) -> type:
-        return tapped_request_cls(original(*args, **kwargs), _active_tap)
+        return tapped_request_cls(original(*args, **kwargs), _process)
 
     create_request_cls._celery_vitals = True  # type: ignore[attr-defined]
     strategy.create_request_cls = create_request_cls

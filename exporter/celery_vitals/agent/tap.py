@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from celery_vitals.logs import RateLimitedLogger
 from celery_vitals.router import EventRouter
@@ -102,8 +103,8 @@ class Tap:
 
     def feed(self, event: Event) -> None:
         try:
-            with self.lock:
-                self.router.handle(event, self.clock())
+            with self.lock:  # the event's time is the tap's clock, read when it was built
+                self.router.handle(event, event["timestamp"])
         except Exception:
             log.warn_every("tap-feed", "celery-vitals agent: could not record a %s event",
                            event.get("type"), exc_info=True)
@@ -190,20 +191,37 @@ class Tap:
         return True
 
 
-def tapped_request_cls(cls: type, current: Callable[[], Tap | None]) -> type:
-    """A subclass of Celery's request class that reports to ``current()`` (None: nothing)."""
+class Running(Protocol):
+    """What a tapped request reads: the running agent's pid, state and tap."""
+
+    pid: int
+    running: bool
+    tap: Tap
+
+
+class Holder(Protocol):
+    agent: Any  # a Running agent, or None
+
+
+def tapped_request_cls(cls: type, holder: Holder) -> type:
+    """A subclass of Celery's request class that reports to the tap of ``holder.agent``
+    while that agent runs in this very process (nothing in pool children, nothing once
+    it stopped). The check is inline: these methods run for every task."""
+    getpid = os.getpid
 
     class TappedRequest(cls):  # type: ignore[misc]
         def send_event(self, type: str, **fields: Any) -> Any:  # Celery's names
-            tap = current()
-            if tap is not None and not (type == "task-succeeded"
-                                        and getattr(self, "_celery_vitals_succeeded", False)):
-                tap.request_event(self, type, fields)
+            agent: Running | None = holder.agent
+            if (agent is not None and agent.running and agent.pid == getpid()
+                    and not (type == "task-succeeded"
+                             and getattr(self, "_celery_vitals_succeeded", False))):
+                agent.tap.request_event(self, type, fields)
             return super().send_event(type, **fields)
 
         def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> Any:
-            tap = current()
-            if tap is not None and tap.succeeded(self, failed__retval__runtime):
+            agent: Running | None = holder.agent
+            if (agent is not None and agent.running and agent.pid == getpid()
+                    and agent.tap.succeeded(self, failed__retval__runtime)):
                 self._celery_vitals_succeeded = True  # Celery may send task-succeeded too
             return super().on_success(failed__retval__runtime, **kwargs)
 
