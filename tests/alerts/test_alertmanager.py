@@ -3,20 +3,16 @@ in a real Alertmanager (Debian's prometheus-alertmanager) fed the alerts of each
 
 from __future__ import annotations
 
-import datetime
-import http.client
-import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.alerts.rules import ALERTMANAGER_CONFIG, alert_names
-from tests.support.net import LOOPBACK, free_port, http_get, wait_until
-from tests.support.processes import ManagedProcess
+from tests.support.alertmanager import AlertmanagerServer
+from tests.support.net import wait_until
 
 JOB = "celery-vitals"
 
@@ -61,50 +57,14 @@ def test_inhibitions_name_real_alerts() -> None:
                 assert name in alert_names(), name
 
 
-class Alertmanager:
-    """prometheus-alertmanager with deploy/alertmanager.yml on a free loopback port."""
+class Alertmanager(AlertmanagerServer):
+    """deploy/alertmanager.yml in a real Alertmanager; posted alerts carry ``job``."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.process = ManagedProcess(
-            f"alertmanager :{self.port}",
-            [executable("prometheus-alertmanager"), f"--config.file={ALERTMANAGER_CONFIG}",
-             f"--storage.path={directory / 'data'}",
-             f"--web.listen-address={LOOPBACK}:{self.port}", "--cluster.listen-address=",
-             "--log.level=warn"],
-            directory / "alertmanager.log")
-
-    def start(self) -> Alertmanager:
-        self.process.spawn()
-        wait_until(self.ready, timeout=20, what="alertmanager /-/ready",
-                   details=self.process.tail, interval=0.1)
-        return self
-
-    def ready(self) -> bool:
-        self.process.assert_running()
-        try:
-            return http_get(self.port, "/-/ready", timeout=1).status == 200
-        except OSError:
-            return False
+        super().__init__(directory, ALERTMANAGER_CONFIG)
 
     def post(self, *alerts: dict[str, str]) -> None:
-        now = datetime.datetime.now(datetime.UTC).isoformat()
-        body = json.dumps([{"labels": {"job": JOB, **labels}, "startsAt": now}
-                           for labels in alerts])
-        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=5)
-        try:
-            connection.request("POST", "/api/v2/alerts", body,
-                               {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            assert response.status == 200, response.read()
-        finally:
-            connection.close()
-
-    def alerts(self) -> list[dict[str, Any]]:
-        response = http_get(self.port, "/api/v2/alerts", timeout=5)
-        assert response.status == 200, response.text
-        result: list[dict[str, Any]] = json.loads(response.body)
-        return result
+        super().post(*({"job": JOB, **labels} for labels in alerts))
 
     def states(self, key: Callable[[dict[str, str]], str]) -> dict[str, str]:
         """key(labels) -> active | suppressed, for every alert it holds."""
@@ -117,7 +77,7 @@ def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
     try:
         yield manager.start()
     finally:
-        manager.process.stop()
+        manager.stop()
 
 
 def _by_subject(labels: dict[str, str]) -> str:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from tests.support.metrics import Scrape, parse
 from tests.support.net import LOOPBACK, Response, free_port, http_get, wait_until
@@ -314,3 +314,64 @@ class AgentWorker(CeleryWorker, Scraped):
         except OSError:
             return False
 
+
+
+class LoopbackServer:
+    """A server on a free loopback port, ready once GET /-/ready answers 200 (Prometheus,
+    Alertmanager). A subclass names it and gives its command line for a port."""
+
+    NAME = "server"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = 0
+        self.process: ManagedProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def argv(self) -> list[str]:
+        """The command line, listening on ``self.address``."""
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Starts on a free port (a new one if it was taken meanwhile); ready on /-/ready."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            self.port = free_port()
+            process = ManagedProcess(f"{self.NAME} :{self.port}", self.argv(),
+                                     self.directory / f"{self.NAME}.log", cwd=self.directory)
+            self.process = process
+            process.spawn()
+            if self._wait_ready(process, timeout):
+                return self
+            if "address already in use" not in process.output(latest_start_only=True):
+                process.assert_running()  # failed for another reason: show why
+        raise AssertionError(f"{self.NAME} could not find a free port\n{self.tail()}")
+
+    def _wait_ready(self, process: ManagedProcess, timeout: float) -> bool:
+        """True once ready, False if the process exited (e.g. the port was taken)."""
+        wait_until(lambda: self.ready() or not process.running, timeout=timeout,
+                   what=f"{self.NAME} /-/ready on port {self.port}", details=process.tail,
+                   interval=0.1)
+        return process.running
+
+    def ready(self) -> bool:
+        try:
+            return http_get(self.port, "/-/ready", timeout=1).status == 200
+        except OSError:
+            return False
+
+    def tail(self) -> str:
+        return self.process.tail() if self.process is not None else f"({self.NAME} never ran)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None:
+            self.process.stop(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

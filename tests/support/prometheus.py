@@ -14,10 +14,10 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from tests.support.net import LOOPBACK, free_port, http_get, wait_until
-from tests.support.processes import ManagedProcess
+from tests.support.net import http_get, wait_until
+from tests.support.processes import LoopbackServer
 
 Labels = frozenset[tuple[str, str]]
 
@@ -42,17 +42,19 @@ class Sample:
         return frozenset((k, v) for k, v in self.labels.items() if k != "__name__")
 
 
-class PrometheusServer:
+class PrometheusServer(LoopbackServer):
     """``prometheus`` scraping ``targets`` (job name -> ["host:port", ...]) and loading rules."""
 
+    NAME = "prometheus"
+
     def __init__(self, directory: Path, targets: Mapping[str, Sequence[str]],
-                 rule_files: Sequence[Path] = (), *, interval: str = "1s") -> None:
-        self.directory = directory
+                 rule_files: Sequence[Path] = (), *, interval: str = "1s",
+                 alertmanagers: Sequence[str] = ()) -> None:
+        super().__init__(directory)
+        self.alertmanagers = list(alertmanagers)  # "host:port" of each, where alerts go
         self.targets = {job: list(addresses) for job, addresses in targets.items()}
         self.rule_files = [Path(path).resolve() for path in rule_files]
         self.interval = interval
-        self.port = 0
-        self.process: ManagedProcess | None = None
 
     @property
     def config_path(self) -> Path:
@@ -60,58 +62,28 @@ class PrometheusServer:
 
     def config(self) -> str:
         """prometheus.yml as JSON (a subset of YAML): no YAML writer needed."""
-        return json.dumps({
+        config: dict[str, Any] = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval,
                        "scrape_timeout": self.interval},
             "rule_files": [str(path) for path in self.rule_files],
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": addresses}]}
                                for job, addresses in self.targets.items()],
-        }, indent=2)
+        }
+        if self.alertmanagers:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": self.alertmanagers}]}]}
+        return json.dumps(config, indent=2)
 
-    def start(self, timeout: float = 30.0) -> PrometheusServer:
-        """Starts on a free port (a new one if it was taken meanwhile); ready on /-/ready."""
+    def argv(self) -> list[str]:
+        return [prometheus_executable(), f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.directory / 'data'}",
+                f"--web.listen-address={self.address}", "--log.level=warn"]
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Writes prometheus.yml, then starts on a free port; ready on /-/ready."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config(), encoding="utf-8")
-        for _ in range(5):
-            self.port = free_port()
-            process = ManagedProcess(
-                f"prometheus :{self.port}",
-                [prometheus_executable(), f"--config.file={self.config_path}",
-                 f"--storage.tsdb.path={self.directory / 'data'}",
-                 f"--web.listen-address={LOOPBACK}:{self.port}", "--log.level=warn"],
-                self.directory / "prometheus.log", cwd=self.directory)
-            self.process = process
-            process.spawn()
-            if self._wait_ready(process, timeout):
-                return self
-            if "address already in use" not in process.output(latest_start_only=True):
-                process.assert_running()  # failed for another reason: show why
-        raise AssertionError(f"prometheus could not find a free port\n{self.tail()}")
-
-    def _wait_ready(self, process: ManagedProcess, timeout: float) -> bool:
-        """True once ready, False if the process exited (e.g. the port was taken)."""
-        wait_until(lambda: self.ready() or not process.running, timeout=timeout,
-                   what=f"prometheus /-/ready on port {self.port}", details=process.tail)
-        return process.running
-
-    def ready(self) -> bool:
-        try:
-            return http_get(self.port, "/-/ready", timeout=1).status == 200
-        except OSError:
-            return False
-
-    def tail(self) -> str:
-        return self.process.tail() if self.process is not None else "(prometheus never ran)"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None:
-            self.process.stop(timeout)
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+        return super().start(timeout)
 
     # -- HTTP API ------------------------------------------------------------------
 
@@ -132,6 +104,15 @@ class PrometheusServer:
         data = self.api("query", **params)
         assert data["resultType"] == "vector", f"{expr} gave a {data['resultType']}"
         return [Sample(dict(item["metric"]), float(item["value"][1])) for item in data["result"]]
+
+    def query_range(self, expr: str, start: float, end: float,
+                    step: float) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """A range query: each series' labels and its (timestamp, value) points."""
+        data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
+                        step=f"{step:g}")
+        assert data["resultType"] == "matrix", f"{expr} gave a {data['resultType']}"
+        return [(dict(item["metric"]), [(float(t), float(v)) for t, v in item["values"]])
+                for item in data["result"]]
 
     def label_sets(self, expr: str) -> set[Labels]:
         """The label sets an instant query returns."""

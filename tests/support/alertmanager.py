@@ -1,0 +1,168 @@
+"""A real Alertmanager (Debian's ``prometheus-alertmanager``) and a webhook receiver.
+
+``AlertmanagerServer`` runs with a given configuration file (deploy/alertmanager.yml,
+or a copy whose webhook URLs point at a ``WebhookReceiver``) on a free loopback
+port, without clustering, and is stopped by pid. ``WebhookReceiver`` is a tiny
+HTTP server in a thread that records every notification Alertmanager delivers:
+what a person on call would have received, and when.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import http.server
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.net import LOOPBACK, http_get
+from tests.support.processes import LoopbackServer
+
+
+def alertmanager_executable() -> str:
+    found = shutil.which("prometheus-alertmanager")
+    if found is None:
+        raise FileNotFoundError(
+            "prometheus-alertmanager not found (install Debian's prometheus-alertmanager)"
+        )
+    return found
+
+
+class AlertmanagerServer(LoopbackServer):
+    """prometheus-alertmanager with ``config_path`` on a free loopback port."""
+
+    NAME = "alertmanager"
+
+    def __init__(self, directory: Path, config_path: Path) -> None:
+        super().__init__(directory)
+        self.config_path = config_path
+
+    def argv(self) -> list[str]:
+        return [
+            alertmanager_executable(),
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.directory / 'data'}",
+            f"--web.listen-address={self.address}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ]
+
+    # -- HTTP API ------------------------------------------------------------------
+
+    def post(self, *alerts: dict[str, str]) -> None:
+        """Posts alerts (label sets) as Prometheus would, starting now."""
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        body = json.dumps([{"labels": labels, "startsAt": now} for labels in alerts])
+        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=5)
+        try:
+            connection.request("POST", "/api/v2/alerts", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+        finally:
+            connection.close()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert it holds, with its status (active, suppressed)."""
+        response = http_get(self.port, "/api/v2/alerts", timeout=5)
+        assert response.status == 200, response.text
+        result: list[dict[str, Any]] = json.loads(response.body)
+        return result
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One alert of one webhook notification: who got it, when, and in which state."""
+
+    receiver: str  # the path it was posted to, e.g. "page"
+    received_at: float  # wall clock (time.time()) when the receiver got it
+    status: str  # "firing" | "resolved"
+    labels: dict[str, str]
+    starts_at: str
+    ends_at: str
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def severity(self) -> str:
+        return self.labels.get("severity", "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "receiver": self.receiver,
+            "received_at": self.received_at,
+            "status": self.status,
+            "labels": self.labels,
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+        }
+
+
+class WebhookReceiver:
+    """Records every alert of every webhook POST; each path is a receiver (/page, /ticket)."""
+
+    def __init__(self) -> None:
+        self.notifications: list[Notification] = []
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), self._handler())
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name=f"webhook-receiver:{self.port}"
+        )
+
+    def url(self, receiver: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}/{receiver}"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                receiver.record(self.path.strip("/"), json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        return Handler
+
+    def record(self, path: str, body: dict[str, Any]) -> None:
+        now = time.time()
+        with self._lock:
+            self.notifications.extend(
+                Notification(
+                    path,
+                    now,
+                    alert["status"],
+                    dict(alert["labels"]),
+                    alert.get("startsAt", ""),
+                    alert.get("endsAt", ""),
+                )
+                for alert in body.get("alerts", [])
+            )
+
+    def received(self) -> list[Notification]:
+        with self._lock:
+            return list(self.notifications)
+
+    def start(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
