@@ -192,8 +192,8 @@ def kill_worker(stack: Stack) -> None:
 
 
 def climbing(stack: Stack, t: int) -> None:
-    # one process draining 0.5 s tasks takes ~1.9 a second: 1 before, 2.6 after the onset
-    stack.send("demo.slow", due(2.6 if t >= 0 else 1.0, t), seconds=0.5)
+    # one process draining 0.5 s tasks takes ~1.9 a second: 1 before, 2.3 after the onset
+    stack.send("demo.slow", due(2.3 if t >= 0 else 1.0, t), seconds=0.5)
 
 
 def healthy(stack: Stack, t: int) -> None:
@@ -249,7 +249,7 @@ INCIDENTS = {
         ),
         Incident(
             "climbing",
-            "arrivals 2.6/s against a drain of ~1.9/s (-c 1, 0.5 s tasks)",
+            "arrivals 2.3/s against a drain of ~1.9/s (-c 1, 0.5 s tasks)",
             ("CeleryQueueClimbing",),
             30,
             climbing,
