@@ -158,7 +158,10 @@ class WebhookReceiver:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stops serving (if it started) and closes the socket; idempotent."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=10)
         self._server.server_close()
 
     def __enter__(self) -> WebhookReceiver:
