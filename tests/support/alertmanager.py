@@ -93,16 +93,6 @@ class Notification:
     def severity(self) -> str:
         return self.labels.get("severity", "")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "receiver": self.receiver,
-            "received_at": self.received_at,
-            "status": self.status,
-            "labels": self.labels,
-            "starts_at": self.starts_at,
-            "ends_at": self.ends_at,
-        }
-
 
 class WebhookReceiver:
     """Records every alert of every webhook POST; each path is a receiver (/page, /ticket)."""
