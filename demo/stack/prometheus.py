@@ -140,6 +140,15 @@ class PrometheusServer:
         assert data["resultType"] == "vector", f"{expr} gave a {data['resultType']}"
         return [Sample(dict(item["metric"]), float(item["value"][1])) for item in data["result"]]
 
+    def query_range(self, expr: str, start: float, end: float,
+                    step: float) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """A range query: each series' labels and its (timestamp, value) points."""
+        data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
+                        step=f"{step:g}")
+        assert data["resultType"] == "matrix", f"{expr} gave a {data['resultType']}"
+        return [(dict(item["metric"]), [(float(t), float(v)) for t, v in item["values"]])
+                for item in data["result"]]
+
     def label_sets(self, expr: str) -> set[Labels]:
         """The label sets an instant query returns."""
         return {sample.label_set for sample in self.query(expr)}

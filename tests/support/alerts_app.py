@@ -5,7 +5,10 @@ Redis deployments do by hand (Redis has no dead-lettering), publishes the
 failed message to the dead-letter queue ``dead``. ``alerts.crash`` kills its
 own pool process, as the OOM killer would: Celery reports WorkerLostError.
 ``alerts.storm`` retries forever: a retry storm (``hopeless`` and the demo's
-``flaky`` retry a bounded few times, which is none).
+``flaky`` retry a bounded few times, which is none). For benchmarks/time_to_page.py:
+``alerts.charge`` fails when its caller says so (one task name whose failure share
+the caller chooses), ``alerts.hang`` blocks its pool process, and ``alerts.backoff``
+retries a few times with exponential backoff before it succeeds.
 The worker declares ``dead`` (bound, empty) when it is ready, so the exporter
 sees the queue before the first dead letter and counts it as ingress.
 Broker from CELERY_BROKER_URL.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 from celery import Task, signals
@@ -49,6 +53,29 @@ def storm(self: Task) -> None:
     """Retries forever (no max_retries) against a dependency that never answers: the
     retries compound and the task never finishes, a retry storm."""
     raise self.retry(exc=ConnectionError("dependency down"), countdown=0.5)
+
+
+@app.task(name="alerts.charge")
+def charge(fail: bool = False) -> str:
+    """Succeeds, or fails with ValueError when ``fail``: the caller sets the failure share."""
+    if fail:
+        raise ValueError("card declined")
+    return "charged"
+
+
+@app.task(name="alerts.hang")
+def hang(seconds: float) -> None:
+    """Blocks its pool process (no time limit) while the main process keeps heartbeating."""
+    time.sleep(seconds)
+
+
+@app.task(name="alerts.backoff", bind=True, max_retries=3, retry_backoff=True)
+def backoff(self: Task, failures: int) -> str:
+    """Fails ``failures`` times, retrying after 1 s, 2 s, 4 s ... each time, then succeeds."""
+    if self.request.retries < failures:
+        raise self.retry(exc=ConnectionError("dependency busy"),
+                         countdown=2 ** self.request.retries)
+    return "ok"
 
 
 @app.task(name="alerts.crash")

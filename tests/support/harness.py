@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from celery import Celery
@@ -54,14 +55,16 @@ class Harness:
 
     def worker(self, name: str, broker_url: str, *, exporter: ExporterProcess | None,
                task_events: bool = True, app: str = "demo.app", queues: str | None = None,
-               extra_env: dict[str, str] | None = None) -> CeleryWorker:
+               extra_env: dict[str, str] | None = None, concurrency: int = 2,
+               extra_args: Sequence[str] = ()) -> CeleryWorker:
         """A worker, started and ready: its worker-online seen by ``exporter``, or a ping reply.
 
         Waiting on the exporter (not on a sleep) also proves the exporter
         receives the worker's events before the test sends any task.
         """
         worker = CeleryWorker(name, broker_url, self.directory, app=app, task_events=task_events,
-                              queues=queues, extra_env=extra_env)
+                              queues=queues, extra_env=extra_env, concurrency=concurrency,
+                              extra_args=extra_args)
         self._stack.callback(worker.stop)
         worker.start()
         if exporter is not None:

@@ -533,15 +533,17 @@ def _agent_targets(c: RulesConfig) -> str:
 def _purged_worker_down(c: RulesConfig) -> str:
     """Workers that went down and whose series the exporter has purged since, while their
     job has fewer workers up than it had: nothing recovered (a replacement under another
-    hostname brings the count back and ends it)."""
+    hostname brings the count back and ends it). A job whose only worker was purged has
+    no celery_worker_up left at all: its count is 0 (from its scrape targets' ``up``)."""
     remembered = c.text("worker_down_remembered")
     up = "sum by (job) (celery_worker_up)"
+    now = f"({up} or max by (job) (up) * 0)"
     return (
         f"max by ({WORKER}) (\n"
         f"  max_over_time((max by ({WORKER}) (celery_worker_up) == 0)[{remembered}:])\n"
         ")\n"
         f"unless on ({WORKER}) celery_worker_up\n"
-        f"and on (job) ({up} < max_over_time(({up})[{remembered}:]))\n"
+        f"and on (job) ({now} < max_over_time(({up})[{remembered}:]))\n"
         "unless on (job) (celery_vitals_event_stream_up == 0)"
     )
 

@@ -1,0 +1,129 @@
+"""A real Alertmanager (Debian's ``prometheus-alertmanager``) and a webhook receiver.
+
+``AlertmanagerServer`` runs with a given configuration file (deploy/alertmanager.yml,
+or a copy whose webhook URLs point at a ``WebhookReceiver``) on a free loopback
+port, without clustering, and is stopped by pid. ``WebhookReceiver`` is a tiny
+HTTP server in a thread that records every notification Alertmanager delivers:
+what a person on call would have received, and when.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from demo.stack.alertmanager import Alertmanager
+
+from tests.support.net import LOOPBACK
+
+
+class AlertmanagerServer(Alertmanager):
+    """demo/stack's Alertmanager (``config_path``, a free loopback port, stopped by pid)
+    as a context manager, with the address Prometheus sends alerts to."""
+
+    def __init__(self, directory: Path, config_path: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(directory, config_path)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def __enter__(self) -> AlertmanagerServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One alert of one webhook notification: who got it, when, and in which state."""
+
+    receiver: str  # the path it was posted to, e.g. "page"
+    received_at: float  # wall clock (time.time()) when the receiver got it
+    status: str  # "firing" | "resolved"
+    labels: dict[str, str]
+    starts_at: str
+    ends_at: str
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def severity(self) -> str:
+        return self.labels.get("severity", "")
+
+
+class WebhookReceiver:
+    """Records every alert of every webhook POST; each path is a receiver (/page, /ticket)."""
+
+    def __init__(self) -> None:
+        self.notifications: list[Notification] = []
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), self._handler())
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name=f"webhook-receiver:{self.port}"
+        )
+
+    def url(self, receiver: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}/{receiver}"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                receiver.record(self.path.strip("/"), json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        return Handler
+
+    def record(self, path: str, body: dict[str, Any]) -> None:
+        now = time.time()
+        with self._lock:
+            self.notifications.extend(
+                Notification(
+                    path,
+                    now,
+                    alert["status"],
+                    dict(alert["labels"]),
+                    alert.get("startsAt", ""),
+                    alert.get("endsAt", ""),
+                )
+                for alert in body.get("alerts", [])
+            )
+
+    def received(self) -> list[Notification]:
+        with self._lock:
+            return list(self.notifications)
+
+    def start(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving (if it started) and closes the socket; idempotent."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
