@@ -21,6 +21,7 @@ from celery import Celery
 from celery.worker import state
 
 import celery_vitals.agent as agent_module
+import celery_vitals.agent.tap as tap_module
 from celery_vitals import catalogue
 from celery_vitals.agent import Agent
 from celery_vitals.agent.pool import EX_RECYCLE, PoolWatch, exit_reason, resident_bytes
@@ -109,7 +110,14 @@ class TapHarness:
         running = SimpleNamespace(pid=os.getpid(), running=True, tap=self.tap)
         self.cls = tapped_request_cls(CeleryLikeRequest, SimpleNamespace(agent=running))
 
+    def tasks_received(self) -> float | None:
+        """celery_task_received_total of task t from queue q, without draining the tap."""
+        text = self.pipeline.exposition.render().decode()
+        return Scrape(text, parse(text)).value("celery_task_received_total", name="t",
+                                               queue_name="q")
+
     def scrape(self) -> Scrape:
+        self.tap.drain()  # as the agent's HTTP server does before each scrape
         text = self.pipeline.exposition.render().decode()
         return Scrape(text, parse(text))
 
@@ -536,3 +544,47 @@ def test_unregistered_task_fails_as_not_registered_under_its_name_and_queue() ->
     assert s.get("celery_task_failed_total", name="old.name", queue_name="alpha",
                  exception="NotRegistered") == 1
     assert s.series("celery_task_received_total") == {}
+
+
+def test_tap_queues_events_and_drains_them_in_order_losing_none_across_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = TapHarness()
+    h.tap.feed({"type": "task-received", "uuid": "u0", "name": "t", "hostname": HOST,
+                "timestamp": h.clock(), "queue": "q"})
+    assert list(h.tap.queued) and not h.tasks_received()  # the task's path only appends
+    assert h.tap.drain() == 1 and h.tasks_received() == 1
+    monkeypatch.setattr(tap_module, "MAX_QUEUED", 1_000)  # the inline drain takes part too
+    per_thread, threads = 2_000, 4
+
+    def lifecycles(thread: int) -> None:
+        for number in range(per_thread):
+            uuid, now = f"t{thread}-{number}", h.clock()
+            h.tap.feed({"type": "task-received", "uuid": uuid, "name": "t", "hostname": HOST,
+                        "timestamp": now, "queue": "q"})
+            h.tap.feed({"type": "task-started", "uuid": uuid, "hostname": HOST,
+                        "timestamp": now})
+            h.tap.feed({"type": "task-succeeded", "uuid": uuid, "hostname": HOST,
+                        "timestamp": now, "runtime": 0.01})
+
+    stop = threading.Event()
+
+    def drainer() -> None:
+        while not stop.is_set():
+            h.tap.drain()
+
+    feeding = [threading.Thread(target=lifecycles, args=(n,)) for n in range(threads)]
+    draining = threading.Thread(target=drainer)
+    draining.start()
+    for thread in feeding:
+        thread.start()
+    for thread in feeding:
+        thread.join()
+    stop.set()
+    draining.join()
+    s = h.scrape()  # drains the rest
+    assert not h.tap.queued
+    total = per_thread * threads
+    assert s.get("celery_task_received_total", name="t", queue_name="q") == total + 1
+    for metric in ("started", "succeeded"):
+        assert s.get(f"celery_task_{metric}_total", name="t", queue_name="q") == total
+    assert s.series("celery_vitals_unknown_uuid_events_total") == {}  # order kept per task

@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from celery_vitals import AGENT_CONF_KEY
 from celery_vitals.agent.pool import PoolWatch
-from celery_vitals.agent.tap import Tap, tapped_request_cls
+from celery_vitals.agent.tap import DRAIN_INTERVAL, Tap, tapped_request_cls
 from celery_vitals.config import (
     DEFAULT_RUNTIME_BUCKETS,
     DEFAULT_WAIT_BUCKETS,
@@ -281,8 +281,8 @@ class Agent:
 
     def start(self) -> None:
         """Binds the port (OSError when taken), then starts serving and sampling."""
-        app = _guarded(make_app(self.registry, ready=lambda: self.running,
-                                exposition=self.pipeline.exposition))
+        app = _guarded(_draining(make_app(self.registry, ready=lambda: self.running,
+                                          exposition=self.pipeline.exposition), self.tap))
         self.http = HttpServer(app, self.config.listen_host, self.config.listen_port,
                                web_config=self.config.web_config)
         self.running = True
@@ -300,12 +300,19 @@ class Agent:
                  self.config.listen_host, self.http.port, self.hostname)
 
     def _run(self) -> None:
+        next_tick = 0.0
         while not self._stopping.is_set():
-            self.tick()
-            self._stopping.wait(self.interval)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self.interval
+                self.tick()
+            else:
+                self.tap.drain()
+            self._stopping.wait(min(DRAIN_INTERVAL, self.interval))
 
     def tick(self) -> None:
-        """A heartbeat from the worker's own state, a pool sample, housekeeping."""
+        """The tap's queued events, then a heartbeat from the worker's own state, a pool
+        sample, housekeeping."""
+        self.tap.drain()
         try:
             now = time.time()  # before sampling: a sample is never older than its timestamp
             stats = self.pool.sample()
@@ -363,6 +370,16 @@ def _pool_name(worker: Any) -> str:
     else:
         name = (getattr(pool_cls, "__module__", "") or "").rsplit(".", 1)[-1]
     return {"prefork": "prefork", "thread": "threads", "solo": "solo"}.get(name, name or "unknown")
+
+
+def _draining(app: WsgiApp, tap: Tap) -> WsgiApp:
+    """Every request first routes what the tap queued: a scrape sees every finished task."""
+
+    def draining(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        tap.drain()
+        return app(environ, start_response)
+
+    return draining
 
 
 def _guarded(app: WsgiApp) -> WsgiApp:
