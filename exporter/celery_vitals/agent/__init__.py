@@ -313,6 +313,7 @@ class Agent:
         """The tap's queued events, then a heartbeat from the worker's own state, a pool
         sample, housekeeping."""
         self.tap.drain()
+        self.tap.forget_queues()
         try:
             now = time.time()  # before sampling: a sample is never older than its timestamp
             stats = self.pool.sample()

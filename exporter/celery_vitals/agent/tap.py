@@ -25,7 +25,6 @@ what Celery does. Nothing the tap does can raise into Celery.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -108,6 +107,7 @@ class Tap:
         self.consumer = consumer  # the worker's consumer, for requests without a signal
         self.clock = clock
         self.queued: deque[Event] = deque()
+        self._queues: dict[tuple[Any, ...], str | None] = {}
 
     def feed(self, event: Event) -> None:
         self.queued.append(event)
@@ -142,12 +142,14 @@ class Tap:
         self.feed(event)
 
     def _received_event(self, request: Any, consumer: Any) -> Event:
-        with contextlib.suppress(AttributeError):  # __slots__: a custom strategy's class
+        try:  # noqa: SIM105 - not contextlib.suppress: this runs for every task
             setattr(request, MARK, True)
+        except AttributeError:  # __slots__: a custom strategy's class
+            pass
         message = getattr(request, "message", None)
         raw = getattr(message, "delivery_info", None) or {}
         info = getattr(request, "delivery_info", None) or {}
-        delivery = {**info, **raw}
+        delivery = {**info, **raw} if info else raw
         request_dict = getattr(request, "request_dict", None) or {}
         return {
             "type": "task-received",
@@ -158,9 +160,26 @@ class Tap:
             "retries": request_dict.get("retries", 0),
             "eta": _iso(getattr(request, "eta", None)),
             "expires": _iso(getattr(request, "expires", None)),
-            "queue": delivery_queue(delivery, consumer),
+            "queue": self._queue(delivery, consumer),
             "redelivered": delivery.get("redelivered") is True,
         }
+
+    def _queue(self, delivery: Mapping[str, Any], consumer: Any) -> str | None:
+        """delivery_queue(), remembered per consumer tag, exchange and routing key until
+        forget_queues() (the agent's heartbeat: a queue added or cancelled shows within
+        seconds)."""
+        key = (id(consumer), delivery.get("consumer_tag"), delivery.get("exchange"),
+               delivery.get("routing_key"))
+        try:
+            return self._queues[key]
+        except KeyError:
+            queue = self._queues[key] = delivery_queue(delivery, consumer)
+            return queue
+        except TypeError:  # an unhashable field: not worth remembering
+            return delivery_queue(delivery, consumer)
+
+    def forget_queues(self) -> None:
+        self._queues = {}
 
     def unknown(self, consumer: Any, message: Any, name: object, uuid: object) -> None:
         """The task_unknown signal: a message for a task name this worker does not have.
