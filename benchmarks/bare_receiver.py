@@ -75,10 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-url", required=True)
     parser.add_argument("--expect", type=int, required=True, help="events to wait for")
     parser.add_argument("--status", type=Path, required=True, help="status file prefix")
-    parser.add_argument("--idle", type=float, default=10.0,
-                        help="seconds without events after which counting stops")
-    parser.add_argument("--queue-ttl", type=float, default=5.0,
-                        help="message TTL of the event queue (AMQP), as the exporter's")
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds without events after which counting stops"
+    )
+    parser.add_argument(
+        "--queue-ttl",
+        type=float,
+        default=5.0,
+        help="message TTL of the event queue (AMQP), as the exporter's",
+    )
     parser.add_argument("--queue-expires", type=float, default=60.0)
     args = parser.parse_args(argv)
 
@@ -109,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         connection.ensure_connection(max_retries=0)
         # the same reads as EventStream, so the ratio times only the exporter's own work
         ReadAhead.install(connection, drain_timeout=0.5)
-        with Consumer(connection, queues=[queue], no_ack=True, accept=["json"],
-                      on_message=counter.on_message):
+        with Consumer(
+            connection, queues=[queue], no_ack=True, accept=["json"], on_message=counter.on_message
+        ):
             while not stopping:
                 with suppress(TimeoutError):
                     connection.drain_events(timeout=0.5)
@@ -121,9 +127,16 @@ def main(argv: list[str] | None = None) -> int:
                 idle = counter.last is not None and time.time() - counter.last > args.idle
                 if counter.events >= args.expect or idle:
                     done = True
-                    _write(done_path, {"events": counter.events, "bodies": counter.bodies,
-                                       "first": counter.first, "last": counter.last,
-                                       "idle_stop": idle and counter.events < args.expect})
+                    _write(
+                        done_path,
+                        {
+                            "events": counter.events,
+                            "bodies": counter.bodies,
+                            "first": counter.first,
+                            "last": counter.last,
+                            "idle_stop": idle and counter.events < args.expect,
+                        },
+                    )
     return 0
 
 

@@ -57,8 +57,9 @@ def serve(backlog: int, args: argparse.Namespace, ready: Any, port: Any, stop: A
     registry = CollectorRegistry()
     pipeline = Pipeline(build({"broker_url": "redis://localhost:6379/0"}), registry)
     populate(pipeline, args.names, args.queues, args.workers)
-    server = http.HttpServer(http.make_app(registry, lambda: True,
-                                           exposition=pipeline.exposition), "127.0.0.1", 0)
+    server = http.HttpServer(
+        http.make_app(registry, lambda: True, exposition=pipeline.exposition), "127.0.0.1", 0
+    )
     server.start()
     port.value = server.port
     ready.set()
@@ -120,30 +121,57 @@ def measure(backlog: int, args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         process.join(timeout=30)
     ms = sorted(1000 * s for s in latencies)
-    return {"backlog": backlog, "samples": samples, "scrapes": len(ms),
-            "ms": {"median": round(statistics.median(ms), 1),
-                   "p95": round(_percentile(ms, 0.95), 1), "max": round(ms[-1], 1)},
-            "over_1s": sum(1 for value in ms if value > 1000 * TARGET_S),
-            "failed": len(failures), "failures": sorted(set(failures))[:5]}
+    return {
+        "backlog": backlog,
+        "samples": samples,
+        "scrapes": len(ms),
+        "ms": {
+            "median": round(statistics.median(ms), 1),
+            "p95": round(_percentile(ms, 0.95), 1),
+            "max": round(ms[-1], 1),
+        },
+        "over_1s": sum(1 for value in ms if value > 1000 * TARGET_S),
+        "failed": len(failures),
+        "failures": sorted(set(failures))[:5],
+    }
 
 
 def print_report(result: dict[str, Any]) -> None:
     now, before = result["backlog_128"], result["backlog_5"]
-    print(f"{result['clients']} concurrent scrapes x {result['rounds']} rounds, "
-          f"{now['samples']:,} samples per scrape (OpenMetrics, gzip)")
-    rows = [["listen backlog", "median ms", "p95 ms", "max ms", f"over {TARGET_S:g} s",
-             f"failed (>{CLIENT_TIMEOUT:g} s or refused)"]]
+    print(
+        f"{result['clients']} concurrent scrapes x {result['rounds']} rounds, "
+        f"{now['samples']:,} samples per scrape (OpenMetrics, gzip)"
+    )
+    rows = [
+        [
+            "listen backlog",
+            "median ms",
+            "p95 ms",
+            "max ms",
+            f"over {TARGET_S:g} s",
+            f"failed (>{CLIENT_TIMEOUT:g} s or refused)",
+        ]
+    ]
     for case in (before, now):
-        rows.append([str(case["backlog"]), f"{case['ms']['median']:.1f}",
-                     f"{case['ms']['p95']:.1f}", f"{case['ms']['max']:.1f}",
-                     f"{case['over_1s']} of {case['scrapes']}", str(case["failed"])])
+        rows.append(
+            [
+                str(case["backlog"]),
+                f"{case['ms']['median']:.1f}",
+                f"{case['ms']['p95']:.1f}",
+                f"{case['ms']['max']:.1f}",
+                f"{case['over_1s']} of {case['scrapes']}",
+                str(case["failed"]),
+            ]
+        )
     print(table(rows))
     print(f"slowest scrape, backlog 5 / backlog 128: {result['max_ratio']:.0f}x")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmarks/concurrent_scrapes.py",
-                                     description="50 concurrent scrapes, backlog 5 and 128.")
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/concurrent_scrapes.py",
+        description="50 concurrent scrapes, backlog 5 and 128.",
+    )
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=10)
     # 18 names x 2 queues x 5 workers: about 2,000 samples
@@ -168,11 +196,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     before = measure(OLD_BACKLOG, args)
     now = measure(http.LISTEN_BACKLOG, args)
     result: dict[str, Any] = {
-        "benchmark": "concurrent_scrapes", "mode": "smoke" if args.smoke else "full",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "clients": args.clients, "rounds": args.rounds, "target_s": TARGET_S,
-        "backlog_5": before, "backlog_128": now,
+        "benchmark": "concurrent_scrapes",
+        "mode": "smoke" if args.smoke else "full",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "target_s": TARGET_S,
+        "backlog_5": before,
+        "backlog_128": now,
         "max_ratio": round(before["ms"]["max"] / max(now["ms"]["max"], 0.001), 1),
         "meets_target": now["ms"]["max"] <= 1000 * TARGET_S and now["failed"] == 0,
     }

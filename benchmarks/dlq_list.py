@@ -64,11 +64,21 @@ def fill_amqp(url: str, queue: str, count: int) -> None:
         channel.queue_declare(queue, durable=True, auto_delete=False)
         body = json.dumps([[1, 2], {"user": 42}, {}]).encode()
         for n in range(count):
-            channel.basic_publish(amqp.Message(
-                body, content_type="application/json", content_encoding="utf-8",
-                application_headers={"id": str(uuid.uuid4()), "task": TASKS[n % len(TASKS)],
-                                     "lang": "py", "retries": 0}), exchange="",
-                routing_key=queue)
+            channel.basic_publish(
+                amqp.Message(
+                    body,
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    application_headers={
+                        "id": str(uuid.uuid4()),
+                        "task": TASKS[n % len(TASKS)],
+                        "lang": "py",
+                        "retries": 0,
+                    },
+                ),
+                exchange="",
+                routing_key=queue,
+            )
         channel.queue_declare(queue, passive=True)  # a round trip: all published
 
 
@@ -77,8 +87,9 @@ def measure(url: str, queue: str) -> dict[str, Any]:
     env["CELERY_VITALS_BROKER_URL"] = url
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        process = subprocess.Popen([CLI, "dlq", "list", queue, "--json"], env=env,
-                                   stdout=out, stderr=err)
+        process = subprocess.Popen(
+            [CLI, "dlq", "list", queue, "--json"], env=env, stdout=out, stderr=err
+        )
         _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
         elapsed = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -89,9 +100,14 @@ def measure(url: str, queue: str) -> dict[str, Any]:
         peak = usage.ru_maxrss
         text = out.read()
     [summary] = json.loads(text)
-    return {"depth": summary["depth"], "sample_size": summary["sample_size"],
-            "sampled": summary["sampled"], "seconds": round(elapsed, 2), "peak_rss_kib": peak,
-            "tasks": summary["tasks"]}
+    return {
+        "depth": summary["depth"],
+        "sample_size": summary["sample_size"],
+        "sampled": summary["sampled"],
+        "seconds": round(elapsed, 2),
+        "peak_rss_kib": peak,
+        "tasks": summary["tasks"],
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -115,8 +131,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 started = time.perf_counter()
                 (fill_redis if args.broker == "redis" else fill_amqp)(url, queue, size)
                 filled = time.perf_counter() - started
-                result = {"broker": args.broker, "fill_seconds": round(filled, 1),
-                          **measure(url, queue)}
+                result = {
+                    "broker": args.broker,
+                    "fill_seconds": round(filled, 1),
+                    **measure(url, queue),
+                }
                 results.append(result)
                 print(json.dumps(result), flush=True)
         finally:

@@ -63,16 +63,38 @@ def tasks_for(rate: float, seconds: float) -> int:
     return max(1, math.ceil(rate * seconds / EVENTS_PER_TASK))
 
 
-def run_one(broker: str, rate: float, tasks: int, *, output: Path | None,
-            runner: Runner = throughput.main, bare: bool = False,
-            publishers: int = 1) -> dict[str, Any]:
+def run_one(
+    broker: str,
+    rate: float,
+    tasks: int,
+    *,
+    output: Path | None,
+    runner: Runner = throughput.main,
+    bare: bool = False,
+    publishers: int = 1,
+) -> dict[str, Any]:
     """One fixed-rate run; a VerificationError (events lost) is recorded, not raised."""
-    argv = ["--broker", broker, "--rate", f"{rate:g}", "--tasks", str(tasks), "--quiet",
-            "--publishers", str(publishers)]
+    argv = [
+        "--broker",
+        broker,
+        "--rate",
+        f"{rate:g}",
+        "--tasks",
+        str(tasks),
+        "--quiet",
+        "--publishers",
+        str(publishers),
+    ]
     argv += [] if bare else ["--no-bare"]
     argv += ["--output", str(output)] if output is not None else ["--no-write"]
-    row: dict[str, Any] = {"broker": broker, "rate": rate, "tasks": tasks, "bare": bare,
-                           "publishers": publishers, "error": None}
+    row: dict[str, Any] = {
+        "broker": broker,
+        "rate": rate,
+        "tasks": tasks,
+        "bare": bare,
+        "publishers": publishers,
+        "error": None,
+    }
     t0 = time.perf_counter()
     result: dict[str, Any] | None = None
     try:
@@ -88,35 +110,50 @@ def run_one(broker: str, rate: float, tasks: int, *, output: Path | None,
         b = result["broker"]
         exporter, bare_receiver = b["consumers"]["exporter"], b["consumers"].get("bare")
         stats = b.get("broker_stats") or {}
-        row.update({
-            "published": b["published"]["events"],
-            "published_per_second": b["published"]["events_per_second"],
-            "publish_seconds": b["published"]["seconds"],
-            "exporter_counted": exporter["events"], "exporter_lost": exporter["lost"],
-            "bare_counted": bare_receiver["events"] if bare_receiver else None,
-            "bare_lost": bare_receiver["lost"] if bare_receiver else None,
-            "exporter_cpu_us_per_event": exporter["cpu_us_per_event"],
-            "exporter_reconnects": exporter.get("reconnects"),
-            "exporter_heartbeats_missed": exporter.get("heartbeats_missed"),
-            "peak_backlog_events": exporter.get("peak_backlog_events"),
-            "redis_output_buffer_disconnects": stats.get("output_buffer_disconnects_logged"),
-            "redis_peak_subscriber_output_buffer_bytes":
-                stats.get("peak_subscriber_output_buffer_bytes"),
-            "broker_stats": stats,
-            "task_counters_match": (b["exporter_task_counters"]
-                                    == b["expected_task_counters"]),
-            "problems": b["problems"],
-        })
+        row.update(
+            {
+                "published": b["published"]["events"],
+                "published_per_second": b["published"]["events_per_second"],
+                "publish_seconds": b["published"]["seconds"],
+                "exporter_counted": exporter["events"],
+                "exporter_lost": exporter["lost"],
+                "bare_counted": bare_receiver["events"] if bare_receiver else None,
+                "bare_lost": bare_receiver["lost"] if bare_receiver else None,
+                "exporter_cpu_us_per_event": exporter["cpu_us_per_event"],
+                "exporter_reconnects": exporter.get("reconnects"),
+                "exporter_heartbeats_missed": exporter.get("heartbeats_missed"),
+                "peak_backlog_events": exporter.get("peak_backlog_events"),
+                "redis_output_buffer_disconnects": stats.get("output_buffer_disconnects_logged"),
+                "redis_peak_subscriber_output_buffer_bytes": stats.get(
+                    "peak_subscriber_output_buffer_bytes"
+                ),
+                "broker_stats": stats,
+                "task_counters_match": (b["exporter_task_counters"] == b["expected_task_counters"]),
+                "problems": b["problems"],
+            }
+        )
     elif result is not None:  # in process (smoke): counted == published, or it raised
         events = result["workload"]["events"]
-        row.update({"published": events, "published_per_second": None,
-                    "publish_seconds": None, "exporter_counted": events, "exporter_lost": 0,
-                    "bare_counted": None, "bare_lost": None,
-                    "exporter_cpu_us_per_event": None, "exporter_reconnects": None,
-                    "exporter_heartbeats_missed": None, "peak_backlog_events": None,
-                    "redis_output_buffer_disconnects": None,
-                    "redis_peak_subscriber_output_buffer_bytes": None, "broker_stats": {},
-                    "task_counters_match": True, "problems": []})
+        row.update(
+            {
+                "published": events,
+                "published_per_second": None,
+                "publish_seconds": None,
+                "exporter_counted": events,
+                "exporter_lost": 0,
+                "bare_counted": None,
+                "bare_lost": None,
+                "exporter_cpu_us_per_event": None,
+                "exporter_reconnects": None,
+                "exporter_heartbeats_missed": None,
+                "peak_backlog_events": None,
+                "redis_output_buffer_disconnects": None,
+                "redis_peak_subscriber_output_buffer_bytes": None,
+                "broker_stats": {},
+                "task_counters_match": True,
+                "problems": [],
+            }
+        )
     return row
 
 
@@ -142,21 +179,46 @@ def _mib(value: object) -> str:
 
 def print_report(result: dict[str, Any]) -> None:
     with_bare = any(r.get("bare") for r in result["runs"])
-    header = ["broker", "target/s", "achieved/s", "s", "published", "exporter counted",
-              "exporter lost", "reconnects", "peak backlog", "redis OB disconnects",
-              "redis peak OB MiB"]
+    header = [
+        "broker",
+        "target/s",
+        "achieved/s",
+        "s",
+        "published",
+        "exporter counted",
+        "exporter lost",
+        "reconnects",
+        "peak backlog",
+        "redis OB disconnects",
+        "redis peak OB MiB",
+    ]
     if with_bare:
         header += ["bare counted", "bare lost"]
     rows: list[list[object]] = [[*header, "verdict"]]
     for r in result["runs"]:
         lost = r.get("exporter_lost")
-        verdict = ("no data" if lost is None else "lossless" if lost == 0 and not r["error"]
-                   else "LOSS" if lost else "MISCOUNT")
-        row = [r["broker"], f"{r['rate']:,.0f}", _n(r.get("published_per_second")),
-               _n(r.get("publish_seconds")), _n(r.get("published")),
-               _n(r.get("exporter_counted")), _lost(r), _n(r.get("exporter_reconnects")),
-               _n(r.get("peak_backlog_events")), _n(r.get("redis_output_buffer_disconnects")),
-               _mib(r.get("redis_peak_subscriber_output_buffer_bytes"))]
+        verdict = (
+            "no data"
+            if lost is None
+            else "lossless"
+            if lost == 0 and not r["error"]
+            else "LOSS"
+            if lost
+            else "MISCOUNT"
+        )
+        row = [
+            r["broker"],
+            f"{r['rate']:,.0f}",
+            _n(r.get("published_per_second")),
+            _n(r.get("publish_seconds")),
+            _n(r.get("published")),
+            _n(r.get("exporter_counted")),
+            _lost(r),
+            _n(r.get("exporter_reconnects")),
+            _n(r.get("peak_backlog_events")),
+            _n(r.get("redis_output_buffer_disconnects")),
+            _mib(r.get("redis_peak_subscriber_output_buffer_bytes")),
+        ]
         if with_bare:
             row += [_n(r.get("bare_counted")), _n(r.get("bare_lost"))]
         rows.append([*row, verdict])
@@ -167,21 +229,40 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmarks/loss.py",
-                                     description="Events published vs counted at fixed rates.")
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/loss.py", description="Events published vs counted at fixed rates."
+    )
     parser.add_argument("--brokers", default="redis,amqp", help="comma-separated: redis, amqp")
-    parser.add_argument("--rates", default="20000,50000,80000",
-                        help="comma-separated events/s")
-    parser.add_argument("--seconds", type=float, default=30.0,
-                        help="about how long each run publishes: rate * seconds / 4.1 tasks")
-    parser.add_argument("--tasks", type=int, default=None,
-                        help="tasks per run (~4.1 events each), instead of --seconds")
-    parser.add_argument("--with-bare", dest="bare", action="store_true",
-                        help="also run the bare receiver (it competes for the CPU)")
-    parser.add_argument("--publishers", type=int, default=1,
-                        help="publisher processes per run (see throughput.py --publishers)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the driver only: throughput's in-process smoke run per rate")
+    parser.add_argument("--rates", default="20000,50000,80000", help="comma-separated events/s")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="about how long each run publishes: rate * seconds / 4.1 tasks",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="tasks per run (~4.1 events each), instead of --seconds",
+    )
+    parser.add_argument(
+        "--with-bare",
+        dest="bare",
+        action="store_true",
+        help="also run the bare receiver (it competes for the CPU)",
+    )
+    parser.add_argument(
+        "--publishers",
+        type=int,
+        default=1,
+        help="publisher processes per run (see throughput.py --publishers)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the driver only: throughput's in-process smoke run per rate",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "loss.json")
     parser.add_argument("--no-write", action="store_true", help="do not write JSON files")
     parser.add_argument("--quiet", action="store_true", help="do not print the report")
@@ -206,11 +287,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every broker x rate; returns the results (also printed and written as JSON)."""
     args = parse_args(argv)
     result: dict[str, Any] = {
-        "benchmark": "loss", "mode": "smoke" if args.smoke else "brokers",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "tasks": args.tasks, "seconds": None if args.tasks else args.seconds,
-        "bare": args.bare, "publishers": args.publishers, "runs": [],
+        "benchmark": "loss",
+        "mode": "smoke" if args.smoke else "brokers",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "tasks": args.tasks,
+        "seconds": None if args.tasks else args.seconds,
+        "bare": args.bare,
+        "publishers": args.publishers,
+        "runs": [],
     }
     for broker in args.brokers:
         for rate in args.rates:
@@ -219,8 +307,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 output.parent.mkdir(parents=True, exist_ok=True)
             runner = _smoke_runner if args.smoke else throughput.main
             tasks = args.tasks or tasks_for(rate, args.seconds)
-            row = run_one(broker, rate, tasks, output=output, runner=runner, bare=args.bare,
-                          publishers=args.publishers)
+            row = run_one(
+                broker,
+                rate,
+                tasks,
+                output=output,
+                runner=runner,
+                bare=args.bare,
+                publishers=args.publishers,
+            )
             result["runs"].append(row)
             if not args.quiet:
                 print(f"{broker} at {rate:,.0f}/s: done in {row['seconds']} s", flush=True)

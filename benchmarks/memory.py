@@ -53,12 +53,17 @@ BATCH = 24  # a worker's event buffer (Celery's default)
 CHUNK = 1000  # tasks generated and fed at a time
 SIM_RATE = 2000.0  # simulated tasks per second: spaces the timestamps
 CASES: dict[str, dict[str, Any]] = {
-    "A": {"tasks": 1_000_000, "finish": True,
-          "what": "tasks run to completion"},
-    "B": {"tasks": 100_000, "finish": False,
-          "what": "tasks in flight (sent + received), under the cap"},
-    "C": {"tasks": 1_000_000, "finish": False,
-          "what": "tasks never finished (uuid map evicts at its cap)"},
+    "A": {"tasks": 1_000_000, "finish": True, "what": "tasks run to completion"},
+    "B": {
+        "tasks": 100_000,
+        "finish": False,
+        "what": "tasks in flight (sent + received), under the cap",
+    },
+    "C": {
+        "tasks": 1_000_000,
+        "finish": False,
+        "what": "tasks never finished (uuid map evicts at its cap)",
+    },
 }
 
 
@@ -77,12 +82,16 @@ def _memory() -> dict[str, int]:
                 status[key] = int(value.split()[0])
     except OSError:
         pass
-    return {"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "vmhwm_kib": status.get("VmHWM", 0), "vmrss_kib": status.get("VmRSS", 0)}
+    return {
+        "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "vmhwm_kib": status.get("VmHWM", 0),
+        "vmrss_kib": status.get("VmRSS", 0),
+    }
 
 
-def bodies(tasks: int, finish: bool, *, seed: int = 11,
-           chunk: int = CHUNK) -> Iterator[tuple[int, list[dict[str, Any] | list[Any]]]]:
+def bodies(
+    tasks: int, finish: bool, *, seed: int = 11, chunk: int = CHUNK
+) -> Iterator[tuple[int, list[dict[str, Any] | list[Any]]]]:
     """Yield (tasks so far, message bodies for the next ``chunk`` tasks), lazily.
 
     Per chunk: each task's task-sent on its own (as a client publishes it), then
@@ -103,8 +112,12 @@ def bodies(tasks: int, finish: bool, *, seed: int = 11,
         out: list[dict[str, Any] | list[Any]] = []
         buffers: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
 
-        def put(w: int, event: dict[str, Any], buffers: list[list[dict[str, Any]]] = buffers,
-                out: list[dict[str, Any] | list[Any]] = out) -> None:
+        def put(
+            w: int,
+            event: dict[str, Any],
+            buffers: list[list[dict[str, Any]]] = buffers,
+            out: list[dict[str, Any] | list[Any]] = out,
+        ) -> None:
             clocks[w] += 1
             event["clock"] = clocks[w]
             buffers[w].append(event)
@@ -117,26 +130,76 @@ def bodies(tasks: int, finish: bool, *, seed: int = 11,
             name, queue = names[rng.randrange(NAMES)]
             task_id = str(uuid_module.UUID(int=rng.getrandbits(128), version=4))
             ts = base + i / SIM_RATE
-            out.append({"hostname": "gen4000@web-0", "utcoffset": 0, "pid": 4000, "clock": i,
-                        "timestamp": ts, "type": "task-sent", "uuid": task_id,
-                        "root_id": task_id, "parent_id": None, "name": name,
-                        "args": f"({rng.randrange(10**6)},)", "kwargs": "{'tenant': 'acme'}",
-                        "retries": 0, "eta": None, "expires": None, "queue": queue,
-                        "exchange": "", "routing_key": queue})
+            out.append(
+                {
+                    "hostname": "gen4000@web-0",
+                    "utcoffset": 0,
+                    "pid": 4000,
+                    "clock": i,
+                    "timestamp": ts,
+                    "type": "task-sent",
+                    "uuid": task_id,
+                    "root_id": task_id,
+                    "parent_id": None,
+                    "name": name,
+                    "args": f"({rng.randrange(10**6)},)",
+                    "kwargs": "{'tenant': 'acme'}",
+                    "retries": 0,
+                    "eta": None,
+                    "expires": None,
+                    "queue": queue,
+                    "exchange": "",
+                    "routing_key": queue,
+                }
+            )
             later.append((rng.randrange(WORKERS), task_id, name, queue, ts))
         for w, task_id, name, _queue, ts in later:
             host = hosts[w]
-            put(w, {"hostname": host, "utcoffset": 0, "pid": 1000 + w, "timestamp": ts + 0.01,
-                    "type": "task-received", "uuid": task_id, "name": name, "args": "(1,)",
-                    "kwargs": "{}", "root_id": task_id, "parent_id": None, "retries": 0,
-                    "eta": None, "expires": None})
+            put(
+                w,
+                {
+                    "hostname": host,
+                    "utcoffset": 0,
+                    "pid": 1000 + w,
+                    "timestamp": ts + 0.01,
+                    "type": "task-received",
+                    "uuid": task_id,
+                    "name": name,
+                    "args": "(1,)",
+                    "kwargs": "{}",
+                    "root_id": task_id,
+                    "parent_id": None,
+                    "retries": 0,
+                    "eta": None,
+                    "expires": None,
+                },
+            )
             if finish:
-                put(w, {"hostname": host, "utcoffset": 0, "pid": 1000 + w,
-                        "timestamp": ts + 0.02, "type": "task-started", "uuid": task_id})
+                put(
+                    w,
+                    {
+                        "hostname": host,
+                        "utcoffset": 0,
+                        "pid": 1000 + w,
+                        "timestamp": ts + 0.02,
+                        "type": "task-started",
+                        "uuid": task_id,
+                    },
+                )
                 runtime = rng.expovariate(1 / 0.08)
-                put(w, {"hostname": host, "utcoffset": 0, "pid": 1000 + w,
-                        "timestamp": ts + 0.02 + runtime, "type": "task-succeeded",
-                        "uuid": task_id, "result": "None", "runtime": runtime})
+                put(
+                    w,
+                    {
+                        "hostname": host,
+                        "utcoffset": 0,
+                        "pid": 1000 + w,
+                        "timestamp": ts + 0.02 + runtime,
+                        "type": "task-succeeded",
+                        "uuid": task_id,
+                        "result": "None",
+                        "runtime": runtime,
+                    },
+                )
                 processed[w] += 1
         out.extend(b for b in buffers if b)
         done += n
@@ -144,17 +207,30 @@ def bodies(tasks: int, finish: bool, *, seed: int = 11,
         while next_beat <= now:
             for w in range(WORKERS):
                 clocks[w] += 1
-                out.append({"hostname": hosts[w], "utcoffset": 0, "pid": 1000 + w,
-                            "clock": clocks[w], "timestamp": next_beat,
-                            "type": "worker-heartbeat", "freq": 2.0, "active": 4,
-                            "processed": processed[w], "loadavg": [0.5, 0.4, 0.3],
-                            "sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux"})
+                out.append(
+                    {
+                        "hostname": hosts[w],
+                        "utcoffset": 0,
+                        "pid": 1000 + w,
+                        "clock": clocks[w],
+                        "timestamp": next_beat,
+                        "type": "worker-heartbeat",
+                        "freq": 2.0,
+                        "active": 4,
+                        "processed": processed[w],
+                        "loadavg": [0.5, 0.4, 0.3],
+                        "sw_ident": "py-celery",
+                        "sw_ver": "5.7.0",
+                        "sw_sys": "Linux",
+                    }
+                )
             next_beat += 2.0
         yield done, out
 
 
-def run_case(case: str, tasks: int, every: int, max_tracked: int | None,
-             trace: bool = False) -> dict[str, Any]:
+def run_case(
+    case: str, tasks: int, every: int, max_tracked: int | None, trace: bool = False
+) -> dict[str, Any]:
     """Feed one case into a fresh Pipeline in this process; returns samples and end state.
 
     At every sample /metrics is rendered (as a scrape would), so its text
@@ -178,8 +254,14 @@ def run_case(case: str, tasks: int, every: int, max_tracked: int | None,
     def sample(done: int, seconds: float) -> dict[str, Any]:
         scrape = len(pipeline.exposition.render())
         heap = {"traced_kib": tracemalloc.get_traced_memory()[0] // 1024} if trace else {}
-        return {"tasks": done, "seconds": round(seconds, 2), "tracked": len(tracker.tasks),
-                "scrape_bytes": scrape, **heap, **_memory()}
+        return {
+            "tasks": done,
+            "seconds": round(seconds, 2),
+            "tracked": len(tracker.tasks),
+            "scrape_bytes": scrape,
+            **heap,
+            **_memory(),
+        }
 
     samples = [sample(0, 0.0)]
     t0 = time.perf_counter()
@@ -192,19 +274,26 @@ def run_case(case: str, tasks: int, every: int, max_tracked: int | None,
             next_sample += every
     by_type = {k: v for k, v in pipeline.router.events_by_type.items() if v}
     return {
-        "case": case, "what": CASES[case]["what"], "tasks": tasks, "finish": finish,
+        "case": case,
+        "what": CASES[case]["what"],
+        "tasks": tasks,
+        "finish": finish,
         "max_tracked_tasks": config.max_tracked_tasks,
         "seconds": round(time.perf_counter() - t0, 2),
-        "events": sum(by_type.values()), "by_type": by_type,
+        "events": sum(by_type.values()),
+        "by_type": by_type,
         "tracked": len(tracker.tasks),
         "evictions": dict(tracker.evictions),
         "finished_map": len(tracker._finished),
-        "sent": sum(tracker.sent.values()), "succeeded": sum(tracker.succeeded.values()),
-        "series": {"sent": len(tracker.sent), "received": len(tracker.received),
-                   "succeeded": len(tracker.succeeded)},
+        "sent": sum(tracker.sent.values()),
+        "succeeded": sum(tracker.succeeded.values()),
+        "series": {
+            "sent": len(tracker.sent),
+            "received": len(tracker.received),
+            "succeeded": len(tracker.succeeded),
+        },
         "workers": len(pipeline.workers.workers),
-        "folded": {g.label: sum(g.folded.values()) for g in pipeline.guards.values()
-                   if g.folded},
+        "folded": {g.label: sum(g.folded.values()) for g in pipeline.guards.values() if g.folded},
         "skipped": dict(tracker.skipped),
         "samples": samples,
         "peak": _memory(),
@@ -218,25 +307,39 @@ def check(result: dict[str, Any]) -> list[str]:
     want_tracked = 0 if result["finish"] else min(tasks, cap)
     want_evicted = 0 if result["finish"] else max(0, tasks - cap)
     if result["tracked"] != want_tracked:
-        problems.append(f"case {result['case']}: {result['tracked']} tasks tracked, "
-                        f"expected {want_tracked}")
+        problems.append(
+            f"case {result['case']}: {result['tracked']} tasks tracked, expected {want_tracked}"
+        )
     if result["evictions"] != {"capacity": want_evicted, "age": 0}:
-        problems.append(f"case {result['case']}: evictions {result['evictions']}, "
-                        f"expected {want_evicted} by capacity")
+        problems.append(
+            f"case {result['case']}: evictions {result['evictions']}, "
+            f"expected {want_evicted} by capacity"
+        )
     if result["sent"] != tasks:
         problems.append(f"case {result['case']}: {result['sent']} sent counted, {tasks} sent")
     if result["finish"] and result["succeeded"] != tasks:
         problems.append(f"case {result['case']}: {result['succeeded']} succeeded counted")
     if result["folded"] or result["skipped"]:
-        problems.append(f"case {result['case']}: folded {result['folded']}, "
-                        f"skipped {result['skipped']}")
+        problems.append(
+            f"case {result['case']}: folded {result['folded']}, skipped {result['skipped']}"
+        )
     return problems
 
 
-def run_subprocess(case: str, tasks: int, every: int,
-                   max_tracked: int | None, trace: bool = False) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", case,
-               "--tasks", str(tasks), "--every", str(every), *(["--trace"] if trace else [])]
+def run_subprocess(
+    case: str, tasks: int, every: int, max_tracked: int | None, trace: bool = False
+) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        case,
+        "--tasks",
+        str(tasks),
+        "--every",
+        str(every),
+        *(["--trace"] if trace else []),
+    ]
     if max_tracked is not None:
         command += ["--max-tracked-tasks", str(max_tracked)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -252,38 +355,70 @@ def _mib(kib: int) -> str:
 
 def print_report(result: dict[str, Any]) -> None:
     for case in result["cases"].values():
-        print(f"\ncase {case['case']}: {case['what']} ({case['tasks']:,} tasks, "
-              f"{case['events']:,} events, {case['seconds']} s, "
-              f"max_tracked_tasks {case['max_tracked_tasks']:,})")
-        rows: list[list[object]] = [["tasks", "tracked", "peak RSS MiB (ru_maxrss)",
-                                     "VmHWM MiB", "VmRSS MiB", "Python heap MiB",
-                                     "/metrics bytes", "s"]]
+        print(
+            f"\ncase {case['case']}: {case['what']} ({case['tasks']:,} tasks, "
+            f"{case['events']:,} events, {case['seconds']} s, "
+            f"max_tracked_tasks {case['max_tracked_tasks']:,})"
+        )
+        rows: list[list[object]] = [
+            [
+                "tasks",
+                "tracked",
+                "peak RSS MiB (ru_maxrss)",
+                "VmHWM MiB",
+                "VmRSS MiB",
+                "Python heap MiB",
+                "/metrics bytes",
+                "s",
+            ]
+        ]
         for s in case["samples"]:
             heap = _mib(s["traced_kib"]) if "traced_kib" in s else "-"
-            rows.append([f"{s['tasks']:,}", f"{s['tracked']:,}", _mib(s["ru_maxrss_kib"]),
-                         _mib(s["vmhwm_kib"]), _mib(s["vmrss_kib"]), heap,
-                         f"{s['scrape_bytes']:,}", s["seconds"]])
+            rows.append(
+                [
+                    f"{s['tasks']:,}",
+                    f"{s['tracked']:,}",
+                    _mib(s["ru_maxrss_kib"]),
+                    _mib(s["vmhwm_kib"]),
+                    _mib(s["vmrss_kib"]),
+                    heap,
+                    f"{s['scrape_bytes']:,}",
+                    s["seconds"],
+                ]
+            )
         print(table(rows))
-        print(f"end: {case['tracked']:,} tracked, evictions {case['evictions']}, "
-              f"finished-uuid map {case['finished_map']:,}, {case['workers']} workers, "
-              f"series sent/received/succeeded {case['series']}")
+        print(
+            f"end: {case['tracked']:,} tracked, evictions {case['evictions']}, "
+            f"finished-uuid map {case['finished_map']:,}, {case['workers']} workers, "
+            f"series sent/received/succeeded {case['series']}"
+        )
     for problem in result["problems"]:
         print(f"PROBLEM: {problem}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmarks/memory.py",
-                                     description="Peak RSS of the trackers under many tasks.")
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/memory.py", description="Peak RSS of the trackers under many tasks."
+    )
     parser.add_argument("--cases", default="A,B,C", help="comma-separated subset of A, B, C")
-    parser.add_argument("--tasks", type=int, default=None,
-                        help="override every case's task count")
+    parser.add_argument("--tasks", type=int, default=None, help="override every case's task count")
     parser.add_argument("--every", type=int, default=100_000, help="sample every N tasks")
-    parser.add_argument("--max-tracked-tasks", type=int, default=None,
-                        help="the uuid map's cap (default: the exporter's, 100,000)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="3,000 tasks per case (800 for B), cap 1,000, sample every 1,000")
-    parser.add_argument("--trace", action="store_true",
-                        help="also report the Python heap (tracemalloc; about 3x slower)")
+    parser.add_argument(
+        "--max-tracked-tasks",
+        type=int,
+        default=None,
+        help="the uuid map's cap (default: the exporter's, 100,000)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="3,000 tasks per case (800 for B), cap 1,000, sample every 1,000",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="also report the Python heap (tracemalloc; about 3x slower)",
+    )
     parser.add_argument("--child", choices=tuple(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS / "memory.json")
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON file")
@@ -299,14 +434,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the cases (one subprocess each); returns the results, also printed and written."""
     args = parse_args(argv)
     if args.child:
-        json.dump(run_case(args.child, args.tasks, args.every, args.max_tracked_tasks,
-                           args.trace), sys.stdout)
+        json.dump(
+            run_case(args.child, args.tasks, args.every, args.max_tracked_tasks, args.trace),
+            sys.stdout,
+        )
         return {}
     result: dict[str, Any] = {
-        "benchmark": "memory", "mode": "smoke" if args.smoke else "full",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "names": NAMES, "queues": QUEUES, "workers": WORKERS, "cases": {}, "problems": [],
+        "benchmark": "memory",
+        "mode": "smoke" if args.smoke else "full",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "names": NAMES,
+        "queues": QUEUES,
+        "workers": WORKERS,
+        "cases": {},
+        "problems": [],
     }
     for case in args.cases:
         tasks = args.tasks or CASES[case]["tasks"]

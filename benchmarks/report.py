@@ -12,14 +12,24 @@ def table(rows: Sequence[Sequence[object]]) -> str:
     """Rows as aligned columns: the first column left-aligned, a rule under the header."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in cells]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def publish(result: dict[str, Any], output: Path | None,
-            print_report: Callable[[dict[str, Any]], None], *, quiet: bool) -> None:
+def publish(
+    result: dict[str, Any],
+    output: Path | None,
+    print_report: Callable[[dict[str, Any]], None],
+    *,
+    quiet: bool,
+) -> None:
     """Prints the report unless quiet, and writes the JSON unless output is None."""
     if not quiet:
         print_report(result)

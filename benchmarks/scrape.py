@@ -57,18 +57,38 @@ def populate(pipeline: Pipeline, names: int, queues: int, workers: int) -> dict[
     now = time.time()
     for w, host in enumerate(hosts):
         for beat in range(2):
-            handle({"hostname": host, "utcoffset": 0, "pid": 1000 + w, "clock": beat,
-                    "timestamp": now - 4 + 2 * beat, "type": "worker-heartbeat", "freq": 2.0,
-                    "active": 3, "processed": 100, "loadavg": [0.5, 0.4, 0.3],
-                    "sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux"})
+            handle(
+                {
+                    "hostname": host,
+                    "utcoffset": 0,
+                    "pid": 1000 + w,
+                    "clock": beat,
+                    "timestamp": now - 4 + 2 * beat,
+                    "type": "worker-heartbeat",
+                    "freq": 2.0,
+                    "active": 3,
+                    "processed": 100,
+                    "loadavg": [0.5, 0.4, 0.3],
+                    "sw_ident": "py-celery",
+                    "sw_ver": "5.7.0",
+                    "sw_sys": "Linux",
+                }
+            )
     sequence = 0
     for outcome in ("succeeded", "failed"):
         sequence = feed_round(pipeline, names, queues, hosts, sequence=sequence, outcome=outcome)
     return {"tasks": sequence, "workers": len(pipeline.workers.workers)}
 
 
-def feed_round(pipeline: Pipeline, names: int, queues: int, hosts: Sequence[str], *,
-               sequence: int, outcome: str = "succeeded") -> int:
+def feed_round(
+    pipeline: Pipeline,
+    names: int,
+    queues: int,
+    hosts: Sequence[str],
+    *,
+    sequence: int,
+    outcome: str = "succeeded",
+) -> int:
     """One task per name/queue pair (so every pair's series change); returns the last sequence."""
     handle = pipeline.router.handle
     now = time.time()
@@ -82,27 +102,66 @@ def feed_round(pipeline: Pipeline, names: int, queues: int, hosts: Sequence[str]
             host = hosts[w]
             ts = now - 60 + (sequence % 1000) / 1000
             common = {"utcoffset": 0, "uuid": uuid}
-            handle({**common, "hostname": "gen4000@web-0", "pid": 4000, "clock": sequence,
-                    "timestamp": ts, "type": "task-sent", "name": name, "queue": queue,
-                    "routing_key": queue, "exchange": "", "retries": 0, "eta": None,
-                    "args": "(1,)", "kwargs": "{}"})
+            handle(
+                {
+                    **common,
+                    "hostname": "gen4000@web-0",
+                    "pid": 4000,
+                    "clock": sequence,
+                    "timestamp": ts,
+                    "type": "task-sent",
+                    "name": name,
+                    "queue": queue,
+                    "routing_key": queue,
+                    "exchange": "",
+                    "retries": 0,
+                    "eta": None,
+                    "args": "(1,)",
+                    "kwargs": "{}",
+                }
+            )
             runtime = 0.01 * (1 + sequence % 300)
             last: dict[str, Any]
             if outcome == "succeeded":
                 last = {"type": "task-succeeded", "result": "None", "runtime": runtime}
             else:
                 exc = EXCEPTIONS[sequence % len(EXCEPTIONS)]
-                last = {"type": "task-failed", "exception": f"{exc}('boom')",
-                        "traceback": "Traceback (most recent call last):\n..."}
-            handle([
-                {**common, "hostname": host, "pid": 1000 + w, "timestamp": ts + 0.01,
-                 "type": "task-received", "name": name, "retries": 0, "args": "(1,)",
-                 "kwargs": "{}", "eta": None, "expires": None},
-                {**common, "hostname": host, "pid": 1000 + w, "timestamp": ts + 0.02,
-                 "type": "task-started"},
-                {**common, "hostname": host, "pid": 1000 + w,
-                 "timestamp": ts + 0.02 + runtime, **last},
-            ])
+                last = {
+                    "type": "task-failed",
+                    "exception": f"{exc}('boom')",
+                    "traceback": "Traceback (most recent call last):\n...",
+                }
+            handle(
+                [
+                    {
+                        **common,
+                        "hostname": host,
+                        "pid": 1000 + w,
+                        "timestamp": ts + 0.01,
+                        "type": "task-received",
+                        "name": name,
+                        "retries": 0,
+                        "args": "(1,)",
+                        "kwargs": "{}",
+                        "eta": None,
+                        "expires": None,
+                    },
+                    {
+                        **common,
+                        "hostname": host,
+                        "pid": 1000 + w,
+                        "timestamp": ts + 0.02,
+                        "type": "task-started",
+                    },
+                    {
+                        **common,
+                        "hostname": host,
+                        "pid": 1000 + w,
+                        "timestamp": ts + 0.02 + runtime,
+                        **last,
+                    },
+                ]
+            )
     return sequence
 
 
@@ -112,8 +171,9 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def _time(runs: int, once: Callable[[], bytes],
-          between: Callable[[], object] | None = None) -> dict[str, Any]:
+def _time(
+    runs: int, once: Callable[[], bytes], between: Callable[[], object] | None = None
+) -> dict[str, Any]:
     """Median and p95 of ``once`` over ``runs``; ``between`` runs untimed before each."""
     if between is not None:
         between()
@@ -127,17 +187,25 @@ def _time(runs: int, once: Callable[[], bytes],
         size = len(once())
         walls.append((time.perf_counter() - wall0) * 1000)
         cpus.append((time.process_time() - cpu0) * 1000)
-    return {"runs": runs, "bytes": size,
-            "wall_ms": {"median": round(statistics.median(walls), 2),
-                        "p95": round(_percentile(walls, 0.95), 2),
-                        "min": round(min(walls), 2), "max": round(max(walls), 2)},
-            "cpu_ms": {"median": round(statistics.median(cpus), 2),
-                       "p95": round(_percentile(cpus, 0.95), 2)}}
+    return {
+        "runs": runs,
+        "bytes": size,
+        "wall_ms": {
+            "median": round(statistics.median(walls), 2),
+            "p95": round(_percentile(walls, 0.95), 2),
+            "min": round(min(walls), 2),
+            "max": round(max(walls), 2),
+        },
+        "cpu_ms": {
+            "median": round(statistics.median(cpus), 2),
+            "p95": round(_percentile(cpus, 0.95), 2),
+        },
+    }
 
 
 PROMETHEUS_ACCEPT = {  # what Prometheus 2.x sends: OpenMetrics preferred, gzip
     "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
     "Accept-Encoding": "gzip",
 }
 # (key, label, how, every pair changed between runs)
@@ -146,10 +214,18 @@ CASES = (
     ("render_unchanged", "Exposition.render, series unchanged", "direct", False),
     ("render_changed", "Exposition.render, every pair changed", "direct", True),
     ("http_text_unchanged", "GET /metrics text, unchanged", "http-text", False),
-    ("http_prometheus_unchanged", "GET /metrics as Prometheus (OM+gzip), unchanged",
-     "http-prometheus", False),
-    ("http_prometheus_changed", "GET /metrics as Prometheus (OM+gzip), every pair changed",
-     "http-prometheus", True),
+    (
+        "http_prometheus_unchanged",
+        "GET /metrics as Prometheus (OM+gzip), unchanged",
+        "http-prometheus",
+        False,
+    ),
+    (
+        "http_prometheus_changed",
+        "GET /metrics as Prometheus (OM+gzip), every pair changed",
+        "http-prometheus",
+        True,
+    ),
 )
 
 
@@ -164,12 +240,18 @@ def measure(names: int, queues: int, workers: int, runs: int) -> dict[str, Any]:
     families = Counter(line.split("{", 1)[0].split(" ", 1)[0] for line in lines)
     tasks = pipeline.tasks
     result: dict[str, Any] = {
-        "names": names, "queues": queues, "workers": workers, **fed,
+        "names": names,
+        "queues": queues,
+        "workers": workers,
+        **fed,
         "feed_seconds": round(feed_seconds, 2),
-        "pairs": {kind: len(getattr(tasks, kind)) for kind in
-                  ("sent", "received", "started", "succeeded")},
+        "pairs": {
+            kind: len(getattr(tasks, kind)) for kind in ("sent", "received", "started", "succeeded")
+        },
         "failed_series": len(tasks.failed),
-        "samples": len(lines), "lines": len(text.splitlines()), "bytes": len(text),
+        "samples": len(lines),
+        "lines": len(text.splitlines()),
+        "bytes": len(text),
         "largest_families": dict(families.most_common(8)),
         "families": dict(sorted(families.items())),
         "target_ms": TARGET_MS,
@@ -194,10 +276,13 @@ def measure(names: int, queues: int, workers: int, runs: int) -> dict[str, Any]:
             with urllib.request.urlopen(request, timeout=60) as response:
                 body: bytes = response.read()
                 return body
+
         return once
 
     how: dict[str, Callable[[], bytes]] = {
-        "http-text": get({}), "http-prometheus": get(PROMETHEUS_ACCEPT)}
+        "http-text": get({}),
+        "http-prometheus": get(PROMETHEUS_ACCEPT),
+    }
     try:
         for key, label, kind, changed in CASES:
             if key == "prometheus_client":
@@ -207,40 +292,68 @@ def measure(names: int, queues: int, workers: int, runs: int) -> dict[str, Any]:
                 once, n = pipeline.exposition.render, runs
             else:
                 once, n = how[kind], runs
-            result[key] = {"label": label, "every_pair_changed": changed,
-                           **_time(n, once, change_every_pair if changed else None)}
+            result[key] = {
+                "label": label,
+                "every_pair_changed": changed,
+                **_time(n, once, change_every_pair if changed else None),
+            }
     finally:
         server.stop()
-    result["http_note"] = ("wall: urllib GET to the last byte, from the same process; CPU: "
-                           "the whole process (server thread and client)")
-    result["meets_target"] = {key: result[key]["wall_ms"]["p95"] < TARGET_MS
-                              for key, *_ in CASES}
+    result["http_note"] = (
+        "wall: urllib GET to the last byte, from the same process; CPU: "
+        "the whole process (server thread and client)"
+    )
+    result["meets_target"] = {key: result[key]["wall_ms"]["p95"] < TARGET_MS for key, *_ in CASES}
     return result
 
 
 def print_report(result: dict[str, Any]) -> None:
-    print(f"{result['names']} names x {result['queues']} queues ({result['pairs']['sent']:,} "
-          f"name/queue series per task counter, {result['failed_series']:,} failed series), "
-          f"{result['workers']} workers: {result['samples']:,} samples, "
-          f"{result['lines']:,} lines, {result['bytes'] / 1e6:.2f} MB")
-    rows = [["", "wall median ms", "wall p95 ms", "CPU median ms", "CPU p95 ms", "bytes",
-             f"p95 < {TARGET_MS:g} ms"]]
+    print(
+        f"{result['names']} names x {result['queues']} queues ({result['pairs']['sent']:,} "
+        f"name/queue series per task counter, {result['failed_series']:,} failed series), "
+        f"{result['workers']} workers: {result['samples']:,} samples, "
+        f"{result['lines']:,} lines, {result['bytes'] / 1e6:.2f} MB"
+    )
+    rows = [
+        [
+            "",
+            "wall median ms",
+            "wall p95 ms",
+            "CPU median ms",
+            "CPU p95 ms",
+            "bytes",
+            f"p95 < {TARGET_MS:g} ms",
+        ]
+    ]
     for key, *_ in CASES:
         t = result[key]
-        rows.append([t["label"], f"{t['wall_ms']['median']:.1f}", f"{t['wall_ms']['p95']:.1f}",
-                     f"{t['cpu_ms']['median']:.1f}", f"{t['cpu_ms']['p95']:.1f}",
-                     f"{t['bytes']:,}", "yes" if result["meets_target"][key] else "NO"])
+        rows.append(
+            [
+                t["label"],
+                f"{t['wall_ms']['median']:.1f}",
+                f"{t['wall_ms']['p95']:.1f}",
+                f"{t['cpu_ms']['median']:.1f}",
+                f"{t['cpu_ms']['p95']:.1f}",
+                f"{t['bytes']:,}",
+                "yes" if result["meets_target"][key] else "NO",
+            ]
+        )
     print(table(rows))
-    print(f"first render (every series' text built): {result['first_render_ms']:.0f} ms; "
-          f"runs after one warm-up; 'every pair changed': one more task per name/queue pair "
-          f"fed (untimed) before each run")
-    print("largest families (samples): " + ", ".join(
-        f"{k} {v:,}" for k, v in result["largest_families"].items()))
+    print(
+        f"first render (every series' text built): {result['first_render_ms']:.0f} ms; "
+        f"runs after one warm-up; 'every pair changed': one more task per name/queue pair "
+        f"fed (untimed) before each run"
+    )
+    print(
+        "largest families (samples): "
+        + ", ".join(f"{k} {v:,}" for k, v in result["largest_families"].items())
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmarks/scrape.py",
-                                     description="Time to render and serve /metrics.")
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/scrape.py", description="Time to render and serve /metrics."
+    )
     parser.add_argument("--names", type=int, default=200)
     parser.add_argument("--queues", type=int, default=20)
     parser.add_argument("--workers", type=int, default=50)
@@ -261,9 +374,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the results (also printed and written as JSON)."""
     args = parse_args(argv)
     result: dict[str, Any] = {
-        "benchmark": "scrape", "mode": "smoke" if args.smoke else "full",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "benchmark": "scrape",
+        "mode": "smoke" if args.smoke else "full",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         **measure(args.names, args.queues, args.workers, args.runs),
     }
     publish(result, None if args.no_write else args.output, print_report, quiet=args.quiet)

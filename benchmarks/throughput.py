@@ -77,14 +77,19 @@ _QUEUES = ("celery", "billing", "emails", "reports", "webhooks", "priority")
 _MODULES = ("orders", "billing", "notifications", "reports", "sync", "media", "search", "users")
 _VERBS = ("process", "charge", "send", "render", "refresh")
 TASK_NAMES: tuple[tuple[str, str], ...] = tuple(
-    (f"app.{module}.tasks.{verb}_{module[:-1] if module.endswith('s') else module}",
-     _QUEUES[(i + j) % len(_QUEUES)])
-    for i, module in enumerate(_MODULES) for j, verb in enumerate(_VERBS)
+    (
+        f"app.{module}.tasks.{verb}_{module[:-1] if module.endswith('s') else module}",
+        _QUEUES[(i + j) % len(_QUEUES)],
+    )
+    for i, module in enumerate(_MODULES)
+    for j, verb in enumerate(_VERBS)
 )
 EXCEPTIONS = (
     ("ValueError('invalid amount: %d')", "ValueError"),
-    ("ConnectionError('Error 111 connecting to api.internal:443. Connection refused.')",
-     "ConnectionError"),
+    (
+        "ConnectionError('Error 111 connecting to api.internal:443. Connection refused.')",
+        "ConnectionError",
+    ),
     ("KeyError('customer_%d')", "KeyError"),
 )
 TRACEBACK = (
@@ -139,8 +144,13 @@ class _Node:
     def event(self, type_: str, timestamp: float, **fields: Any) -> dict[str, Any]:
         # celery.events.event.Event(type, hostname=, utcoffset=, pid=, clock=, **fields)
         self.clock += 1
-        event = {"hostname": self.hostname, "utcoffset": 0, "pid": self.pid,
-                 "clock": self.clock, **fields}
+        event = {
+            "hostname": self.hostname,
+            "utcoffset": 0,
+            "pid": self.pid,
+            "clock": self.clock,
+            **fields,
+        }
         event["timestamp"] = timestamp
         event["type"] = type_
         return event
@@ -154,8 +164,15 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def generate(tasks: int, *, seed: int = 7, batch: int = 24, workers: int = 8,
-             fail_ratio: float = 0.02, retry_ratio: float = 0.02) -> Workload:
+def generate(
+    tasks: int,
+    *,
+    seed: int = 7,
+    batch: int = 24,
+    workers: int = 8,
+    fail_ratio: float = 0.02,
+    retry_ratio: float = 0.02,
+) -> Workload:
     """Bodies for ``tasks`` tasks, in the order a broker would deliver them.
 
     Each task: task-sent (from a client, one per message), then on one worker
@@ -170,8 +187,8 @@ def generate(tasks: int, *, seed: int = 7, batch: int = 24, workers: int = 8,
     nodes = [_Node(f"celery@worker-{i}.app-7f9c8d{i}", 1000 + i) for i in range(workers)]
     clients = [_Node(f"gen{4000 + i}@web-{i}", 4000 + i) for i in range(4)]
     counters: dict[str, Counter[Key]] = {
-        kind: Counter() for kind in ("sent", "received", "started", "succeeded", "failed",
-                                     "retried")
+        kind: Counter()
+        for kind in ("sent", "received", "started", "succeeded", "failed", "retried")
     }
     # (time, order, source, event); source -1: sent on its own (clients, worker's task-sent)
     timeline: list[tuple[float, int, int, dict[str, Any]]] = []
@@ -193,18 +210,48 @@ def generate(tasks: int, *, seed: int = 7, batch: int = 24, workers: int = 8,
         sent_at = start + i / SIM_TASKS_PER_SECOND + rng.random() * 0.0005
         client = clients[rng.randrange(len(clients))]
         eta: str | None = None
-        at(sent_at, -1, client.event(
-            "task-sent", sent_at, uuid=task_id, root_id=task_id, parent_id=None, name=name,
-            args=args, kwargs=kwargs, retries=0, eta=None, expires=None, queue=queue,
-            exchange="", routing_key=queue))
+        at(
+            sent_at,
+            -1,
+            client.event(
+                "task-sent",
+                sent_at,
+                uuid=task_id,
+                root_id=task_id,
+                parent_id=None,
+                name=name,
+                args=args,
+                kwargs=kwargs,
+                retries=0,
+                eta=None,
+                expires=None,
+                queue=queue,
+                exchange="",
+                routing_key=queue,
+            ),
+        )
         counters["sent"][key] += 1
         attempts = 2 if rng.random() < retry_ratio else 1
         ts = sent_at
         for attempt in range(attempts):
             ts += 0.002 + rng.random() * 0.02
-            at(ts, w, node.event(
-                "task-received", ts, uuid=task_id, name=name, args=args, kwargs=kwargs,
-                root_id=task_id, parent_id=None, retries=attempt, eta=eta, expires=None))
+            at(
+                ts,
+                w,
+                node.event(
+                    "task-received",
+                    ts,
+                    uuid=task_id,
+                    name=name,
+                    args=args,
+                    kwargs=kwargs,
+                    root_id=task_id,
+                    parent_id=None,
+                    retries=attempt,
+                    eta=eta,
+                    expires=None,
+                ),
+            )
             if eta is not None:
                 ts = max(ts, datetime.fromisoformat(eta).timestamp())
             ts += rng.random() * 0.01
@@ -221,23 +268,57 @@ def generate(tasks: int, *, seed: int = 7, batch: int = 24, workers: int = 8,
             exc_text = exc_text.replace("%d", str(rng.randrange(10**4)))
             traceback = TRACEBACK % exc_text
             if attempt < attempts - 1:
-                at(ts, w, node.event("task-retried", ts, uuid=task_id, exception=exc_text,
-                                     traceback=traceback))
+                at(
+                    ts,
+                    w,
+                    node.event(
+                        "task-retried", ts, uuid=task_id, exception=exc_text, traceback=traceback
+                    ),
+                )
                 counters["retried"][key] += 1
                 eta = _iso(ts + 1.0)
-                at(ts, -1, node.event(
-                    "task-sent", ts, uuid=task_id, root_id=task_id, parent_id=None,
-                    name=name, args=args, kwargs=kwargs, retries=attempt + 1, eta=eta,
-                    expires=None, queue=queue, exchange="", routing_key=queue))
+                at(
+                    ts,
+                    -1,
+                    node.event(
+                        "task-sent",
+                        ts,
+                        uuid=task_id,
+                        root_id=task_id,
+                        parent_id=None,
+                        name=name,
+                        args=args,
+                        kwargs=kwargs,
+                        retries=attempt + 1,
+                        eta=eta,
+                        expires=None,
+                        queue=queue,
+                        exchange="",
+                        routing_key=queue,
+                    ),
+                )
                 counters["sent"][key] += 1
             elif rng.random() < fail_ratio:
-                at(ts, w, node.event("task-failed", ts, uuid=task_id, exception=exc_text,
-                                     traceback=traceback))
+                at(
+                    ts,
+                    w,
+                    node.event(
+                        "task-failed", ts, uuid=task_id, exception=exc_text, traceback=traceback
+                    ),
+                )
                 counters["failed"][(*key, exc_class)] += 1
             else:
-                at(ts, w, node.event("task-succeeded", ts, uuid=task_id,
-                                     result=f"{{'ok': True, 'id': {rng.randrange(10**6)}}}",
-                                     runtime=runtime))
+                at(
+                    ts,
+                    w,
+                    node.event(
+                        "task-succeeded",
+                        ts,
+                        uuid=task_id,
+                        result=f"{{'ok': True, 'id': {rng.randrange(10**6)}}}",
+                        runtime=runtime,
+                    ),
+                )
                 counters["succeeded"][key] += 1
     # worker-online, then heartbeats: sent on their own, filled in by _batch with the
     # worker's processed count at that point
@@ -253,16 +334,24 @@ def generate(tasks: int, *, seed: int = 7, batch: int = 24, workers: int = 8,
     return _batch(tasks, timeline, nodes, counters, rng, batch=batch)
 
 
-def _batch(tasks: int, timeline: list[tuple[float, int, int, dict[str, Any]]],
-           nodes: list[_Node], counters: dict[str, Counter[Key]], rng: random.Random,
-           *, batch: int, max_delay: float = 0.05) -> Workload:
+def _batch(
+    tasks: int,
+    timeline: list[tuple[float, int, int, dict[str, Any]]],
+    nodes: list[_Node],
+    counters: dict[str, Counter[Key]],
+    rng: random.Random,
+    *,
+    batch: int,
+    max_delay: float = 0.05,
+) -> Workload:
     """Turn the timeline into message bodies, in delivery order.
 
     A worker's buffer is flushed when it holds ``batch`` events, or when its
     oldest event is ``max_delay`` old (Celery flushes on its next loop turn).
     """
-    load = Workload(tasks=tasks, bodies=[], payloads=[], routing_keys=[], hostnames=[],
-                    counters=counters)
+    load = Workload(
+        tasks=tasks, bodies=[], payloads=[], routing_keys=[], hostnames=[], counters=counters
+    )
     buffers: list[list[dict[str, Any]]] = [[] for _ in nodes]
     oldest = [float("inf")] * len(nodes)
     processed = [0] * len(nodes)
@@ -288,10 +377,17 @@ def _batch(tasks: int, timeline: list[tuple[float, int, int, dict[str, Any]]],
         if source <= -2:  # worker-online or -heartbeat, sent on its own
             w = -2 - source
             node = nodes[w]
-            event = node.event(item["type"], ts, freq=HEARTBEAT_INTERVAL,
-                               active=rng.randrange(9), processed=processed[w],
-                               loadavg=[round(rng.uniform(0.2, 3), 2), 1.1, 0.9],
-                               sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux")
+            event = node.event(
+                item["type"],
+                ts,
+                freq=HEARTBEAT_INTERVAL,
+                active=rng.randrange(9),
+                processed=processed[w],
+                loadavg=[round(rng.uniform(0.2, 3), 2), 1.1, 0.9],
+                sw_ident="py-celery",
+                sw_ver="5.7.0",
+                sw_sys="Linux",
+            )
             emit(event, event["type"].replace("-", "."), node.hostname)
         elif source == -1:
             emit(event, "task.sent", event["hostname"])
@@ -329,8 +425,7 @@ def verify(pipeline: Pipeline, load: Workload) -> None:
             return
         if isinstance(got, dict) and isinstance(want, dict):
             keys = sorted({*got, *want} - {k for k in got if got.get(k) == want.get(k)}, key=str)
-            shown = ", ".join(f"{k!r}: {got.get(k)} counted, {want.get(k)} sent"
-                              for k in keys[:3])
+            shown = ", ".join(f"{k!r}: {got.get(k)} counted, {want.get(k)} sent" for k in keys[:3])
             more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
             problems.append(f"{what}: {shown}{more}")
         else:
@@ -346,9 +441,11 @@ def verify(pipeline: Pipeline, load: Workload) -> None:
         same(f"celery_task_{kind}_total", sum(getattr(tasks, kind).values()), 0)
     started = sum(load.counters["started"].values())
     succeeded = sum(load.counters["succeeded"].values())
-    for what, histograms, observations in (("runtime", tasks.runtime, succeeded),
-                                           ("queue_wait", tasks.queue_wait, started),
-                                           ("prefetch_wait", tasks.prefetch_wait, started)):
+    for what, histograms, observations in (
+        ("runtime", tasks.runtime, succeeded),
+        ("queue_wait", tasks.queue_wait, started),
+        ("prefetch_wait", tasks.prefetch_wait, started),
+    ):
         count = sum(sum(series[:-1]) for series in histograms.series.values())
         same(f"celery_task_{what}_seconds_count", count, observations)
     same("last success series", set(tasks.last_success), set(load.counters["succeeded"]))
@@ -394,10 +491,13 @@ class Timing:
         return self.cpu / self.events * 1e6 if self.events else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"events": self.events, "wall_seconds": round(self.wall, 4),
-                "cpu_seconds": round(self.cpu, 4),
-                "events_per_second": round(self.events_per_second),
-                "cpu_us_per_event": round(self.us_per_event, 3)}
+        return {
+            "events": self.events,
+            "wall_seconds": round(self.wall, 4),
+            "cpu_seconds": round(self.cpu, 4),
+            "events_per_second": round(self.events_per_second),
+            "cpu_us_per_event": round(self.us_per_event, 3),
+        }
 
 
 IN_PROCESS_MODES = ("router", "kombu+router", "kombu", "json+router", "json")
@@ -409,19 +509,23 @@ def _runner(mode: str, load: Workload, config: Config) -> Callable[[], Pipeline 
     Each pass builds fresh trackers, so every pass starts from an empty exporter.
     """
     if mode == "router":
+
         def route() -> Pipeline:
             pipeline = Pipeline(config)
             handle = pipeline.router.handle
             for body in load.bodies:
                 handle(body)
             return pipeline
+
         return route
     decoder_name, _, with_router = mode.partition("+")
     decode = DECODERS[decoder_name]
     if not with_router:
+
         def decode_only() -> None:
             for payload in load.payloads:
                 decode(payload)
+
         return decode_only
 
     def decode_and_route() -> Pipeline:
@@ -430,6 +534,7 @@ def _runner(mode: str, load: Workload, config: Config) -> Callable[[], Pipeline 
         for payload in load.payloads:
             handle(decode(payload))
         return pipeline
+
     return decode_and_route
 
 
@@ -440,8 +545,7 @@ def _best(mode: str, load: Workload, config: Config, repeat: int) -> Timing:
     for _ in range(repeat):
         wall0, cpu0 = time.perf_counter(), time.process_time()
         pipeline = run()
-        timing = Timing(mode, load.events, time.perf_counter() - wall0,
-                        time.process_time() - cpu0)
+        timing = Timing(mode, load.events, time.perf_counter() - wall0, time.process_time() - cpu0)
         if pipeline is not None:
             verify(pipeline, load)
         if best is None or timing.cpu < best.cpu:
@@ -450,8 +554,9 @@ def _best(mode: str, load: Workload, config: Config, repeat: int) -> Timing:
     return best
 
 
-def run_in_process(load: Workload, config: Config, repeat: int,
-                   modes: Sequence[str] = IN_PROCESS_MODES) -> dict[str, Any]:
+def run_in_process(
+    load: Workload, config: Config, repeat: int, modes: Sequence[str] = IN_PROCESS_MODES
+) -> dict[str, Any]:
     """(a) router on decoded bodies, (b) decode + router, (c) decode only; per decoder."""
     timings = {mode: _best(mode, load, config, repeat) for mode in modes}
     ratios = {}
@@ -465,8 +570,7 @@ def run_in_process(load: Workload, config: Config, repeat: int,
     return {"timings": {name: t.as_dict() for name, t in timings.items()}, "ratios": ratios}
 
 
-def profile_in_process(load: Workload, config: Config, top: int,
-                       out: Path | None) -> str:
+def profile_in_process(load: Workload, config: Config, top: int, out: Path | None) -> str:
     """cProfile of decode (kombu) + router; returns the top functions by own time."""
     profiler = cProfile.Profile()
     run = _runner("kombu+router", load, config)
@@ -499,8 +603,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_for(what: str, check: Callable[[], bool], timeout: float,
-              interval: float = 0.05) -> None:
+def _wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with suppress(Exception):
@@ -526,8 +629,21 @@ def _redis_server(workdir: Path, unlimited_pubsub: bool) -> Iterator[str]:
     """A throwaway redis-server on a free loopback port; yields its URL."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = _free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "no"]
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "no",
+    ]
     if unlimited_pubsub:
         # measure how fast the consumers drain, not Redis' slow-subscriber policy
         # (default: disconnect a subscriber 32 MB behind, which loses events)
@@ -577,8 +693,9 @@ def _exporter_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "celery_vitals"]
 
 
-def _kombu_publish(url: str, load: Workload, indices: list[int], *, rate: float | None,
-                   progress: Any) -> float:
+def _kombu_publish(
+    url: str, load: Workload, indices: list[int], *, rate: float | None, progress: Any
+) -> float:
     """Publish each body with a kombu Producer, exactly as Celery's event dispatcher does."""
     from celery.events.event import get_exchange
     from kombu import Connection
@@ -592,9 +709,15 @@ def _kombu_publish(url: str, load: Workload, indices: list[int], *, rate: float 
         start = time.perf_counter()
         for i in indices:
             _pace(start, sent, rate)
-            publish(load.payloads[i], exchange=exchange.name, routing_key=load.routing_keys[i],
-                    content_type="application/json", content_encoding="utf-8",
-                    headers={"hostname": load.hostnames[i]}, delivery_mode=1)
+            publish(
+                load.payloads[i],
+                exchange=exchange.name,
+                routing_key=load.routing_keys[i],
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"hostname": load.hostnames[i]},
+                delivery_mode=1,
+            )
             sent += load.events_in(i)
             progress.value = sent
         return time.perf_counter() - start
@@ -620,17 +743,21 @@ def redis_wire_messages(url: str, load: Workload) -> list[tuple[str, bytes]]:
         exchange(channel).declare()  # else kombu's virtual channel routes it as "direct"
         captured: list[tuple[list[str], dict[str, Any]]] = []
 
-        def capture(exchange: str, message: dict[str, Any], routing_key: str,
-                    **_: Any) -> None:
+        def capture(exchange: str, message: dict[str, Any], routing_key: str, **_: Any) -> None:
             captured.append((channel._get_publish_topics(exchange, routing_key), message))
 
         channel._put_fanout = capture
 
         def kombu_message(i: int) -> tuple[list[str], dict[str, Any]]:
-            producer.publish(load.payloads[i], exchange=exchange.name,
-                             routing_key=load.routing_keys[i],
-                             content_type="application/json", content_encoding="utf-8",
-                             headers={"hostname": load.hostnames[i]}, delivery_mode=1)
+            producer.publish(
+                load.payloads[i],
+                exchange=exchange.name,
+                routing_key=load.routing_keys[i],
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"hostname": load.hostnames[i]},
+                delivery_mode=1,
+            )
             return captured.pop()
 
         templates = {}
@@ -643,8 +770,12 @@ def redis_wire_messages(url: str, load: Workload) -> list[tuple[str, bytes]]:
     def build(i: int) -> tuple[list[str], dict[str, Any]]:
         topics, template = templates[load.routing_keys[i]]
         properties = {**template["properties"], "delivery_tag": str(uuid_module.uuid4())}
-        return topics, {**template, "body": base64.b64encode(load.payloads[i]).decode(),
-                        "headers": {"hostname": load.hostnames[i]}, "properties": properties}
+        return topics, {
+            **template,
+            "body": base64.b64encode(load.payloads[i]).decode(),
+            "headers": {"hostname": load.hostnames[i]},
+            "properties": properties,
+        }
 
     dumps = kombu.utils.json.dumps
     reference_topics, reference = templates[load.routing_keys[0]]  # kombu's, for body 0
@@ -672,8 +803,13 @@ def publisher_lanes(load: Workload, count: int) -> list[list[int]]:
     """
     if count <= 1:
         return [list(range(len(load.bodies)))]
-    worker_hosts = sorted({host for host, key in zip(load.hostnames, load.routing_keys,
-                                                     strict=True) if key != "task.sent"})
+    worker_hosts = sorted(
+        {
+            host
+            for host, key in zip(load.hostnames, load.routing_keys, strict=True)
+            if key != "task.sent"
+        }
+    )
     lane_of_host = {host: i % count for i, host in enumerate(worker_hosts)}
     lane_of_task: dict[str, int] = {}
     for body, host in zip(load.bodies, load.hostnames, strict=True):
@@ -698,9 +834,16 @@ def _pace(start: float, sent: int, rate: float | None) -> None:
             time.sleep(ahead)
 
 
-def _pipeline_publish(url: str, load: Workload, wire: list[tuple[str, bytes]],
-                      indices: list[int], *, rate: float | None, progress: Any,
-                      chunk: int = 64) -> float:
+def _pipeline_publish(
+    url: str,
+    load: Workload,
+    wire: list[tuple[str, bytes]],
+    indices: list[int],
+    *,
+    rate: float | None,
+    progress: Any,
+    chunk: int = 64,
+) -> float:
     """PUBLISH the pre-built messages in pipelined chunks (paced per chunk with --rate)."""
     import redis
 
@@ -710,7 +853,7 @@ def _pipeline_publish(url: str, load: Workload, wire: list[tuple[str, bytes]],
     for first in range(0, len(indices), chunk):
         _pace(start, sent, rate)
         pipe = client.pipeline(transaction=False)
-        batch = indices[first:first + chunk]
+        batch = indices[first : first + chunk]
         for i in batch:
             pipe.publish(*wire[i])
         pipe.execute()
@@ -769,18 +912,25 @@ def amqp_wire_frames(url: str, load: Workload) -> tuple[int, list[bytes]]:
                 return basic_publish(message, *args, **kwargs)
 
             channel.basic_publish = keep
-            producer.publish(load.payloads[0], exchange=exchange.name,
-                             routing_key=load.routing_keys[0],
-                             content_type="application/json", content_encoding="utf-8",
-                             headers={"hostname": load.hostnames[0]}, delivery_mode=1)
+            producer.publish(
+                load.payloads[0],
+                exchange=exchange.name,
+                routing_key=load.routing_keys[0],
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"hostname": load.hostnames[0]},
+                delivery_mode=1,
+            )
             channel.basic_publish = basic_publish
             reference = capture.take()
             template = dict(captured[0].properties)
             frames = []
-            for payload, host, routing_key in zip(load.payloads, load.hostnames,
-                                                  load.routing_keys, strict=True):
-                message = amqp.Message(payload, **{**template,
-                                                   "application_headers": {"hostname": host}})
+            for payload, host, routing_key in zip(
+                load.payloads, load.hostnames, load.routing_keys, strict=True
+            ):
+                message = amqp.Message(
+                    payload, **{**template, "application_headers": {"hostname": host}}
+                )
                 basic_publish(message, exchange=exchange.name, routing_key=routing_key)
                 frames.append(capture.take())
         finally:
@@ -791,9 +941,16 @@ def amqp_wire_frames(url: str, load: Workload) -> tuple[int, list[bytes]]:
     return channel_id, frames
 
 
-def _amqp_publish(url: str, load: Workload, wire: tuple[int, list[bytes]],
-                  indices: list[int], *, rate: float | None, progress: Any,
-                  chunk: int = 16) -> float:
+def _amqp_publish(
+    url: str,
+    load: Workload,
+    wire: tuple[int, list[bytes]],
+    indices: list[int],
+    *,
+    rate: float | None,
+    progress: Any,
+    chunk: int = 16,
+) -> float:
     """Write the pre-built basic.publish frames to the socket in chunks (no confirms)."""
     from celery.events.event import get_exchange
     from kombu import Connection
@@ -804,14 +961,15 @@ def _amqp_publish(url: str, load: Workload, wire: tuple[int, list[bytes]],
         channel = connection.default_channel
         exchange(channel).declare()
         if channel.channel_id != channel_id:
-            raise RuntimeError(f"frames built for channel {channel_id}, "
-                               f"publishing on {channel.channel_id}")
+            raise RuntimeError(
+                f"frames built for channel {channel_id}, publishing on {channel.channel_id}"
+            )
         sendall = connection.connection.transport.sock.sendall
         sent = 0
         start = time.perf_counter()
         for first in range(0, len(indices), chunk):
             _pace(start, sent, rate)
-            batch = indices[first:first + chunk]
+            batch = indices[first : first + chunk]
             sendall(b"".join([frames[i] for i in batch]))
             sent += sum(load.events_in(i) for i in batch)
             progress.value = sent
@@ -819,8 +977,16 @@ def _amqp_publish(url: str, load: Workload, wire: tuple[int, list[bytes]],
     return elapsed  # closing waited for close-ok: the broker has taken every frame
 
 
-def _publisher(url: str, load: Workload, wire: Any, indices: list[int], *,
-               rate: float | None, progress: Any, conn: Any) -> None:
+def _publisher(
+    url: str,
+    load: Workload,
+    wire: Any,
+    indices: list[int],
+    *,
+    rate: float | None,
+    progress: Any,
+    conn: Any,
+) -> None:
     """Publisher process body (one lane of the bodies); reports how long publishing took.
 
     ``progress`` (a shared integer) follows the events sent so far.
@@ -831,8 +997,13 @@ def _publisher(url: str, load: Workload, wire: Any, indices: list[int], *,
         elapsed = _pipeline_publish(url, load, wire, indices, rate=rate, progress=progress)
     else:
         elapsed = _amqp_publish(url, load, wire, indices, rate=rate, progress=progress)
-    conn.send({"events": sum(load.events_in(i) for i in indices), "bodies": len(indices),
-               "seconds": elapsed})
+    conn.send(
+        {
+            "events": sum(load.events_in(i) for i in indices),
+            "bodies": len(indices),
+            "seconds": elapsed,
+        }
+    )
     conn.close()
 
 
@@ -844,8 +1015,12 @@ def _ping(url: str) -> None:
         exchange = get_exchange(connection)
         producer = connection.Producer(exchange=exchange, auto_declare=False)
         exchange(producer.channel).declare()
-        producer.publish({"type": PING_TYPE, "timestamp": time.time()},
-                         exchange=exchange.name, routing_key="bench.ping", serializer="json")
+        producer.publish(
+            {"type": PING_TYPE, "timestamp": time.time()},
+            exchange=exchange.name,
+            routing_key="bench.ping",
+            serializer="json",
+        )
 
 
 def _start_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
@@ -854,17 +1029,34 @@ def _start_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
     if binary is None:
         raise SystemExit("--spy needs py-spy (pip install py-spy)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen([binary, "record", "--pid", str(pid), "--rate", "200",
-                            "--nonblocking", "--format", "raw", "--output", str(output)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy = subprocess.Popen(
+        [
+            binary,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)  # attached before the first event
     return spy
 
 
 EXPORTER_TASK_METRICS = {
-    "sent": "celery_task_sent_total", "received": "celery_task_received_total",
-    "started": "celery_task_started_total", "succeeded": "celery_task_succeeded_total",
-    "failed": "celery_task_failed_total", "retried": "celery_task_retried_total",
+    "sent": "celery_task_sent_total",
+    "received": "celery_task_received_total",
+    "started": "celery_task_started_total",
+    "succeeded": "celery_task_succeeded_total",
+    "failed": "celery_task_failed_total",
+    "retried": "celery_task_retried_total",
 }
 
 
@@ -901,8 +1093,9 @@ class _RedisWatch:
         self.client.close()
         return {
             "output_buffer_disconnects_logged": log.count(OUTPUT_BUFFER_LOG_LINE),
-            "client_output_buffer_limit_disconnections":
-                stats.get("client_output_buffer_limit_disconnections"),  # Redis >= 7.2
+            "client_output_buffer_limit_disconnections": stats.get(
+                "client_output_buffer_limit_disconnections"
+            ),  # Redis >= 7.2
             "total_connections_received": stats.get("total_connections_received"),
             "peak_subscriber_output_buffer_bytes": self.peak_output_bytes,
             "peak_subscriber_output_list_length": self.peak_output_list,
@@ -910,10 +1103,19 @@ class _RedisWatch:
         }
 
 
-def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
-               poll: float, publisher_kind: str, spy_output: Path | None = None,
-               exporter_command: Sequence[str] | None = None, bare: bool = True,
-               publishers: int = 1) -> dict[str, Any]:
+def run_broker(
+    load: Workload,
+    broker: str,
+    rate: float | None,
+    *,
+    idle: float,
+    poll: float,
+    publisher_kind: str,
+    spy_output: Path | None = None,
+    exporter_command: Sequence[str] | None = None,
+    bare: bool = True,
+    publishers: int = 1,
+) -> dict[str, Any]:
     """Publish through a real broker to `celery-vitals serve` and the bare receiver at once.
 
     At full speed the broker's limits on a slow consumer are lifted (Redis'
@@ -935,27 +1137,52 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
         else:
             url = stack.enter_context(_rabbitmq_server(workdir))
         # at full speed the backlog is the point: lift the event queue's TTL and length cap
-        queue_ttl = (["--event-queue-ttl", "3600", "--event-queue-max-length", "100000000"]
-                     if full_speed and broker == "amqp" else [])
+        queue_ttl = (
+            ["--event-queue-ttl", "3600", "--event-queue-max-length", "100000000"]
+            if full_speed and broker == "amqp"
+            else []
+        )
         http_port = _free_port()
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         exporter_log = stack.enter_context((workdir / "exporter.log").open("wb"))
         exporter = subprocess.Popen(
-            [*(exporter_command or _exporter_command()), "serve", "--broker-url", url,
-             "--listen-address",
-             f"127.0.0.1:{http_port}", "--no-enable-events", "--log-level", "warning",
-             *queue_ttl],
-            stdout=exporter_log, stderr=subprocess.STDOUT)
+            [
+                *(exporter_command or _exporter_command()),
+                "serve",
+                "--broker-url",
+                url,
+                "--listen-address",
+                f"127.0.0.1:{http_port}",
+                "--no-enable-events",
+                "--log-level",
+                "warning",
+                *queue_ttl,
+            ],
+            stdout=exporter_log,
+            stderr=subprocess.STDOUT,
+        )
         stack.callback(_stop, exporter)
         processes = {"exporter": exporter}
         status = workdir / "bare"
         if bare:
             bare_log = stack.enter_context((workdir / "bare.log").open("wb"))
             processes["bare"] = subprocess.Popen(
-                [sys.executable, str(HERE / "bare_receiver.py"), "--broker-url", url,
-                 "--expect", str(load.events), "--status", str(status), "--idle", str(idle),
-                 *(["--queue-ttl", "3600"] if queue_ttl else [])],
-                stdout=bare_log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    str(HERE / "bare_receiver.py"),
+                    "--broker-url",
+                    url,
+                    "--expect",
+                    str(load.events),
+                    "--status",
+                    str(status),
+                    "--idle",
+                    str(idle),
+                    *(["--queue-ttl", "3600"] if queue_ttl else []),
+                ],
+                stdout=bare_log,
+                stderr=subprocess.STDOUT,
+            )
             stack.callback(_stop, processes["bare"])
 
         def ready() -> bool:
@@ -967,8 +1194,9 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
         def bound() -> bool:  # a ping reached every consumer: their queues are bound
             _ping(url)
             time.sleep(0.1)
-            return (_scrape(metrics_url).get("celery_vitals_events_total", 0) > 0
-                    and (not bare or Path(f"{status}.ping").exists()))
+            return _scrape(metrics_url).get("celery_vitals_events_total", 0) > 0 and (
+                not bare or Path(f"{status}.ping").exists()
+            )
 
         _wait_for("the consumers to receive a ping", bound, 30, 0.1)
         time.sleep(1.0)  # let stray pings land before the baseline
@@ -980,22 +1208,29 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
         idle_cpu0, idle_t0 = _cpu_seconds(exporter.pid), time.perf_counter()
         time.sleep(2.0)
         idle_cpu_per_second = (_cpu_seconds(exporter.pid) - idle_cpu0) / (
-            time.perf_counter() - idle_t0)
+            time.perf_counter() - idle_t0
+        )
 
         wire: Any = None
         if publisher_kind == "pipeline":
-            wire = (redis_wire_messages(url, load) if broker == "redis"
-                    else amqp_wire_frames(url, load))
+            wire = (
+                redis_wire_messages(url, load) if broker == "redis" else amqp_wire_frames(url, load)
+            )
         watch = _RedisWatch(url, workdir / "redis.log") if broker == "redis" else None
         lanes = publisher_lanes(load, publishers)
         cpu0 = {name: _cpu_seconds(p.pid) for name, p in processes.items()}
         ctx = multiprocessing.get_context("fork")
         receive_end, send_end = ctx.Pipe(duplex=False)
         sent_so_far = [ctx.Value("q", 0, lock=False) for _ in lanes]
-        workers = [ctx.Process(target=_publisher, daemon=True, args=(url, load, wire, lane),
-                               kwargs={"rate": _lane_rate(load, lane, rate), "progress": sent,
-                                       "conn": send_end})
-                   for lane, sent in zip(lanes, sent_so_far, strict=True)]
+        workers = [
+            ctx.Process(
+                target=_publisher,
+                daemon=True,
+                args=(url, load, wire, lane),
+                kwargs={"rate": _lane_rate(load, lane, rate), "progress": sent, "conn": send_end},
+            )
+            for lane, sent in zip(lanes, sent_so_far, strict=True)
+        ]
         spy = _start_spy(exporter.pid, spy_output) if spy_output else None
         t0 = time.time()
         for worker in workers:
@@ -1024,27 +1259,35 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
                 next_scrape = now + poll
                 if watch is not None:
                     watch.sample()
-                counted = counts["celery_vitals_events_total"] - baseline[
-                    "celery_vitals_events_total"]
+                counted = (
+                    counts["celery_vitals_events_total"] - baseline["celery_vitals_events_total"]
+                )
                 peak_backlog = max(peak_backlog, int(sent_now - counted))
                 backlog.append((round(now - t0, 2), int(sent_now), int(counted)))
                 if counted != progress[-1][1]:
                     progress.append((now, counted))
                 stalled = published is not None and now - progress[-1][0] > idle
                 if counted >= load.events or stalled:
-                    metrics = {name: value - baseline.get(name, 0.0)
-                               for name, value in counts.items()}
-                    done["exporter"] = {"events": int(counted),
-                                        "seconds": _finish_time(progress, load.events) - t0,
-                                        "cpu": _cpu_seconds(exporter.pid) - cpu0["exporter"],
-                                        "scrapes": scrapes, "metrics": counts,
-                                        "run_metrics": metrics, "peak_backlog": peak_backlog,
-                                        "backlog": backlog}
+                    metrics = {
+                        name: value - baseline.get(name, 0.0) for name, value in counts.items()
+                    }
+                    done["exporter"] = {
+                        "events": int(counted),
+                        "seconds": _finish_time(progress, load.events) - t0,
+                        "cpu": _cpu_seconds(exporter.pid) - cpu0["exporter"],
+                        "scrapes": scrapes,
+                        "metrics": counts,
+                        "run_metrics": metrics,
+                        "peak_backlog": peak_backlog,
+                        "backlog": backlog,
+                    }
             if bare and "bare" not in done and Path(f"{status}.done").exists():
                 report = json.loads(Path(f"{status}.done").read_text())
-                done["bare"] = {"events": report["events"],
-                                "seconds": (report["last"] or now) - t0,
-                                "cpu": _cpu_seconds(processes["bare"].pid) - cpu0["bare"]}
+                done["bare"] = {
+                    "events": report["events"],
+                    "seconds": (report["last"] or now) - t0,
+                    "cpu": _cpu_seconds(processes["bare"].pid) - cpu0["bare"],
+                }
             for worker in workers:
                 if worker.exitcode not in (None, 0):
                     raise RuntimeError(f"a publisher failed (exit code {worker.exitcode})")
@@ -1062,14 +1305,23 @@ def run_broker(load: Workload, broker: str, rate: float | None, *, idle: float,
         scrape_cpu0, scrape_t0 = _cpu_seconds(exporter.pid), time.perf_counter()
         for _ in range(10):
             _scrape(metrics_url)
-        scrape = {"cpu_ms": (_cpu_seconds(exporter.pid) - scrape_cpu0) * 100,
-                  "wall_ms": (time.perf_counter() - scrape_t0) * 100}
+        scrape = {
+            "cpu_ms": (_cpu_seconds(exporter.pid) - scrape_cpu0) * 100,
+            "wall_ms": (time.perf_counter() - scrape_t0) * 100,
+        }
         done["exporter"]["scrape"] = scrape
         broker_stats = watch.report() if watch is not None else {}
 
-    return _broker_report(load, broker, rate, published=published, done=done,
-                          idle_cpu_per_second=idle_cpu_per_second, poll=poll,
-                          broker_stats=broker_stats)
+    return _broker_report(
+        load,
+        broker,
+        rate,
+        published=published,
+        done=done,
+        idle_cpu_per_second=idle_cpu_per_second,
+        poll=poll,
+        broker_stats=broker_stats,
+    )
 
 
 def _lane_rate(load: Workload, lane: list[int], rate: float | None) -> float | None:
@@ -1081,10 +1333,12 @@ def _lane_rate(load: Workload, lane: list[int], rate: float | None) -> float | N
 
 def _published(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """The publishers' reports as one: they ran side by side, so the slowest one's time."""
-    return {"events": sum(r["events"] for r in reports),
-            "bodies": sum(r["bodies"] for r in reports),
-            "seconds": max(r["seconds"] for r in reports),
-            "publishers": len(reports)}
+    return {
+        "events": sum(r["events"] for r in reports),
+        "bodies": sum(r["bodies"] for r in reports),
+        "seconds": max(r["seconds"] for r in reports),
+        "publishers": len(reports),
+    }
 
 
 def _finish_time(progress: list[tuple[float, float]], expected: int) -> float:
@@ -1100,10 +1354,17 @@ def _finish_time(progress: list[tuple[float, float]], expected: int) -> float:
     return min(t3, t2 + (expected - c2) / rate) if rate > 0 else t3
 
 
-def _broker_report(load: Workload, broker: str, rate: float | None, *,
-                   published: dict[str, Any], done: dict[str, dict[str, Any]],
-                   idle_cpu_per_second: float, poll: float,
-                   broker_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def _broker_report(
+    load: Workload,
+    broker: str,
+    rate: float | None,
+    *,
+    published: dict[str, Any],
+    done: dict[str, dict[str, Any]],
+    idle_cpu_per_second: float,
+    poll: float,
+    broker_stats: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     consumers: dict[str, Any] = {}
     for name in ("bare", "exporter"):
         if name not in done:  # the exporter alone (--no-bare)
@@ -1114,54 +1375,67 @@ def _broker_report(load: Workload, broker: str, rate: float | None, *,
         if "scrapes" in result:  # our progress scrapes are not the exporter's work: take them out
             scrape_cpu = result["scrape"]["cpu_ms"] / 1000
             run_metrics = result["run_metrics"]
-            extra = {"cpu_seconds_with_our_scrapes": round(cpu, 3),
-                     "progress_scrapes": result["scrapes"],
-                     "scrape_cpu_ms": round(result["scrape"]["cpu_ms"], 2),
-                     "scrape_wall_ms": round(result["scrape"]["wall_ms"], 2),
-                     # from its /metrics, this run only (less the baseline before publishing)
-                     "reconnects": int(run_metrics.get(
-                         "celery_vitals_event_stream_reconnects_total", 0)),
-                     "heartbeats_missed": int(run_metrics.get(
-                         "celery_vitals_heartbeats_missed_total", 0)),
-                     # most events published and not yet counted, at our progress scrapes
-                     "peak_backlog_events": result["peak_backlog"],
-                     "backlog_samples": result["backlog"]}
+            extra = {
+                "cpu_seconds_with_our_scrapes": round(cpu, 3),
+                "progress_scrapes": result["scrapes"],
+                "scrape_cpu_ms": round(result["scrape"]["cpu_ms"], 2),
+                "scrape_wall_ms": round(result["scrape"]["wall_ms"], 2),
+                # from its /metrics, this run only (less the baseline before publishing)
+                "reconnects": int(
+                    run_metrics.get("celery_vitals_event_stream_reconnects_total", 0)
+                ),
+                "heartbeats_missed": int(
+                    run_metrics.get("celery_vitals_heartbeats_missed_total", 0)
+                ),
+                # most events published and not yet counted, at our progress scrapes
+                "peak_backlog_events": result["peak_backlog"],
+                "backlog_samples": result["backlog"],
+            }
             cpu = max(0.0, cpu - result["scrapes"] * scrape_cpu)
         us = cpu / events * 1e6 if events else 0.0
         consumers[name] = {
-            "events": events, "lost": published["events"] - events,
+            "events": events,
+            "lost": published["events"] - events,
             "seconds": round(seconds, 3),
             "events_per_second": round(events / seconds) if seconds > 0 else 0,
-            "cpu_seconds": round(cpu, 3), "cpu_us_per_event": round(us, 3),
+            "cpu_seconds": round(cpu, 3),
+            "cpu_us_per_event": round(us, 3),
             "events_per_cpu_second": round(1e6 / us) if us else 0,
             **extra,
         }
     exporter, bare = consumers["exporter"], consumers.get("bare")
     metrics = done["exporter"]["metrics"]
-    task_counters = {kind: int(metrics.get(metric, 0))
-                     for kind, metric in EXPORTER_TASK_METRICS.items()}
+    task_counters = {
+        kind: int(metrics.get(metric, 0)) for kind, metric in EXPORTER_TASK_METRICS.items()
+    }
     expected = {kind: sum(c.values()) for kind, c in load.counters.items()}
     problems = []
     if exporter["lost"] or (bare and bare["lost"]):
-        problems.append(f"lost events: exporter {exporter['lost']}"
-                        + (f", bare {bare['lost']}" if bare else ""))
+        problems.append(
+            f"lost events: exporter {exporter['lost']}" + (f", bare {bare['lost']}" if bare else "")
+        )
     if task_counters != expected:
         problems.append(f"task counters {task_counters} != published {expected}")
     ratios: dict[str, float | None] = {"wall_throughput": None, "cpu_throughput": None}
     if bare:
         ratios = {
-            "wall_throughput": round(exporter["events_per_second"] / bare["events_per_second"],
-                                     3) if bare["events_per_second"] else None,
+            "wall_throughput": round(exporter["events_per_second"] / bare["events_per_second"], 3)
+            if bare["events_per_second"]
+            else None,
             "cpu_throughput": round(bare["cpu_us_per_event"] / exporter["cpu_us_per_event"], 3)
-            if exporter["cpu_us_per_event"] else None,
+            if exporter["cpu_us_per_event"]
+            else None,
         }
     return {
         "mode": broker,
         "rate": rate,
-        "published": {"events": published["events"], "bodies": published["bodies"],
-                      "seconds": round(published["seconds"], 3),
-                      "events_per_second": round(published["events"] / published["seconds"]),
-                      "publishers": published.get("publishers", 1)},
+        "published": {
+            "events": published["events"],
+            "bodies": published["bodies"],
+            "seconds": round(published["seconds"], 3),
+            "events_per_second": round(published["events"] / published["seconds"]),
+            "publishers": published.get("publishers", 1),
+        },
         "consumers": consumers,
         "ratios": ratios,
         "exporter_task_counters": task_counters,
@@ -1186,67 +1460,102 @@ def machine() -> dict[str, Any]:
     import celery
     import kombu
 
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "implementation": platform.python_implementation(), "celery": celery.__version__,
-            "kombu": kombu.__version__, "platform": platform.platform(),
-            "loadavg_at_start": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+    }
 
 
 def print_report(result: dict[str, Any]) -> None:
     load = result["workload"]
-    print(f"{load['events']} events ({load['bodies']} bodies, {load['tasks']} tasks, "
-          f"batches of up to {load['batch']}, {load['payload_bytes'] / 1e6:.1f} MB of JSON)")
+    print(
+        f"{load['events']} events ({load['bodies']} bodies, {load['tasks']} tasks, "
+        f"batches of up to {load['batch']}, {load['payload_bytes'] / 1e6:.1f} MB of JSON)"
+    )
     if "in_process" in result:
         timings = result["in_process"]["timings"]
         rows: list[list[object]] = [["in process", "events/s", "CPU us/event", "CPU s"]]
-        labels = {"router": "(a) router, decoded bodies",
-                  "kombu+router": "(b) kombu json decode + router",
-                  "kombu": "(c) kombu json decode only (bare)",
-                  "json+router": "(b') json.loads + router",
-                  "json": "(c') json.loads only (bare)"}
+        labels = {
+            "router": "(a) router, decoded bodies",
+            "kombu+router": "(b) kombu json decode + router",
+            "kombu": "(c) kombu json decode only (bare)",
+            "json+router": "(b') json.loads + router",
+            "json": "(c') json.loads only (bare)",
+        }
         for key, label in labels.items():
             if key not in timings:
                 continue
             t = timings[key]
-            rows.append([label, f"{t['events_per_second']:,}", f"{t['cpu_us_per_event']:.2f}",
-                         f"{t['cpu_seconds']:.2f}"])
+            rows.append(
+                [
+                    label,
+                    f"{t['events_per_second']:,}",
+                    f"{t['cpu_us_per_event']:.2f}",
+                    f"{t['cpu_seconds']:.2f}",
+                ]
+            )
         print(table(rows))
         for decoder, ratio in result["in_process"]["ratios"].items():
-            print(f"{decoder}: (b)/(c) cost ratio {ratio['cost_ratio']:.2f}; exporter runs at "
-                  f"{ratio['throughput_vs_bare']:.0%} of the bare decoder's throughput")
+            print(
+                f"{decoder}: (b)/(c) cost ratio {ratio['cost_ratio']:.2f}; exporter runs at "
+                f"{ratio['throughput_vs_bare']:.0%} of the bare decoder's throughput"
+            )
     if "broker" in result:
         broker = result["broker"]
         pub = broker["published"]
         publishers = pub.get("publishers", 1)
-        print(f"\n{broker['mode']}: published {pub['events']:,} events in {pub['seconds']:.2f}s "
-              f"({pub['events_per_second']:,}/s{', paced' if broker['rate'] else ''}"
-              f"{f', {publishers} publishers' if publishers > 1 else ''})")
-        rows = [["consumer", "events", "lost", "events/s (wall)", "CPU us/event",
-                 "events/CPU-s"]]
+        print(
+            f"\n{broker['mode']}: published {pub['events']:,} events in {pub['seconds']:.2f}s "
+            f"({pub['events_per_second']:,}/s{', paced' if broker['rate'] else ''}"
+            f"{f', {publishers} publishers' if publishers > 1 else ''})"
+        )
+        rows = [["consumer", "events", "lost", "events/s (wall)", "CPU us/event", "events/CPU-s"]]
         for name, c in broker["consumers"].items():
-            rows.append([name, f"{c['events']:,}", c["lost"], f"{c['events_per_second']:,}",
-                         f"{c['cpu_us_per_event']:.2f}", f"{c['events_per_cpu_second']:,}"])
+            rows.append(
+                [
+                    name,
+                    f"{c['events']:,}",
+                    c["lost"],
+                    f"{c['events_per_second']:,}",
+                    f"{c['cpu_us_per_event']:.2f}",
+                    f"{c['events_per_cpu_second']:,}",
+                ]
+            )
         print(table(rows))
         ratios = broker["ratios"]
         exporter = broker["consumers"]["exporter"]
         if "bare" in broker["consumers"]:
-            print(f"exporter / bare: {ratios['wall_throughput']} (wall), "
-                  f"{ratios['cpu_throughput']} (CPU per event)")
+            print(
+                f"exporter / bare: {ratios['wall_throughput']} (wall), "
+                f"{ratios['cpu_throughput']} (CPU per event)"
+            )
         else:
             print("exporter alone (--no-bare): no ratio to the bare receiver")
-        print(f"exporter: {exporter['reconnects']} event-stream reconnects, "
-              f"{exporter['heartbeats_missed']} heartbeats missed, peak backlog "
-              f"{exporter['peak_backlog_events']:,} events (published, not yet counted)")
+        print(
+            f"exporter: {exporter['reconnects']} event-stream reconnects, "
+            f"{exporter['heartbeats_missed']} heartbeats missed, peak backlog "
+            f"{exporter['peak_backlog_events']:,} events (published, not yet counted)"
+        )
         stats = broker.get("broker_stats") or {}
         if stats:
-            print(f"redis: {stats['output_buffer_disconnects_logged']} subscriber(s) "
-                  f"disconnected for output buffer limits (server log), peak subscriber "
-                  f"output buffer {stats['peak_subscriber_output_buffer_bytes'] / 2**20:.1f} "
-                  f"MiB, limit {stats['client_output_buffer_limit']!r}")
-        print(f"exporter: idle CPU {broker['exporter_idle_cpu_ms_per_second']} ms/s; one "
-              f"/metrics scrape {exporter['scrape_cpu_ms']} ms CPU, {exporter['scrape_wall_ms']} "
-              f"ms wall; its CPU above excludes our {exporter['progress_scrapes']} progress "
-              f"scrapes (with them: {exporter['cpu_seconds_with_our_scrapes']} s)")
+            print(
+                f"redis: {stats['output_buffer_disconnects_logged']} subscriber(s) "
+                f"disconnected for output buffer limits (server log), peak subscriber "
+                f"output buffer {stats['peak_subscriber_output_buffer_bytes'] / 2**20:.1f} "
+                f"MiB, limit {stats['client_output_buffer_limit']!r}"
+            )
+        print(
+            f"exporter: idle CPU {broker['exporter_idle_cpu_ms_per_second']} ms/s; one "
+            f"/metrics scrape {exporter['scrape_cpu_ms']} ms CPU, {exporter['scrape_wall_ms']} "
+            f"ms wall; its CPU above excludes our {exporter['progress_scrapes']} progress "
+            f"scrapes (with them: {exporter['cpu_seconds_with_our_scrapes']} s)"
+        )
         for problem in broker["problems"]:
             print(f"PROBLEM: {problem}")
     if "profile" in result:
@@ -1259,48 +1568,101 @@ def print_report(result: dict[str, Any]) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="benchmarks/throughput.py",
-        description="Event throughput of celery-vitals (in process, or via a real broker).")
+        description="Event throughput of celery-vitals (in process, or via a real broker).",
+    )
     parser.add_argument("--tasks", type=int, default=200_000, help="tasks to simulate")
-    parser.add_argument("--batch", type=int, default=24,
-                        help="worker event buffer size (Celery's default limit: 24)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=24,
+        help="worker event buffer size (Celery's default limit: 24)",
+    )
     parser.add_argument("--workers", type=int, default=8, help="simulated workers")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="in process: best of N runs (least CPU)")
-    parser.add_argument("--modes", default=",".join(IN_PROCESS_MODES),
-                        help="in process: comma-separated subset of " + ", ".join(IN_PROCESS_MODES))
-    parser.add_argument("--broker", choices=("redis", "amqp"), nargs="?", const="redis",
-                        help="publish through a real broker instead of timing in process")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="broker mode: events/s to publish at (default: full speed)")
-    parser.add_argument("--publisher", choices=("pipeline", "kombu"), default="pipeline",
-                        help="broker mode: messages built as kombu builds them, sent in Redis "
-                             "pipelines or by py-amqp directly (fast enough to saturate the "
-                             "consumers), or one kombu Producer.publish per message (as Celery "
-                             "does; ~100 us each)")
-    parser.add_argument("--no-bare", dest="bare", action="store_false",
-                        help="broker mode: run the exporter alone, without the bare receiver "
-                             "(loss runs: on two cores it takes the exporter's CPU)")
-    parser.add_argument("--publishers", type=int, default=1,
-                        help="broker mode: publisher processes, each sending its share of the "
-                             "workers' bodies (and their tasks' task-sent) in order")
-    parser.add_argument("--idle", type=float, default=10.0,
-                        help="broker mode: seconds without progress that end a consumer's run")
-    parser.add_argument("--poll", type=float, default=1.0,
-                        help="broker mode: seconds between /metrics scrapes to watch progress")
-    parser.add_argument("--exporter-command", default="", metavar="CMD",
-                        help="broker mode: run this instead of `celery-vitals` (e.g. a variant "
-                             "to compare); `serve --broker-url ...` is appended")
-    parser.add_argument("--spy", type=Path, default=None, metavar="FILE",
-                        help="broker mode: record the exporter with py-spy (raw/collapsed "
-                             "stacks) into FILE while it consumes")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile decode + router with cProfile")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="in process: best of N runs (least CPU)"
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join(IN_PROCESS_MODES),
+        help="in process: comma-separated subset of " + ", ".join(IN_PROCESS_MODES),
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "amqp"),
+        nargs="?",
+        const="redis",
+        help="publish through a real broker instead of timing in process",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="broker mode: events/s to publish at (default: full speed)",
+    )
+    parser.add_argument(
+        "--publisher",
+        choices=("pipeline", "kombu"),
+        default="pipeline",
+        help="broker mode: messages built as kombu builds them, sent in Redis "
+        "pipelines or by py-amqp directly (fast enough to saturate the "
+        "consumers), or one kombu Producer.publish per message (as Celery "
+        "does; ~100 us each)",
+    )
+    parser.add_argument(
+        "--no-bare",
+        dest="bare",
+        action="store_false",
+        help="broker mode: run the exporter alone, without the bare receiver "
+        "(loss runs: on two cores it takes the exporter's CPU)",
+    )
+    parser.add_argument(
+        "--publishers",
+        type=int,
+        default=1,
+        help="broker mode: publisher processes, each sending its share of the "
+        "workers' bodies (and their tasks' task-sent) in order",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        help="broker mode: seconds without progress that end a consumer's run",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=1.0,
+        help="broker mode: seconds between /metrics scrapes to watch progress",
+    )
+    parser.add_argument(
+        "--exporter-command",
+        default="",
+        metavar="CMD",
+        help="broker mode: run this instead of `celery-vitals` (e.g. a variant "
+        "to compare); `serve --broker-url ...` is appended",
+    )
+    parser.add_argument(
+        "--spy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="broker mode: record the exporter with py-spy (raw/collapsed "
+        "stacks) into FILE while it consumes",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile decode + router with cProfile"
+    )
     parser.add_argument("--top", type=int, default=25, help="profile: functions to show")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a few thousand events, in process only, one run")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file (default: benchmarks/results/throughput-<mode>.json)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few thousand events, in process only, one run"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON file (default: benchmarks/results/throughput-<mode>.json)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON file")
     parser.add_argument("--quiet", action="store_true", help="do not print the report")
     args = parser.parse_args(argv)
@@ -1322,9 +1684,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     gen0 = time.perf_counter()
     load = generate(args.tasks, seed=args.seed, batch=args.batch, workers=args.workers)
     result["workload"] = {
-        "tasks": load.tasks, "events": load.events, "bodies": len(load.bodies),
-        "batch": args.batch, "workers": args.workers, "payload_bytes": load.payload_bytes,
-        "by_type": dict(load.by_type), "generate_seconds": round(time.perf_counter() - gen0, 2),
+        "tasks": load.tasks,
+        "events": load.events,
+        "bodies": len(load.bodies),
+        "batch": args.batch,
+        "workers": args.workers,
+        "payload_bytes": load.payload_bytes,
+        "by_type": dict(load.by_type),
+        "generate_seconds": round(time.perf_counter() - gen0, 2),
     }
     # The pre-generated bodies are long-lived: keep the cyclic GC from re-scanning
     # them on every collection, which a real exporter (holding no such heap) never does.
@@ -1333,21 +1700,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         config = default_config()
         if args.broker:
-            result["broker"] = run_broker(load, args.broker, args.rate, idle=args.idle,
-                                          poll=args.poll, publisher_kind=args.publisher,
-                                          spy_output=args.spy,
-                                          exporter_command=shlex.split(args.exporter_command),
-                                          bare=args.bare, publishers=args.publishers)
+            result["broker"] = run_broker(
+                load,
+                args.broker,
+                args.rate,
+                idle=args.idle,
+                poll=args.poll,
+                publisher_kind=args.publisher,
+                spy_output=args.spy,
+                exporter_command=shlex.split(args.exporter_command),
+                bare=args.bare,
+                publishers=args.publishers,
+            )
         else:
             result["in_process"] = run_in_process(load, config, args.repeat, args.modes)
         if args.profile:
             RESULTS.mkdir(parents=True, exist_ok=True)
             result["profile"] = profile_in_process(
-                load, config, args.top, None if args.no_write else RESULTS / "throughput.prof")
+                load, config, args.top, None if args.no_write else RESULTS / "throughput.prof"
+            )
     finally:
         gc.unfreeze()
-    publish(result, None if args.no_write else args.output or RESULTS / f"throughput-{mode}.json",
-            print_report, quiet=args.quiet)
+    publish(
+        result,
+        None if args.no_write else args.output or RESULTS / f"throughput-{mode}.json",
+        print_report,
+        quiet=args.quiet,
+    )
     if result.get("broker", {}).get("problems"):
         raise VerificationError("; ".join(result["broker"]["problems"]))
     return result

@@ -76,9 +76,23 @@ def redis_server(workdir: Path) -> Iterator[str]:
     """A throwaway redis-server on a free loopback port, no persistence; yields its URL."""
     port = free_port()
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = redis.Redis(port=port)
@@ -114,30 +128,57 @@ def run_worker(url: str, pool: str, mode: str, tasks: int) -> dict[str, Any]:
     """One worker drains the queue: wall seconds to the last task, CPU of its process tree."""
     fill(url, tasks)
     port = free_port()
-    env = {**os.environ, "BROKER_URL": url, "OVERHEAD_COUNTER": COUNTER,
-           "OVERHEAD_AGENT": "1" if mode.startswith("agent") else "0",
-           "CELERY_VITALS_AGENT_LISTEN_ADDRESS": f"127.0.0.1:{port}",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
-    argv = [sys.executable, "-m", "celery", "-A", "overhead_app", "worker", *POOLS[pool],
-            "--loglevel", "warning", "--without-mingle", "--without-gossip",
-            "-n", f"overhead-{pool}-{mode}@bench"]
+    env = {
+        **os.environ,
+        "BROKER_URL": url,
+        "OVERHEAD_COUNTER": COUNTER,
+        "OVERHEAD_AGENT": "1" if mode.startswith("agent") else "0",
+        "CELERY_VITALS_AGENT_LISTEN_ADDRESS": f"127.0.0.1:{port}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "overhead_app",
+        "worker",
+        *POOLS[pool],
+        "--loglevel",
+        "warning",
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"overhead-{pool}-{mode}@bench",
+    ]
     if mode.endswith("events"):
         argv.append("-E")
     client = redis.Redis.from_url(url)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    worker = subprocess.Popen(argv, env=env, cwd=HERE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, start_new_session=True)
+    worker = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=HERE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
+
         def done() -> bool:
             if worker.poll() is not None:
-                raise RuntimeError(f"worker exited {worker.returncode} ({pool}, {mode}): "
-                                   f"{worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise RuntimeError(
+                    f"worker exited {worker.returncode} ({pool}, {mode}): "
+                    f"{worker.stderr.read().decode()[-2000:]}"
+                )  # type: ignore[union-attr]
             return int(client.get(COUNTER) or 0) >= tasks
 
         wait_for(f"{tasks} tasks done ({pool}, {mode})", done, timeout=600)
         wall = time.perf_counter() - start
-        succeeded = _agent_successes(port) if mode.startswith("agent") else None
+        # the task counts itself before Celery reports its success: give the last
+        # success a moment to reach the agent, then the count must be exact
+        succeeded = _agent_successes(port, tasks) if mode.startswith("agent") else None
     finally:
         os.killpg(worker.pid, signal.SIGTERM)  # warm shutdown: children exit and are reaped
         _, stderr = worker.communicate(timeout=60)
@@ -147,12 +188,26 @@ def run_worker(url: str, pool: str, mode: str, tasks: int) -> dict[str, Any]:
     if succeeded is not None and succeeded != tasks:
         raise RuntimeError(f"the agent counted {succeeded} successes, not {tasks}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-            "cpu_us_per_task": round(cpu / tasks * 1e6, 1), "agent_succeeded": succeeded}
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "cpu_us_per_task": round(cpu / tasks * 1e6, 1),
+        "agent_succeeded": succeeded,
+    }
 
 
-def _agent_successes(port: int) -> float:
-    """celery_task_succeeded_total of overhead.noop, from the worker's own /metrics."""
+def _agent_successes(port: int, expected: int, timeout: float = 10.0) -> float:
+    """celery_task_succeeded_total of overhead.noop from the worker's own /metrics, once
+    it reaches ``expected`` (or what it says after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        total = _scrape_successes(port)
+        if total >= expected or time.monotonic() > deadline:
+            return total
+        time.sleep(0.1)
+
+
+def _scrape_successes(port: int) -> float:
     total = 0.0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         for line in response.read().decode().splitlines():
@@ -169,12 +224,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     against that round's "nothing", and the median over the rounds is reported.
     """
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="worker-overhead-") as workdir, \
-            redis_server(Path(workdir)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="worker-overhead-") as workdir,
+        redis_server(Path(workdir)) as url,
+    ):
         for pool in args.pools:
             rounds: list[dict[str, dict[str, Any]]] = []
             for number in range(args.rounds):
-                order = MODES[number % len(MODES):] + MODES[:number % len(MODES)]
+                order = MODES[number % len(MODES) :] + MODES[: number % len(MODES)]
                 rounds.append({mode: run_worker(url, pool, mode, args.tasks) for mode in order})
             results[pool] = summarise(rounds)
     return results
@@ -196,10 +253,10 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         "rounds": len(rounds),
         "runs": runs,
         "agent_cost_of_events_cost": round(agent_cost / events_cost, 3)
-        if events_cost > 0 else None,
+        if events_cost > 0
+        else None,
         "meets_target": {
-            "agent at most a third of events": events_cost > 0
-            and agent_cost <= events_cost / 3,
+            "agent at most a third of events": events_cost > 0 and agent_cost <= events_cost / 3,
             "agent at most 5% over nothing": runs["agent"]["cpu_ratio"] <= 1.05,
         },
     }
@@ -213,33 +270,55 @@ def _median_ratio(rounds: list[dict[str, dict[str, Any]]], mode: str, field: str
 
 
 def print_report(result: dict[str, Any]) -> None:
-    print(f"{result['tasks']:,} no-op tasks from a full Redis queue, per pool and mode, "
-          f"{result['rounds']} round(s); CPU of the worker's process tree (median run), "
-          "ratios against 'nothing' (median of the rounds' ratios)")
+    print(
+        f"{result['tasks']:,} no-op tasks from a full Redis queue, per pool and mode, "
+        f"{result['rounds']} round(s); CPU of the worker's process tree (median run), "
+        "ratios against 'nothing' (median of the rounds' ratios)"
+    )
     for pool in result["pools"]:
         data = result["results"][pool]
         rows = [[pool, "wall s", "CPU s", "CPU us/task", "CPU ratio", "wall ratio"]]
         for mode in MODES:
             run = data["runs"][mode]
-            rows.append([mode, f"{run['wall_s']:.2f}", f"{run['cpu_s']:.2f}",
-                         f"{run['cpu_us_per_task']:.0f}", f"{run['cpu_ratio']:.3f}",
-                         f"{run['wall_ratio']:.3f}"])
+            rows.append(
+                [
+                    mode,
+                    f"{run['wall_s']:.2f}",
+                    f"{run['cpu_s']:.2f}",
+                    f"{run['cpu_us_per_task']:.0f}",
+                    f"{run['cpu_ratio']:.3f}",
+                    f"{run['wall_ratio']:.3f}",
+                ]
+            )
         print(table(rows))
         share = data["agent_cost_of_events_cost"]
-        print(f"agent's extra CPU / events' extra CPU: "
-              f"{'n/a' if share is None else f'{share:.2f}'}; targets: " + ", ".join(
-                  f"{name}: {'yes' if held else 'NO'}"
-                  for name, held in data["meets_target"].items()) + "\n")
+        print(
+            f"agent's extra CPU / events' extra CPU: "
+            f"{'n/a' if share is None else f'{share:.2f}'}; targets: "
+            + ", ".join(
+                f"{name}: {'yes' if held else 'NO'}" for name, held in data["meets_target"].items()
+            )
+            + "\n"
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmarks/worker_overhead.py",
-                                     description="Worker CPU: nothing, -E, agent, both.")
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/worker_overhead.py", description="Worker CPU: nothing, -E, agent, both."
+    )
     parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--pools", type=lambda text: text.split(","),
-                        default=list(POOLS), help="comma-separated: prefork,solo")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of every mode, interleaved; medians are reported")
+    parser.add_argument(
+        "--pools",
+        type=lambda text: text.split(","),
+        default=list(POOLS),
+        help="comma-separated: prefork,solo",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs of every mode, interleaved; medians are reported",
+    )
     parser.add_argument("--smoke", action="store_true", help="300 tasks, solo only, one round")
     parser.add_argument("--output", type=Path, default=RESULTS / "worker_overhead.json")
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON file")
@@ -257,10 +336,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the results (also printed and written as JSON)."""
     args = parse_args(argv)
     result: dict[str, Any] = {
-        "benchmark": "worker_overhead", "mode": "smoke" if args.smoke else "full",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "tasks": args.tasks, "rounds": args.rounds, "pools": args.pools,
+        "benchmark": "worker_overhead",
+        "mode": "smoke" if args.smoke else "full",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "tasks": args.tasks,
+        "rounds": args.rounds,
+        "pools": args.pools,
         "results": measure(args),
     }
     publish(result, None if args.no_write else args.output, print_report, quiet=args.quiet)

@@ -34,16 +34,22 @@ app.conf.update(
 # routed to demo.jobs that a worker rejects without requeue land in demo.jobs.dead.
 # Workers then consume `-Q celery,demo.jobs`; nothing consumes the dead-letter queue.
 DEAD_LETTER = os.environ.get("DEMO_DEAD_LETTER") == "1"
-DEAD_LETTER_QUEUE = Queue("demo.jobs.dead", Exchange("demo.dlx", type="direct"),
-                          routing_key="demo.jobs.dead")
+DEAD_LETTER_QUEUE = Queue(
+    "demo.jobs.dead", Exchange("demo.dlx", type="direct"), routing_key="demo.jobs.dead"
+)
 
 
 def use_dead_letter_route(celery_app: Celery) -> None:
     """Queues and routes of the dead-letter demo, for workers and clients alike."""
     celery_app.conf.task_queues = (
         Queue("celery"),
-        Queue("demo.jobs", queue_arguments={"x-dead-letter-exchange": "demo.dlx",
-                                            "x-dead-letter-routing-key": "demo.jobs.dead"}),
+        Queue(
+            "demo.jobs",
+            queue_arguments={
+                "x-dead-letter-exchange": "demo.dlx",
+                "x-dead-letter-routing-key": "demo.jobs.dead",
+            },
+        ),
     )
     celery_app.conf.task_routes = {"demo.poison": {"queue": "demo.jobs"}}
 

@@ -8,6 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
 ruff check .
+ruff format --check .
 echo "== mypy (strict, package)"
 mypy
 echo "== imports (every third-party import declared in pyproject.toml, with a range)"

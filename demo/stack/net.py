@@ -38,8 +38,14 @@ def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
         return False
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float, what: str,
-               details: Callable[[], str] | None = None, interval: float = 0.05) -> T:
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout: float,
+    what: str,
+    details: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> T:
     """Polls ``condition`` until it returns something truthy; AssertionError at the deadline.
 
     The message says what was awaited and, via ``details``, what the world
@@ -68,15 +74,21 @@ class Response:
         return self.body.decode("utf-8")
 
 
-def http_get(port: int, path: str, headers: dict[str, str] | None = None,
-             host: str = LOOPBACK, timeout: float = 5.0) -> Response:
+def http_get(
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    host: str = LOOPBACK,
+    timeout: float = 5.0,
+) -> Response:
     """GET http://host:port/path; any status is returned, connection errors raise OSError."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         body = response.read()
-        return Response(response.status,
-                        {name.lower(): value for name, value in response.getheaders()}, body)
+        return Response(
+            response.status, {name.lower(): value for name, value in response.getheaders()}, body
+        )
     finally:
         connection.close()

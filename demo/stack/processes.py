@@ -45,8 +45,9 @@ def executable(name: str, *candidates: Path, package: str | None = None) -> str:
             return str(candidate)
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"{name} not found: install Debian's {package or name} package "
-                                "(scripts/setup.sh does)")
+        raise FileNotFoundError(
+            f"{name} not found: install Debian's {package or name} package (scripts/setup.sh does)"
+        )
     return found
 
 
@@ -58,8 +59,15 @@ def _signal_group(pgid: int, signum: int) -> None:
 class ManagedProcess:
     """One subprocess with a log file, stopped by its pid (and process group)."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -84,8 +92,14 @@ class ManagedProcess:
         self._log.write(f"--- {time.strftime('%H:%M:%S')} start: {self.describe()}\n".encode())
         self._log.flush()
         self.process = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env, cwd=self.cwd, start_new_session=True)
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
         self.started_at, self.stopped_at = time.time(), None
         if self not in STARTED:
             STARTED.append(self)

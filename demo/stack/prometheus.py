@@ -42,9 +42,15 @@ class Sample:
 class PrometheusServer:
     """``prometheus`` scraping ``targets`` (job name -> ["host:port", ...]) and loading rules."""
 
-    def __init__(self, directory: Path, targets: Mapping[str, Sequence[str]],
-                 rule_files: Sequence[Path] = (), *, interval: str = "1s",
-                 alertmanager: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        targets: Mapping[str, Sequence[str]],
+        rule_files: Sequence[Path] = (),
+        *,
+        interval: str = "1s",
+        alertmanager: str | None = None,
+    ) -> None:
         self.directory = directory
         self.targets = {job: list(addresses) for job, addresses in targets.items()}
         self.rule_files = [Path(path).resolve() for path in rule_files]
@@ -60,15 +66,21 @@ class PrometheusServer:
     def config(self) -> str:
         """prometheus.yml as JSON (a subset of YAML): no YAML writer needed."""
         config: dict[str, Any] = {
-            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval,
-                       "scrape_timeout": self.interval},
+            "global": {
+                "scrape_interval": self.interval,
+                "evaluation_interval": self.interval,
+                "scrape_timeout": self.interval,
+            },
             "rule_files": [str(path) for path in self.rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": addresses}]}
-                               for job, addresses in self.targets.items()],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": addresses}]}
+                for job, addresses in self.targets.items()
+            ],
         }
         if self.alertmanager is not None:
             config["alerting"] = {
-                "alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]}
+                "alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]
+            }
         return json.dumps(config, indent=2)
 
     def start(self, timeout: float = 30.0) -> PrometheusServer:
@@ -79,10 +91,16 @@ class PrometheusServer:
             self.port = free_port()
             process = ManagedProcess(
                 f"prometheus :{self.port}",
-                [prometheus_executable(), f"--config.file={self.config_path}",
-                 f"--storage.tsdb.path={self.directory / 'data'}",
-                 f"--web.listen-address={LOOPBACK}:{self.port}", "--log.level=warn"],
-                self.directory / "prometheus.log", cwd=self.directory)
+                [
+                    prometheus_executable(),
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.directory / 'data'}",
+                    f"--web.listen-address={LOOPBACK}:{self.port}",
+                    "--log.level=warn",
+                ],
+                self.directory / "prometheus.log",
+                cwd=self.directory,
+            )
             self.process = process
             process.spawn()
             if self._wait_ready(process, timeout):
@@ -93,8 +111,12 @@ class PrometheusServer:
 
     def _wait_ready(self, process: ManagedProcess, timeout: float) -> bool:
         """True once ready, False if the process exited (e.g. the port was taken)."""
-        wait_until(lambda: self.ready() or not process.running, timeout=timeout,
-                   what=f"prometheus /-/ready on port {self.port}", details=process.tail)
+        wait_until(
+            lambda: self.ready() or not process.running,
+            timeout=timeout,
+            what=f"prometheus /-/ready on port {self.port}",
+            details=process.tail,
+        )
         return process.running
 
     def ready(self) -> bool:
@@ -127,8 +149,9 @@ class PrometheusServer:
         query = urllib.parse.urlencode(params)
         response = http_get(self.port, f"/api/v1/{path}?{query}", timeout=10)
         body = json.loads(response.body)
-        assert response.status == 200 and body.get("status") == "success", \
+        assert response.status == 200 and body.get("status") == "success", (
             f"/api/v1/{path} {params} answered {response.status}: {response.text}"
+        )
         return body["data"]
 
     def query(self, expr: str, at: float | None = None) -> list[Sample]:
@@ -140,21 +163,26 @@ class PrometheusServer:
         assert data["resultType"] == "vector", f"{expr} gave a {data['resultType']}"
         return [Sample(dict(item["metric"]), float(item["value"][1])) for item in data["result"]]
 
-    def query_range(self, expr: str, start: float, end: float,
-                    step: float) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+    def query_range(
+        self, expr: str, start: float, end: float, step: float
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
         """A range query: each series' labels and its (timestamp, value) points."""
-        data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
-                        step=f"{step:g}")
+        data = self.api(
+            "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}"
+        )
         assert data["resultType"] == "matrix", f"{expr} gave a {data['resultType']}"
-        return [(dict(item["metric"]), [(float(t), float(v)) for t, v in item["values"]])
-                for item in data["result"]]
+        return [
+            (dict(item["metric"]), [(float(t), float(v)) for t, v in item["values"]])
+            for item in data["result"]
+        ]
 
     def label_sets(self, expr: str) -> set[Labels]:
         """The label sets an instant query returns."""
         return {sample.label_set for sample in self.query(expr)}
 
-    def wait_for(self, expr: str, expected: set[Labels], *, timeout: float,
-                 what: str) -> list[Sample]:
+    def wait_for(
+        self, expr: str, expected: set[Labels], *, timeout: float, what: str
+    ) -> list[Sample]:
         """Queries until exactly ``expected`` label sets come back; shows the last answer."""
         last: list[list[Sample]] = [[]]
 
@@ -186,14 +214,22 @@ class PrometheusServer:
         return len(samples) == len(self.targets[job]) and all(s.value == 1 for s in samples)
 
     def wait_scraped(self, job: str, timeout: float = 20.0) -> None:
-        wait_until(lambda: self.scraped(job), timeout=timeout, what=f"{job} scraped (up 1)",
-                   details=self.tail, interval=0.25)
+        wait_until(
+            lambda: self.scraped(job),
+            timeout=timeout,
+            what=f"{job} scraped (up 1)",
+            details=self.tail,
+            interval=0.25,
+        )
 
     def rule_health(self) -> dict[str, str]:
         """Every loaded rule's name (record or alert) -> its health after its last evaluation."""
         groups = self.api("rules")["groups"]
-        return {f"{group['name']}/{rule['name']}": rule["health"]
-                for group in groups for rule in group["rules"]}
+        return {
+            f"{group['name']}/{rule['name']}": rule["health"]
+            for group in groups
+            for rule in group["rules"]
+        }
 
     def wait_rules_evaluated(self, timeout: float = 20.0) -> dict[str, str]:
         """Waits until every rule was evaluated at least once (health no longer unknown)."""
@@ -204,6 +240,11 @@ class PrometheusServer:
             result.update(self.rule_health())
             return bool(result) and "unknown" not in result.values()
 
-        wait_until(evaluated, timeout=timeout, what="every rule evaluated once",
-                   details=lambda: json.dumps(result, indent=1), interval=0.25)
+        wait_until(
+            evaluated,
+            timeout=timeout,
+            what="every rule evaluated once",
+            details=lambda: json.dumps(result, indent=1),
+            interval=0.25,
+        )
         return result

@@ -18,8 +18,9 @@ from demo.stack.processes import ManagedProcess, executable
 class RedisServer:
     """A throwaway redis-server on a free loopback port; AOF only if ``persistent``."""
 
-    def __init__(self, directory: Path, port: int | None = None, *,
-                 persistent: bool = False) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, persistent: bool = False
+    ) -> None:
         self.directory = directory
         self.persistent = persistent
         self.port = port  # fixed after the first successful start: restarts reuse it
@@ -52,18 +53,34 @@ class RedisServer:
         """redis-server on ``port``, answering PING; None if it exited (port taken)."""
         process = ManagedProcess(
             f"redis-server :{port}",
-            [self.executable, "--port", str(port), "--bind", LOOPBACK,
-             "--save", "", "--appendonly", "yes" if self.persistent else "no",
-             "--dir", str(self.directory),
-             "--daemonize", "no", "--logfile", ""],
-            self.directory / "redis.log")
+            [
+                self.executable,
+                "--port",
+                str(port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.persistent else "no",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                "--logfile",
+                "",
+            ],
+            self.directory / "redis.log",
+        )
         self.process = process
         process.spawn()
         try:
-            wait_until(lambda: self.ping(port) or not process.running,
-                       timeout=max(deadline - time.monotonic(), 0.1),
-                       what=f"redis-server to answer PING on port {port}",
-                       details=process.tail)
+            wait_until(
+                lambda: self.ping(port) or not process.running,
+                timeout=max(deadline - time.monotonic(), 0.1),
+                what=f"redis-server to answer PING on port {port}",
+                details=process.tail,
+            )
         except AssertionError:
             process.stop()
             raise

@@ -59,212 +59,404 @@ class MetricSpec:
         return (self.name,)
 
 
-def _task(name: str, type_: MetricType, help_: str, extra: tuple[str, ...] = (),
-          source: Source = "both") -> MetricSpec:
+def _task(
+    name: str, type_: MetricType, help_: str, extra: tuple[str, ...] = (), source: Source = "both"
+) -> MetricSpec:
     return MetricSpec(name, type_, help_, TASK_LABELS + extra, group="task", source=source)
 
 
-def _worker(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = WORKER_LABELS,
-            source: Source = "both") -> MetricSpec:
+def _worker(
+    name: str,
+    type_: MetricType,
+    help_: str,
+    labels: tuple[str, ...] = WORKER_LABELS,
+    source: Source = "both",
+) -> MetricSpec:
     return MetricSpec(name, type_, help_, labels, group="worker", source=source)
 
 
-def _queue(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = QUEUE_LABELS
-           ) -> MetricSpec:
+def _queue(
+    name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = QUEUE_LABELS
+) -> MetricSpec:
     return MetricSpec(name, type_, help_, labels, group="queue", source="exporter")
 
 
-def _broker(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = ()
-            ) -> MetricSpec:
+def _broker(name: str, type_: MetricType, help_: str, labels: tuple[str, ...] = ()) -> MetricSpec:
     return MetricSpec(name, type_, help_, labels, group="broker", source="exporter")
 
 
 SPECS: tuple[MetricSpec, ...] = (
     # -- tasks -------------------------------------------------------------
-    _task("celery_task_sent_total", "counter",
-          "Tasks published by a client (task-sent events; needs task_send_sent_event).",
-          source="exporter"),
-    _task("celery_task_received_total", "counter",
-          "Tasks received by a worker (task-received events), redeliveries included."),
+    _task(
+        "celery_task_sent_total",
+        "counter",
+        "Tasks published by a client (task-sent events; needs task_send_sent_event).",
+        source="exporter",
+    ),
+    _task(
+        "celery_task_received_total",
+        "counter",
+        "Tasks received by a worker (task-received events), redeliveries included.",
+    ),
     _task("celery_task_started_total", "counter", "Tasks a worker started executing."),
     _task("celery_task_succeeded_total", "counter", "Tasks that finished successfully."),
-    _task("celery_task_failed_total", "counter",
-          "Tasks that failed, by exception class name (NotRegistered for unknown task names).",
-          ("exception",)),
+    _task(
+        "celery_task_failed_total",
+        "counter",
+        "Tasks that failed, by exception class name (NotRegistered for unknown task names).",
+        ("exception",),
+    ),
     _task("celery_task_retried_total", "counter", "Task executions that ended in a retry."),
-    _task("celery_task_rejected_total", "counter",
-          "Tasks rejected by a worker; requeue=false sends them to the dead-letter route.",
-          ("requeue",)),
-    _task("celery_task_revoked_total", "counter",
-          "Tasks revoked, expired ones included (see celery_task_expired_total)."),
-    _task("celery_task_expired_total", "counter",
-          "Tasks discarded because their expiry passed (a subset of revoked)."),
-    _task("celery_task_failed_after_retries_total", "counter",
-          "Tasks that failed for good after at least one retry (retries exhausted, or a "
-          "different error on a later attempt): what precedes the dead-letter queue."),
-    _task("celery_task_redelivered_total", "counter",
-          "A second task-received for a uuid with the same retry count: the broker "
-          "redelivered it (visibility timeout or lost worker)."),
-    _task("celery_task_runtime_seconds", "histogram",
-          "Task execution time reported by the worker on success."),
-    _task("celery_task_queue_wait_seconds", "histogram",
-          "Time from publication (or ETA) to start of execution."),
-    _task("celery_task_prefetch_wait_seconds", "histogram",
-          "Time a worker held a task before starting it (received to started)."),
-    _task("celery_task_last_success_timestamp_seconds", "gauge",
-          "Unix time of the last successful run (dead-man's switch for periodic tasks)."),
+    _task(
+        "celery_task_rejected_total",
+        "counter",
+        "Tasks rejected by a worker; requeue=false sends them to the dead-letter route.",
+        ("requeue",),
+    ),
+    _task(
+        "celery_task_revoked_total",
+        "counter",
+        "Tasks revoked, expired ones included (see celery_task_expired_total).",
+    ),
+    _task(
+        "celery_task_expired_total",
+        "counter",
+        "Tasks discarded because their expiry passed (a subset of revoked).",
+    ),
+    _task(
+        "celery_task_failed_after_retries_total",
+        "counter",
+        "Tasks that failed for good after at least one retry (retries exhausted, or a "
+        "different error on a later attempt): what precedes the dead-letter queue.",
+    ),
+    _task(
+        "celery_task_redelivered_total",
+        "counter",
+        "A second task-received for a uuid with the same retry count: the broker "
+        "redelivered it (visibility timeout or lost worker).",
+    ),
+    _task(
+        "celery_task_runtime_seconds",
+        "histogram",
+        "Task execution time reported by the worker on success.",
+    ),
+    _task(
+        "celery_task_queue_wait_seconds",
+        "histogram",
+        "Time from publication (or ETA) to start of execution.",
+    ),
+    _task(
+        "celery_task_prefetch_wait_seconds",
+        "histogram",
+        "Time a worker held a task before starting it (received to started).",
+    ),
+    _task(
+        "celery_task_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful run (dead-man's switch for periodic tasks).",
+    ),
     # -- workers -----------------------------------------------------------
-    _worker("celery_worker_up", "gauge",
-            "1 while the worker sends heartbeats, 0 once it went offline or missed them "
-            "for the worker timeout."),
-    _worker("celery_worker_last_heartbeat_timestamp_seconds", "gauge",
-            "Unix time (exporter clock) at which the worker's last heartbeat arrived."),
-    _worker("celery_worker_tasks_active", "gauge",
-            "Tasks the worker is executing, from its last heartbeat."),
-    _worker("celery_worker_tasks_reserved", "gauge",
-            "Tasks the worker received but has not started (prefetched)."),
-    _worker("celery_worker_tasks_processed", "gauge",
-            "Tasks the worker processed since it started, from its heartbeat (resets on restart)."),
+    _worker(
+        "celery_worker_up",
+        "gauge",
+        "1 while the worker sends heartbeats, 0 once it went offline or missed them "
+        "for the worker timeout.",
+    ),
+    _worker(
+        "celery_worker_last_heartbeat_timestamp_seconds",
+        "gauge",
+        "Unix time (exporter clock) at which the worker's last heartbeat arrived.",
+    ),
+    _worker(
+        "celery_worker_tasks_active",
+        "gauge",
+        "Tasks the worker is executing, from its last heartbeat.",
+    ),
+    _worker(
+        "celery_worker_tasks_reserved",
+        "gauge",
+        "Tasks the worker received but has not started (prefetched).",
+    ),
+    _worker(
+        "celery_worker_tasks_processed",
+        "gauge",
+        "Tasks the worker processed since it started, from its heartbeat (resets on restart).",
+    ),
     _worker("celery_worker_load1", "gauge", "One-minute load average of the worker's host."),
     _worker("celery_worker_starts_total", "counter", "worker-online events: starts and restarts."),
-    _worker("celery_worker_task_events_missing", "gauge",
-            "1 when the worker's heartbeats report processed tasks but no task event arrived "
-            "from it: task events are disabled on that worker."),
-    _worker("celery_worker_info", "info",
-            "What each worker runs: its Celery version and pool. The agent knows both; the "
-            "exporter takes the version from worker events and the pool from its stats polls "
-            "of the workers (at queue discovery, and on the next poll after a worker appears).",
-            ("hostname", "version", "pool")),
-    _worker("celery_worker_pool_processes", "gauge",
-            "Processes (or threads) in the worker's pool: its concurrency. The agent samples "
-            "it; the exporter polls the workers' stats for it."),
-    _worker("celery_worker_prefetch_limit", "gauge",
-            "The consumer's current prefetch count (QoS): how many unacknowledged tasks "
-            "the worker may hold, 0 for no limit. The agent samples it; the exporter polls "
-            "the workers' stats for it."),
+    _worker(
+        "celery_worker_task_events_missing",
+        "gauge",
+        "1 when the worker's heartbeats report processed tasks but no task event arrived "
+        "from it: task events are disabled on that worker.",
+    ),
+    _worker(
+        "celery_worker_info",
+        "info",
+        "What each worker runs: its Celery version and pool. The agent knows both; the "
+        "exporter takes the version from worker events and the pool from its stats polls "
+        "of the workers (at queue discovery, and on the next poll after a worker appears).",
+        ("hostname", "version", "pool"),
+    ),
+    _worker(
+        "celery_worker_pool_processes",
+        "gauge",
+        "Processes (or threads) in the worker's pool: its concurrency. The agent samples "
+        "it; the exporter polls the workers' stats for it.",
+    ),
+    _worker(
+        "celery_worker_prefetch_limit",
+        "gauge",
+        "The consumer's current prefetch count (QoS): how many unacknowledged tasks "
+        "the worker may hold, 0 for no limit. The agent samples it; the exporter polls "
+        "the workers' stats for it.",
+    ),
     # -- workers, from the agent inside the worker (absent from the exporter) --
-    _worker("celery_worker_pool_busy_processes", "gauge",
-            "Pool processes currently executing a task.", source="agent"),
-    _worker("celery_worker_eta_tasks", "gauge",
-            "Tasks with an ETA or countdown the worker holds in memory, waiting for their "
-            "time.", source="agent"),
-    _worker("celery_worker_process_resident_memory_bytes", "gauge",
-            "Resident memory of the worker's main process (process=\"main\") and of each "
-            "pool process by slot index (process=\"0\" to N-1; a replacement process takes "
-            "over its slot's series).", ("hostname", "process"), source="agent"),
-    _worker("celery_worker_pool_process_exits_total", "counter",
-            "Pool processes that exited while the worker ran, by reason: recycled (exit "
-            "code 0: max tasks or max memory per child), killed (by a signal, e.g. the "
-            "OOM killer's SIGKILL), failed (another exit code).", ("hostname", "reason"),
-            source="agent"),
+    _worker(
+        "celery_worker_pool_busy_processes",
+        "gauge",
+        "Pool processes currently executing a task.",
+        source="agent",
+    ),
+    _worker(
+        "celery_worker_eta_tasks",
+        "gauge",
+        "Tasks with an ETA or countdown the worker holds in memory, waiting for their time.",
+        source="agent",
+    ),
+    _worker(
+        "celery_worker_process_resident_memory_bytes",
+        "gauge",
+        'Resident memory of the worker\'s main process (process="main") and of each '
+        'pool process by slot index (process="0" to N-1; a replacement process takes '
+        "over its slot's series).",
+        ("hostname", "process"),
+        source="agent",
+    ),
+    _worker(
+        "celery_worker_pool_process_exits_total",
+        "counter",
+        "Pool processes that exited while the worker ran, by reason: recycled (exit "
+        "code 0: max tasks or max memory per child), killed (by a signal, e.g. the "
+        "OOM killer's SIGKILL), failed (another exit code).",
+        ("hostname", "reason"),
+        source="agent",
+    ),
     # -- queues and dead-letter queues (polled from the broker) -------------
-    _queue("celery_queue_length", "gauge",
-           "Messages ready in the queue (all priority levels; SQS: "
-           "ApproximateNumberOfMessages); absent when the queue is."),
-    _queue("celery_queue_unacked", "gauge",
-           "Messages delivered to a consumer and not acknowledged (Redis; RabbitMQ with "
-           "the management API; SQS: ApproximateNumberOfMessagesNotVisible, in flight until "
-           "deleted or back after the visibility timeout)."),
-    _queue("celery_queue_delayed", "gauge",
-           "Messages sent with a delay that has not passed yet (SQS: "
-           "ApproximateNumberOfMessagesDelayed)."),
+    _queue(
+        "celery_queue_length",
+        "gauge",
+        "Messages ready in the queue (all priority levels; SQS: "
+        "ApproximateNumberOfMessages); absent when the queue is.",
+    ),
+    _queue(
+        "celery_queue_unacked",
+        "gauge",
+        "Messages delivered to a consumer and not acknowledged (Redis; RabbitMQ with "
+        "the management API; SQS: ApproximateNumberOfMessagesNotVisible, in flight until "
+        "deleted or back after the visibility timeout).",
+    ),
+    _queue(
+        "celery_queue_delayed",
+        "gauge",
+        "Messages sent with a delay that has not passed yet (SQS: "
+        "ApproximateNumberOfMessagesDelayed).",
+    ),
     _queue("celery_queue_consumers", "gauge", "Consumers of the queue (RabbitMQ)."),
-    _queue("celery_queue_exists", "gauge",
-           "1 when the broker knows the queue, 0 for a configured queue it does not know."),
-    _queue("celery_queue_oldest_message_age_seconds", "gauge",
-           "Age of the oldest task sent to the queue and not yet received by a worker "
-           "(from task-sent events); never for a dead-letter queue."),
-    _queue("celery_queue_oldest_unacked_age_seconds", "gauge",
-           "Time since the oldest unacknowledged delivery from the queue (Redis); Redis "
-           "redelivers it once this passes the visibility timeout."),
-    _queue("celery_queue_visibility_timeout_seconds", "gauge",
-           "Time a delivered, unacknowledged message stays with its consumer before the "
-           "broker hands it out again: Redis, the transport's visibility_timeout as the "
-           "exporter is configured (the same for every queue); SQS, the queue's "
-           "VisibilityTimeout attribute."),
-    _queue("celery_queue_max_receives", "gauge",
-           "Receives after which SQS moves a message of the queue to its dead-letter queue "
-           "(maxReceiveCount of the queue's RedrivePolicy)."),
+    _queue(
+        "celery_queue_exists",
+        "gauge",
+        "1 when the broker knows the queue, 0 for a configured queue it does not know.",
+    ),
+    _queue(
+        "celery_queue_oldest_message_age_seconds",
+        "gauge",
+        "Age of the oldest task sent to the queue and not yet received by a worker "
+        "(from task-sent events); never for a dead-letter queue.",
+    ),
+    _queue(
+        "celery_queue_oldest_unacked_age_seconds",
+        "gauge",
+        "Time since the oldest unacknowledged delivery from the queue (Redis); Redis "
+        "redelivers it once this passes the visibility timeout.",
+    ),
+    _queue(
+        "celery_queue_visibility_timeout_seconds",
+        "gauge",
+        "Time a delivered, unacknowledged message stays with its consumer before the "
+        "broker hands it out again: Redis, the transport's visibility_timeout as the "
+        "exporter is configured (the same for every queue); SQS, the queue's "
+        "VisibilityTimeout attribute.",
+    ),
+    _queue(
+        "celery_queue_max_receives",
+        "gauge",
+        "Receives after which SQS moves a message of the queue to its dead-letter queue "
+        "(maxReceiveCount of the queue's RedrivePolicy).",
+    ),
     _queue("celery_dlq_length", "gauge", "Messages in the dead-letter queue."),
-    _queue("celery_dlq_messages", "gauge",
-           "Messages in the dead-letter queue by task name, from a bounded sample read "
-           "without consuming on the poller thread (--dlq-sample; scaled up to the depth "
-           "when the DLQ holds more). Messages that are not Celery tasks are not counted.",
-           ("queue_name", "name")),
-    _queue("celery_dlq_ingress_total", "counter",
-           "Messages that entered the dead-letter queue: from the broker's publish counter "
-           "where it has one, else from depth increases between polls (a lower bound)."),
+    _queue(
+        "celery_dlq_messages",
+        "gauge",
+        "Messages in the dead-letter queue by task name, from a bounded sample read "
+        "without consuming on the poller thread (--dlq-sample; scaled up to the depth "
+        "when the DLQ holds more). Messages that are not Celery tasks are not counted.",
+        ("queue_name", "name"),
+    ),
+    _queue(
+        "celery_dlq_ingress_total",
+        "counter",
+        "Messages that entered the dead-letter queue: from the broker's publish counter "
+        "where it has one, else from depth increases between polls (a lower bound).",
+    ),
     # -- the broker ------------------------------------------------------------
     _broker("celery_broker_up", "gauge", "1 when the last queue poll reached the broker."),
-    _broker("celery_broker_probe_duration_seconds", "histogram",
-            "Time one queue poll of the broker took."),
-    _broker("celery_broker_probe_errors_total", "counter",
-            "Queue polls that failed, by error class.", ("error",)),
+    _broker(
+        "celery_broker_probe_duration_seconds",
+        "histogram",
+        "Time one queue poll of the broker took.",
+    ),
+    _broker(
+        "celery_broker_probe_errors_total",
+        "counter",
+        "Queue polls that failed, by error class.",
+        ("error",),
+    ),
     _broker("celery_broker_memory_used_bytes", "gauge", "Memory the broker uses."),
-    _broker("celery_broker_memory_limit_bytes", "gauge",
-            "The broker's memory limit (Redis maxmemory, 0 when unlimited)."),
-    _broker("celery_broker_persistence_enabled", "gauge",
-            "1 when the broker persists to disk, by kind (Redis: rdb, aof).", ("kind",)),
-    _broker("celery_broker_info", "info", "What the broker is.",
-            ("transport", "version", "eviction_policy")),
+    _broker(
+        "celery_broker_memory_limit_bytes",
+        "gauge",
+        "The broker's memory limit (Redis maxmemory, 0 when unlimited).",
+    ),
+    _broker(
+        "celery_broker_persistence_enabled",
+        "gauge",
+        "1 when the broker persists to disk, by kind (Redis: rdb, aof).",
+        ("kind",),
+    ),
+    _broker(
+        "celery_broker_info",
+        "info",
+        "What the broker is.",
+        ("transport", "version", "eviction_policy"),
+    ),
     # -- the exporter itself -----------------------------------------------
-    MetricSpec("celery_vitals_event_stream_up", "gauge",
-               "1 while the event stream is connected to the broker.", source="exporter"),
-    MetricSpec("celery_vitals_events_total", "counter",
-               "Events received, by type (unknown types as other).", ("type",)),
-    MetricSpec("celery_vitals_events_skipped_total", "counter",
-               "Event messages, or events in them, dropped because they could not be used, by "
-               "reason: the message (undecodable_body, malformed_envelope, malformed_headers, "
-               "unsupported_compression, too_large, malformed_body) or one event "
-               "(malformed_event, missing_type, missing_uuid, "
-               "duplicate_terminal, handler_error).", ("reason",)),
-    MetricSpec("celery_vitals_observations_skipped_total", "counter",
-               "Values from events not used because they were meaningless (bad_runtime, "
-               "negative_duration) or not a number in range (bad_value: a heartbeat's freq, "
-               "active, processed or load; an event's timestamp), by the metric they would "
-               "have fed (timestamp: an event's own, which feeds several; eta: a task-sent's "
-               "ETA).",
-               ("metric", "reason")),
-    MetricSpec("celery_vitals_event_stream_reconnects_total", "counter",
-               "Times the event stream lost its broker connection and reconnected.",
-               source="exporter"),
-    MetricSpec("celery_vitals_event_lag_seconds", "gauge",
-               "Exporter receive time minus the timestamp of the latest event.",
-               source="exporter"),
-    MetricSpec("celery_vitals_heartbeats_missed_total", "counter",
-               "Worker heartbeats that never arrived although the worker stayed online: the "
-               "event stream is losing events (slow consumer, queue TTL, buffer overflow)."),
-    MetricSpec("celery_vitals_tracked_tasks", "gauge",
-               "Tasks in the uuid map (received or sent, not finished)."),
-    MetricSpec("celery_vitals_tracker_evictions_total", "counter",
-               "Unfinished tasks dropped from the uuid map, by reason (capacity or age).",
-               ("reason",)),
-    MetricSpec("celery_vitals_unknown_uuid_events_total", "counter",
-               "Task events whose uuid the exporter had not seen sent or received.", ("type",)),
-    MetricSpec("celery_vitals_label_values_folded_total", "counter",
-               "Label values replaced by 'other' by the cardinality guard.", ("label", "reason")),
-    MetricSpec("celery_vitals_enable_events_requests_total", "counter",
-               "enable_events broadcasts sent to workers, by result.", ("result",),
-               source="exporter"),
-    MetricSpec("celery_vitals_task_sent_events_missing", "gauge",
-               "1 when, in the last complete minute, workers received tasks that no task-sent "
-               "event announced: their publishers lack task_send_sent_event, so those tasks "
-               "get the --default-queue as queue_name and no queue wait. 0 otherwise.",
-               source="exporter"),
-    MetricSpec("celery_vitals_agent_info", "info",
-               "Present (value 1) only on the /metrics of an agent inside a worker "
-               "(celery_vitals.agent), never on the exporter's: tells the two sources apart.",
-               ("hostname", "pool"), source="agent"),
-    MetricSpec("celery_vitals_scrape_errors_total", "counter",
-               "Metric families left out of a scrape because they could not be rendered "
-               "(family: the family, or the collector that failed before naming one); "
-               "the rest of the scrape is served.", ("family",)),
-    MetricSpec("celery_vitals_scrape_duration_seconds", "histogram",
-               "Time to render the whole /metrics body (before compression), observed after "
-               "each render: a scrape shows the renders before it."),
-    MetricSpec("celery_vitals_build_info", "info",
-               "Build information of the exporter.",
-               ("version", "celery_version", "python_version")),
+    MetricSpec(
+        "celery_vitals_event_stream_up",
+        "gauge",
+        "1 while the event stream is connected to the broker.",
+        source="exporter",
+    ),
+    MetricSpec(
+        "celery_vitals_events_total",
+        "counter",
+        "Events received, by type (unknown types as other).",
+        ("type",),
+    ),
+    MetricSpec(
+        "celery_vitals_events_skipped_total",
+        "counter",
+        "Event messages, or events in them, dropped because they could not be used, by "
+        "reason: the message (undecodable_body, malformed_envelope, malformed_headers, "
+        "unsupported_compression, too_large, malformed_body) or one event "
+        "(malformed_event, missing_type, missing_uuid, "
+        "duplicate_terminal, handler_error).",
+        ("reason",),
+    ),
+    MetricSpec(
+        "celery_vitals_observations_skipped_total",
+        "counter",
+        "Values from events not used because they were meaningless (bad_runtime, "
+        "negative_duration) or not a number in range (bad_value: a heartbeat's freq, "
+        "active, processed or load; an event's timestamp), by the metric they would "
+        "have fed (timestamp: an event's own, which feeds several; eta: a task-sent's "
+        "ETA).",
+        ("metric", "reason"),
+    ),
+    MetricSpec(
+        "celery_vitals_event_stream_reconnects_total",
+        "counter",
+        "Times the event stream lost its broker connection and reconnected.",
+        source="exporter",
+    ),
+    MetricSpec(
+        "celery_vitals_event_lag_seconds",
+        "gauge",
+        "Exporter receive time minus the timestamp of the latest event.",
+        source="exporter",
+    ),
+    MetricSpec(
+        "celery_vitals_heartbeats_missed_total",
+        "counter",
+        "Worker heartbeats that never arrived although the worker stayed online: the "
+        "event stream is losing events (slow consumer, queue TTL, buffer overflow).",
+    ),
+    MetricSpec(
+        "celery_vitals_tracked_tasks",
+        "gauge",
+        "Tasks in the uuid map (received or sent, not finished).",
+    ),
+    MetricSpec(
+        "celery_vitals_tracker_evictions_total",
+        "counter",
+        "Unfinished tasks dropped from the uuid map, by reason (capacity or age).",
+        ("reason",),
+    ),
+    MetricSpec(
+        "celery_vitals_unknown_uuid_events_total",
+        "counter",
+        "Task events whose uuid the exporter had not seen sent or received.",
+        ("type",),
+    ),
+    MetricSpec(
+        "celery_vitals_label_values_folded_total",
+        "counter",
+        "Label values replaced by 'other' by the cardinality guard.",
+        ("label", "reason"),
+    ),
+    MetricSpec(
+        "celery_vitals_enable_events_requests_total",
+        "counter",
+        "enable_events broadcasts sent to workers, by result.",
+        ("result",),
+        source="exporter",
+    ),
+    MetricSpec(
+        "celery_vitals_task_sent_events_missing",
+        "gauge",
+        "1 when, in the last complete minute, workers received tasks that no task-sent "
+        "event announced: their publishers lack task_send_sent_event, so those tasks "
+        "get the --default-queue as queue_name and no queue wait. 0 otherwise.",
+        source="exporter",
+    ),
+    MetricSpec(
+        "celery_vitals_agent_info",
+        "info",
+        "Present (value 1) only on the /metrics of an agent inside a worker "
+        "(celery_vitals.agent), never on the exporter's: tells the two sources apart.",
+        ("hostname", "pool"),
+        source="agent",
+    ),
+    MetricSpec(
+        "celery_vitals_scrape_errors_total",
+        "counter",
+        "Metric families left out of a scrape because they could not be rendered "
+        "(family: the family, or the collector that failed before naming one); "
+        "the rest of the scrape is served.",
+        ("family",),
+    ),
+    MetricSpec(
+        "celery_vitals_scrape_duration_seconds",
+        "histogram",
+        "Time to render the whole /metrics body (before compression), observed after "
+        "each render: a scrape shows the renders before it.",
+    ),
+    MetricSpec(
+        "celery_vitals_build_info",
+        "info",
+        "Build information of the exporter.",
+        ("version", "celery_version", "python_version"),
+    ),
 )
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}
@@ -323,8 +515,13 @@ def all_series_names() -> set[str]:
 
 def markdown() -> str:
     """docs/metrics.md, generated: the reference users read."""
-    titles = {"task": "Tasks", "worker": "Workers", "queue": "Queues and dead-letter queues",
-              "broker": "The broker", "exporter": "The exporter itself"}
+    titles = {
+        "task": "Tasks",
+        "worker": "Workers",
+        "queue": "Queues and dead-letter queues",
+        "broker": "The broker",
+        "exporter": "The exporter itself",
+    }
     lines = [
         "# Metric reference",
         "",
@@ -347,13 +544,18 @@ def markdown() -> str:
         "",
     ]
     for group, title in titles.items():
-        lines += [f"## {title}", "", "| metric | type | labels | source | meaning |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            "| metric | type | labels | source | meaning |",
+            "|---|---|---|---|---|",
+        ]
         for spec in SPECS:
             if spec.group == group:
                 labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
-                lines.append(f"| `{spec.name}` | {spec.type} | {labels} | {spec.source} | "
-                             f"{spec.help} |")
+                lines.append(
+                    f"| `{spec.name}` | {spec.type} | {labels} | {spec.source} | {spec.help} |"
+                )
         lines.append("")
     return "\n".join(lines)
 

@@ -33,26 +33,42 @@ def envvar(option: str) -> str:
 
 
 #: The options of `serve` that the `dlq` commands share (same names, same variables).
-DLQ_OPTIONS = ("--broker-url", "--broker-transport-option", "--rabbitmq-management-url",
-               "--dlq", "--log-level", "--probe-timeout")
+DLQ_OPTIONS = (
+    "--broker-url",
+    "--broker-transport-option",
+    "--rabbitmq-management-url",
+    "--dlq",
+    "--log-level",
+    "--probe-timeout",
+)
 #: The options of `serve` that `doctor` shares.
-DOCTOR_OPTIONS = (*DLQ_OPTIONS, "--queue", "--default-queue", "--event-queue-ttl",
-                  "--event-queue-expires", "--event-queue-max-length")
+DOCTOR_OPTIONS = (
+    *DLQ_OPTIONS,
+    "--queue",
+    "--default-queue",
+    "--event-queue-ttl",
+    "--event-queue-expires",
+    "--event-queue-max-length",
+)
 
 
 def click_option(option: Option) -> Callable[[Any], Any]:
     """The click decorator of one declared option (config.OPTIONS)."""
-    common: dict[str, Any] = {"envvar": option.envvar, "show_envvar": True,
-                              "help": option.help}
+    common: dict[str, Any] = {"envvar": option.envvar, "show_envvar": True, "help": option.help}
     if option.kind == "switch":
-        return click.option(option.flag, default=option.raw_default(), show_default=True,
-                            **common)
+        return click.option(option.flag, default=option.raw_default(), show_default=True, **common)
     if option.kind == "multiple":
         return click.option(option.flag, multiple=True, metavar=option.metavar, **common)
     default = option.raw_default()
     # type=str: config.build validates every value, so problems come together
-    return click.option(option.flag, type=str, metavar=option.metavar, default=default,
-                        show_default=default is not None, **common)
+    return click.option(
+        option.flag,
+        type=str,
+        metavar=option.metavar,
+        default=default,
+        show_default=default is not None,
+        **common,
+    )
 
 
 def with_options(only: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
@@ -88,8 +104,12 @@ def serve(**options: Any) -> None:
     try:
         exporter = Exporter(config, registry)
     except OSError as error:
-        log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port,
-                  error.strerror or error)
+        log.error(
+            "cannot listen on %s:%d: %s",
+            config.listen_host,
+            config.listen_port,
+            error.strerror or error,
+        )
         sys.exit(1)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -97,9 +117,15 @@ def serve(**options: Any) -> None:
     gc.freeze()  # start-up objects live forever: keep them out of every collection
     exporter.start()
     web = config.web_config
-    log.info("celery-vitals %s serving on %s://%s:%d/metrics%s, broker %s", __version__,
-             web.scheme if web else "http", config.listen_host, exporter.http.port,
-             " (basic auth)" if web and web.users else "", config.safe_broker_url)
+    log.info(
+        "celery-vitals %s serving on %s://%s:%d/metrics%s, broker %s",
+        __version__,
+        web.scheme if web else "http",
+        config.listen_host,
+        exporter.http.port,
+        " (basic auth)" if web and web.users else "",
+        config.safe_broker_url,
+    )
     stop.wait()
     log.info("shutting down")
     exporter.stop()

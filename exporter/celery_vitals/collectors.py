@@ -123,8 +123,9 @@ class WorkerCollector(_CatalogueCollector):
 
     metric_names = tuple(name for name, spec in BY_NAME.items() if spec.group == "worker")
 
-    def __init__(self, workers: WorkerTracker, tasks: TaskTracker,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, workers: WorkerTracker, tasks: TaskTracker, clock: Callable[[], float] = time.time
+    ) -> None:
         self.workers = workers
         self.tasks = tasks
         self.clock = clock
@@ -136,11 +137,23 @@ class WorkerCollector(_CatalogueCollector):
         reserved = gauge("celery_worker_tasks_reserved")
         starts = counter("celery_worker_starts_total")
         missing = gauge("celery_worker_task_events_missing")
-        from_heartbeat = {name: gauge(name) for name in (
-            "celery_worker_tasks_active", "celery_worker_tasks_processed", "celery_worker_load1")}
-        from_pool = {name: gauge(name) for name in (
-            "celery_worker_pool_processes", "celery_worker_pool_busy_processes",
-            "celery_worker_prefetch_limit", "celery_worker_eta_tasks")}
+        from_heartbeat = {
+            name: gauge(name)
+            for name in (
+                "celery_worker_tasks_active",
+                "celery_worker_tasks_processed",
+                "celery_worker_load1",
+            )
+        }
+        from_pool = {
+            name: gauge(name)
+            for name in (
+                "celery_worker_pool_processes",
+                "celery_worker_pool_busy_processes",
+                "celery_worker_prefetch_limit",
+                "celery_worker_eta_tasks",
+            )
+        }
         memory = gauge("celery_worker_process_resident_memory_bytes")
         exits = counter("celery_worker_pool_process_exits_total")
         worker_info = info("celery_worker_info")
@@ -152,28 +165,43 @@ class WorkerCollector(_CatalogueCollector):
             reserved.add_metric(labels, max(reserved_by_host.get(host, 0), 0))
             starts.add_metric(labels, w.starts)
             missing.add_metric(labels, w.task_events_missing)
-            for name, value in (("celery_worker_tasks_active", w.active),
-                                ("celery_worker_tasks_processed", w.processed),
-                                ("celery_worker_load1", w.load1)):
+            for name, value in (
+                ("celery_worker_tasks_active", w.active),
+                ("celery_worker_tasks_processed", w.processed),
+                ("celery_worker_load1", w.load1),
+            ):
                 if value is not None:  # no heartbeat carried it yet
                     from_heartbeat[name].add_metric(labels, value)
             if w.pool_name is not None:  # the exporter polled its stats
-                worker_info.add_metric([], {"hostname": host, "version": w.version,
-                                            "pool": w.pool_name})
+                worker_info.add_metric(
+                    [], {"hostname": host, "version": w.version, "pool": w.pool_name}
+                )
             pool = w.pool  # the agent's samples, or the exporter's stats polls
             if pool is not None:
-                for name, number in (("celery_worker_pool_processes", pool.processes),
-                                     ("celery_worker_pool_busy_processes", pool.busy),
-                                     ("celery_worker_prefetch_limit", pool.prefetch_limit),
-                                     ("celery_worker_eta_tasks", pool.eta_tasks)):
+                for name, number in (
+                    ("celery_worker_pool_processes", pool.processes),
+                    ("celery_worker_pool_busy_processes", pool.busy),
+                    ("celery_worker_prefetch_limit", pool.prefetch_limit),
+                    ("celery_worker_eta_tasks", pool.eta_tasks),
+                ):
                     if number is not None:
                         from_pool[name].add_metric(labels, number)
                 for process, rss in pool.memory.items():
                     memory.add_metric([host, process], rss)
                 for reason, count in pool.exits.items():
                     exits.add_metric([host, reason], count)
-        yield from (up, heartbeat, reserved, starts, missing, *from_heartbeat.values(),
-                    *from_pool.values(), memory, exits, worker_info)
+        yield from (
+            up,
+            heartbeat,
+            reserved,
+            starts,
+            missing,
+            *from_heartbeat.values(),
+            *from_pool.values(),
+            memory,
+            exits,
+            worker_info,
+        )
 
 
 class ExporterCollector(_CatalogueCollector):
@@ -186,12 +214,18 @@ class ExporterCollector(_CatalogueCollector):
 
     metric_names = tuple(name for name, spec in BY_NAME.items() if spec.group == "exporter")
 
-    def __init__(self, router: EventRouter, guards: Iterable[LabelGuard],
-                 stream_up: Callable[[], bool | None], reconnects: Callable[[], int], *,
-                 enable_events: Callable[[], Mapping[str, int]] = dict,
-                 scrape_errors: Mapping[str, int] | None = None,
-                 agent: Mapping[str, str] | None = None,
-                 render_durations: Callable[[], Histograms | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        router: EventRouter,
+        guards: Iterable[LabelGuard],
+        stream_up: Callable[[], bool | None],
+        reconnects: Callable[[], int],
+        *,
+        enable_events: Callable[[], Mapping[str, int]] = dict,
+        scrape_errors: Mapping[str, int] | None = None,
+        agent: Mapping[str, str] | None = None,
+        render_durations: Callable[[], Histograms | None] = lambda: None,
+    ) -> None:
         self.router = router
         self.render_durations = render_durations
         self.scrape_errors = scrape_errors if scrape_errors is not None else {}
@@ -223,18 +257,19 @@ class ExporterCollector(_CatalogueCollector):
             observations[key] = observations.get(key, 0) + count
         yield _samples(counter("celery_vitals_observations_skipped_total"), observations)
         if streaming:
-            yield _samples(counter("celery_vitals_event_stream_reconnects_total"),
-                           {(): self.reconnects()})
+            yield _samples(
+                counter("celery_vitals_event_stream_reconnects_total"), {(): self.reconnects()}
+            )
             lag = gauge("celery_vitals_event_lag_seconds")
             if router.lag is not None:
                 lag.add_metric([], router.lag)
             yield lag
         yield _samples(gauge("celery_vitals_tracked_tasks"), {(): len(tasks.tasks)})
-        yield _samples(counter("celery_vitals_heartbeats_missed_total"),
-                       {(): router.workers.heartbeats_missed})
+        yield _samples(
+            counter("celery_vitals_heartbeats_missed_total"), {(): router.workers.heartbeats_missed}
+        )
         yield _samples(counter("celery_vitals_tracker_evictions_total"), tasks.evictions)
-        yield _samples(counter("celery_vitals_unknown_uuid_events_total"),
-                               tasks.unknown_uuid)
+        yield _samples(counter("celery_vitals_unknown_uuid_events_total"), tasks.unknown_uuid)
         folded: dict[tuple[str, str], int] = {}
         for guard in self.guards:  # task and worker hostname guards share a label
             for reason, count in list(guard.folded.items()):
@@ -242,17 +277,25 @@ class ExporterCollector(_CatalogueCollector):
                 folded[key] = folded.get(key, 0) + count
         yield _samples(counter("celery_vitals_label_values_folded_total"), folded)
         if streaming:
-            yield _samples(counter("celery_vitals_enable_events_requests_total"),
-                           self.enable_events())
-            yield _samples(gauge("celery_vitals_task_sent_events_missing"),
-                           {(): tasks.sent_events_missing})
+            yield _samples(
+                counter("celery_vitals_enable_events_requests_total"), self.enable_events()
+            )
+            yield _samples(
+                gauge("celery_vitals_task_sent_events_missing"), {(): tasks.sent_events_missing}
+            )
         yield _samples(counter("celery_vitals_scrape_errors_total"), self.scrape_errors)
         durations = self.render_durations()
         if durations is not None:
             yield _histogram("celery_vitals_scrape_duration_seconds", (), durations)
         build = info("celery_vitals_build_info")
-        build.add_metric([], {"version": __version__, "celery_version": celery.__version__,
-                             "python_version": platform.python_version()})
+        build.add_metric(
+            [],
+            {
+                "version": __version__,
+                "celery_version": celery.__version__,
+                "python_version": platform.python_version(),
+            },
+        )
         yield build
 
 
@@ -265,13 +308,19 @@ class QueueCollector(_CatalogueCollector):
     celery_broker_up 1.0
     """
 
-    metric_names = tuple(name for name, spec in BY_NAME.items()
-                         if spec.group in ("queue", "broker"))
+    metric_names = tuple(
+        name for name, spec in BY_NAME.items() if spec.group in ("queue", "broker")
+    )
     FACTS = ("celery_broker_memory_used_bytes", "celery_broker_memory_limit_bytes")
 
-    def __init__(self, poller: QueuePoller | None, tasks: TaskTracker, queue_names: LabelGuard,
-                 clock: Callable[[], float] = time.time,
-                 task_names: LabelGuard | None = None) -> None:
+    def __init__(
+        self,
+        poller: QueuePoller | None,
+        tasks: TaskTracker,
+        queue_names: LabelGuard,
+        clock: Callable[[], float] = time.time,
+        task_names: LabelGuard | None = None,
+    ) -> None:
         self.poller = poller
         self.tasks = tasks
         self.queue_names = queue_names
@@ -330,11 +379,15 @@ class QueueCollector(_CatalogueCollector):
                 timeout = queue.visibility_timeout  # SQS: per queue; Redis: the transport's
                 if timeout is None and queue.exists:
                     timeout = result.visibility_timeout
-                for fam, value in ((length, queue.ready), (unacked, queue.unacked),
-                                   (consumers, queue.consumers),
-                                   (oldest_unacked, queue.oldest_unacked_age),
-                                   (delayed, queue.delayed), (visibility, timeout),
-                                   (receives, queue.max_receive_count)):
+                for fam, value in (
+                    (length, queue.ready),
+                    (unacked, queue.unacked),
+                    (consumers, queue.consumers),
+                    (oldest_unacked, queue.oldest_unacked_age),
+                    (delayed, queue.delayed),
+                    (visibility, timeout),
+                    (receives, queue.max_receive_count),
+                ):
                     if value is not None:
                         fam.add_metric([name], value)
             for fact, fam in facts.items():
@@ -344,8 +397,17 @@ class QueueCollector(_CatalogueCollector):
                 persistence.add_metric([kind], 1 if enabled else 0)
             if result.info:
                 broker.add_metric([], dict(result.info))
-        yield from (length, unacked, consumers, exists, oldest_unacked, delayed, visibility,
-                    receives, dlq_length)
+        yield from (
+            length,
+            unacked,
+            consumers,
+            exists,
+            oldest_unacked,
+            delayed,
+            visibility,
+            receives,
+            dlq_length,
+        )
         yield self._dlq_messages(poller)
         yield _samples(counter("celery_dlq_ingress_total"), poller.dlq_ingress)
         yield _samples(gauge("celery_broker_up"), {(): 1 if poller.up else 0})

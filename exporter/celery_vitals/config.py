@@ -77,7 +77,8 @@ class Config:
     dlq_sample: int = 1000
     rabbitmq_management_url: str | None = None
     broker_transport_options: Mapping[str, Any] = field(
-        default_factory=lambda: MappingProxyType({}))
+        default_factory=lambda: MappingProxyType({})
+    )
     web_config: WebConfig | None = None
 
     @property
@@ -105,9 +106,13 @@ class Config:
 def _option_secrets(value: Any) -> list[str]:
     """Secret values anywhere in transport options (predefined_queues credentials)."""
     if isinstance(value, Mapping):
-        return [secret for key, item in value.items()
-                for secret in ([str(item)] if key in SECRET_OPTION_KEYS and item
-                               else _option_secrets(item))]
+        return [
+            secret
+            for key, item in value.items()
+            for secret in (
+                [str(item)] if key in SECRET_OPTION_KEYS and item else _option_secrets(item)
+            )
+        ]
     return []
 
 
@@ -154,8 +159,10 @@ def _seconds(raw: str, *, allow_zero: bool = False) -> float:
     except ValueError:
         raise ValueError(f"expected a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"must be a {'non-negative' if allow_zero else 'positive'} "
-                         f"number of seconds, got {raw!r}")
+        raise ValueError(
+            f"must be a {'non-negative' if allow_zero else 'positive'} "
+            f"number of seconds, got {raw!r}"
+        )
     return value
 
 
@@ -165,6 +172,7 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
         if value not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
         return value
+
     return parse
 
 
@@ -208,8 +216,10 @@ def _broker_url(raw: str) -> str:
         raise ValueError(f"not a valid URL: {safe_url(url)!r}") from None
     scheme = parts.scheme.split("+")[-1]
     if scheme not in BROKER_SCHEMES:
-        raise ValueError(f"unsupported scheme {parts.scheme!r} in {safe_url(url)!r}; "
-                         f"expected one of {', '.join(BROKER_SCHEMES)}")
+        raise ValueError(
+            f"unsupported scheme {parts.scheme!r} in {safe_url(url)!r}; "
+            f"expected one of {', '.join(BROKER_SCHEMES)}"
+        )
     return url
 
 
@@ -218,8 +228,9 @@ def _names(values: Sequence[str] | str) -> tuple[str, ...]:
     names = values.split() if isinstance(values, str) else [str(v) for v in values]
     for name in names:
         if not name.strip() or len(name) > 200:
-            raise ValueError(f"expected a queue name (or glob) of 1 to 200 characters, "
-                             f"got {name!r}")
+            raise ValueError(
+                f"expected a queue name (or glob) of 1 to 200 characters, got {name!r}"
+            )
     return tuple(dict.fromkeys(name.strip() for name in names))
 
 
@@ -346,128 +357,273 @@ def _switch(raw: Any) -> bool:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--broker-url", "URL", lambda raw: _broker_url(str(raw or "")),
-           "Celery broker URL, e.g. redis://host:6379/0, amqp://user:pw@host// or sqs://.",
-           "Celery broker URL: `redis://`, `rediss://`, `sentinel://`, `amqp://`, `amqps://`, "
-           "`pyamqp://`, `sqs://` (see [Amazon SQS](#amazon-sqs)); failover lists with `;`"),
-    Option("--broker-transport-option", "KEY=VALUE", _transport_options,
-           "Kombu transport option KEY=VALUE, repeatable; VALUE is parsed as JSON when it is "
-           "JSON (visibility_timeout=3600, global_keyprefix=prod:). In the environment, "
-           "separate pairs with spaces.",
-           "kombu transport option, repeatable (space-separated in the variable); VALUE is "
-           "JSON when it parses as JSON, e.g. `global_keyprefix=prod:`, "
-           "`visibility_timeout=3600`", kind="multiple", fields=("broker_transport_options",)),
-    Option("--listen-address", "HOST:PORT", _listen_address,
-           "Where to serve /metrics, /healthz and /readyz.",
-           "HTTP address (`[::]:9808` for IPv6)", default="0.0.0.0:9808",
-           fields=("listen_host", "listen_port")),
-    Option("--log-level", "LEVEL", _choice(LOG_LEVELS), f"One of {', '.join(LOG_LEVELS)}.",
-           ", ".join(f"`{level}`" for level in LOG_LEVELS)),
-    Option("--log-format", "FORMAT", _choice(LOG_FORMATS), f"One of {', '.join(LOG_FORMATS)}.",
-           "`text` or `json` (one object per line)"),
-    Option("--runtime-buckets", "SECONDS,...", _buckets,
-           "Upper bounds of celery_task_runtime_seconds.",
-           "buckets of `celery_task_runtime_seconds`", default=DEFAULT_RUNTIME_BUCKETS),
-    Option("--wait-buckets", "SECONDS,...", _buckets,
-           "Upper bounds of the queue-wait and prefetch-wait histograms.",
-           "buckets of the queue-wait and prefetch-wait histograms",
-           default=DEFAULT_WAIT_BUCKETS),
-    Option("--max-tracked-tasks", "N", _count,
-           "Most unfinished tasks remembered by uuid; the oldest is evicted beyond it.",
-           "unfinished tasks remembered by uuid (to name events that carry only a uuid); the "
-           "oldest is evicted beyond it"),
-    Option("--max-task-age", "SECONDS", _seconds_option(),
-           "How long an unfinished task is remembered before it is evicted.",
-           "an unfinished task is forgotten after this long (raise it for long ETAs)"),
-    Option("--worker-timeout", "SECONDS", _seconds_option(),
-           "Silence after which a worker is down (celery_worker_up 0).",
-           "no heartbeat for this long: `celery_worker_up` 0"),
-    Option("--worker-purge-after", "SECONDS", _seconds_option(),
-           "Silence after which a worker's series are removed.",
-           "no heartbeat for this long: the worker's series are removed"),
-    Option("--max-task-names", "N", _count, "Cap on distinct `name` values.",
-           "distinct `name` values before new ones become `other`"),
-    Option("--max-queue-names", "N", _count, "Cap on distinct `queue_name` values.",
-           "distinct `queue_name` values"),
-    Option("--max-exception-names", "N", _count, "Cap on distinct `exception` values.",
-           "distinct `exception` values"),
-    Option("--max-workers", "N", _count, "Cap on distinct `hostname` values.",
-           "distinct `hostname` values (a purged worker frees its slot)"),
-    Option("--max-label-length", "N", _count, "Longer label values become `other`.",
-           "longer label values become `other`"),
-    Option("--default-queue", "NAME", str,
-           "queue_name of tasks whose queue no task-sent event told.",
-           "`queue_name` of a task whose queue no task-sent event told"),
-    Option("--task-hostname-label/--no-task-hostname-label", "", _switch,
-           "Add the worker hostname as a label on task metrics (one series per worker).",
-           "add the worker's `hostname` to task metrics (one series per worker: beware on "
-           "Kubernetes)", kind="switch"),
-    Option("--event-stream/--no-event-stream", "", _switch,
-           "Consume Celery's event stream (task and worker metrics). Off when the "
-           "celery-vitals agent runs in every worker and owns those metrics: the exporter "
-           "then polls queues, dead-letter queues and the broker only, and asks no worker "
-           "for events.",
-           "consume Celery's event stream; turn it off when the "
-           "[agent](#the-agent-inside-the-worker) runs in every worker and owns the task and "
-           "worker metrics: the exporter then polls queues, DLQs and the broker only, sends "
-           "no `enable_events`, and `/readyz` means \"the last broker poll succeeded\"",
-           kind="switch"),
-    Option("--enable-events/--no-enable-events", "", _switch,
-           "Periodically ask workers to send task events (celery control enable_events).",
-           "periodically broadcast `enable_events` to workers", kind="switch"),
-    Option("--enable-events-interval", "SECONDS", _seconds_option(),
-           "Time between enable_events broadcasts.", "time between those broadcasts"),
-    Option("--event-queue-ttl", "SECONDS", _seconds_option(),
-           "Message TTL of the exporter's event queue (RabbitMQ).",
-           "message TTL of the exporter's event queue on RabbitMQ"),
-    Option("--event-queue-expires", "SECONDS", _seconds_option(),
-           "Idle time after which RabbitMQ deletes the exporter's event queue.",
-           "RabbitMQ deletes the exporter's event queue after this long unused"),
-    Option("--event-queue-max-length", "N", _count,
-           "Most messages the exporter's event queue holds on RabbitMQ (oldest dropped "
-           "beyond).",
-           "most messages (event batches) that queue holds on RabbitMQ; the oldest are "
-           "dropped beyond it, so a stalled exporter cannot fill the broker"),
-    Option("--queue", "NAME", _names,
-           "Queue to poll, repeatable (space-separated in the environment); queues found on "
-           "the broker and in workers' active_queues are added.",
-           "queue to poll, repeatable (space-separated in the variable); queues bound on the "
-           "broker, listed by the RabbitMQ management API and consumed by workers "
-           "(`active_queues`) are added", kind="multiple", fields=("queues",)),
-    Option("--dlq", "NAME", _names,
-           "Dead-letter queue name or glob, repeatable (space-separated in the environment). "
-           "On RabbitMQ with the management API, queues that others dead-letter into are "
-           "found without it.",
-           "dead-letter queue name or glob (`*.dead`), repeatable; on RabbitMQ with "
-           "`--rabbitmq-management-url`, queues that others dead-letter into are found "
-           "without it", kind="multiple", fields=("dlqs",)),
-    Option("--queue-poll-interval", "SECONDS", _seconds_option(allow_zero=True),
-           "Time between polls of queue depths and broker health; 0 turns polling off.",
-           "time between polls of queue depth and broker health, on a background thread; "
-           "`0` turns polling off"),
-    Option("--queue-discovery-interval", "SECONDS", _seconds_option(),
-           "Time between looks for new queues (broker bindings, RabbitMQ management, "
-           "workers).",
-           "time between looks for new queues (a broadcast to workers among them)"),
-    Option("--dlq-sample", "N", _zero_or_count,
-           "Messages read (never consumed) per dead-letter queue and poll for "
-           "celery_dlq_messages; 0 turns it off.",
-           "messages read per dead-letter queue and poll, never consumed, for "
-           "`celery_dlq_messages{queue_name, name}` (see "
-           "[Dead-letter triage](#dead-letter-triage)); `0` turns it off"),
-    Option("--probe-timeout", "SECONDS", _seconds_option(),
-           "Longest a single broker poll may take.", "longest one broker poll may take"),
-    Option("--rabbitmq-management-url", "URL", lambda raw: _http_url(str(raw or "")),
-           "RabbitMQ management API, e.g. http://user:pw@rabbit:15672/, for unacked counts, "
-           "publish counters and dead-letter routes.",
-           "e.g. `http://user:pw@rabbit:15672/`: unacked counts, publish counters (DLQ "
-           "ingress) and dead-letter routes; without credentials the broker URL's are used"),
-    Option("--web-config-file", "PATH", lambda raw: _web_config(str(raw or "")),
-           "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
-           "(tls_server_config, basic_auth_users with bcrypt hashes).",
-           "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
-           "(`tls_server_config`, `basic_auth_users` with bcrypt hashes); see "
-           "[Deploy](#deploy)", fields=("web_config",)),
+    Option(
+        "--broker-url",
+        "URL",
+        lambda raw: _broker_url(str(raw or "")),
+        "Celery broker URL, e.g. redis://host:6379/0, amqp://user:pw@host// or sqs://.",
+        "Celery broker URL: `redis://`, `rediss://`, `sentinel://`, `amqp://`, `amqps://`, "
+        "`pyamqp://`, `sqs://` (see [Amazon SQS](#amazon-sqs)); failover lists with `;`",
+    ),
+    Option(
+        "--broker-transport-option",
+        "KEY=VALUE",
+        _transport_options,
+        "Kombu transport option KEY=VALUE, repeatable; VALUE is parsed as JSON when it is "
+        "JSON (visibility_timeout=3600, global_keyprefix=prod:). In the environment, "
+        "separate pairs with spaces.",
+        "kombu transport option, repeatable (space-separated in the variable); VALUE is "
+        "JSON when it parses as JSON, e.g. `global_keyprefix=prod:`, "
+        "`visibility_timeout=3600`",
+        kind="multiple",
+        fields=("broker_transport_options",),
+    ),
+    Option(
+        "--listen-address",
+        "HOST:PORT",
+        _listen_address,
+        "Where to serve /metrics, /healthz and /readyz.",
+        "HTTP address (`[::]:9808` for IPv6)",
+        default="0.0.0.0:9808",
+        fields=("listen_host", "listen_port"),
+    ),
+    Option(
+        "--log-level",
+        "LEVEL",
+        _choice(LOG_LEVELS),
+        f"One of {', '.join(LOG_LEVELS)}.",
+        ", ".join(f"`{level}`" for level in LOG_LEVELS),
+    ),
+    Option(
+        "--log-format",
+        "FORMAT",
+        _choice(LOG_FORMATS),
+        f"One of {', '.join(LOG_FORMATS)}.",
+        "`text` or `json` (one object per line)",
+    ),
+    Option(
+        "--runtime-buckets",
+        "SECONDS,...",
+        _buckets,
+        "Upper bounds of celery_task_runtime_seconds.",
+        "buckets of `celery_task_runtime_seconds`",
+        default=DEFAULT_RUNTIME_BUCKETS,
+    ),
+    Option(
+        "--wait-buckets",
+        "SECONDS,...",
+        _buckets,
+        "Upper bounds of the queue-wait and prefetch-wait histograms.",
+        "buckets of the queue-wait and prefetch-wait histograms",
+        default=DEFAULT_WAIT_BUCKETS,
+    ),
+    Option(
+        "--max-tracked-tasks",
+        "N",
+        _count,
+        "Most unfinished tasks remembered by uuid; the oldest is evicted beyond it.",
+        "unfinished tasks remembered by uuid (to name events that carry only a uuid); the "
+        "oldest is evicted beyond it",
+    ),
+    Option(
+        "--max-task-age",
+        "SECONDS",
+        _seconds_option(),
+        "How long an unfinished task is remembered before it is evicted.",
+        "an unfinished task is forgotten after this long (raise it for long ETAs)",
+    ),
+    Option(
+        "--worker-timeout",
+        "SECONDS",
+        _seconds_option(),
+        "Silence after which a worker is down (celery_worker_up 0).",
+        "no heartbeat for this long: `celery_worker_up` 0",
+    ),
+    Option(
+        "--worker-purge-after",
+        "SECONDS",
+        _seconds_option(),
+        "Silence after which a worker's series are removed.",
+        "no heartbeat for this long: the worker's series are removed",
+    ),
+    Option(
+        "--max-task-names",
+        "N",
+        _count,
+        "Cap on distinct `name` values.",
+        "distinct `name` values before new ones become `other`",
+    ),
+    Option(
+        "--max-queue-names",
+        "N",
+        _count,
+        "Cap on distinct `queue_name` values.",
+        "distinct `queue_name` values",
+    ),
+    Option(
+        "--max-exception-names",
+        "N",
+        _count,
+        "Cap on distinct `exception` values.",
+        "distinct `exception` values",
+    ),
+    Option(
+        "--max-workers",
+        "N",
+        _count,
+        "Cap on distinct `hostname` values.",
+        "distinct `hostname` values (a purged worker frees its slot)",
+    ),
+    Option(
+        "--max-label-length",
+        "N",
+        _count,
+        "Longer label values become `other`.",
+        "longer label values become `other`",
+    ),
+    Option(
+        "--default-queue",
+        "NAME",
+        str,
+        "queue_name of tasks whose queue no task-sent event told.",
+        "`queue_name` of a task whose queue no task-sent event told",
+    ),
+    Option(
+        "--task-hostname-label/--no-task-hostname-label",
+        "",
+        _switch,
+        "Add the worker hostname as a label on task metrics (one series per worker).",
+        "add the worker's `hostname` to task metrics (one series per worker: beware on Kubernetes)",
+        kind="switch",
+    ),
+    Option(
+        "--event-stream/--no-event-stream",
+        "",
+        _switch,
+        "Consume Celery's event stream (task and worker metrics). Off when the "
+        "celery-vitals agent runs in every worker and owns those metrics: the exporter "
+        "then polls queues, dead-letter queues and the broker only, and asks no worker "
+        "for events.",
+        "consume Celery's event stream; turn it off when the "
+        "[agent](#the-agent-inside-the-worker) runs in every worker and owns the task and "
+        "worker metrics: the exporter then polls queues, DLQs and the broker only, sends "
+        'no `enable_events`, and `/readyz` means "the last broker poll succeeded"',
+        kind="switch",
+    ),
+    Option(
+        "--enable-events/--no-enable-events",
+        "",
+        _switch,
+        "Periodically ask workers to send task events (celery control enable_events).",
+        "periodically broadcast `enable_events` to workers",
+        kind="switch",
+    ),
+    Option(
+        "--enable-events-interval",
+        "SECONDS",
+        _seconds_option(),
+        "Time between enable_events broadcasts.",
+        "time between those broadcasts",
+    ),
+    Option(
+        "--event-queue-ttl",
+        "SECONDS",
+        _seconds_option(),
+        "Message TTL of the exporter's event queue (RabbitMQ).",
+        "message TTL of the exporter's event queue on RabbitMQ",
+    ),
+    Option(
+        "--event-queue-expires",
+        "SECONDS",
+        _seconds_option(),
+        "Idle time after which RabbitMQ deletes the exporter's event queue.",
+        "RabbitMQ deletes the exporter's event queue after this long unused",
+    ),
+    Option(
+        "--event-queue-max-length",
+        "N",
+        _count,
+        "Most messages the exporter's event queue holds on RabbitMQ (oldest dropped beyond).",
+        "most messages (event batches) that queue holds on RabbitMQ; the oldest are "
+        "dropped beyond it, so a stalled exporter cannot fill the broker",
+    ),
+    Option(
+        "--queue",
+        "NAME",
+        _names,
+        "Queue to poll, repeatable (space-separated in the environment); queues found on "
+        "the broker and in workers' active_queues are added.",
+        "queue to poll, repeatable (space-separated in the variable); queues bound on the "
+        "broker, listed by the RabbitMQ management API and consumed by workers "
+        "(`active_queues`) are added",
+        kind="multiple",
+        fields=("queues",),
+    ),
+    Option(
+        "--dlq",
+        "NAME",
+        _names,
+        "Dead-letter queue name or glob, repeatable (space-separated in the environment). "
+        "On RabbitMQ with the management API, queues that others dead-letter into are "
+        "found without it.",
+        "dead-letter queue name or glob (`*.dead`), repeatable; on RabbitMQ with "
+        "`--rabbitmq-management-url`, queues that others dead-letter into are found "
+        "without it",
+        kind="multiple",
+        fields=("dlqs",),
+    ),
+    Option(
+        "--queue-poll-interval",
+        "SECONDS",
+        _seconds_option(allow_zero=True),
+        "Time between polls of queue depths and broker health; 0 turns polling off.",
+        "time between polls of queue depth and broker health, on a background thread; "
+        "`0` turns polling off",
+    ),
+    Option(
+        "--queue-discovery-interval",
+        "SECONDS",
+        _seconds_option(),
+        "Time between looks for new queues (broker bindings, RabbitMQ management, workers).",
+        "time between looks for new queues (a broadcast to workers among them)",
+    ),
+    Option(
+        "--dlq-sample",
+        "N",
+        _zero_or_count,
+        "Messages read (never consumed) per dead-letter queue and poll for "
+        "celery_dlq_messages; 0 turns it off.",
+        "messages read per dead-letter queue and poll, never consumed, for "
+        "`celery_dlq_messages{queue_name, name}` (see "
+        "[Dead-letter triage](#dead-letter-triage)); `0` turns it off",
+    ),
+    Option(
+        "--probe-timeout",
+        "SECONDS",
+        _seconds_option(),
+        "Longest a single broker poll may take.",
+        "longest one broker poll may take",
+    ),
+    Option(
+        "--rabbitmq-management-url",
+        "URL",
+        lambda raw: _http_url(str(raw or "")),
+        "RabbitMQ management API, e.g. http://user:pw@rabbit:15672/, for unacked counts, "
+        "publish counters and dead-letter routes.",
+        "e.g. `http://user:pw@rabbit:15672/`: unacked counts, publish counters (DLQ "
+        "ingress) and dead-letter routes; without credentials the broker URL's are used",
+    ),
+    Option(
+        "--web-config-file",
+        "PATH",
+        lambda raw: _web_config(str(raw or "")),
+        "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
+        "(tls_server_config, basic_auth_users with bcrypt hashes).",
+        "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
+        "(`tls_server_config`, `basic_auth_users` with bcrypt hashes); see "
+        "[Deploy](#deploy)",
+        fields=("web_config",),
+    ),
 )
 
 BY_FLAG: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -485,28 +641,34 @@ def build(raw: Mapping[str, Any]) -> Config:
         if value is None:
             value = () if option.kind == "multiple" else ""
         fallback = tuple(_FIELD_DEFAULTS.get(name, "") for name in option.targets)
-        parsed = c.parse(option.name, value, option.parse,
-                         fallback if len(fallback) > 1 else fallback[0])
-        values.update(zip(option.targets, parsed if len(option.targets) > 1 else (parsed,),
-                          strict=True))
+        parsed = c.parse(
+            option.name, value, option.parse, fallback if len(fallback) > 1 else fallback[0]
+        )
+        values.update(
+            zip(option.targets, parsed if len(option.targets) > 1 else (parsed,), strict=True)
+        )
     config = Config(**values)
     if config.transport == "sqs":  # no events, no remote control on SQS: the agents count
         config = replace(config, event_stream=False, enable_events=False)
         if importlib.util.find_spec("boto3") is None:
-            c.problems.append("--broker-url: sqs:// needs boto3: pip install "
-                              "'celery-vitals[sqs]'")
+            c.problems.append("--broker-url: sqs:// needs boto3: pip install 'celery-vitals[sqs]'")
         if config.queue_poll_interval == 0:
-            c.problems.append("--queue-poll-interval: must be above 0 on SQS (no event "
-                              "stream there: polling is all the exporter does)")
+            c.problems.append(
+                "--queue-poll-interval: must be above 0 on SQS (no event "
+                "stream there: polling is all the exporter does)"
+            )
     elif not config.event_stream and config.queue_poll_interval == 0:
-        c.problems.append("--no-event-stream: needs queue polling (--queue-poll-interval "
-                          "above 0), or the exporter has nothing to do")
+        c.problems.append(
+            "--no-event-stream: needs queue polling (--queue-poll-interval "
+            "above 0), or the exporter has nothing to do"
+        )
     if not config.default_queue:
         c.problems.append("--default-queue: must not be empty")
     if config.worker_purge_after < config.worker_timeout:
         c.problems.append(
             f"--worker-purge-after: must be at least --worker-timeout "
-            f"({config.worker_purge_after:g}s < {config.worker_timeout:g}s)")
+            f"({config.worker_purge_after:g}s < {config.worker_timeout:g}s)"
+        )
     if c.problems:
         raise ConfigError(c.problems)
     return config
@@ -534,6 +696,8 @@ def _default_cell(option: Option) -> str:
 def options_table() -> str:
     """The README's table of options (markdown), generated from OPTIONS."""
     lines = ["| option | environment variable | default | meaning |", "|---|---|---|---|"]
-    lines += [f"| {_cell(o)} | `{o.envvar}` | {_default_cell(o)} | {o.readme or o.help} |"
-              for o in OPTIONS]
+    lines += [
+        f"| {_cell(o)} | `{o.envvar}` | {_default_cell(o)} | {o.readme or o.help} |"
+        for o in OPTIONS
+    ]
     return "\n".join(lines) + "\n"

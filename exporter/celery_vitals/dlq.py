@@ -84,8 +84,7 @@ REASON_HEADER = "x-dead-letter-reason"
 INFLIGHT_SUFFIX = ".celery-vitals.inflight"
 
 TASK = "task"
-KINDS = (TASK, "pickle", "unknown-content-type", "broken-json", "broken-envelope",
-         "not-celery")
+KINDS = (TASK, "pickle", "unknown-content-type", "broken-json", "broken-envelope", "not-celery")
 
 
 class DlqError(click.ClickException):
@@ -129,7 +128,7 @@ def _timestamp(value: Any) -> float | None:
 
 def _short(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=repr)
-    return text if len(text) <= SHORT else text[:SHORT - 1] + "…"
+    return text if len(text) <= SHORT else text[: SHORT - 1] + "…"
 
 
 def _deaths(headers: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -141,14 +140,16 @@ def _deaths(headers: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         count = item.get("count")
         keys = item.get("routing-keys")
-        deaths.append({
-            "queue": _text(item.get("queue")),
-            "reason": _text(item.get("reason")),
-            "count": count if isinstance(count, int) else None,
-            "time": _timestamp(item.get("time")),
-            "exchange": _text(item.get("exchange")),
-            "routing_keys": [_text(k) for k in keys] if isinstance(keys, list) else [],
-        })
+        deaths.append(
+            {
+                "queue": _text(item.get("queue")),
+                "reason": _text(item.get("reason")),
+                "count": count if isinstance(count, int) else None,
+                "time": _timestamp(item.get("time")),
+                "exchange": _text(item.get("exchange")),
+                "routing_keys": [_text(k) for k in keys] if isinstance(keys, list) else [],
+            }
+        )
     return deaths
 
 
@@ -173,29 +174,48 @@ class Entry:
         return None if self.dead_at is None else max(now - self.dead_at, 0.0)
 
     def as_json(self, now: float) -> dict[str, Any]:
-        return {"id": self.id, "task": self.task, "kind": self.kind, "origin": self.origin,
-                "reason": self.reason, "retries": self.retries, "args": self.args,
-                "kwargs": self.kwargs, "dead_lettered_at": self.dead_at,
-                "age_seconds": _round(self.age(now)), "x_death": self.deaths}
+        return {
+            "id": self.id,
+            "task": self.task,
+            "kind": self.kind,
+            "origin": self.origin,
+            "reason": self.reason,
+            "retries": self.retries,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "dead_lettered_at": self.dead_at,
+            "age_seconds": _round(self.age(now)),
+            "x_death": self.deaths,
+        }
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def classify(headers: Mapping[str, Any], content_type: str | None,
-             content_encoding: str | None, body: bytes | str | None,
-             timestamp: Any = None) -> Entry:
+def classify(
+    headers: Mapping[str, Any],
+    content_type: str | None,
+    content_encoding: str | None,
+    body: bytes | str | None,
+    timestamp: Any = None,
+) -> Entry:
     """What a message is: its Celery task (protocol 1 or 2) or why it is not one."""
     deaths = _deaths(headers)
-    entry = Entry(kind="not-celery", id=_text(headers.get("id")),
-                  task=_text(headers.get("task")), deaths=deaths)
+    entry = Entry(
+        kind="not-celery",
+        id=_text(headers.get("id")),
+        task=_text(headers.get("task")),
+        deaths=deaths,
+    )
     retries = headers.get("retries")
-    entry.retries = retries if isinstance(retries, int) and not isinstance(retries, bool) \
-        else None
+    entry.retries = retries if isinstance(retries, int) and not isinstance(retries, bool) else None
     if deaths:
-        entry.origin, entry.reason, entry.dead_at = (deaths[0]["queue"], deaths[0]["reason"],
-                                                     deaths[0]["time"])
+        entry.origin, entry.reason, entry.dead_at = (
+            deaths[0]["queue"],
+            deaths[0]["reason"],
+            deaths[0]["time"],
+        )
     entry.origin = entry.origin or _text(headers.get(ORIGIN_HEADER))
     entry.reason = entry.reason or _text(headers.get(REASON_HEADER))
     if entry.dead_at is None:
@@ -219,17 +239,28 @@ def classify(headers: Mapping[str, Any], content_type: str | None,
     except ValueError:
         entry.kind = "broken-json"
         return entry
-    if (isinstance(decoded, list) and len(decoded) == 3 and entry.task and entry.id
-            and isinstance(decoded[0], list) and isinstance(decoded[1], dict)):
+    if (
+        isinstance(decoded, list)
+        and len(decoded) == 3
+        and entry.task
+        and entry.id
+        and isinstance(decoded[0], list)
+        and isinstance(decoded[1], dict)
+    ):
         entry.kind = TASK  # protocol 2: [args, kwargs, embed]
         entry.args = _short(_text(headers.get("argsrepr")) or decoded[0])
         entry.kwargs = _short(_text(headers.get("kwargsrepr")) or decoded[1])
-    elif isinstance(decoded, dict) and isinstance(decoded.get("task"), str) \
-            and isinstance(decoded.get("id"), str):
+    elif (
+        isinstance(decoded, dict)
+        and isinstance(decoded.get("task"), str)
+        and isinstance(decoded.get("id"), str)
+    ):
         entry.kind = TASK  # protocol 1: everything in the body
         entry.task, entry.id = decoded["task"], decoded["id"]
-        entry.args, entry.kwargs = _short(decoded.get("args", [])), _short(
-            decoded.get("kwargs", {}))
+        entry.args, entry.kwargs = (
+            _short(decoded.get("args", [])),
+            _short(decoded.get("kwargs", {})),
+        )
         if isinstance(decoded.get("retries"), int):
             entry.retries = decoded["retries"]
     return entry
@@ -262,9 +293,12 @@ def parse_redis(raw: bytes) -> Entry:
             body = base64.b64decode(body, validate=True)
         except ValueError:
             body = None
-    entry = classify(headers, _text(envelope.get("content-type")),
-                     _text(envelope.get("content-encoding")),
-                     body if isinstance(body, bytes | str) else None)
+    entry = classify(
+        headers,
+        _text(envelope.get("content-type")),
+        _text(envelope.get("content-encoding")),
+        body if isinstance(body, bytes | str) else None,
+    )
     if body is None and entry.kind == TASK:
         entry.kind = "broken-json"
     entry.raw = raw
@@ -276,13 +310,15 @@ def parse_redis(raw: bytes) -> Entry:
 def parse_amqp(message: Any) -> Entry:
     properties = getattr(message, "properties", {}) or {}
     headers = properties.get("application_headers") or {}
-    entry = classify(headers if isinstance(headers, dict) else {},
-                     _text(properties.get("content_type")),
-                     _text(properties.get("content_encoding")), message.body,
-                     properties.get("timestamp"))
+    entry = classify(
+        headers if isinstance(headers, dict) else {},
+        _text(properties.get("content_type")),
+        _text(properties.get("content_encoding")),
+        message.body,
+        properties.get("timestamp"),
+    )
     if entry.id is None:
-        entry.id = _text(properties.get("message_id")) or _text(
-            properties.get("correlation_id"))
+        entry.id = _text(properties.get("message_id")) or _text(properties.get("correlation_id"))
     entry.raw = message
     return entry
 
@@ -313,23 +349,28 @@ class Summary:
         self.origins[entry.origin or "unknown"] += 1
         self.reasons[entry.reason or "unknown"] += 1
         if entry.dead_at is not None:
-            self.oldest = entry.dead_at if self.oldest is None else min(self.oldest,
-                                                                        entry.dead_at)
-            self.newest = entry.dead_at if self.newest is None else max(self.newest,
-                                                                        entry.dead_at)
+            self.oldest = entry.dead_at if self.oldest is None else min(self.oldest, entry.dead_at)
+            self.newest = entry.dead_at if self.newest is None else max(self.newest, entry.dead_at)
 
     def as_json(self, now: float) -> dict[str, Any]:
         def age(at: float | None) -> float | None:
             return None if at is None else round(max(now - at, 0.0), 3)
 
-        return {"queue": self.queue, "depth": self.depth, "sampled": self.sampled,
-                "sample_size": self.sample_size, "inflight": self.inflight,
-                "tasks": dict(self.tasks.most_common()),
-                "not_tasks": dict(self.not_tasks.most_common()),
-                "origins": dict(self.origins.most_common()),
-                "reasons": dict(self.reasons.most_common()),
-                "oldest_dead_lettered_at": self.oldest, "newest_dead_lettered_at": self.newest,
-                "oldest_age_seconds": age(self.oldest), "newest_age_seconds": age(self.newest)}
+        return {
+            "queue": self.queue,
+            "depth": self.depth,
+            "sampled": self.sampled,
+            "sample_size": self.sample_size,
+            "inflight": self.inflight,
+            "tasks": dict(self.tasks.most_common()),
+            "not_tasks": dict(self.not_tasks.most_common()),
+            "origins": dict(self.origins.most_common()),
+            "reasons": dict(self.reasons.most_common()),
+            "oldest_dead_lettered_at": self.oldest,
+            "newest_dead_lettered_at": self.newest,
+            "oldest_age_seconds": age(self.oldest),
+            "newest_age_seconds": age(self.newest),
+        }
 
     def estimate(self) -> dict[str, int]:
         """Messages per task name in the whole DLQ (scaled up when sampled)."""
@@ -376,18 +417,30 @@ class Outcome:
         return {"replay": "replayed", "purge": "purged"}[self.action]
 
     def as_json(self) -> dict[str, Any]:
-        return {"queue": self.queue, "action": self.action, "dry_run": self.dry_run,
-                self.verb: self.done,
-                "targets": dict(self.targets), "skipped": dict(self.skipped),
-                "exported": self.exported, "recovered": self.recovered}
+        return {
+            "queue": self.queue,
+            "action": self.action,
+            "dry_run": self.dry_run,
+            self.verb: self.done,
+            "targets": dict(self.targets),
+            "skipped": dict(self.skipped),
+            "exported": self.exported,
+            "recovered": self.recovered,
+        }
 
 
 class Progress:
     """Progress on stderr: one rewritten line on a terminal, plain lines once a second
     otherwise."""
 
-    def __init__(self, outcome: Outcome, total: int | None, stream: IO[str] | None = None,
-                 *, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        outcome: Outcome,
+        total: int | None,
+        stream: IO[str] | None = None,
+        *,
+        quiet: bool = False,
+    ) -> None:
         self.outcome, self.total = outcome, total
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -435,10 +488,28 @@ class Backend(Protocol):
     def depth(self, queue: str) -> int: ...
     def summary(self, queue: str, sample: int) -> Summary: ...
     def entries(self, queue: str, limit: int) -> Iterator[Entry]: ...
-    def replay(self, queue: str, selection: Selection, *, limit: int | None, to: str | None,
-               rate: RateLimit, dry_run: bool, window: int, progress: Progress) -> None: ...
-    def purge(self, queue: str, selection: Selection, *, limit: int | None,
-              export: IO[str] | None, window: int, progress: Progress) -> None: ...
+    def replay(
+        self,
+        queue: str,
+        selection: Selection,
+        *,
+        limit: int | None,
+        to: str | None,
+        rate: RateLimit,
+        dry_run: bool,
+        window: int,
+        progress: Progress,
+    ) -> None: ...
+    def purge(
+        self,
+        queue: str,
+        selection: Selection,
+        *,
+        limit: int | None,
+        export: IO[str] | None,
+        window: int,
+        progress: Progress,
+    ) -> None: ...
     def close(self) -> None: ...
 
 
@@ -525,8 +596,9 @@ class RedisBackend:
 
         from celery_vitals.probes.redis import RedisProbe
 
-        self.probe = RedisProbe(config.broker_url, config.broker_transport_options,
-                                timeout=config.probe_timeout)
+        self.probe = RedisProbe(
+            config.broker_url, config.broker_transport_options, timeout=config.probe_timeout
+        )
         self.channel = self.probe._channel()
         # a plain client: every key below is prefixed here, never twice
         self.client = redis.Redis(connection_pool=self.channel.client.connection_pool)
@@ -560,7 +632,7 @@ class RedisBackend:
             sep: str = self.channel.sep
             for glob in globs:
                 for key in self.client.scan_iter(match=self.prefix + glob, count=1000):
-                    name = key.decode(errors="replace")[len(self.prefix):]
+                    name = key.decode(errors="replace")[len(self.prefix) :]
                     if sep not in name and not name.endswith(INFLIGHT_SUFFIX):
                         known.add(name)
             names |= {q for q in known if any(fnmatch.fnmatchcase(q, g) for g in globs)}
@@ -595,8 +667,10 @@ class RedisBackend:
         for first in range(start, stop, size):
             last = min(first + size, stop)
             page: list[bytes] = (
-                self.client.lrange(key, -last, -first - 1) if whole  # type: ignore[assignment]
-                else self._peek(keys=[key], args=[-last, -first - 1, MAX_ENTRY]))
+                self.client.lrange(key, -last, -first - 1)
+                if whole  # type: ignore[assignment]
+                else self._peek(keys=[key], args=[-last, -first - 1, MAX_ENTRY])
+            )
             found.extend(reversed(page))
             if len(page) < last - first:
                 break
@@ -605,8 +679,12 @@ class RedisBackend:
     def summary(self, queue: str, sample: int) -> Summary:
         lengths = self._lengths(queue)
         total = sum(n for _, n in lengths)
-        result = Summary(queue, total, sampled=total > sample,
-                         inflight=int(self.client.llen(self.inflight_key(queue))))
+        result = Summary(
+            queue,
+            total,
+            sampled=total > sample,
+            inflight=int(self.client.llen(self.inflight_key(queue))),
+        )
         for key, length in lengths:
             share = length if total <= sample else max(round(sample * length / total), 1)
             for start, stop in sample_ranges(length, share):
@@ -625,7 +703,7 @@ class RedisBackend:
                 if not page:
                     break
                 offset += len(page)
-                for raw in page[:limit - seen]:
+                for raw in page[: limit - seen]:
                     seen += 1
                     yield parse_redis(raw)
 
@@ -642,8 +720,13 @@ class RedisBackend:
             keys = [self.key_for(queue, parse_redis(raw).priority) for raw in page]
             restored += int(self._restore(keys=[inflight, *keys], args=page))
 
-    def _scan(self, queue: str, selection: Selection, window: int,
-              handle: Callable[[str, list[Entry], bool], tuple[int, bool]]) -> None:
+    def _scan(
+        self,
+        queue: str,
+        selection: Selection,
+        window: int,
+        handle: Callable[[str, list[Entry], bool], tuple[int, bool]],
+    ) -> None:
         """Hands the matching messages of each page, oldest first, to ``handle`` (with
         whether this is the first pass: later ones see skipped messages again), which
         answers (how many of them are no longer in the list, whether to stop).
@@ -661,8 +744,10 @@ class RedisBackend:
             for key in self.keys(queue):
                 kept = passed = 0
                 while passed < window:
-                    page = [parse_redis(raw)
-                            for raw in self._read(key, kept, kept + MOVE_PAGE, whole=True)]
+                    page = [
+                        parse_redis(raw)
+                        for raw in self._read(key, kept, kept + MOVE_PAGE, whole=True)
+                    ]
                     if not page:
                         break
                     matches = [entry for entry in page if selection.matches(entry, now)]
@@ -676,8 +761,18 @@ class RedisBackend:
                 return
             first = False
 
-    def replay(self, queue: str, selection: Selection, *, limit: int | None, to: str | None,
-               rate: RateLimit, dry_run: bool, window: int, progress: Progress) -> None:
+    def replay(
+        self,
+        queue: str,
+        selection: Selection,
+        *,
+        limit: int | None,
+        to: str | None,
+        rate: RateLimit,
+        dry_run: bool,
+        window: int,
+        progress: Progress,
+    ) -> None:
         outcome = progress.outcome
         if not dry_run:
             outcome.recovered = self.recover(queue)
@@ -690,16 +785,19 @@ class RedisBackend:
                 target = to or entry.origin
                 if not target or target == queue:
                     if first:
-                        outcome.skipped["target is the DLQ" if target else
-                                        "no target (use --to)"] += 1
+                        outcome.skipped[
+                            "target is the DLQ" if target else "no target (use --to)"
+                        ] += 1
                     continue
                 if dry_run:  # nothing moves: no need to pace it
                     outcome.done += 1
                     outcome.targets[target] += 1
                     continue
                 rate.wait()
-                moved = self._move(keys=[key, self.key_for(target, entry.priority)],
-                                   args=[entry.raw, _redeliverable(entry.raw, target)])
+                moved = self._move(
+                    keys=[key, self.key_for(target, entry.priority)],
+                    args=[entry.raw, _redeliverable(entry.raw, target)],
+                )
                 removed += 1  # moved by this call or by another process: gone either way
                 if moved and moved[0]:
                     outcome.done += 1
@@ -711,8 +809,16 @@ class RedisBackend:
 
         self._scan(queue, selection, window, handle)
 
-    def purge(self, queue: str, selection: Selection, *, limit: int | None,
-              export: IO[str] | None, window: int, progress: Progress) -> None:
+    def purge(
+        self,
+        queue: str,
+        selection: Selection,
+        *,
+        limit: int | None,
+        export: IO[str] | None,
+        window: int,
+        progress: Progress,
+    ) -> None:
         outcome = progress.outcome
         outcome.recovered = self.recover(queue)
         inflight = self.inflight_key(queue)
@@ -720,12 +826,14 @@ class RedisBackend:
 
         def handle(key: str, matches: list[Entry], _: bool) -> tuple[int, bool]:
             if limit is not None:
-                matches = matches[:max(limit - outcome.done, 0)]
+                matches = matches[: max(limit - outcome.done, 0)]
             if not matches:
                 return 0, limit is not None and outcome.done >= limit
             # 1. into the recovery list, atomically; 2. exported and fsynced; 3. deleted
-            moved = self._move(keys=[k for _ in matches for k in (key, inflight)],
-                               args=[a for e in matches for a in (e.raw, e.raw)])
+            moved = self._move(
+                keys=[k for _ in matches for k in (key, inflight)],
+                args=[a for e in matches for a in (e.raw, e.raw)],
+            )
             taken = [e for e, ok in zip(matches, moved, strict=True) if ok]
             if len(taken) < len(matches):  # another process took them: gone from the list
                 outcome.skipped["taken meanwhile"] += len(matches) - len(taken)
@@ -768,13 +876,16 @@ def _export_line(entry: Entry, now: float, queue: str) -> dict[str, Any]:
         except UnicodeDecodeError:
             line["redis_envelope_base64"] = base64.b64encode(raw).decode()
     else:  # AMQP
-        properties = {k: v for k, v in (raw.properties or {}).items()
-                      if k != "application_headers"}
-        line["amqp"] = {"body_base64": base64.b64encode(raw.body if isinstance(
-            raw.body, bytes) else str(raw.body).encode()).decode(),
+        properties = {k: v for k, v in (raw.properties or {}).items() if k != "application_headers"}
+        line["amqp"] = {
+            "body_base64": base64.b64encode(
+                raw.body if isinstance(raw.body, bytes) else str(raw.body).encode()
+            ).decode(),
             "properties": json.loads(json.dumps(properties, default=str)),
-            "headers": json.loads(json.dumps(raw.properties.get("application_headers") or {},
-                                             default=str))}
+            "headers": json.loads(
+                json.dumps(raw.properties.get("application_headers") or {}, default=str)
+            ),
+        }
     return line
 
 
@@ -811,12 +922,17 @@ class AmqpBackend:
         from celery_vitals.probes.amqp import AmqpProbe
 
         self.config = config
-        self.probe = AmqpProbe(config.broker_url, config.broker_transport_options,
-                               timeout=config.probe_timeout,
-                               management_url=config.rabbitmq_management_url)
-        self.connection = Connection(config.broker_url,
-                                     transport_options=dict(config.broker_transport_options),
-                                     connect_timeout=config.probe_timeout)
+        self.probe = AmqpProbe(
+            config.broker_url,
+            config.broker_transport_options,
+            timeout=config.probe_timeout,
+            management_url=config.rabbitmq_management_url,
+        )
+        self.connection = Connection(
+            config.broker_url,
+            transport_options=dict(config.broker_transport_options),
+            connect_timeout=config.probe_timeout,
+        )
         self.connection.ensure_connection(max_retries=0)
         self.amqp = self.connection.connection  # py-amqp's Connection
         self._control: Any = None
@@ -851,11 +967,17 @@ class AmqpBackend:
             deadline = Deadline(self.config.probe_timeout * 4)
             listing = api.queues(deadline)
             names |= dead_letter_targets(listing, lambda name: api.exchange(name, deadline))
-            names |= {q["name"] for q in listing if isinstance(q.get("name"), str)
-                      and any(fnmatch.fnmatchcase(q["name"], p) for p in patterns)}
+            names |= {
+                q["name"]
+                for q in listing
+                if isinstance(q.get("name"), str)
+                and any(fnmatch.fnmatchcase(q["name"], p) for p in patterns)
+            }
         elif len(names) < len(patterns):
-            log.warning("--dlq globs need --rabbitmq-management-url to list queues; "
-                        "only the plain names are used")
+            log.warning(
+                "--dlq globs need --rabbitmq-management-url to list queues; "
+                "only the plain names are used"
+            )
         return sorted(names)
 
     def exists(self, queue: str) -> bool:
@@ -901,8 +1023,9 @@ class AmqpBackend:
         for message in self._messages(queue, min(depth, limit), limit):
             yield parse_amqp(message)
 
-    def _walk(self, consumer: _Consumer, depth: int, queue: str, selection: Selection,
-              window: int) -> Iterator[Entry]:
+    def _walk(
+        self, consumer: _Consumer, depth: int, queue: str, selection: Selection, window: int
+    ) -> Iterator[Entry]:
         """Matching messages among the first ``depth`` (counted before the consumer started:
         its deliveries are unacked, not ready); the others stay unacked until the consumer's
         channel closes."""
@@ -918,25 +1041,61 @@ class AmqpBackend:
             else:
                 held += 1
                 if held >= window:
-                    log.warning("%d messages of %s do not match and are held unacked: "
-                                "stopping (raise --window)", held, queue)
+                    log.warning(
+                        "%d messages of %s do not match and are held unacked: "
+                        "stopping (raise --window)",
+                        held,
+                        queue,
+                    )
                     return
 
-    def replay(self, queue: str, selection: Selection, *, limit: int | None, to: str | None,
-               rate: RateLimit, dry_run: bool, window: int, progress: Progress) -> None:
+    def replay(
+        self,
+        queue: str,
+        selection: Selection,
+        *,
+        limit: int | None,
+        to: str | None,
+        rate: RateLimit,
+        dry_run: bool,
+        window: int,
+        progress: Progress,
+    ) -> None:
         depth = self.depth(queue)
         publisher = self.amqp.channel()
         publisher.confirm_select()
         with self._consumer(queue, window) as consumer:
-            self._replay(consumer, depth, publisher, queue, selection, limit=limit, to=to,
-                         rate=rate, dry_run=dry_run, window=window, progress=progress)
+            self._replay(
+                consumer,
+                depth,
+                publisher,
+                queue,
+                selection,
+                limit=limit,
+                to=to,
+                rate=rate,
+                dry_run=dry_run,
+                window=window,
+                progress=progress,
+            )
         with contextlib.suppress(Exception):
             publisher.close()
 
-    def _replay(self, consumer: _Consumer, depth: int, publisher: Any, queue: str,
-                selection: Selection,
-                *, limit: int | None, to: str | None, rate: RateLimit, dry_run: bool,
-                window: int, progress: Progress) -> None:
+    def _replay(
+        self,
+        consumer: _Consumer,
+        depth: int,
+        publisher: Any,
+        queue: str,
+        selection: Selection,
+        *,
+        limit: int | None,
+        to: str | None,
+        rate: RateLimit,
+        dry_run: bool,
+        window: int,
+        progress: Progress,
+    ) -> None:
         import amqp  # type: ignore[import-untyped]
 
         outcome = progress.outcome
@@ -956,18 +1115,32 @@ class AmqpBackend:
             if not dry_run:
                 rate.wait()
                 message = entry.raw
-                properties = {k: v for k, v in message.properties.items()
-                              if k not in ("expiration", "user_id")}
-                publisher.basic_publish_confirm(amqp.Message(message.body, **properties),
-                                                exchange="", routing_key=target,
-                                                confirm_timeout=self.config.probe_timeout * 2)
+                properties = {
+                    k: v
+                    for k, v in message.properties.items()
+                    if k not in ("expiration", "user_id")
+                }
+                publisher.basic_publish_confirm(
+                    amqp.Message(message.body, **properties),
+                    exchange="",
+                    routing_key=target,
+                    confirm_timeout=self.config.probe_timeout * 2,
+                )
                 consumer.channel.basic_ack(message.delivery_tag)
             outcome.done += 1
             outcome.targets[target] += 1
             progress.tick()
 
-    def purge(self, queue: str, selection: Selection, *, limit: int | None,
-              export: IO[str] | None, window: int, progress: Progress) -> None:
+    def purge(
+        self,
+        queue: str,
+        selection: Selection,
+        *,
+        limit: int | None,
+        export: IO[str] | None,
+        window: int,
+        progress: Progress,
+    ) -> None:
         outcome = progress.outcome
         now = time.time()
         batch: list[Entry] = []
@@ -1009,8 +1182,9 @@ def connect(config: Config) -> Backend:
             return dlq_sqs.connect(config)
         return AmqpBackend(config)
     except Exception as error:
-        raise DlqError(f"cannot reach the broker at {config.safe_broker_url}: "
-                       f"{_describe(error, config)}") from None
+        raise DlqError(
+            f"cannot reach the broker at {config.safe_broker_url}: {_describe(error, config)}"
+        ) from None
 
 
 def _describe(error: BaseException, config: Config) -> str:
@@ -1065,8 +1239,7 @@ def _session(options: Mapping[str, Any]) -> Iterator[tuple[Config, Backend]]:
     except click.ClickException:
         raise
     except Exception as error:
-        raise DlqError(f"{_describe(error, config)} (broker {config.safe_broker_url})"
-                       ) from None
+        raise DlqError(f"{_describe(error, config)} (broker {config.safe_broker_url})") from None
     finally:
         backend.close()
 
@@ -1084,8 +1257,12 @@ def _emit(as_json: bool, document: Any, text: str) -> None:
     click.echo(json.dumps(document, indent=2) if as_json else text)
 
 
-_JSON = click.option("--json", "as_json", is_flag=True,
-                     help="Print JSON instead of text (see the README for the shapes).")
+_JSON = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON instead of text (see the README for the shapes).",
+)
 
 
 def group(broker_options: Callable[[Any], Any]) -> click.Group:
@@ -1097,8 +1274,13 @@ def group(broker_options: Callable[[Any], Any]) -> click.Group:
 
     @dlq.command("list")
     @click.argument("queues", nargs=-1)
-    @click.option("--sample", type=click.IntRange(1), default=SAMPLE_SIZE, show_default=True,
-                  help="Most messages read per DLQ; a longer DLQ is sampled.")
+    @click.option(
+        "--sample",
+        type=click.IntRange(1),
+        default=SAMPLE_SIZE,
+        show_default=True,
+        help="Most messages read per DLQ; a longer DLQ is sampled.",
+    )
     @_JSON
     @broker_options
     def list_(*, queues: tuple[str, ...], sample: int, as_json: bool, **options: Any) -> None:
@@ -1116,12 +1298,15 @@ def group(broker_options: Callable[[Any], Any]) -> click.Group:
                     head += f" (sampled {s.sample_size})"
                 if s.inflight:
                     head += f", {s.inflight} in the recovery list"
-                lines += [head, f"  tasks:     {_counts(s.tasks)}",
-                          f"  not tasks: {_counts(s.not_tasks)}",
-                          f"  origins:   {_counts(s.origins)}",
-                          f"  reasons:   {_counts(s.reasons)}",
-                          f"  age:       oldest {_age_text(s.as_json(now)['oldest_age_seconds'])}"
-                          f", newest {_age_text(s.as_json(now)['newest_age_seconds'])}"]
+                lines += [
+                    head,
+                    f"  tasks:     {_counts(s.tasks)}",
+                    f"  not tasks: {_counts(s.not_tasks)}",
+                    f"  origins:   {_counts(s.origins)}",
+                    f"  reasons:   {_counts(s.reasons)}",
+                    f"  age:       oldest {_age_text(s.as_json(now)['oldest_age_seconds'])}"
+                    f", newest {_age_text(s.as_json(now)['newest_age_seconds'])}",
+                ]
             if not names:
                 lines.append("no dead-letter queues found (name them with --dlq)")
             _emit(as_json, [s.as_json(now) for s in summaries], "\n".join(lines))
@@ -1147,88 +1332,177 @@ def group(broker_options: Callable[[Any], Any]) -> click.Group:
             lines = []
             for e in shown:
                 kind = "" if e.kind == TASK else f" [{e.kind}: not replayed without --id]"
-                lines.append(f"{e.id or '-'}  {e.task or '-'}{kind}  args={e.args or '-'} "
-                             f"kwargs={e.kwargs or '-'} retries={e.retries} "
-                             f"origin={e.origin or '-'} reason={e.reason or '-'} "
-                             f"age={_age_text(e.age(now))}")
+                lines.append(
+                    f"{e.id or '-'}  {e.task or '-'}{kind}  args={e.args or '-'} "
+                    f"kwargs={e.kwargs or '-'} retries={e.retries} "
+                    f"origin={e.origin or '-'} reason={e.reason or '-'} "
+                    f"age={_age_text(e.age(now))}"
+                )
             _emit(as_json, [e.as_json(now) for e in shown], "\n".join(lines) or "no messages")
 
     @dlq.command()
     @click.argument("queue")
     @click.option("--task", "task", metavar="NAME", help="Only this task name (a glob).")
-    @click.option("--id", "ids", metavar="ID", multiple=True,
-                  help="Only these message ids (repeatable); also replays messages that "
-                       "are not Celery tasks.")
+    @click.option(
+        "--id",
+        "ids",
+        metavar="ID",
+        multiple=True,
+        help="Only these message ids (repeatable); also replays messages that "
+        "are not Celery tasks.",
+    )
     @click.option("--limit", type=click.IntRange(1), help="Most messages to replay.")
-    @click.option("--to", "to", metavar="QUEUE",
-                  help="Target queue (default: the origin from x-death or x-origin-queue).")
-    @click.option("--rate", default="100/s", show_default=True, metavar="N/s",
-                  help="Most messages a second (0: unbounded).")
-    @click.option("--window", type=click.IntRange(1, 65535), default=SAMPLE_SIZE,
-                  show_default=True, help="Most non-matching messages looked past.")
+    @click.option(
+        "--to",
+        "to",
+        metavar="QUEUE",
+        help="Target queue (default: the origin from x-death or x-origin-queue).",
+    )
+    @click.option(
+        "--rate",
+        default="100/s",
+        show_default=True,
+        metavar="N/s",
+        help="Most messages a second (0: unbounded).",
+    )
+    @click.option(
+        "--window",
+        type=click.IntRange(1, 65535),
+        default=SAMPLE_SIZE,
+        show_default=True,
+        help="Most non-matching messages looked past.",
+    )
     @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
     @_JSON
     @broker_options
-    def replay(*, queue: str, task: str | None, ids: tuple[str, ...], limit: int | None,
-               to: str | None, rate: str, window: int, dry_run: bool, as_json: bool,
-               **options: Any) -> None:
+    def replay(
+        *,
+        queue: str,
+        task: str | None,
+        ids: tuple[str, ...],
+        limit: int | None,
+        to: str | None,
+        rate: str,
+        window: int,
+        dry_run: bool,
+        as_json: bool,
+        **options: Any,
+    ) -> None:
         """Move messages back to their queue as the same task message (same id, headers)."""
         per_second = parse_rate(rate)
         with _session(options) as (config, backend):
             _check(backend, queue, config)
             outcome = Outcome(queue, "replay", dry_run=dry_run)
             progress = Progress(outcome, limit, quiet=as_json)
-            backend.replay(queue, Selection(task, frozenset(ids)), limit=limit, to=to,
-                           rate=RateLimit(per_second), dry_run=dry_run, window=window,
-                           progress=progress)
+            backend.replay(
+                queue,
+                Selection(task, frozenset(ids)),
+                limit=limit,
+                to=to,
+                rate=RateLimit(per_second),
+                dry_run=dry_run,
+                window=window,
+                progress=progress,
+            )
             progress.tick(force=not progress.tty and not as_json and outcome.done > 0)
             verb = "would replay" if dry_run else "replayed"
-            _emit(as_json, outcome.as_json(),
-                  f"{verb} {outcome.done} messages from {queue}: {_counts(outcome.targets)}; "
-                  f"skipped: {_counts(outcome.skipped)}"
-                  + (f"; recovered {outcome.recovered}" if outcome.recovered else ""))
+            _emit(
+                as_json,
+                outcome.as_json(),
+                f"{verb} {outcome.done} messages from {queue}: {_counts(outcome.targets)}; "
+                f"skipped: {_counts(outcome.skipped)}"
+                + (f"; recovered {outcome.recovered}" if outcome.recovered else ""),
+            )
 
     @dlq.command()
     @click.argument("queue")
     @click.option("--task", "task", metavar="NAME", help="Only this task name (a glob).")
     @click.option("--id", "ids", metavar="ID", multiple=True, help="Only these message ids.")
-    @click.option("--older-than", metavar="DURATION",
-                  help="Only messages dead-lettered longer ago than this (90s, 30m, 12h, 7d); "
-                       "messages of unknown age are kept.")
+    @click.option(
+        "--older-than",
+        metavar="DURATION",
+        help="Only messages dead-lettered longer ago than this (90s, 30m, 12h, 7d); "
+        "messages of unknown age are kept.",
+    )
     @click.option("--limit", type=click.IntRange(1), help="Most messages to purge.")
-    @click.option("--export", "export_path", type=click.Path(dir_okay=False), metavar="FILE",
-                  help="Append each message as a JSON line to FILE before deleting it.")
-    @click.option("--window", type=click.IntRange(1, 65535), default=SAMPLE_SIZE,
-                  show_default=True, help="Most non-matching messages looked past.")
+    @click.option(
+        "--export",
+        "export_path",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="Append each message as a JSON line to FILE before deleting it.",
+    )
+    @click.option(
+        "--window",
+        type=click.IntRange(1, 65535),
+        default=SAMPLE_SIZE,
+        show_default=True,
+        help="Most non-matching messages looked past.",
+    )
     @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
     @_JSON
     @broker_options
-    def purge(*, queue: str, task: str | None, ids: tuple[str, ...], older_than: str | None,
-              limit: int | None, export_path: str | None, window: int, yes: bool,
-              as_json: bool, **options: Any) -> None:
+    def purge(
+        *,
+        queue: str,
+        task: str | None,
+        ids: tuple[str, ...],
+        older_than: str | None,
+        limit: int | None,
+        export_path: str | None,
+        window: int,
+        yes: bool,
+        as_json: bool,
+        **options: Any,
+    ) -> None:
         """Delete messages of a DLQ (all Celery tasks, or those selected)."""
         age = parse_duration(older_than) if older_than else None
         with _session(options) as (config, backend):
             _check(backend, queue, config)
             if not yes:
-                what = " and ".join(filter(None, [
-                    f"task {task}" if task else "", f"ids {', '.join(ids)}" if ids else "",
-                    f"older than {older_than}" if older_than else ""])) or "every Celery task"
+                what = (
+                    " and ".join(
+                        filter(
+                            None,
+                            [
+                                f"task {task}" if task else "",
+                                f"ids {', '.join(ids)}" if ids else "",
+                                f"older than {older_than}" if older_than else "",
+                            ],
+                        )
+                    )
+                    or "every Celery task"
+                )
                 if not sys.stdin.isatty():
                     raise DlqError("refusing to purge without confirmation: pass --yes")
-                click.confirm(f"Purge {what} from {queue} ({backend.depth(queue)} messages)?",
-                              abort=True, err=True)
+                click.confirm(
+                    f"Purge {what} from {queue} ({backend.depth(queue)} messages)?",
+                    abort=True,
+                    err=True,
+                )
             outcome = Outcome(queue, "purge")
             progress = Progress(outcome, limit, quiet=as_json)
             with contextlib.ExitStack() as stack:
-                export = stack.enter_context(open(export_path, "a", encoding="utf-8")) \
-                    if export_path else None
-                backend.purge(queue, Selection(task, frozenset(ids), age), limit=limit,
-                              export=export, window=window, progress=progress)
-            _emit(as_json, outcome.as_json(),
-                  f"purged {outcome.done} messages from {queue}"
-                  + (f", exported to {export_path}" if export_path else "")
-                  + f"; skipped: {_counts(outcome.skipped)}")
+                export = (
+                    stack.enter_context(open(export_path, "a", encoding="utf-8"))
+                    if export_path
+                    else None
+                )
+                backend.purge(
+                    queue,
+                    Selection(task, frozenset(ids), age),
+                    limit=limit,
+                    export=export,
+                    window=window,
+                    progress=progress,
+                )
+            _emit(
+                as_json,
+                outcome.as_json(),
+                f"purged {outcome.done} messages from {queue}"
+                + (f", exported to {export_path}" if export_path else "")
+                + f"; skipped: {_counts(outcome.skipped)}",
+            )
 
     return dlq
 

@@ -75,8 +75,12 @@ class Exposition:
     arrival.
     """
 
-    def __init__(self, collectors: Iterable[Collector], errors: dict[str, int] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        collectors: Iterable[Collector],
+        errors: dict[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.collectors = list(collectors)
         self.clock = clock
         # family -> scrapes it was left out of (ExporterCollector exports it)
@@ -115,8 +119,9 @@ class Exposition:
             parts.append(OM_EOF)
         return b"".join(parts)  # one copy: the parts are bytes already
 
-    def _generic_families(self, parts: list[bytes], collector: Collector, openmetrics: bool,
-                          names: Set[str] | None) -> None:
+    def _generic_families(
+        self, parts: list[bytes], collector: Collector, openmetrics: bool, names: Set[str] | None
+    ) -> None:
         """prometheus_client's rendering, one family at a time."""
         families: Iterator[Metric] | None = None
         while True:
@@ -132,8 +137,9 @@ class Exposition:
             if names is None or _wanted(family.name, names):
                 self._guarded(parts, family.name, _one, family, openmetrics)
 
-    def _guarded(self, parts: list[bytes], family: str, render: Callable[..., list[bytes]],
-                 *args: Any) -> None:
+    def _guarded(
+        self, parts: list[bytes], family: str, render: Callable[..., list[bytes]], *args: Any
+    ) -> None:
         try:
             parts.extend(render(*args))
         except Exception:
@@ -141,8 +147,9 @@ class Exposition:
 
     def _error(self, family: str) -> None:
         self.errors[family] = self.errors.get(family, 0) + 1
-        skip_log.warn_every(family, "scrape: left out %s, which could not be rendered",
-                            family, exc_info=True)
+        skip_log.warn_every(
+            family, "scrape: left out %s, which could not be rendered", family, exc_info=True
+        )
 
 
 def _one(family: Metric, openmetrics: bool) -> list[bytes]:
@@ -151,8 +158,7 @@ def _one(family: Metric, openmetrics: bool) -> list[bytes]:
 
 def _wanted(family: str, names: Set[str]) -> bool:
     """Whether a ``name[]`` filter asks for a family (by any of its sample names)."""
-    spec = BY_NAME.get(family) or BY_NAME.get(family + "_total") or BY_NAME.get(
-        family + "_info")
+    spec = BY_NAME.get(family) or BY_NAME.get(family + "_total") or BY_NAME.get(family + "_info")
     if spec is None:
         return family in names
     return not names.isdisjoint(spec.series_names)
@@ -214,9 +220,13 @@ class SeriesLines:
             if hit is not None and hit[0] == value:
                 lines.append(hit[1])
                 continue
-            prefix = hit[2] if hit is not None else (
-                self.sample_name + label_text(zip(self.label_names, key, strict=True)) + " "
-            ).encode()
+            prefix = (
+                hit[2]
+                if hit is not None
+                else (
+                    self.sample_name + label_text(zip(self.label_names, key, strict=True)) + " "
+                ).encode()
+            )
             line = prefix + value_text(value) + b"\n"
             cache[key] = (value, line, prefix)
             lines.append(line)
@@ -267,8 +277,10 @@ class HistogramLines:
         """The series' lines with %d.0 for each bucket and the count, %s for the sum."""
         pairs = list(zip(self.label_names, key, strict=True))
         plain = label_text(pairs).replace("%", "%%")
-        lines = [f"{self.name}_bucket{label_text([*pairs, ('le', le)]).replace('%', '%%')} %d.0"
-                 for le in les]
+        lines = [
+            f"{self.name}_bucket{label_text([*pairs, ('le', le)]).replace('%', '%%')} %d.0"
+            for le in les
+        ]
         lines += [f"{self.name}_count{plain} %d.0", f"{self.name}_sum{plain} %s", ""]
         return "\n".join(lines).encode()
 

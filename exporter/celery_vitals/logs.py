@@ -54,8 +54,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str, fmt: str, secrets: Iterable[str] = (), stream: IO[str] | None = None
-          ) -> None:
+def setup(level: str, fmt: str, secrets: Iterable[str] = (), stream: IO[str] | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter(secrets))
     if fmt == "json":

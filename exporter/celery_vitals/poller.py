@@ -24,6 +24,7 @@ log = RateLimitedLogger(logging.getLogger(__name__))
 
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+
 class QueuePoller:
     def __init__(
         self,
@@ -70,13 +71,13 @@ class QueuePoller:
         # the DLQs RabbitMQ showed other queues dead-lettering into: polled from the next
         # poll on, not only after the next discovery (minutes later)
         targets = self.latest.dead_letter_targets if self.latest is not None else ()
-        names = {*self.configured, *named_dlqs, *self._discovered, *self._from_workers,
-                 *targets}
+        names = {*self.configured, *named_dlqs, *self._discovered, *self._from_workers, *targets}
         return sorted(name for name in names if name and not is_plumbing(name))
 
     def is_dlq(self, name: str, targets: Iterable[str] = ()) -> bool:
-        return name in targets or any(fnmatch.fnmatchcase(name, pattern)
-                                      for pattern in self.dlq_patterns)
+        return name in targets or any(
+            fnmatch.fnmatchcase(name, pattern) for pattern in self.dlq_patterns
+        )
 
     def _discover(self, now: float) -> None:
         if now < self._next_discovery:
@@ -90,8 +91,12 @@ class QueuePoller:
             try:
                 self._from_workers = self.worker_queues()
             except Exception as error:  # a broadcast: workers may not answer
-                log.warn_every("active_queues", "asking workers for their queues failed "
-                            "(%s: %s)", type(error).__name__, error)
+                log.warn_every(
+                    "active_queues",
+                    "asking workers for their queues failed (%s: %s)",
+                    type(error).__name__,
+                    error,
+                )
 
     def _ask_new_workers(self) -> None:
         if self.worker_stats is None:
@@ -99,8 +104,12 @@ class QueuePoller:
         try:
             self.worker_stats()
         except Exception as error:  # a broadcast: workers may not answer
-            log.warn_every("stats", "asking workers for their stats failed (%s: %s)",
-                           type(error).__name__, error)
+            log.warn_every(
+                "stats",
+                "asking workers for their stats failed (%s: %s)",
+                type(error).__name__,
+                error,
+            )
 
     # -- one poll ----------------------------------------------------------------
 

@@ -18,18 +18,26 @@ from celery_vitals.tasks import MAX_TIMESTAMP, Event, TaskTracker, bad_timestamp
 from celery_vitals.workers import WorkerTracker
 
 # Task events a worker sends about its own work (task-sent comes from clients).
-WORKER_TASK_EVENTS = frozenset({
-    "task-received", "task-started", "task-succeeded", "task-failed",
-    "task-retried", "task-rejected", "task-revoked",
-})
+WORKER_TASK_EVENTS = frozenset(
+    {
+        "task-received",
+        "task-started",
+        "task-succeeded",
+        "task-failed",
+        "task-retried",
+        "task-rejected",
+        "task-revoked",
+    }
+)
 OTHER_TYPE = "other"
 
 log = RateLimitedLogger(logging.getLogger(__name__))
 
 
 class EventRouter:
-    def __init__(self, tasks: TaskTracker, workers: WorkerTracker,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, tasks: TaskTracker, workers: WorkerTracker, clock: Callable[[], float] = time.time
+    ) -> None:
         self.tasks = tasks
         self.workers = workers
         self.clock = clock
@@ -59,8 +67,11 @@ class EventRouter:
         elif type(body) is list:
             events = body
         else:
-            self.skip("malformed_body", "message body is %s, not an event or a list of events",
-                      type(body).__name__)
+            self.skip(
+                "malformed_body",
+                "message body is %s, not an event or a list of events",
+                type(body).__name__,
+            )
             return
         handlers = self.handlers
         counts = self.events_by_type
@@ -78,7 +89,8 @@ class EventRouter:
             # a handler was found: the event is a dict with a string type (its key)
             stamp = event.get("timestamp")  # a plausible float, nearly always: checked inline
             if not (type(stamp) is float and 0.0 <= stamp <= MAX_TIMESTAMP) and bad_timestamp(
-                    stamp):
+                stamp
+            ):
                 # the event counts; what its time would have fed is not observed
                 event["timestamp"] = None
                 self.tasks.skip_observation("timestamp", "bad_value")
@@ -88,8 +100,9 @@ class EventRouter:
             try:
                 handler(event, now)
             except Exception:
-                self.skip("handler_error", "could not process a %s event", event_type,
-                          exc_info=True)
+                self.skip(
+                    "handler_error", "could not process a %s event", event_type, exc_info=True
+                )
             last = event
         if last is not None:
             sent_at = number(last.get("timestamp"))

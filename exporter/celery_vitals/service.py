@@ -46,9 +46,16 @@ class ExclusiveRepliesMailbox(Mailbox):  # type: ignore[misc]  # kombu is untype
 
     @property
     def reply_queue(self) -> Queue:
-        return Queue(f"{self.oid}.{self.reply_exchange.name}", exchange=self.reply_exchange,
-                     routing_key=self.oid, durable=False, exclusive=True, auto_delete=True,
-                     expires=self.reply_queue_expires, message_ttl=self.reply_queue_ttl)
+        return Queue(
+            f"{self.oid}.{self.reply_exchange.name}",
+            exchange=self.reply_exchange,
+            routing_key=self.oid,
+            durable=False,
+            exclusive=True,
+            auto_delete=True,
+            expires=self.reply_queue_expires,
+            message_ttl=self.reply_queue_ttl,
+        )
 
 
 class ExclusiveRepliesControl(Control):  # type: ignore[misc]  # celery is untyped
@@ -58,8 +65,12 @@ class ExclusiveRepliesControl(Control):  # type: ignore[misc]  # celery is untyp
 def celery_app(config: Config) -> Celery:
     """A Celery app used only as a connection factory and for control broadcasts (their
     reply queues exclusive, as RabbitMQ 4 wants them)."""
-    app = Celery("celery-vitals", broker=config.broker_url, set_as_current=False,
-                 control=ExclusiveRepliesControl)
+    app = Celery(
+        "celery-vitals",
+        broker=config.broker_url,
+        set_as_current=False,
+        control=ExclusiveRepliesControl,
+    )
     app.conf.update(
         broker_transport_options=dict(config.broker_transport_options),
         broker_connection_retry_on_startup=False,
@@ -74,18 +85,26 @@ def broker_probe(config: Config) -> QueueProbe:
     if config.transport == "redis":
         from celery_vitals.probes.redis import RedisProbe
 
-        return RedisProbe(config.broker_url, config.broker_transport_options,
-                          timeout=config.probe_timeout)
+        return RedisProbe(
+            config.broker_url, config.broker_transport_options, timeout=config.probe_timeout
+        )
     if config.transport == "sqs":
         from celery_vitals.probes.sqs import SqsProbe
 
-        return SqsProbe(config.broker_url, config.broker_transport_options,
-                        timeout=config.probe_timeout, max_queues=config.max_queue_names)
+        return SqsProbe(
+            config.broker_url,
+            config.broker_transport_options,
+            timeout=config.probe_timeout,
+            max_queues=config.max_queue_names,
+        )
     from celery_vitals.probes.amqp import AmqpProbe
 
-    return AmqpProbe(config.broker_url, config.broker_transport_options,
-                     timeout=config.probe_timeout,
-                     management_url=config.rabbitmq_management_url)
+    return AmqpProbe(
+        config.broker_url,
+        config.broker_transport_options,
+        timeout=config.probe_timeout,
+        management_url=config.rabbitmq_management_url,
+    )
 
 
 class WorkerBroadcasts:
@@ -104,8 +123,12 @@ class WorkerBroadcasts:
         self._asked.clear()
         if replies:  # those that answered: the stats broadcast returns once they all did
             self._ask_stats(None, len(replies))
-        return {queue["name"] for queues in replies.values() for queue in queues
-                if isinstance(queue, dict) and isinstance(queue.get("name"), str)}
+        return {
+            queue["name"]
+            for queues in replies.values()
+            for queue in queues
+            if isinstance(queue, dict) and isinstance(queue.get("name"), str)
+        }
 
     def new_workers(self) -> None:
         known = self.workers.without_stats() if self.workers is not None else []
@@ -117,15 +140,15 @@ class WorkerBroadcasts:
     def _ask_stats(self, hosts: list[str] | None, limit: int | None) -> None:
         if self.workers is None:
             return
-        inspect = self.app.control.inspect(timeout=self.timeout, destination=hosts,
-                                           limit=limit)
+        inspect = self.app.control.inspect(timeout=self.timeout, destination=hosts, limit=limit)
         for host, reply in (inspect.stats() or {}).items():
             if isinstance(host, str) and isinstance(reply, dict):
                 self.workers.on_stats(host, *pool_from_stats(reply))
 
 
-def queue_poller(config: Config, app: Celery, queue_names: LabelGuard,
-                 workers: WorkerTracker | None = None) -> QueuePoller | None:
+def queue_poller(
+    config: Config, app: Celery, queue_names: LabelGuard, workers: WorkerTracker | None = None
+) -> QueuePoller | None:
     """The broker's queue poller, with the probe for its transport (None: polling off).
     With ``workers`` (the event stream's tracker) it also polls the workers' stats."""
     if config.queue_poll_interval == 0:
@@ -133,17 +156,26 @@ def queue_poller(config: Config, app: Celery, queue_names: LabelGuard,
     if config.transport == "sqs":
         # No remote control on SQS (no active_queues or stats broadcast); no DLQ sample
         # either: reading a DLQ means receiving its messages, which costs calls and hides them
-        return QueuePoller(broker_probe(config), queues=config.queues,
-                           dlq_patterns=config.dlqs, interval=config.queue_poll_interval,
-                           discovery_interval=config.queue_discovery_interval,
-                           queue_names=queue_names)
+        return QueuePoller(
+            broker_probe(config),
+            queues=config.queues,
+            dlq_patterns=config.dlqs,
+            interval=config.queue_poll_interval,
+            discovery_interval=config.queue_discovery_interval,
+            queue_names=queue_names,
+        )
     asks = WorkerBroadcasts(app, workers, config.probe_timeout)
-    return QueuePoller(broker_probe(config), queues=config.queues, dlq_patterns=config.dlqs,
-                       interval=config.queue_poll_interval,
-                       discovery_interval=config.queue_discovery_interval,
-                       queue_names=queue_names, worker_queues=asks.queues,
-                       worker_stats=asks.new_workers if workers is not None else None,
-                       dlq_sampler=DlqSampler(config) if config.dlq_sample else None)
+    return QueuePoller(
+        broker_probe(config),
+        queues=config.queues,
+        dlq_patterns=config.dlqs,
+        interval=config.queue_poll_interval,
+        discovery_interval=config.queue_discovery_interval,
+        queue_names=queue_names,
+        worker_queues=asks.queues,
+        worker_stats=asks.new_workers if workers is not None else None,
+        dlq_sampler=DlqSampler(config) if config.dlq_sample else None,
+    )
 
 
 class EventsEnabler:
@@ -180,9 +212,13 @@ class Pipeline:
     """Guards, trackers, router and collectors: everything between a message body and
     /metrics, with no I/O. Unit tests and benchmarks build this alone."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time,
-                 agent: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        agent: Mapping[str, str] | None = None,
+    ) -> None:
         """``agent``: the labels of celery_vitals_agent_info when an agent inside a worker
         feeds this pipeline (it has no event stream), None for the exporter."""
         length = config.max_label_length
@@ -205,9 +241,11 @@ class Pipeline:
             hostnames=self.guards["task_hostname"],
             hostname_label=config.task_hostname_label,
         )
-        self.workers = WorkerTracker(timeout=config.worker_timeout,
-                                     purge_after=config.worker_purge_after,
-                                     hostnames=self.guards["worker_hostname"])
+        self.workers = WorkerTracker(
+            timeout=config.worker_timeout,
+            purge_after=config.worker_purge_after,
+            hostnames=self.guards["worker_hostname"],
+        )
         self.router = EventRouter(self.tasks, self.workers, clock=clock)
         self.scrape_errors: dict[str, int] = {}  # families a scrape had to leave out
         # None: no event stream at all (--no-event-stream), so no stream-up gauge either
@@ -216,14 +254,16 @@ class Pipeline:
         self.enable_events: Callable[[], Mapping[str, int]] = dict
         # the broker poller is plugged in by Exporter; without one, queue metrics come
         # from events only
-        self.queue_collector = QueueCollector(None, self.tasks, self.guards["queue_name"],
-                                              clock=clock, task_names=self.guards["name"])
+        self.queue_collector = QueueCollector(
+            None, self.tasks, self.guards["queue_name"], clock=clock, task_names=self.guards["name"]
+        )
         self.collectors: list[Collector] = [
             TaskCollector(self.tasks),
             self.queue_collector,
             WorkerCollector(self.workers, self.tasks, clock=clock),
             ExporterCollector(
-                self.router, self.guards.values(),
+                self.router,
+                self.guards.values(),
                 # late-bound on purpose: Exporter plugs in the stream's state afterwards
                 stream_up=lambda: None if self.stream_up is None else self.stream_up(),
                 reconnects=lambda: self.reconnects(),  # noqa: PLW0108
@@ -244,30 +284,49 @@ def process_collectors(registry: CollectorRegistry) -> list[Collector]:
     registered on ``registry`` (never the global one)."""
     from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
-    return [ProcessCollector(registry=registry), PlatformCollector(registry=registry),
-            GCCollector(registry=registry)]
+    return [
+        ProcessCollector(registry=registry),
+        PlatformCollector(registry=registry),
+        GCCollector(registry=registry),
+    ]
 
 
 class Exporter:
     """A running exporter: the pipeline fed by the event stream, served over HTTP."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry,
-                 app: Celery | None = None) -> None:
+    def __init__(
+        self, config: Config, registry: CollectorRegistry, app: Celery | None = None
+    ) -> None:
         self.config = config
         self.pipeline = pipeline = Pipeline(config, registry)
         pipeline.exposition.collectors.extend(process_collectors(registry))
         self.app = app or celery_app(config)
         router = pipeline.router
-        self.stream = (EventStream(self.app, router.handle, router.tick, router.count_skip,
-                                   queue_ttl=config.event_queue_ttl,
-                                   queue_expires=config.event_queue_expires,
-                                   queue_max_length=config.event_queue_max_length)
-                       if config.event_stream else None)
-        self.poller = queue_poller(config, self.app, pipeline.guards["queue_name"],
-                                   pipeline.workers if self.stream is not None else None)
+        self.stream = (
+            EventStream(
+                self.app,
+                router.handle,
+                router.tick,
+                router.count_skip,
+                queue_ttl=config.event_queue_ttl,
+                queue_expires=config.event_queue_expires,
+                queue_max_length=config.event_queue_max_length,
+            )
+            if config.event_stream
+            else None
+        )
+        self.poller = queue_poller(
+            config,
+            self.app,
+            pipeline.guards["queue_name"],
+            pipeline.workers if self.stream is not None else None,
+        )
         pipeline.queue_collector.poller = self.poller
-        self.enabler = (EventsEnabler(self.app, config.enable_events_interval)
-                        if config.enable_events and self.stream is not None else None)
+        self.enabler = (
+            EventsEnabler(self.app, config.enable_events_interval)
+            if config.enable_events and self.stream is not None
+            else None
+        )
         ready: Callable[[], bool]
         ready_means = "the event stream is connected"
         if self.stream is not None:
@@ -281,16 +340,22 @@ class Exporter:
             ready_means = "the last broker poll succeeded"
             pipeline.stream_up = None
             if config.transport == "sqs":
-                log.info("SQS broker: no event stream and no remote control on SQS, so the "
-                         "exporter only polls queues and dead-letter queues; task and worker "
-                         "metrics come from celery_vitals.agent in each worker")
+                log.info(
+                    "SQS broker: no event stream and no remote control on SQS, so the "
+                    "exporter only polls queues and dead-letter queues; task and worker "
+                    "metrics come from celery_vitals.agent in each worker"
+                )
         if self.enabler is not None:
             enabler = self.enabler
             pipeline.enable_events = lambda: enabler.results
-        self.http = HttpServer(make_app(registry, ready=ready, exposition=pipeline.exposition,
-                                        ready_means=ready_means),
-                               config.listen_host, config.listen_port,
-                               web_config=config.web_config)
+        self.http = HttpServer(
+            make_app(
+                registry, ready=ready, exposition=pipeline.exposition, ready_means=ready_means
+            ),
+            config.listen_host,
+            config.listen_port,
+            web_config=config.web_config,
+        )
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:

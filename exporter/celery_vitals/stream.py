@@ -94,7 +94,7 @@ class ReadAhead:
 
     def _fill(self, n: int) -> bytes:
         transport = self.transport
-        chunks = [transport._read_buffer, self.data[self.pos:]]
+        chunks = [transport._read_buffer, self.data[self.pos :]]
         have = len(chunks[0]) + len(chunks[1])
         transport._read_buffer, self.data, self.pos = b"", b"", 0
         try:
@@ -168,9 +168,13 @@ class EventStream:
                     break
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, self.rng)
                 attempt += 1
-                skip_log.warn_every("unavailable", "event stream unavailable (%s: %s); "
-                                    "retrying every %.0fs at most", type(error).__name__,
-                                    error, self.backoff_max)
+                skip_log.warn_every(
+                    "unavailable",
+                    "event stream unavailable (%s: %s); retrying every %.0fs at most",
+                    type(error).__name__,
+                    error,
+                    self.backoff_max,
+                )
                 self._stopping.wait(delay)
         self.connected.clear()
 
@@ -201,8 +205,9 @@ class EventStream:
             callback = self._on_amqp_message
         else:  # kombu's other transports (the unit tests' memory://): its own Message
             callback = self._on_kombu_message
-        channel.basic_consume(queue=queue.name, no_ack=True, callback=callback,
-                              consumer_tag=self._node_id)
+        channel.basic_consume(
+            queue=queue.name, no_ack=True, callback=callback, consumer_tag=self._node_id
+        )
         next_tick = time.monotonic()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):  # idle: time to tick
@@ -228,8 +233,9 @@ class EventStream:
         self._deliver(decoder, message.body)
 
     def _on_kombu_message(self, message: Any) -> None:
-        self._deliver(lambda raw: decode.body(message.content_type, message.headers, raw),
-                      message.body)
+        self._deliver(
+            lambda raw: decode.body(message.content_type, message.headers, raw), message.body
+        )
 
     def _deliver(self, decoder: Callable[[Any], Any], raw: Any) -> None:
         """Decode one message and route its body; a message that cannot be used is a skip."""

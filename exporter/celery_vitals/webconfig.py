@@ -57,8 +57,14 @@ CLIENT_AUTH = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-_TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
-             "max_version"}
+_TLS_KEYS = {
+    "cert_file",
+    "key_file",
+    "client_auth_type",
+    "client_ca_file",
+    "min_version",
+    "max_version",
+}
 _TOP_KEYS = {"tls_server_config", "basic_auth_users"}
 # compared against when the user is unknown, so timing does not tell which users exist
 _DUMMY_HASH = b"$2b$10$fG1N26MXBu7gTcZ5/q0JBuFKuG5jjX9i30F4jY4WRsxQ3lbBGobxS"
@@ -82,15 +88,19 @@ class TlsConfig:
         try:
             context.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as error:
-            raise ValueError(f"tls_server_config: cannot load cert_file {self.cert_file} "
-                             f"with key_file {self.key_file}: {_reason(error)}") from None
+            raise ValueError(
+                f"tls_server_config: cannot load cert_file {self.cert_file} "
+                f"with key_file {self.key_file}: {_reason(error)}"
+            ) from None
         context.verify_mode = CLIENT_AUTH[self.client_auth_type]
         if self.client_ca_file is not None:
             try:
                 context.load_verify_locations(cafile=self.client_ca_file)
             except (OSError, ssl.SSLError) as error:
-                raise ValueError(f"tls_server_config: cannot load client_ca_file "
-                                 f"{self.client_ca_file}: {_reason(error)}") from None
+                raise ValueError(
+                    f"tls_server_config: cannot load client_ca_file "
+                    f"{self.client_ca_file}: {_reason(error)}"
+                ) from None
         return context
 
 
@@ -120,8 +130,9 @@ def _mapping(value: Any, where: str, keys: set[str]) -> dict[str, Any]:
         raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
     unknown = sorted(str(key) for key in value if key not in keys)
     if unknown:
-        raise ValueError(f"{where}: unsupported key(s) {', '.join(unknown)}; "
-                         f"expected {', '.join(sorted(keys))}")
+        raise ValueError(
+            f"{where}: unsupported key(s) {', '.join(unknown)}; expected {', '.join(sorted(keys))}"
+        )
     return value
 
 
@@ -139,8 +150,9 @@ def _tls(raw: dict[str, Any], base: Path) -> TlsConfig:
     def choice(key: str, choices: Iterable[str], default: str | None) -> str | None:
         value = raw.get(key, default)
         if value is not None and value not in choices:
-            raise ValueError(f"tls_server_config.{key}: expected one of "
-                             f"{', '.join(choices)}, got {value!r}")
+            raise ValueError(
+                f"tls_server_config.{key}: expected one of {', '.join(choices)}, got {value!r}"
+            )
         return value
 
     cert, key = path("cert_file", True), path("key_file", True)
@@ -148,11 +160,15 @@ def _tls(raw: dict[str, Any], base: Path) -> TlsConfig:
     client_auth = choice("client_auth_type", CLIENT_AUTH, "NoClientCert") or "NoClientCert"
     client_ca = path("client_ca_file", False)
     if client_auth != "NoClientCert" and client_ca is None:
-        raise ValueError(f"tls_server_config: client_auth_type {client_auth} needs "
-                         f"client_ca_file")
-    tls = TlsConfig(cert, key, client_auth, client_ca,
-                    choice("min_version", TLS_VERSIONS, "TLS12") or "TLS12",
-                    choice("max_version", TLS_VERSIONS, None))
+        raise ValueError(f"tls_server_config: client_auth_type {client_auth} needs client_ca_file")
+    tls = TlsConfig(
+        cert,
+        key,
+        client_auth,
+        client_ca,
+        choice("min_version", TLS_VERSIONS, "TLS12") or "TLS12",
+        choice("max_version", TLS_VERSIONS, None),
+    )
     tls.context()  # loads the files now: a bad key fails at start
     return tls
 
@@ -163,8 +179,9 @@ def _users(raw: dict[str, Any]) -> Mapping[str, bytes]:
         if not isinstance(user, str) or not user or ":" in user:
             raise ValueError(f"basic_auth_users: invalid user name {user!r}")
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ValueError(f"basic_auth_users.{user}: expected a bcrypt hash ($2b$...), "
-                             f"not a plain password")
+            raise ValueError(
+                f"basic_auth_users.{user}: expected a bcrypt hash ($2b$...), not a plain password"
+            )
         try:
             bcrypt.checkpw(b"", hashed.encode())  # parses the hash: a typo fails at start
         except ValueError:
@@ -194,8 +211,7 @@ def load(path: str | Path) -> WebConfig:
         users_raw = top.get("basic_auth_users") or {}
         if not isinstance(users_raw, dict):
             raise ValueError("basic_auth_users: expected a mapping of user: bcrypt hash")
-        return WebConfig(path, _tls(tls_raw, path.parent) if tls_raw else None,
-                         _users(users_raw))
+        return WebConfig(path, _tls(tls_raw, path.parent) if tls_raw else None, _users(users_raw))
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
@@ -247,13 +263,17 @@ def protect(app: WsgiApp, users: Mapping[str, bytes]) -> WsgiApp:
 
     def guarded(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "/") in OPEN_PATHS or auth.check(
-                environ.get("HTTP_AUTHORIZATION")):
+            environ.get("HTTP_AUTHORIZATION")
+        ):
             return app(environ, start_response)
-        start_response("401 Unauthorized", [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("WWW-Authenticate", 'Basic realm="celery-vitals", charset="UTF-8"'),
-        ])
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("WWW-Authenticate", 'Basic realm="celery-vitals", charset="UTF-8"'),
+            ],
+        )
         return [body]
 
     return guarded

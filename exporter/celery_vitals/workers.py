@@ -49,12 +49,16 @@ def pool_from_stats(reply: Mapping[str, Any]) -> tuple[str, PoolStats]:
     pool = reply.get("pool")
     pool = pool if isinstance(pool, dict) else {}
     implementation = pool.get("implementation")
-    name = (implementation.rpartition(":")[0].rpartition(".")[2]
-            if isinstance(implementation, str) else "")
+    name = (
+        implementation.rpartition(":")[0].rpartition(".")[2]
+        if isinstance(implementation, str)
+        else ""
+    )
     processes, prefetch = pool.get("max-concurrency"), reply.get("prefetch_count")
     return name, PoolStats(
         processes=processes if type(processes) is int and processes >= 0 else None,
-        prefetch_limit=prefetch if type(prefetch) is int and prefetch >= 0 else None)
+        prefetch_limit=prefetch if type(prefetch) is int and prefetch >= 0 else None,
+    )
 
 
 class Worker:
@@ -140,8 +144,9 @@ class WorkerTracker:
         stream lost events (consumer too slow, TTL or buffer overflow, reconnect)."""
         # the router admits only plausible timestamps
         sent_at = number(event.get("timestamp"))
-        freq = self._checked(event.get("freq"), "celery_vitals_heartbeats_missed_total",
-                             *FREQ_RANGE)
+        freq = self._checked(
+            event.get("freq"), "celery_vitals_heartbeats_missed_total", *FREQ_RANGE
+        )
         previous = worker.heartbeat_sent_at
         if sent_at is None:
             return
@@ -157,8 +162,9 @@ class WorkerTracker:
         worker.active = 0
         return host
 
-    def on_pool(self, hostname: object, stats: PoolStats, now: float,
-                pool_name: str | None = None) -> None:
+    def on_pool(
+        self, hostname: object, stats: PoolStats, now: float, pool_name: str | None = None
+    ) -> None:
         """The agent's latest sample of its own pool (one object, replaced whole)."""
         _, worker = self._worker({"hostname": hostname}, now)
         worker.pool = stats
@@ -175,8 +181,11 @@ class WorkerTracker:
 
     def without_stats(self) -> list[str]:
         """Workers seen in events whose pool no stats poll told yet."""
-        return [host for host, worker in list(self.workers.items())
-                if worker.pool_name is None and worker.online]
+        return [
+            host
+            for host, worker in list(self.workers.items())
+            if worker.pool_name is None and worker.online
+        ]
 
     def on_task_events(self, hostname: object, count: int) -> None:
         """Task events from a worker (sent ones excepted) prove its task events are on."""
@@ -192,8 +201,9 @@ class WorkerTracker:
         if type(version) is str and len(version) <= MAX_VERSION_LENGTH:
             worker.version = version
         active = self._checked(event.get("active"), "celery_worker_tasks_active", 0, MAX_NUMBER)
-        processed = self._checked(event.get("processed"), "celery_worker_tasks_processed", 0,
-                                  MAX_NUMBER)
+        processed = self._checked(
+            event.get("processed"), "celery_worker_tasks_processed", 0, MAX_NUMBER
+        )
         if active is not None:
             worker.active = active
         if processed is not None:
@@ -221,7 +231,9 @@ class WorkerTracker:
             elif processed > before:
                 worker.task_events_missing = 1
         worker.processed_at_previous, worker.events_at_previous = (
-            worker.processed_at_last, worker.events_at_last)
+            worker.processed_at_last,
+            worker.events_at_last,
+        )
         worker.processed_at_last, worker.events_at_last = processed, worker.task_events
 
     def is_up(self, worker: Worker, now: float) -> bool:
@@ -230,8 +242,9 @@ class WorkerTracker:
     def purge(self, now: float) -> list[str]:
         """Drop workers silent for purge_after; returns their hostnames."""
         cutoff = now - self.purge_after
-        gone = [host for host, worker in list(self.workers.items())
-                if worker.last_heartbeat < cutoff]
+        gone = [
+            host for host, worker in list(self.workers.items()) if worker.last_heartbeat < cutoff
+        ]
         for host in gone:
             del self.workers[host]
             self.hostnames.admitted.discard(host)  # its series are gone: free its slot

@@ -49,8 +49,9 @@ def load_yaml(path: Path) -> Any:
 
 
 def rules(path: Path = RULES_PATH) -> list[Rule]:
-    return [Rule(group["name"], rule) for group in load_yaml(path)["groups"]
-            for rule in group["rules"]]
+    return [
+        Rule(group["name"], rule) for group in load_yaml(path)["groups"] for rule in group["rules"]
+    ]
 
 
 def alerts(path: Path = RULES_PATH) -> list[Rule]:

@@ -27,14 +27,14 @@ pytestmark = pytest.mark.integration
 QUEUE = "celery"
 
 
-def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness,
-                                                        tmp_path: Path) -> None:
+def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness, tmp_path: Path) -> None:
     rules_path = tmp_path / "celery-vitals.rules.yml"
     rules_path.write_text(shortened(RULES_PATH.read_text(encoding="utf-8")), encoding="utf-8")
     redis = harness.redis()
     url = redis.url()
-    exporter = harness.exporter(url, "--no-event-stream", "--queue", QUEUE,
-                                "--queue-poll-interval", "1")
+    exporter = harness.exporter(
+        url, "--no-event-stream", "--queue", QUEUE, "--queue-poll-interval", "1"
+    )
     worker = harness.agent_worker("beside", url, concurrency=1)
     targets = {JOB: [f"{LOOPBACK}:{exporter.port}", f"{LOOPBACK}:{worker.port}"]}
     with PrometheusServer(tmp_path / "prometheus", targets, [rules_path]) as prometheus:
@@ -46,41 +46,66 @@ def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness,
             client.send_task("agent.add", args=(number, 1))
         client.send_task("agent.fail")
         # the failure counter exists and was scraped: what follows is a rate
-        prometheus.wait_nonempty(f'celery_task_failed_total{{job="{JOB}"}} == 1', timeout=30,
-                                 what="the first failure scraped")
+        prometheus.wait_nonempty(
+            f'celery_task_failed_total{{job="{JOB}"}} == 1',
+            timeout=30,
+            what="the first failure scraped",
+        )
         for _ in range(6):
             client.send_task("agent.fail")
         # a backlog the worker drains, one task at a time
         for _ in range(8):
             client.send_task("agent.sleep", args=(1.0,))
-        expressions.fires("CeleryTaskFailureRateHigh",
-                          labels(name="agent.fail", queue_name=QUEUE), severity="critical")
-        prometheus.wait_nonempty(f'sum(celery_queue_length{{job="{JOB}"}}) > 0',
-                                 timeout=20, what="the exporter sees the backlog")
+        expressions.fires(
+            "CeleryTaskFailureRateHigh",
+            labels(name="agent.fail", queue_name=QUEUE),
+            severity="critical",
+        )
+        prometheus.wait_nonempty(
+            f'sum(celery_queue_length{{job="{JOB}"}}) > 0',
+            timeout=20,
+            what="the exporter sees the backlog",
+        )
         # while it drains: the queue alerts join the exporter's depth with the agent's
         # receive counter within the job, and see a queue that drains
-        expressions.quiet("CeleryQueueNotDraining", "CeleryQueueNoConsumers",
-                          "CeleryExporterEventStreamDown", "CeleryWorkerTaskEventsMissing",
-                          "CeleryExporterDown", "CeleryWorkerDown")
-        worker.wait_for(lambda s: s.get("celery_task_succeeded_total", name="agent.sleep",
-                                        queue_name=QUEUE) == 8,
-                        timeout=60, what="the backlog drained")
+        expressions.quiet(
+            "CeleryQueueNotDraining",
+            "CeleryQueueNoConsumers",
+            "CeleryExporterEventStreamDown",
+            "CeleryWorkerTaskEventsMissing",
+            "CeleryExporterDown",
+            "CeleryWorkerDown",
+        )
+        worker.wait_for(
+            lambda s: (
+                s.get("celery_task_succeeded_total", name="agent.sleep", queue_name=QUEUE) == 8
+            ),
+            timeout=60,
+            what="the backlog drained",
+        )
         # one series per task in the job, each counted once
         for name, count in (("agent.add", 5), ("agent.sleep", 8)):
             prometheus.wait_for(
                 f'sum by (job, name, queue_name) (celery_task_succeeded_total{{job="{JOB}"}})'
-                f' == {count}', {labels(name=name, queue_name=QUEUE)}, timeout=20,
-                what=f"{count} successes of {name}, once")
+                f" == {count}",
+                {labels(name=name, queue_name=QUEUE)},
+                timeout=20,
+                what=f"{count} successes of {name}, once",
+            )
         assert len(prometheus.query(f'celery_task_succeeded_total{{job="{JOB}"}}')) == 2
         failed = prometheus.query(f'celery_task_failed_total{{job="{JOB}"}}')
         assert [(s.labels["name"], s.labels["exception"], s.value) for s in failed] == [
-            ("agent.fail", "ValueError", 7.0)]
+            ("agent.fail", "ValueError", 7.0)
+        ]
         assert prometheus.query(f'celery_vitals_event_stream_up{{job="{JOB}"}}') == []
         assert len(prometheus.query(f'celery_worker_up{{job="{JOB}"}}')) == 1  # the agent's
 
         # the worker dies: its agent's target is down; that is the worker, not the exporter
         worker.kill()
-        prometheus.wait_for(expressions.expr("CeleryWorkerDown"),
-                            {labels(hostname=worker.hostname)}, timeout=15,
-                            what="the dead worker's agent down as CeleryWorkerDown")
+        prometheus.wait_for(
+            expressions.expr("CeleryWorkerDown"),
+            {labels(hostname=worker.hostname)},
+            timeout=15,
+            what="the dead worker's agent down as CeleryWorkerDown",
+        )
         expressions.quiet("CeleryExporterDown")

@@ -20,14 +20,16 @@ JOB = "celery-vitals"
 def executable(name: str) -> str:
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} not found: install Debian's prometheus-alertmanager "
-                    "(scripts/setup.sh)")
+        pytest.fail(
+            f"{name} not found: install Debian's prometheus-alertmanager (scripts/setup.sh)"
+        )
     return found
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([executable("amtool"), *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [executable("amtool"), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_amtool_check_config() -> None:
@@ -38,11 +40,18 @@ def test_amtool_check_config() -> None:
     assert " - 3 receivers" in result.stdout
 
 
-@pytest.mark.parametrize(("severity", "receiver"),
-                         [("critical", "page"), ("warning", "ticket"), ("info", "null")])
+@pytest.mark.parametrize(
+    ("severity", "receiver"), [("critical", "page"), ("warning", "ticket"), ("info", "null")]
+)
 def test_routes_by_severity(severity: str, receiver: str) -> None:
-    result = amtool("config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
-                    "alertname=CeleryQueueNotDraining", f"severity={severity}")
+    result = amtool(
+        "config",
+        "routes",
+        "test",
+        f"--config.file={ALERTMANAGER_CONFIG}",
+        "alertname=CeleryQueueNotDraining",
+        f"severity={severity}",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == receiver
 
@@ -83,86 +92,161 @@ def _by_subject(labels: dict[str, str]) -> str:
     return f"{labels['alertname']}/{subject}"
 
 
-def _settled(manager: Alertmanager, expected: dict[str, str],
-             key: Callable[[dict[str, str]], str] = _by_subject) -> None:
+def _settled(
+    manager: Alertmanager,
+    expected: dict[str, str],
+    key: Callable[[dict[str, str]], str] = _by_subject,
+) -> None:
     """Waits until the alerts' states (by ``key``) are exactly ``expected``."""
-    wait_until(lambda: manager.states(key) == expected, timeout=20, interval=0.2,
-               what=f"alert states {expected}", details=lambda: str(manager.states(key)))
+    wait_until(
+        lambda: manager.states(key) == expected,
+        timeout=20,
+        interval=0.2,
+        what=f"alert states {expected}",
+        details=lambda: str(manager.states(key)),
+    )
 
 
 def test_broker_down_silences_queue_alerts(alertmanager: Alertmanager) -> None:
     alertmanager.post(
         {"alertname": "CeleryBrokerDown", "severity": "critical", "instance": "e:9808"},
         {"alertname": "CeleryQueueNotDraining", "severity": "critical", "queue_name": "celery"},
-        {"alertname": "CeleryExporterEventStreamDown", "severity": "critical",
-         "instance": "e:9808"},
+        {
+            "alertname": "CeleryExporterEventStreamDown",
+            "severity": "critical",
+            "instance": "e:9808",
+        },
         # not a queue alert: the broker does not explain it
-        {"alertname": "CeleryTaskFailureRateHigh", "severity": "warning",
-         "name": "orders.charge", "queue_name": "celery"})
-    _settled(alertmanager, {
-        "CeleryBrokerDown/critical": "active",
-        "CeleryQueueNotDraining/celery": "suppressed",
-        "CeleryExporterEventStreamDown/critical": "suppressed",
-        "CeleryTaskFailureRateHigh/celery": "active"})
+        {
+            "alertname": "CeleryTaskFailureRateHigh",
+            "severity": "warning",
+            "name": "orders.charge",
+            "queue_name": "celery",
+        },
+    )
+    _settled(
+        alertmanager,
+        {
+            "CeleryBrokerDown/critical": "active",
+            "CeleryQueueNotDraining/celery": "suppressed",
+            "CeleryExporterEventStreamDown/critical": "suppressed",
+            "CeleryTaskFailureRateHigh/celery": "active",
+        },
+    )
 
 
 def test_blind_exporter_silences_absence_based_alerts(alertmanager: Alertmanager) -> None:
     alertmanager.post(
-        {"alertname": "CeleryWorkerTaskEventsMissing", "severity": "critical",
-         "hostname": "w1@host"},
+        {
+            "alertname": "CeleryWorkerTaskEventsMissing",
+            "severity": "critical",
+            "hostname": "w1@host",
+        },
         {"alertname": "CeleryQueueNoConsumers", "severity": "critical", "queue_name": "billing"},
-        {"alertname": "CeleryPeriodicTaskMissed", "severity": "warning",
-         "name": "reports.nightly"},
+        {"alertname": "CeleryPeriodicTaskMissed", "severity": "warning", "name": "reports.nightly"},
         # seen, not inferred from silence: stays
-        {"alertname": "CeleryTaskRetryStorm", "severity": "warning", "name": "orders.sync",
-         "queue_name": "sync"})
-    _settled(alertmanager, {
-        "CeleryWorkerTaskEventsMissing/critical": "active",
-        "CeleryQueueNoConsumers/billing": "suppressed",
-        "CeleryPeriodicTaskMissed/reports.nightly": "suppressed",
-        "CeleryTaskRetryStorm/sync": "active"})
+        {
+            "alertname": "CeleryTaskRetryStorm",
+            "severity": "warning",
+            "name": "orders.sync",
+            "queue_name": "sync",
+        },
+    )
+    _settled(
+        alertmanager,
+        {
+            "CeleryWorkerTaskEventsMissing/critical": "active",
+            "CeleryQueueNoConsumers/billing": "suppressed",
+            "CeleryPeriodicTaskMissed/reports.nightly": "suppressed",
+            "CeleryTaskRetryStorm/sync": "active",
+        },
+    )
 
 
 def test_critical_silences_the_same_warning(alertmanager: Alertmanager) -> None:
     alertmanager.post(
-        {"alertname": "CeleryTaskFailureRateHigh", "severity": "critical",
-         "name": "orders.charge", "queue_name": "celery"},
-        {"alertname": "CeleryTaskFailureRateHigh", "severity": "warning",
-         "name": "orders.charge", "queue_name": "celery"},
+        {
+            "alertname": "CeleryTaskFailureRateHigh",
+            "severity": "critical",
+            "name": "orders.charge",
+            "queue_name": "celery",
+        },
+        {
+            "alertname": "CeleryTaskFailureRateHigh",
+            "severity": "warning",
+            "name": "orders.charge",
+            "queue_name": "celery",
+        },
         # the same alert for another task is another incident
-        {"alertname": "CeleryTaskFailureRateHigh", "severity": "warning",
-         "name": "orders.ship", "queue_name": "celery"})
-    _settled(alertmanager, {"orders.charge/critical": "active",
-                            "orders.charge/warning": "suppressed",
-                            "orders.ship/warning": "active"},
-             key=lambda labels: f"{labels['name']}/{labels['severity']}")
+        {
+            "alertname": "CeleryTaskFailureRateHigh",
+            "severity": "warning",
+            "name": "orders.ship",
+            "queue_name": "celery",
+        },
+    )
+    _settled(
+        alertmanager,
+        {
+            "orders.charge/critical": "active",
+            "orders.charge/warning": "suppressed",
+            "orders.ship/warning": "active",
+        },
+        key=lambda labels: f"{labels['name']}/{labels['severity']}",
+    )
 
 
 def test_co_symptoms_are_one_page(alertmanager: Alertmanager) -> None:
     """A retry storm silences the retries it exhausts; a queue nobody drains or consumes
     silences its oldest-message alert. Other tasks and queues keep theirs."""
     alertmanager.post(
-        {"alertname": "CeleryTaskRetryStorm", "severity": "warning", "name": "orders.sync",
-         "queue_name": "celery"},
-        {"alertname": "CeleryTaskRetriesExhausted", "severity": "warning",
-         "name": "orders.sync", "queue_name": "celery"},
-        {"alertname": "CeleryTaskRetriesExhausted", "severity": "warning",
-         "name": "orders.notify", "queue_name": "celery"},
+        {
+            "alertname": "CeleryTaskRetryStorm",
+            "severity": "warning",
+            "name": "orders.sync",
+            "queue_name": "celery",
+        },
+        {
+            "alertname": "CeleryTaskRetriesExhausted",
+            "severity": "warning",
+            "name": "orders.sync",
+            "queue_name": "celery",
+        },
+        {
+            "alertname": "CeleryTaskRetriesExhausted",
+            "severity": "warning",
+            "name": "orders.notify",
+            "queue_name": "celery",
+        },
         {"alertname": "CeleryQueueNotDraining", "severity": "critical", "queue_name": "reports"},
-        {"alertname": "CeleryQueueOldestMessageTooOld", "severity": "critical",
-         "queue_name": "reports"},
+        {
+            "alertname": "CeleryQueueOldestMessageTooOld",
+            "severity": "critical",
+            "queue_name": "reports",
+        },
         {"alertname": "CeleryQueueNoConsumers", "severity": "critical", "queue_name": "billing"},
-        {"alertname": "CeleryQueueOldestMessageTooOld", "severity": "warning",
-         "queue_name": "billing"},
-        {"alertname": "CeleryQueueOldestMessageTooOld", "severity": "warning",
-         "queue_name": "emails"})
-    _settled(alertmanager, {
-        "CeleryTaskRetryStorm/orders.sync": "active",
-        "CeleryTaskRetriesExhausted/orders.sync": "suppressed",
-        "CeleryTaskRetriesExhausted/orders.notify": "active",
-        "CeleryQueueNotDraining/reports": "active",
-        "CeleryQueueOldestMessageTooOld/reports": "suppressed",
-        "CeleryQueueNoConsumers/billing": "active",
-        "CeleryQueueOldestMessageTooOld/billing": "suppressed",
-        "CeleryQueueOldestMessageTooOld/emails": "active"},
-        key=lambda labels: f"{labels['alertname']}/{labels.get('name') or labels['queue_name']}")
+        {
+            "alertname": "CeleryQueueOldestMessageTooOld",
+            "severity": "warning",
+            "queue_name": "billing",
+        },
+        {
+            "alertname": "CeleryQueueOldestMessageTooOld",
+            "severity": "warning",
+            "queue_name": "emails",
+        },
+    )
+    _settled(
+        alertmanager,
+        {
+            "CeleryTaskRetryStorm/orders.sync": "active",
+            "CeleryTaskRetriesExhausted/orders.sync": "suppressed",
+            "CeleryTaskRetriesExhausted/orders.notify": "active",
+            "CeleryQueueNotDraining/reports": "active",
+            "CeleryQueueOldestMessageTooOld/reports": "suppressed",
+            "CeleryQueueNoConsumers/billing": "active",
+            "CeleryQueueOldestMessageTooOld/billing": "suppressed",
+            "CeleryQueueOldestMessageTooOld/emails": "active",
+        },
+        key=lambda labels: f"{labels['alertname']}/{labels.get('name') or labels['queue_name']}",
+    )

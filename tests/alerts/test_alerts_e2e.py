@@ -43,10 +43,12 @@ SETTLE = 40.0  # longest wait for an expression to give the expected answer
 
 def shortened(text: str) -> str:
     """The rule file with each window replaced as WINDOWS says; every window must be there."""
+
     def replace(match: re.Match[str]) -> str:
         window = match.group(2)
         assert window in WINDOWS, f"add {window} to WINDOWS"
         return match.group(1) + WINDOWS[window]
+
     return DURATION.sub(replace, text)
 
 
@@ -59,21 +61,30 @@ class Expressions:
 
     def __init__(self, prometheus: PrometheusServer, rules_path: Path) -> None:
         self.prometheus = prometheus
-        self.exprs = {(rule.name, rule.labels["severity"]): rule.expr
-                      for rule in alerts(rules_path)}
+        self.exprs = {
+            (rule.name, rule.labels["severity"]): rule.expr for rule in alerts(rules_path)
+        }
         self.names = {name for name, _ in self.exprs}
 
     def expr(self, alert: str, severity: str | None = None) -> str:
-        found = [expr for (name, sev), expr in self.exprs.items()
-                 if name == alert and severity in (None, sev)]
+        found = [
+            expr
+            for (name, sev), expr in self.exprs.items()
+            if name == alert and severity in (None, sev)
+        ]
         assert len(found) == 1, f"{alert} {severity}: {len(found)} rules"
         return found[0]
 
-    def fires(self, alert: str, *expected: Labels, severity: str | None = None,
-              timeout: float = SETTLE) -> None:
+    def fires(
+        self, alert: str, *expected: Labels, severity: str | None = None, timeout: float = SETTLE
+    ) -> None:
         """Waits until the alert's expression returns exactly ``expected`` label sets."""
-        self.prometheus.wait_for(self.expr(alert, severity), set(expected), timeout=timeout,
-                                 what=f"{alert} {severity or ''} to return {len(expected)} series")
+        self.prometheus.wait_for(
+            self.expr(alert, severity),
+            set(expected),
+            timeout=timeout,
+            what=f"{alert} {severity or ''} to return {len(expected)} series",
+        )
 
     def quiet(self, *names: str) -> None:
         """Each alert's expression (every severity) returns nothing right now."""
@@ -89,17 +100,23 @@ FINISHED = {
     "flaky": ("celery_task_succeeded_total", {"name": "demo.flaky"}),
     "hopeless": ("celery_task_failed_after_retries_total", {"name": "alerts.hopeless"}),
     "slow": ("celery_task_failed_total", {"name": "demo.slow", "exception": "TimeLimitExceeded"}),
-    "nonexistent": ("celery_task_failed_total",
-                    {"name": "demo.nonexistent", "exception": "NotRegistered"}),
+    "nonexistent": (
+        "celery_task_failed_total",
+        {"name": "demo.nonexistent", "exception": "NotRegistered"},
+    ),
     "crash": ("celery_task_failed_total", {"name": "alerts.crash", "exception": "WorkerLostError"}),
 }
 
 
 def _wait_counts(exporter: ExporterProcess, what: str, **counts: int) -> None:
     """Scrapes until the FINISHED counters of the named tasks have exactly these values."""
+
     def done(scrape: Scrape) -> bool:
-        return all(scrape.value(FINISHED[task][0], queue_name="celery", **FINISHED[task][1])
-                   == count for task, count in counts.items())
+        return all(
+            scrape.value(FINISHED[task][0], queue_name="celery", **FINISHED[task][1]) == count
+            for task, count in counts.items()
+        )
+
     exporter.wait_for(done, timeout=30, what=what)
 
 
@@ -111,12 +128,14 @@ def rules_path(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _started(harness: Harness, tmp_path: Path, rules_path: Path,
-             *exporter_args: str) -> Iterator[tuple[ExporterProcess, PrometheusServer]]:
+def _started(
+    harness: Harness, tmp_path: Path, rules_path: Path, *exporter_args: str
+) -> Iterator[tuple[ExporterProcess, PrometheusServer]]:
     """redis-server, the exporter, and Prometheus scraping it with every rule evaluated."""
     exporter = harness.exporter(harness.redis().url(), *exporter_args)
-    with PrometheusServer(tmp_path / "prometheus", {JOB: [f"{LOOPBACK}:{exporter.port}"]},
-                          [rules_path]) as prometheus:
+    with PrometheusServer(
+        tmp_path / "prometheus", {JOB: [f"{LOOPBACK}:{exporter.port}"]}, [rules_path]
+    ) as prometheus:
         prometheus.wait_scraped(JOB)
         health = prometheus.wait_rules_evaluated()
         # every rule of the file loaded, and none failed to evaluate
@@ -138,9 +157,11 @@ def test_task_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> N
         client.send_task("demo.flaky", args=(3,))
         client.send_task("alerts.hopeless")
         _wait_counts(exporter, "the warm-up tasks finished", fail=1, flaky=1, hopeless=1)
-        for stored in ('celery_task_failed_total{name="demo.fail"} == 1',
-                       'celery_task_succeeded_total{name="demo.flaky"} == 1',
-                       'celery_task_failed_after_retries_total{name="alerts.hopeless"} == 1'):
+        for stored in (
+            'celery_task_failed_total{name="demo.fail"} == 1',
+            'celery_task_succeeded_total{name="demo.flaky"} == 1',
+            'celery_task_failed_after_retries_total{name="alerts.hopeless"} == 1',
+        ):
             prometheus.wait_nonempty(stored, timeout=SETTLE, what=f"Prometheus: {stored}")
         time.sleep(1.5)  # one more scrape at these values
 
@@ -158,8 +179,16 @@ def test_task_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> N
         client.send_task("demo.slow", args=(3,))
         client.send_task("demo.nonexistent")
         client.send_task("alerts.crash")
-        _wait_counts(exporter, "every incident task finished", fail=21, flaky=13, hopeless=3,
-                     slow=1, nonexistent=1, crash=1)
+        _wait_counts(
+            exporter,
+            "every incident task finished",
+            fail=21,
+            flaky=13,
+            hopeless=3,
+            slow=1,
+            nonexistent=1,
+            crash=1,
+        )
 
         # Rate-based first, while the burst is inside the 45 s window. Only the plain
         # failure burst is a failure-rate incident: the time limit, the lost worker,
@@ -170,33 +199,58 @@ def test_task_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> N
         # only the unbounded one: flaky (three retries, then success) and hopeless (two,
         # then a dead letter) retry a bounded few times and finish
         alerts_.fires("CeleryTaskRetryStorm", labels(name="alerts.storm", queue_name="celery"))
-        alerts_.fires("CeleryTaskRetriesExhausted",
-                      labels(name="alerts.hopeless", queue_name="celery"))
-        alerts_.fires("CeleryTaskTimeLimitExceeded", labels(
-            name="demo.slow", queue_name="celery", exception="TimeLimitExceeded"))
-        alerts_.fires("CeleryTaskNotRegistered",
-                      labels(name="demo.nonexistent", queue_name="celery"))
+        alerts_.fires(
+            "CeleryTaskRetriesExhausted", labels(name="alerts.hopeless", queue_name="celery")
+        )
+        alerts_.fires(
+            "CeleryTaskTimeLimitExceeded",
+            labels(name="demo.slow", queue_name="celery", exception="TimeLimitExceeded"),
+        )
+        alerts_.fires(
+            "CeleryTaskNotRegistered", labels(name="demo.nonexistent", queue_name="celery")
+        )
         alerts_.fires("CeleryTaskWorkerLost", labels(name="alerts.crash", queue_name="celery"))
-        alerts_.quiet("CeleryTaskRedelivered", "CeleryWorkerDown", "CeleryWorkerFlapping",
-                      "CeleryWorkerTaskEventsMissing", "CeleryExporterEventStreamDown",
-                      "CeleryExporterDown", "CeleryExporterEventsLost",
-                      "CeleryExporterTrackerEvicting", "CeleryExporterLabelValuesFolded",
-                      "CeleryBrokerDown")
+        alerts_.quiet(
+            "CeleryTaskRedelivered",
+            "CeleryWorkerDown",
+            "CeleryWorkerFlapping",
+            "CeleryWorkerTaskEventsMissing",
+            "CeleryExporterEventStreamDown",
+            "CeleryExporterDown",
+            "CeleryExporterEventsLost",
+            "CeleryExporterTrackerEvicting",
+            "CeleryExporterLabelValuesFolded",
+            "CeleryBrokerDown",
+        )
         worker.assert_running()
 
 
 def test_queue_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> None:
     """Dead letters, a misspelled queue, then stopped workers with a growing queue."""
-    with _started(harness, tmp_path, rules_path,
-                  "--queue-poll-interval", "0.5", "--queue", "celery",
-                  "--queue", "typo", "--queue", "dead", "--dlq", "dead") as (exporter, prometheus):
+    with _started(
+        harness,
+        tmp_path,
+        rules_path,
+        "--queue-poll-interval",
+        "0.5",
+        "--queue",
+        "celery",
+        "--queue",
+        "typo",
+        "--queue",
+        "dead",
+        "--dlq",
+        "dead",
+    ) as (exporter, prometheus):
         worker = harness.worker("w1", exporter.broker_url, exporter=exporter, app=APP)
         client = harness.client(exporter.broker_url)
         alerts_ = Expressions(prometheus, rules_path)
 
         def polled(scrape: Scrape) -> bool:
-            return (scrape.get("celery_queue_length", queue_name="celery") == 0
-                    and scrape.get("celery_dlq_length", queue_name="dead") == 0)
+            return (
+                scrape.get("celery_queue_length", queue_name="celery") == 0
+                and scrape.get("celery_dlq_length", queue_name="dead") == 0
+            )
 
         exporter.wait_for(polled, timeout=15, what="queue celery and DLQ dead polled")
 
@@ -211,34 +265,54 @@ def test_queue_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> 
         for _ in range(3):
             client.send_task("demo.add", args=(1, 2))
         exporter.wait_for(
-            lambda s: (s.get("celery_dlq_length", queue_name="dead") == 3
-                       and s.get("celery_queue_length", queue_name="typo") == 5
-                       and s.value("celery_task_succeeded_total", name="demo.add",
-                                   queue_name="celery") == 3),
-            timeout=30, what="3 dead letters, 5 tasks in typo, 3 done from celery")
+            lambda s: (
+                s.get("celery_dlq_length", queue_name="dead") == 3
+                and s.get("celery_queue_length", queue_name="typo") == 5
+                and s.value("celery_task_succeeded_total", name="demo.add", queue_name="celery")
+                == 3
+            ),
+            timeout=30,
+            what="3 dead letters, 5 tasks in typo, 3 done from celery",
+        )
         instance = f"{LOOPBACK}:{exporter.port}"
         alerts_.fires("CeleryDeadLetterQueueGrowing", labels(queue_name="dead"))
         alerts_.fires("CeleryQueueNoConsumers", labels(queue_name="typo"))
         # the fixture's redis-server runs with --save "" --appendonly no
         alerts_.fires("CeleryRedisBrokerNotPersistent", labels(instance=instance))
-        alerts_.quiet("CeleryQueueNotDraining", "CeleryQueueClimbing", "CeleryQueueSlowDrain",
-                      "CeleryWorkerDown", "CeleryBrokerDown",
-                      "CeleryQueueUnackedNearVisibilityTimeout")
+        alerts_.quiet(
+            "CeleryQueueNotDraining",
+            "CeleryQueueClimbing",
+            "CeleryQueueSlowDrain",
+            "CeleryWorkerDown",
+            "CeleryBrokerDown",
+            "CeleryQueueUnackedNearVisibilityTimeout",
+        )
 
         # Incident 2: the worker stops (warm shutdown) and tasks keep coming.
         worker.stop_gracefully()
         for _ in range(10):
             client.send_task("demo.add", args=(1, 2))
         alerts_.fires("CeleryWorkerDown", labels(hostname=worker.hostname))
-        prometheus.wait_for('celery_queue_length{queue_name="celery"} == 10',
-                            {frozenset({"job": JOB, "instance": instance,
-                                        "queue_name": "celery"}.items())},
-                            timeout=SETTLE, what="10 tasks waiting in queue celery")
+        prometheus.wait_for(
+            'celery_queue_length{queue_name="celery"} == 10',
+            {frozenset({"job": JOB, "instance": instance, "queue_name": "celery"}.items())},
+            timeout=SETTLE,
+            what="10 tasks waiting in queue celery",
+        )
         # Nothing received for the (shortened: 45 s) no-drain window: queue celery does
         # not drain; typo, with no worker up at all, is now the same case, not "no consumer".
-        alerts_.fires("CeleryQueueNotDraining", labels(queue_name="celery"),
-                      labels(queue_name="typo"), timeout=SETTLE + 45)
-        alerts_.quiet("CeleryQueueNoConsumers", "CeleryQueueClimbing", "CeleryQueueSlowDrain",
-                      "CeleryQueueOldestMessageTooOld", "CeleryWorkerFlapping")
+        alerts_.fires(
+            "CeleryQueueNotDraining",
+            labels(queue_name="celery"),
+            labels(queue_name="typo"),
+            timeout=SETTLE + 45,
+        )
+        alerts_.quiet(
+            "CeleryQueueNoConsumers",
+            "CeleryQueueClimbing",
+            "CeleryQueueSlowDrain",
+            "CeleryQueueOldestMessageTooOld",
+            "CeleryWorkerFlapping",
+        )
         # the three dead letters stayed longer than the (shortened) window
         alerts_.fires("CeleryDeadLetterQueueNotDrained", labels(queue_name="dead"))

@@ -29,8 +29,13 @@ from tests.alerts.rules import (
 )
 
 SEVERITIES = {"critical", "warning", "info"}
-DASHBOARD_UIDS = {"celery-vitals-overview", "celery-vitals-tasks", "celery-vitals-queues",
-                  "celery-vitals-workers", "celery-vitals-slow"}
+DASHBOARD_UIDS = {
+    "celery-vitals-overview",
+    "celery-vitals-tasks",
+    "celery-vitals-queues",
+    "celery-vitals-workers",
+    "celery-vitals-slow",
+}
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 #: Series the rules may use besides the catalogue's and their own recordings:
@@ -53,12 +58,14 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 # -- generated and valid -------------------------------------------------------------------
 
+
 def test_committed_rule_file_is_what_the_command_writes_without_overrides() -> None:
     """`celery-vitals rules` with no config writes exactly alerts/celery-vitals.rules.yml."""
     result = run(*CLI, "rules")
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == RULES_PATH.read_text(encoding="utf-8"), \
+    assert result.stdout == RULES_PATH.read_text(encoding="utf-8"), (
         f"{RULES_PATH} is stale: run scripts/generate.sh"
+    )
 
 
 def test_promtool_check_rules() -> None:
@@ -77,14 +84,16 @@ def test_promtool_test_rules() -> None:
 
 # -- every alert tested: it fires on its incident, stays quiet elsewhere ----------------------
 
+
 def _alert_checks() -> list[tuple[str, str, str, list[Any]]]:
     """(file, test name, alertname, exp_alerts) for every alert_rule_test."""
     checks = []
     for path in PROMTOOL_TESTS:
         for case in load_yaml(path)["tests"]:
             for check in case.get("alert_rule_test", []):
-                assert "exp_alerts" in check, \
+                assert "exp_alerts" in check, (
                     f"{path.name}/{case['name']}: write exp_alerts: [] for a quiet check"
+                )
                 checks.append((path.name, case["name"], check["alertname"], check["exp_alerts"]))
     return checks
 
@@ -100,10 +109,12 @@ def test_every_alert_fires_and_stays_quiet_in_promtool_tests() -> None:
     assert tested <= alert_names(), f"tests of unknown alerts: {tested - alert_names()}"
     for name in sorted(alert_names()):
         assert any(name in names for names in fired.values()), f"no test fires {name}"
-        assert any(name in quiet[case] for case in quiet if case[1] == "healthy traffic"), \
+        assert any(name in quiet[case] for case in quiet if case[1] == "healthy traffic"), (
             f"the healthy test does not check that {name} is quiet"
-        assert any(name in quiet[case] and fired[case] - {name} for case in quiet), \
+        )
+        assert any(name in quiet[case] and fired[case] - {name} for case in quiet), (
             f"no test checks {name} quiet while a neighbouring alert fires"
+        )
 
 
 def test_every_fired_alert_is_checked_with_its_annotations() -> None:
@@ -112,8 +123,7 @@ def test_every_fired_alert_is_checked_with_its_annotations() -> None:
         for alert in expected:
             where = f"{file}/{case}/{alertname}"
             assert alert["exp_labels"]["severity"] in SEVERITIES, where
-            assert {"summary", "description", "runbook_url"} <= set(alert["exp_annotations"]), \
-                where
+            assert {"summary", "description", "runbook_url"} <= set(alert["exp_annotations"]), where
 
 
 def test_promtool_tests_evaluate_recordings_before_alerts() -> None:
@@ -124,6 +134,7 @@ def test_promtool_tests_evaluate_recordings_before_alerts() -> None:
 
 
 # -- only metrics that exist --------------------------------------------------------------
+
 
 def _strip(expr: str) -> str:
     """The expression without strings, ranges and offsets."""
@@ -150,16 +161,21 @@ def label_names(expr: str) -> set[str]:
     names = set()
     for matchers in re.findall(r"\{([^}]*)\}", text):
         names |= set(re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", matchers))
-    for listed in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*"
-                             r"\(([^)]*)\)", text):
+    for listed in re.findall(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*"
+        r"\(([^)]*)\)",
+        text,
+    ):
         names |= {name.strip() for name in listed.split(",") if name.strip()}
     return names
 
 
 def test_metric_name_extraction() -> None:
-    expr = ('sum by (job, name) (rate(celery_task_failed_total{exception!~"a|b"}[5m])) '
-            '/ on (job) group_left () x:y:rate5m > 0.5 unless up offset 5m '
-            'and label_replace(vector(1), "name", "n", "", "")')
+    expr = (
+        'sum by (job, name) (rate(celery_task_failed_total{exception!~"a|b"}[5m])) '
+        "/ on (job) group_left () x:y:rate5m > 0.5 unless up offset 5m "
+        'and label_replace(vector(1), "name", "n", "", "")'
+    )
     assert metric_names(expr) == {"celery_task_failed_total", "x:y:rate5m", "up"}
     assert label_names(expr) == {"job", "name", "exception"}
 
@@ -170,8 +186,14 @@ def test_every_metric_in_the_rules_exists_in_the_catalogue() -> None:
     used = {name for rule in rules() for name in metric_names(rule.expr)}
     assert used - known == set(), "not in the exporter's catalogue"
     # every metric the rules rely on is really used (the extraction works)
-    assert {"celery_task_failed_total", "celery_queue_length", "celery_worker_up",
-            "celery_dlq_ingress_total", "celery_vitals_event_stream_up", "up"} <= used
+    assert {
+        "celery_task_failed_total",
+        "celery_queue_length",
+        "celery_worker_up",
+        "celery_dlq_ingress_total",
+        "celery_vitals_event_stream_up",
+        "up",
+    } <= used
 
 
 def test_every_label_in_the_rules_exists() -> None:
@@ -193,18 +215,21 @@ def test_promtool_test_series_exist_in_the_catalogue() -> None:
 
 # -- conventions and documentation --------------------------------------------------------
 
+
 def _runbook_anchors() -> dict[str, str]:
     """GitHub's anchors of the runbook's headings -> heading text."""
     anchors = {}
-    for heading in re.findall(r"^#{1,6} (.+)$", RUNBOOKS_PATH.read_text(encoding="utf-8"),
-                              re.MULTILINE):
+    for heading in re.findall(
+        r"^#{1,6} (.+)$", RUNBOOKS_PATH.read_text(encoding="utf-8"), re.MULTILINE
+    ):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         anchors[slug] = heading.strip()
     return anchors
 
 
-@pytest.mark.parametrize("rule", alerts(),
-                         ids=lambda rule: f"{rule.name}-{rule.labels['severity']}")
+@pytest.mark.parametrize(
+    "rule", alerts(), ids=lambda rule: f"{rule.name}-{rule.labels['severity']}"
+)
 def test_alert_conventions(rule: Rule) -> None:
     assert re.fullmatch(r"Celery(?:[A-Z][a-z]+)+", rule.name), "Celery + CamelCase"
     assert re.fullmatch(r"\d+[smh]", str(rule.raw["for"])), "needs for:"
@@ -212,12 +237,16 @@ def test_alert_conventions(rule: Rule) -> None:
     summary, description = rule.annotations["summary"], rule.annotations["description"]
     assert summary and "{{" not in summary, "the summary is stable (no template)"
     assert "{{ $labels." in description, "the description names the task/queue/worker"
-    assert re.fullmatch(r"https://github\.com/celery-vitals/celery-vitals/blob/main/docs/"
-                        r"runbooks\.md#[a-z0-9-]+", rule.annotations["runbook_url"])
+    assert re.fullmatch(
+        r"https://github\.com/celery-vitals/celery-vitals/blob/main/docs/"
+        r"runbooks\.md#[a-z0-9-]+",
+        rule.annotations["runbook_url"],
+    )
     dashboard = rule.annotations.get("dashboard_url")
     if dashboard is not None:
-        uid = re.fullmatch(r"/d/([a-z-]+)\?var-job=\{\{ \$labels\.job \| urlquery \}\}.*",
-                           dashboard)
+        uid = re.fullmatch(
+            r"/d/([a-z-]+)\?var-job=\{\{ \$labels\.job \| urlquery \}\}.*", dashboard
+        )
         assert uid is not None and uid.group(1) in DASHBOARD_UIDS, dashboard
 
 
@@ -230,8 +259,9 @@ def test_every_runbook_url_anchor_exists() -> None:
 
 
 def test_every_runbook_section_belongs_to_an_alert() -> None:
-    sections = set(re.findall(r"^## (Celery\w+)$", RUNBOOKS_PATH.read_text(encoding="utf-8"),
-                              re.MULTILINE))
+    sections = set(
+        re.findall(r"^## (Celery\w+)$", RUNBOOKS_PATH.read_text(encoding="utf-8"), re.MULTILINE)
+    )
     assert sections == alert_names()
 
 
@@ -252,38 +282,70 @@ def test_thresholds_are_documented() -> None:
         assert f"| `{key}` | {defaults.text(key)} |" in text
 
 
+LAST_SUCCESS = (
+    'celery_task_last_success_timestamp_seconds{job="celery-vitals",'
+    'instance="e:9808",name="reports.nightly",queue_name="celery"}'
+)
+MISSED_ANNOTATIONS = {
+    "summary": "A periodic Celery task has not succeeded within its interval.",
+    "description": "reports.nightly last succeeded 1d 2h 0m 0s ago, "
+    "longer than its configured interval allows.",
+    "runbook_url": f"{DEFAULT_RUNBOOK_URL}#celeryperiodictaskmissed",
+    "dashboard_url": "/d/celery-vitals-tasks?var-job=celery-vitals&var-task=reports.nightly",
+}
+
+
 def test_periodic_tasks_configured_in_the_overrides_fire(tmp_path: Path) -> None:
     """periodic_tasks becomes config rules that CeleryPeriodicTaskMissed reads."""
     overrides = tmp_path / "overrides.yml"
     overrides.write_text("periodic_tasks:\n  reports.nightly: 90000\n", encoding="utf-8")
     rules_file = tmp_path / "rules.yml"
-    result = run(*CLI, "rules", "--config", str(overrides), "--output",
-                 str(rules_file))
+    result = run(*CLI, "rules", "--config", str(overrides), "--output", str(rules_file))
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    assert ('label_replace(vector(90000), "name", "reports.nightly", "", "")'
-            in rules_file.read_text(encoding="utf-8"))
-    (tmp_path / "test.yml").write_text(json.dumps({
-        "rule_files": [str(rules_file)],
-        "evaluation_interval": "1m",
-        "group_eval_order": ["celery-vitals.recording", "celery-vitals.alerts"],
-        "tests": [{
-            "interval": "10m",
-            "input_series": [{
-                "series": 'celery_task_last_success_timestamp_seconds{job="celery-vitals",'
-                          'instance="e:9808",name="reports.nightly",queue_name="celery"}',
-                "values": "0x200"}],
-            "alert_rule_test": [
-                {"eval_time": "24h", "alertname": "CeleryPeriodicTaskMissed", "exp_alerts": []},
-                {"eval_time": "26h", "alertname": "CeleryPeriodicTaskMissed", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "job": "celery-vitals",
-                                   "name": "reports.nightly"},
-                    "exp_annotations": {
-                        "summary": "A periodic Celery task has not succeeded within its "
-                                   "interval.",
-                        "description": "reports.nightly last succeeded 1d 2h 0m 0s ago, "
-                                       "longer than its configured interval allows.",
-                        "runbook_url": f"{DEFAULT_RUNBOOK_URL}#celeryperiodictaskmissed",
-                        "dashboard_url": "/d/celery-vitals-tasks?var-job=celery-vitals"
-                                         "&var-task=reports.nightly"}}]}]}]}))
+    assert (
+        'label_replace(vector(90000), "name", "reports.nightly", "", "")'
+        in rules_file.read_text(encoding="utf-8")
+    )
+    (tmp_path / "test.yml").write_text(
+        json.dumps(
+            {
+                "rule_files": [str(rules_file)],
+                "evaluation_interval": "1m",
+                "group_eval_order": ["celery-vitals.recording", "celery-vitals.alerts"],
+                "tests": [
+                    {
+                        "interval": "10m",
+                        "input_series": [
+                            {
+                                "series": LAST_SUCCESS,
+                                "values": "0x200",
+                            }
+                        ],
+                        "alert_rule_test": [
+                            {
+                                "eval_time": "24h",
+                                "alertname": "CeleryPeriodicTaskMissed",
+                                "exp_alerts": [],
+                            },
+                            {
+                                "eval_time": "26h",
+                                "alertname": "CeleryPeriodicTaskMissed",
+                                "exp_alerts": [
+                                    {
+                                        "exp_labels": {
+                                            "severity": "warning",
+                                            "job": "celery-vitals",
+                                            "name": "reports.nightly",
+                                        },
+                                        "exp_annotations": MISSED_ANNOTATIONS,
+                                    }
+                                ],
+                            },
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     result = run(promtool(), "test", "rules", str(tmp_path / "test.yml"))
     assert result.returncode == 0, result.stdout + result.stderr

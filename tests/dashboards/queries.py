@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import Any
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
-UIDS = ("celery-vitals-overview", "celery-vitals-tasks", "celery-vitals-queues",
-        "celery-vitals-workers", "celery-vitals-slow")
+UIDS = (
+    "celery-vitals-overview",
+    "celery-vitals-tasks",
+    "celery-vitals-queues",
+    "celery-vitals-workers",
+    "celery-vitals-slow",
+)
 
 # What Grafana substitutes before it sends a query, with values Prometheus accepts.
 SUBSTITUTIONS = {
@@ -28,8 +33,25 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _NAME_MATCHER = re.compile(r'__name__\s*=~?\s*"([^"]*)"')
 _LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on",
-                       "ignoring", "group_left", "group_right", "Inf", "NaN", "inf", "nan"})
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "Inf",
+        "NaN",
+        "inf",
+        "nan",
+    }
+)
 _LABEL_VALUES = re.compile(r"^label_values\((.+),\s*([A-Za-z_][A-Za-z0-9_]*)\)$")
 RANGE = re.compile(r"\[([^\]]*)\]")
 RANGE_FUNCTIONS = re.compile(r"\b(rate|irate|increase)\s*\(")
@@ -123,7 +145,7 @@ def metric_names(expr: str) -> set[str]:
     text = _LABEL_LIST.sub(" ", text)
     for match in _IDENTIFIER.finditer(text):
         before = text[match.start() - 1] if match.start() else " "
-        after = text[match.end():].lstrip()[:1]
+        after = text[match.end() :].lstrip()[:1]
         if before.isdigit() or before == "." or after == "(" or match.group() in _KEYWORDS:
             continue  # a number's exponent, a function, an operator keyword
         names.add(match.group())
@@ -139,5 +161,5 @@ def range_function_arguments(expr: str) -> list[str]:
         while depth:
             depth += {"(": 1, ")": -1}.get(expr[end], 0)
             end += 1
-        found.extend(sorted(metric_names(expr[start:end - 1])))
+        found.extend(sorted(metric_names(expr[start : end - 1])))
     return found

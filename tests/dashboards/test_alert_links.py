@@ -32,8 +32,9 @@ def test_alert_names_are_what_the_alerts_panels_select() -> None:
 
 
 def test_every_dashboard_url_opens_a_dashboard_with_its_variables() -> None:
-    variables = {uid: {variable["name"] for variable in load(uid)["templating"]["list"]}
-                 for uid in UIDS}
+    variables = {
+        uid: {variable["name"] for variable in load(uid)["templating"]["list"]} for uid in UIDS
+    }
     linked = 0
     for rule in _alerting_rules():
         url = rule.get("annotations", {}).get("dashboard_url")

@@ -14,8 +14,13 @@ def test_prometheus_datasource() -> None:
     assert document["apiVersion"] == 1
     (source,) = document["datasources"]
     assert {key: source[key] for key in ("name", "uid", "type", "access", "url", "isDefault")} == {
-        "name": "Prometheus", "uid": "celery-vitals-prometheus", "type": "prometheus",
-        "access": "proxy", "url": "http://prometheus:9090", "isDefault": True}
+        "name": "Prometheus",
+        "uid": "celery-vitals-prometheus",
+        "type": "prometheus",
+        "access": "proxy",
+        "url": "http://prometheus:9090",
+        "isDefault": True,
+    }
 
 
 def test_dashboard_provider_loads_the_generated_json_into_folder_celery() -> None:
@@ -23,5 +28,8 @@ def test_dashboard_provider_loads_the_generated_json_into_folder_celery() -> Non
     assert document["apiVersion"] == 1
     (provider,) = document["providers"]
     assert (provider["type"], provider["folder"], provider["options"]["path"]) == (
-        "file", "Celery", "/var/lib/grafana/dashboards/celery-vitals")
+        "file",
+        "Celery",
+        "/var/lib/grafana/dashboards/celery-vitals",
+    )
     assert provider["allowUiUpdates"] is False  # the JSON is generated: edit celery_vitals/rules

@@ -26,15 +26,17 @@ def _ids(exprs: list[Expr]) -> list[str]:
 
 
 def test_metric_name_extraction() -> None:
-    expr = ('histogram_quantile(0.95, sum by (le, name) (rate(a_bucket{job=~"$job", '
-            'name="x y"}[$__rate_interval]))) / on (name) group_left b_total * 1e-3 '
-            '+ count(c{d="rate(e)"} == 0) or vector(0) > bool 2 unless '
-            'time() - max without (x) (f_timestamp_seconds offset $__rate_interval)')
+    expr = (
+        'histogram_quantile(0.95, sum by (le, name) (rate(a_bucket{job=~"$job", '
+        'name="x y"}[$__rate_interval]))) / on (name) group_left b_total * 1e-3 '
+        '+ count(c{d="rate(e)"} == 0) or vector(0) > bool 2 unless '
+        "time() - max without (x) (f_timestamp_seconds offset $__rate_interval)"
+    )
     assert metric_names(expr) == {"a_bucket", "b_total", "c", "f_timestamp_seconds"}
     assert metric_names('{__name__=~"g|h_total", job="x"}') == {"g", "h_total"}
     assert range_function_arguments(
-        "sum(rate(a_total[1m])) / sum(increase(b_bucket{x='y'}[1m])) + c") == [
-        "a_total", "b_bucket"]
+        "sum(rate(a_total[1m])) / sum(increase(b_bucket{x='y'}[1m])) + c"
+    ) == ["a_total", "b_bucket"]
 
 
 def test_every_dashboard_has_queries() -> None:
@@ -51,8 +53,9 @@ def test_only_catalogue_metrics(expr: Expr) -> None:
 
 def test_rate_and_increase_only_over_counters_and_histograms() -> None:
     allowed = {spec.name for spec in SPECS if spec.type == "counter"}
-    allowed |= {series for spec in SPECS if spec.type == "histogram"
-                for series in spec.series_names}
+    allowed |= {
+        series for spec in SPECS if spec.type == "histogram" for series in spec.series_names
+    }
     for expr in EXPRS:
         assert set(range_function_arguments(expr.expr)) <= allowed, str(expr)
 

@@ -91,8 +91,12 @@ def test_panels_with_derived_values_are_described(uid: str) -> None:
     """Ratios, quantiles, estimates and stats say what they compute."""
     for panel in panels(load(uid)):
         exprs = " ".join(target["expr"] for target in panel["targets"])
-        derived = ("histogram_quantile" in exprs or " / " in exprs or "time()" in exprs
-                   or panel["type"] in ("stat", "table", "state-timeline"))
+        derived = (
+            "histogram_quantile" in exprs
+            or " / " in exprs
+            or "time()" in exprs
+            or panel["type"] in ("stat", "table", "state-timeline")
+        )
         if derived:
             assert panel.get("description", "").strip(), f"{uid}: {panel['title']}"
 
@@ -137,11 +141,16 @@ def test_links_to_the_other_dashboards(uid: str) -> None:
     assert TAG in dashboard["tags"]
     (link,) = dashboard["links"]
     assert (link["type"], link["tags"], link["keepTime"], link["includeVars"]) == (
-        "dashboards", [TAG], True, True)
+        "dashboards",
+        [TAG],
+        True,
+        True,
+    )
     for panel in panels(dashboard):
         for panel_link in panel.get("links", []):
-            match = re.fullmatch(r"/d/([a-z-]+)\?\$\{__url_time_range\}&\$\{__all_variables\}",
-                                 panel_link["url"])
+            match = re.fullmatch(
+                r"/d/([a-z-]+)\?\$\{__url_time_range\}&\$\{__all_variables\}", panel_link["url"]
+            )
             assert match is not None and match.group(1) in UIDS, panel_link["url"]
             assert match.group(1) != uid
         for data_link in panel["fieldConfig"]["defaults"].get("links", []):
@@ -150,9 +159,11 @@ def test_links_to_the_other_dashboards(uid: str) -> None:
 
 
 def test_overview_links_to_every_other_dashboard() -> None:
-    targets = {re.match(r"/d/([a-z-]+)\?", link["url"]).group(1)  # type: ignore[union-attr]
-               for panel in panels(load("celery-vitals-overview"))
-               for link in panel.get("links", [])}
+    targets = {
+        re.match(r"/d/([a-z-]+)\?", link["url"]).group(1)  # type: ignore[union-attr]
+        for panel in panels(load("celery-vitals-overview"))
+        for link in panel.get("links", [])
+    }
     assert targets == set(UIDS) - {"celery-vitals-overview"}
 
 
@@ -162,31 +173,62 @@ def _metrics(panel: dict[str, Any]) -> set[str]:
 
 REQUIRED = {
     "celery-vitals-overview": {
-        "celery_task_failed_total", "celery_task_succeeded_total",
-        "celery_task_queue_wait_seconds_bucket", "celery_queue_oldest_message_age_seconds",
-        "celery_dlq_length", "celery_dlq_ingress_total", "celery_worker_up",
-        "celery_broker_up", "celery_vitals_event_stream_up", "ALERTS"},
+        "celery_task_failed_total",
+        "celery_task_succeeded_total",
+        "celery_task_queue_wait_seconds_bucket",
+        "celery_queue_oldest_message_age_seconds",
+        "celery_dlq_length",
+        "celery_dlq_ingress_total",
+        "celery_worker_up",
+        "celery_broker_up",
+        "celery_vitals_event_stream_up",
+        "ALERTS",
+    },
     "celery-vitals-tasks": {
-        "celery_task_succeeded_total", "celery_task_failed_total", "celery_task_retried_total",
-        "celery_task_runtime_seconds_bucket", "celery_task_failed_after_retries_total"},
+        "celery_task_succeeded_total",
+        "celery_task_failed_total",
+        "celery_task_retried_total",
+        "celery_task_runtime_seconds_bucket",
+        "celery_task_failed_after_retries_total",
+    },
     "celery-vitals-queues": {
-        "celery_queue_length", "celery_task_sent_total", "celery_task_received_total",
-        "celery_queue_oldest_message_age_seconds", "celery_queue_consumers",
-        "celery_queue_unacked", "celery_queue_oldest_unacked_age_seconds",
-        "celery_queue_visibility_timeout_seconds", "celery_dlq_length",
-        "celery_dlq_ingress_total", "celery_task_failed_after_retries_total",
-        "celery_task_rejected_total"},
+        "celery_queue_length",
+        "celery_task_sent_total",
+        "celery_task_received_total",
+        "celery_queue_oldest_message_age_seconds",
+        "celery_queue_consumers",
+        "celery_queue_unacked",
+        "celery_queue_oldest_unacked_age_seconds",
+        "celery_queue_visibility_timeout_seconds",
+        "celery_dlq_length",
+        "celery_dlq_ingress_total",
+        "celery_task_failed_after_retries_total",
+        "celery_task_rejected_total",
+    },
     "celery-vitals-workers": {
-        "celery_worker_up", "celery_worker_tasks_active", "celery_worker_tasks_reserved",
-        "celery_worker_last_heartbeat_timestamp_seconds", "celery_worker_load1",
-        "celery_worker_starts_total", "celery_worker_task_events_missing"},
+        "celery_worker_up",
+        "celery_worker_tasks_active",
+        "celery_worker_tasks_reserved",
+        "celery_worker_last_heartbeat_timestamp_seconds",
+        "celery_worker_load1",
+        "celery_worker_starts_total",
+        "celery_worker_task_events_missing",
+    },
     "celery-vitals-slow": {
-        "celery_task_runtime_seconds_bucket", "celery_task_queue_wait_seconds_bucket",
-        "celery_task_prefetch_wait_seconds_bucket", "celery_broker_probe_duration_seconds_bucket",
-        "celery_broker_up", "celery_broker_memory_used_bytes", "celery_vitals_event_lag_seconds",
-        "celery_vitals_heartbeats_missed_total", "celery_vitals_tracker_evictions_total",
-        "celery_vitals_unknown_uuid_events_total", "celery_vitals_label_values_folded_total",
-        "celery_vitals_event_stream_up", "celery_vitals_event_stream_reconnects_total"},
+        "celery_task_runtime_seconds_bucket",
+        "celery_task_queue_wait_seconds_bucket",
+        "celery_task_prefetch_wait_seconds_bucket",
+        "celery_broker_probe_duration_seconds_bucket",
+        "celery_broker_up",
+        "celery_broker_memory_used_bytes",
+        "celery_vitals_event_lag_seconds",
+        "celery_vitals_heartbeats_missed_total",
+        "celery_vitals_tracker_evictions_total",
+        "celery_vitals_unknown_uuid_events_total",
+        "celery_vitals_label_values_folded_total",
+        "celery_vitals_event_stream_up",
+        "celery_vitals_event_stream_reconnects_total",
+    },
 }
 
 
@@ -198,9 +240,12 @@ def test_each_dashboard_shows_what_the_issue_asks(uid: str) -> None:
 
 def test_runtime_percentiles_p50_p95_p99() -> None:
     for uid in ("celery-vitals-tasks", "celery-vitals-slow"):
-        quantiles = {re.search(r"histogram_quantile\(([0-9.]+)", target["expr"]).group(1)  # type: ignore[union-attr]
-                     for panel in panels(load(uid)) for target in panel["targets"]
-                     if "celery_task_runtime_seconds_bucket" in target["expr"]}
+        quantiles = {
+            re.search(r"histogram_quantile\(([0-9.]+)", target["expr"]).group(1)  # type: ignore[union-attr]
+            for panel in panels(load(uid))
+            for target in panel["targets"]
+            if "celery_task_runtime_seconds_bucket" in target["expr"]
+        }
         assert quantiles == {"0.5", "0.95", "0.99"}
 
 
@@ -212,17 +257,29 @@ def test_a_total_throughput_panel_has_its_per_task_breakdown_beside_it() -> None
         dashboard_panels = panels(load(uid))
         for panel in dashboard_panels:
             exprs = [target["expr"] for target in panel["targets"]]
-            totals = [e for e in exprs if task_counters.search(e) and "by (" not in e
-                      and "topk" not in e]
+            totals = [
+                e for e in exprs if task_counters.search(e) and "by (" not in e and "topk" not in e
+            ]
             if panel["type"] != "timeseries" or not totals:
                 continue
             counters = {name for e in totals for name in task_counters.findall(e)}
-            beside = [other for other in dashboard_panels
-                      if other is not panel and other["gridPos"]["y"] == panel["gridPos"]["y"]
-                      and any("by (name)" in t["expr"] and task_counters.search(t["expr"])
-                              for t in other["targets"])]
-            per_task = {name for other in beside for t in other["targets"]
-                        for name in task_counters.findall(t["expr"]) if "by (name)" in t["expr"]}
+            beside = [
+                other
+                for other in dashboard_panels
+                if other is not panel
+                and other["gridPos"]["y"] == panel["gridPos"]["y"]
+                and any(
+                    "by (name)" in t["expr"] and task_counters.search(t["expr"])
+                    for t in other["targets"]
+                )
+            ]
+            per_task = {
+                name
+                for other in beside
+                for t in other["targets"]
+                for name in task_counters.findall(t["expr"])
+                if "by (name)" in t["expr"]
+            }
             assert beside, f"{uid}: {panel['title']} stands alone"
             assert counters & per_task, f"{uid}: {panel['title']}"
             checked.append((uid, panel["title"]))

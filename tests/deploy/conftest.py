@@ -21,8 +21,12 @@ def _runs(binary: Path | str | None) -> bool:
     if not binary:
         return False
     try:
-        return subprocess.run([str(binary), "version"], capture_output=True, timeout=30,
-                              check=False).returncode == 0
+        return (
+            subprocess.run(
+                [str(binary), "version"], capture_output=True, timeout=30, check=False
+            ).returncode
+            == 0
+        )
     except OSError:
         return False
 
@@ -50,7 +54,12 @@ def compose() -> str:
 
 def helm_template(helm: str, *args: str) -> list[dict[str, Any]]:
     """The chart rendered with `args`, as the list of its objects."""
-    result = subprocess.run([helm, "template", "test", str(CHART), *args], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [helm, "template", "test", str(CHART), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -26,7 +26,6 @@ SYNC = "bash scripts/generate.sh"
 SHIPPED_SELECTOR = 'job=~".*celery-vitals.*"'
 
 
-
 def _kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
 
@@ -42,19 +41,27 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_chart_copies_equal_the_repo_files() -> None:
-    pairs = [(path, CHART / "files/dashboards" / path.name)
-             for path in sorted((ROOT / "dashboards").glob("*.json"))]
+    pairs = [
+        (path, CHART / "files/dashboards" / path.name)
+        for path in sorted((ROOT / "dashboards").glob("*.json"))
+    ]
     copies = sorted(p.name for p in (CHART / "files/dashboards").glob("*.json"))
     assert copies == sorted(p.name for p in (ROOT / "dashboards").glob("*.json")), SYNC
     for source, copy in pairs:
         assert copy.is_file() and copy.read_bytes() == source.read_bytes(), (
-            f"{copy.relative_to(ROOT)} differs from {source.relative_to(ROOT)}; run: {SYNC}")
+            f"{copy.relative_to(ROOT)} differs from {source.relative_to(ROOT)}; run: {SYNC}"
+        )
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(VALUES_ALL)]], ids=["default", "all-on"])
 def test_helm_lint(helm: str, values: list[str]) -> None:
-    result = subprocess.run([helm, "lint", "--strict", str(CHART), *values],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [helm, "lint", "--strict", str(CHART), *values],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -63,7 +70,8 @@ def test_default_render_is_the_exporter_alone(helm: str) -> None:
     assert sorted(o["kind"] for o in objects) == ["Deployment", "Secret", "Service"]
     env = _env(_container(objects))
     assert env["CELERY_VITALS_BROKER_URL"] == {
-        "secretKeyRef": {"name": "test-celery-vitals-broker", "key": "url"}}
+        "secretKeyRef": {"name": "test-celery-vitals-broker", "key": "url"}
+    }
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(VALUES_ALL)]], ids=["default", "all-on"])
@@ -73,10 +81,16 @@ def test_deployment_is_probed_and_locked_down(helm: str, values: list[str]) -> N
     pod = deployment["spec"]["template"]["spec"]
     container = _container(objects)
     scheme = "HTTPS" if values else "HTTP"
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http",
-                                                     "scheme": scheme}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http",
-                                                      "scheme": scheme}
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "http",
+        "scheme": scheme,
+    }
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "http",
+        "scheme": scheme,
+    }
     assert container["resources"]["requests"] and container["resources"]["limits"]
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True and pod["securityContext"]["runAsNonRoot"] is True
@@ -88,16 +102,21 @@ def test_deployment_is_probed_and_locked_down(helm: str, values: list[str]) -> N
 
 def _rules(helm: str, *args: str) -> dict[str, dict[str, Any]]:
     """The rendered PrometheusRule's rules by record name or alert name/severity."""
-    (rule,) = _kind(helm_template(helm, "--set", "prometheusRule.enabled=true", *args),
-                    "PrometheusRule")
-    return {r.get("record") or f"{r['alert']}/{r['labels']['severity']}": r
-            for group in rule["spec"]["groups"] for r in group["rules"]}
+    (rule,) = _kind(
+        helm_template(helm, "--set", "prometheusRule.enabled=true", *args), "PrometheusRule"
+    )
+    return {
+        r.get("record") or f"{r['alert']}/{r['labels']['severity']}": r
+        for group in rule["spec"]["groups"]
+        for r in group["rules"]
+    }
 
 
 def test_prometheus_rule_is_the_repo_rules(helm: str) -> None:
     """With the shipped selector the chart renders exactly alerts/celery-vitals.rules.yml."""
-    objects = helm_template(helm, "-f", str(VALUES_ALL),
-                            "--set-string", f"prometheusRule.selector={SHIPPED_SELECTOR}")
+    objects = helm_template(
+        helm, "-f", str(VALUES_ALL), "--set-string", f"prometheusRule.selector={SHIPPED_SELECTOR}"
+    )
     (rule,) = _kind(objects, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -106,80 +125,121 @@ def test_prometheus_rule_is_the_repo_rules(helm: str) -> None:
     assert any("{{ $labels" in str(r.get("annotations")) for g in expected for r in g["rules"])
 
 
-@pytest.mark.parametrize(("args", "job"), [
-    ((), 'job=~"test-celery-vitals|default/test-celery-vitals-workers"'),
-    (("--set", "fullnameOverride=jobs-exporter", "--namespace", "celery"),
-     'job=~"jobs-exporter|celery/jobs-exporter-workers"'),
-    (("--set", "nameOverride=cv"), 'job=~"test-cv|default/test-cv-workers"'),
-])
-def test_default_selector_is_the_releases_jobs(helm: str, args: tuple[str, ...],
-                                               job: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "job"),
+    [
+        ((), 'job=~"test-celery-vitals|default/test-celery-vitals-workers"'),
+        (
+            ("--set", "fullnameOverride=jobs-exporter", "--namespace", "celery"),
+            'job=~"jobs-exporter|celery/jobs-exporter-workers"',
+        ),
+        (("--set", "nameOverride=cv"), 'job=~"test-cv|default/test-cv-workers"'),
+    ],
+)
+def test_default_selector_is_the_releases_jobs(helm: str, args: tuple[str, ...], job: str) -> None:
     """The jobs Prometheus Operator gives the ServiceMonitor's Service and the PodMonitor,
     whatever the release name or name overrides."""
-    objects = helm_template(helm, "--set", "prometheusRule.enabled=true",
-                            "--set", "serviceMonitor.enabled=true", *args)
+    objects = helm_template(
+        helm, "--set", "prometheusRule.enabled=true", "--set", "serviceMonitor.enabled=true", *args
+    )
     (service,) = _kind(objects, "Service")
     assert job.startswith(f'job=~"{service["metadata"]["name"]}|')
     (rule,) = _kind(objects, "PrometheusRule")
-    exporter_down = next(r for g in rule["spec"]["groups"] for r in g["rules"]
-                         if r.get("alert") == "CeleryExporterDown")
+    exporter_down = next(
+        r
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "CeleryExporterDown"
+    )
     assert exporter_down["expr"].startswith(f"up{{{job}}} == 0\n")
 
 
-def test_values_override_threshold_for_selector_disabled_labels(helm: str,
-                                                                tmp_path: Path) -> None:
+def test_values_override_threshold_for_selector_disabled_labels(helm: str, tmp_path: Path) -> None:
     values = tmp_path / "values.yaml"  # a file: --set would pass 0.25 as a string
-    values.write_text(yaml.safe_dump({"prometheusRule": {
-        "thresholds": {"failure_ratio_warning": 0.25, "rate_window": "10m"},
-        "for": {"CeleryQueueClimbing": "45m"},
-        "disabledAlerts": ["CeleryWorkerFlapping", "CeleryBrokerDown"],
-        "selector": 'namespace="prod"', "ignoredQueues": ["scratch"],
-        "labels": {"team": "payments"}, "periodicTasks": {"nightly": 90000},
-        "runbookUrl": "https://wiki.example/rb"}}), encoding="utf-8")
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "prometheusRule": {
+                    "thresholds": {"failure_ratio_warning": 0.25, "rate_window": "10m"},
+                    "for": {"CeleryQueueClimbing": "45m"},
+                    "disabledAlerts": ["CeleryWorkerFlapping", "CeleryBrokerDown"],
+                    "selector": 'namespace="prod"',
+                    "ignoredQueues": ["scratch"],
+                    "labels": {"team": "payments"},
+                    "periodicTasks": {"nightly": 90000},
+                    "runbookUrl": "https://wiki.example/rb",
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
     rules = _rules(helm, "-f", str(values))
     warning = rules["CeleryTaskFailureRateHigh/warning"]
     assert warning["expr"].startswith(
-        "name_queue_name:celery_task_failed_plain:ratio_rate10m > 0.25\n")
+        "name_queue_name:celery_task_failed_plain:ratio_rate10m > 0.25\n"
+    )
     assert warning["labels"] == {"severity": "warning", "team": "payments"}
-    assert warning["annotations"]["runbook_url"] == \
-        "https://wiki.example/rb#celerytaskfailureratehigh"
+    assert (
+        warning["annotations"]["runbook_url"] == "https://wiki.example/rb#celerytaskfailureratehigh"
+    )
     assert rules["CeleryQueueClimbing/warning"]["for"] == "45m"
     assert not {"CeleryWorkerFlapping/warning", "CeleryBrokerDown/critical"} & set(rules)
     assert "CeleryWorkerDown/warning" in rules
     assert rules["name_queue_name:celery_task_received:rate10m"]["expr"] == (
         "sum by (job, name, queue_name) (rate(celery_task_received_total"
-        '{namespace="prod", queue_name!~"scratch"}[10m]))')
-    assert rules["name:celery_periodic_task_max_age_seconds:config"]["expr"] == \
-        'label_replace(vector(90000), "name", "nightly", "", "")'
+        '{namespace="prod", queue_name!~"scratch"}[10m]))'
+    )
+    assert (
+        rules["name:celery_periodic_task_max_age_seconds:config"]["expr"]
+        == 'label_replace(vector(90000), "name", "nightly", "", "")'
+    )
 
 
 def test_rendered_rules_pass_promtool(helm: str, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool not found (scripts/setup.sh installs it)"
-    (rule,) = _kind(helm_template(
-        helm, "--set", "prometheusRule.enabled=true",
-        "--set", "prometheusRule.thresholds.worker_process_memory_bytes=4294967296",
-        "--set", "prometheusRule.disabledAlerts={CeleryExporterDown}",
-        "--set", "prometheusRule.periodicTasks.a=60"), "PrometheusRule")
+    (rule,) = _kind(
+        helm_template(
+            helm,
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.thresholds.worker_process_memory_bytes=4294967296",
+            "--set",
+            "prometheusRule.disabledAlerts={CeleryExporterDown}",
+            "--set",
+            "prometheusRule.periodicTasks.a=60",
+        ),
+        "PrometheusRule",
+    )
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "> 4294967296\n" in path.read_text(encoding="utf-8").replace("'", "")
 
 
 def _dashboards(helm: str, *args: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
     objects = helm_template(helm, "-f", str(VALUES_ALL), *args)
-    maps = [o for o in _kind(objects, "ConfigMap")
-            if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    maps = [
+        o
+        for o in _kind(objects, "ConfigMap")
+        if o["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
     return maps, {name: text for m in maps for name, text in m["data"].items()}
 
 
 def test_dashboard_config_maps_are_the_repo_dashboards(helm: str) -> None:
     """With the shipped selector, exactly dashboards/*.json."""
-    maps, rendered = _dashboards(helm, "--set-string",
-                                 f"prometheusRule.selector={SHIPPED_SELECTOR}")
+    maps, rendered = _dashboards(
+        helm, "--set-string", f"prometheusRule.selector={SHIPPED_SELECTOR}"
+    )
     expected = {p.name: p.read_text() for p in (ROOT / "dashboards").glob("*.json")}
     assert sorted(rendered) == sorted(expected)
     for name, text in rendered.items():
@@ -194,9 +254,10 @@ def test_dashboards_select_the_releases_jobs(helm: str) -> None:
     selector = 'job=~"jobs-exporter|default/jobs-exporter-workers"'
     for name, text in rendered.items():
         shipped = (ROOT / "dashboards" / name).read_text()
-        assert SHIPPED_SELECTOR not in text.replace("\\\"", "\""), name
-        assert json.loads(text) == json.loads(shipped.replace(
-            json.dumps(SHIPPED_SELECTOR)[1:-1], json.dumps(selector)[1:-1])), name
+        assert SHIPPED_SELECTOR not in text.replace('\\"', '"'), name
+        assert json.loads(text) == json.loads(
+            shipped.replace(json.dumps(SHIPPED_SELECTOR)[1:-1], json.dumps(selector)[1:-1])
+        ), name
 
 
 def test_service_monitor_follows_kube_prometheus_stack_conventions(helm: str) -> None:
@@ -207,8 +268,7 @@ def test_service_monitor_follows_kube_prometheus_stack_conventions(helm: str) ->
     assert endpoint["port"] == "http" and endpoint["interval"] == "15s"
     assert endpoint["scheme"] == "https" and endpoint["basicAuth"]["username"]["key"]
     (service,) = _kind(objects, "Service")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"][
-        "selector"].items()
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
     assert "celery-vitals" in service["metadata"]["name"]  # the job CeleryExporterDown matches
 
 
@@ -218,21 +278,33 @@ def test_worker_pod_monitor_scrapes_the_agents_in_the_worker_pods(helm: str) -> 
     assert monitor["metadata"]["name"] == "test-celery-vitals-workers"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["selector"] == {
-        "matchLabels": {"app.kubernetes.io/name": "payments-worker"}}
+        "matchLabels": {"app.kubernetes.io/name": "payments-worker"}
+    }
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["default"]}
     assert monitor["spec"]["podMetricsEndpoints"] == [
-        {"port": "celery-metrics", "path": "/metrics", "scheme": "http", "interval": "15s"}]
-    other = helm_template(helm, "--set", "workerPodMonitor.enabled=true",
-                          "--set", "workerPodMonitor.selector.app=w",
-                          "--set", "workerPodMonitor.namespaces={jobs,batch}")
+        {"port": "celery-metrics", "path": "/metrics", "scheme": "http", "interval": "15s"}
+    ]
+    other = helm_template(
+        helm,
+        "--set",
+        "workerPodMonitor.enabled=true",
+        "--set",
+        "workerPodMonitor.selector.app=w",
+        "--set",
+        "workerPodMonitor.namespaces={jobs,batch}",
+    )
     (monitor,) = _kind(other, "PodMonitor")
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["jobs", "batch"]}
 
 
 def test_a_worker_pod_monitor_without_a_selector_is_refused(helm: str) -> None:
-    result = subprocess.run([helm, "template", "test", str(CHART),
-                             "--set", "workerPodMonitor.enabled=true"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [helm, "template", "test", str(CHART), "--set", "workerPodMonitor.enabled=true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0
     assert "workerPodMonitor.selector" in result.stderr
 
@@ -248,7 +320,8 @@ def test_secrets_and_web_config_are_wired(helm: str) -> None:
     env = _env(container)
     assert env["CELERY_VITALS_WEB_CONFIG_FILE"] == "/etc/celery-vitals/web/web.yml"
     assert env["CELERY_VITALS_RABBITMQ_MANAGEMENT_URL"]["secretKeyRef"]["key"] == (
-        "rabbitmq-management-url")
+        "rabbitmq-management-url"
+    )
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/etc/celery-vitals/web", "/etc/celery-vitals/tls", "/tmp"} <= mounts
     # no password in the Deployment itself
@@ -257,21 +330,32 @@ def test_secrets_and_web_config_are_wired(helm: str) -> None:
 
 
 def test_an_existing_secret_replaces_the_charts(helm: str) -> None:
-    objects = helm_template(helm, "--set", "broker.existingSecret=mine",
-                            "--set", "broker.existingSecretKey=broker-url",
-                            "--set", "broker.existingSecretManagementUrlKey=mgmt")
+    objects = helm_template(
+        helm,
+        "--set",
+        "broker.existingSecret=mine",
+        "--set",
+        "broker.existingSecretKey=broker-url",
+        "--set",
+        "broker.existingSecretManagementUrlKey=mgmt",
+    )
     assert not _kind(objects, "Secret")
     env = _env(_container(objects))
     assert env["CELERY_VITALS_BROKER_URL"] == {
-        "secretKeyRef": {"name": "mine", "key": "broker-url"}}
+        "secretKeyRef": {"name": "mine", "key": "broker-url"}
+    }
     assert env["CELERY_VITALS_RABBITMQ_MANAGEMENT_URL"] == {
-        "secretKeyRef": {"name": "mine", "key": "mgmt"}}
+        "secretKeyRef": {"name": "mine", "key": "mgmt"}
+    }
 
 
 def test_every_exporter_option_is_settable_from_values(helm: str) -> None:
     """`config` maps any option to its variable: the same name the CLI reads."""
-    options = [option.flag for option in OPTIONS
-               if option.kind == "value" and option.flag != "--broker-url"]
+    options = [
+        option.flag
+        for option in OPTIONS
+        if option.kind == "value" and option.flag != "--broker-url"
+    ]
     args: list[str] = []
     for option in options:
         args += ["--set-string", f"config.{option.lstrip('-')}=x"]
@@ -287,21 +371,33 @@ def test_values_are_rendered_as_the_exporter_reads_them(helm: str) -> None:
     assert env["CELERY_VITALS_QUEUE"] == "celery emails"
     assert env["CELERY_VITALS_DLQ"] == "*.dead"
     assert env["CELERY_VITALS_BROKER_TRANSPORT_OPTION"] == (
-        'global_keyprefix="prod:" visibility_timeout=3600')
+        'global_keyprefix="prod:" visibility_timeout=3600'
+    )
     assert env["CELERY_VITALS_ENABLE_EVENTS"] == "false"
     assert env["CELERY_VITALS_MAX_TASK_NAMES"] == "1000"
     assert env["CELERY_VITALS_LISTEN_ADDRESS"] == ":9808"
 
 
-@pytest.mark.parametrize("bad", ["replicaCount=notanumber", "logLevel=loud",
-                                 "serviceMonitor.interval=soon", "unknownKey=1",
-                                 "prometheusRule.thresholds.rate_windw=5m",
-                                 "prometheusRule.thresholds.rate_window=5",
-                                 "prometheusRule.for.CeleryWorkerDown=soon",
-                                 "prometheusRule.disabledAlerts={CeleryTypo}"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "replicaCount=notanumber",
+        "logLevel=loud",
+        "serviceMonitor.interval=soon",
+        "unknownKey=1",
+        "prometheusRule.thresholds.rate_windw=5m",
+        "prometheusRule.thresholds.rate_window=5",
+        "prometheusRule.for.CeleryWorkerDown=soon",
+        "prometheusRule.disabledAlerts={CeleryTypo}",
+    ],
+)
 def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
-    result = subprocess.run([helm, "template", "test", str(CHART), "--set", bad],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [helm, "template", "test", str(CHART), "--set", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0
     assert "schema" in result.stderr, result.stderr
-

@@ -41,8 +41,14 @@ def _healthcheck(port: int) -> subprocess.CompletedProcess[str]:
     command = _exec_form("HEALTHCHECK")
     assert command[:2] == ["python", "-c"]
     env = {**os.environ, "CELERY_VITALS_LISTEN_ADDRESS": f"0.0.0.0:{port}"}
-    return subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True,
-                          timeout=30, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
 
 
 def test_image_shape() -> None:
@@ -58,11 +64,20 @@ def test_entrypoint_serves_and_the_healthcheck_passes() -> None:
     entrypoint = _exec_form("ENTRYPOINT")
     assert entrypoint == ["celery-vitals", "serve"]
     port = _free_port()
-    env = {**os.environ, "CELERY_VITALS_BROKER_URL": "redis://127.0.0.1:1/0",
-           "CELERY_VITALS_LISTEN_ADDRESS": f"0.0.0.0:{port}",
-           "CELERY_VITALS_QUEUE_POLL_INTERVAL": "0", "CELERY_VITALS_ENABLE_EVENTS": "false"}
-    process = subprocess.Popen([str(BIN / entrypoint[0]), *entrypoint[1:]], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "CELERY_VITALS_BROKER_URL": "redis://127.0.0.1:1/0",
+        "CELERY_VITALS_LISTEN_ADDRESS": f"0.0.0.0:{port}",
+        "CELERY_VITALS_QUEUE_POLL_INTERVAL": "0",
+        "CELERY_VITALS_ENABLE_EVENTS": "false",
+    }
+    process = subprocess.Popen(
+        [str(BIN / entrypoint[0]), *entrypoint[1:]],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -58,33 +58,63 @@ def publisher(url: str) -> Celery:
     return app
 
 
-def dead_letter(app: Celery, queue: str, task: str, count: int, *, age: float = 60.0,
-                origin: str = "work", reason: str = "retries-exhausted") -> list[str]:
+def dead_letter(
+    app: Celery,
+    queue: str,
+    task: str,
+    count: int,
+    *,
+    age: float = 60.0,
+    origin: str = "work",
+    reason: str = "retries-exhausted",
+) -> list[str]:
     """``count`` task messages into the DLQ as a final-failure handler re-publishes them."""
     ids = []
     with app.producer_or_acquire() as producer:
         for n in range(count):
-            result = app.send_task(task, args=(n,), kwargs={"note": "x" * 200}, queue=queue,
-                                   producer=producer, headers={
-                                       "x-origin-queue": origin, "x-dead-letter-reason": reason,
-                                       "x-dead-lettered-at": NOW - age - n})
+            result = app.send_task(
+                task,
+                args=(n,),
+                kwargs={"note": "x" * 200},
+                queue=queue,
+                producer=producer,
+                headers={
+                    "x-origin-queue": origin,
+                    "x-dead-letter-reason": reason,
+                    "x-dead-lettered-at": NOW - age - n,
+                },
+            )
             ids.append(result.id)
     return ids
 
 
 def foreign(client: redis.Redis, queue: str) -> None:
     """What foreign publishers and broken clients leave: not JSON, pickle, broken JSON."""
+
     def envelope(body: bytes, content_type: str, headers: dict[str, str]) -> bytes:
-        return json.dumps({"body": base64.b64encode(body).decode(), "content-type": content_type,
-                           "content-encoding": "binary", "headers": headers,
-                           "properties": {"body_encoding": "base64", "delivery_tag": "x"}
-                           }).encode()
+        return json.dumps(
+            {
+                "body": base64.b64encode(body).decode(),
+                "content-type": content_type,
+                "content-encoding": "binary",
+                "headers": headers,
+                "properties": {"body_encoding": "base64", "delivery_tag": "x"},
+            }
+        ).encode()
+
     client.lpush(queue, b"\xff not even json")
-    client.lpush(queue, envelope(pickle.dumps(["never", "unpickled"]),
-                                 "application/x-python-serialize",
-                                 {"task": "legacy.pickled", "id": "pickled-1"}))
-    client.lpush(queue, envelope(b"[[1], {", "application/json",
-                                 {"task": "billing.charge", "id": "broken-1"}))
+    client.lpush(
+        queue,
+        envelope(
+            pickle.dumps(["never", "unpickled"]),
+            "application/x-python-serialize",
+            {"task": "legacy.pickled", "id": "pickled-1"},
+        ),
+    )
+    client.lpush(
+        queue,
+        envelope(b"[[1], {", "application/json", {"task": "billing.charge", "id": "broken-1"}),
+    )
 
 
 def ids_in(client: redis.Redis, key: str) -> list[str]:
@@ -97,8 +127,7 @@ def ids_in(client: redis.Redis, key: str) -> list[str]:
     return found
 
 
-def test_list_counts_tasks_origins_reasons_and_ages_exactly(db: tuple[str, redis.Redis]
-                                                            ) -> None:
+def test_list_counts_tasks_origins_reasons_and_ages_exactly(db: tuple[str, redis.Redis]) -> None:
     url, client = db
     app = publisher(url)
     dead_letter(app, "dead_letter", "billing.charge", 7, age=100)
@@ -129,7 +158,8 @@ def test_list_counts_tasks_origins_reasons_and_ages_exactly(db: tuple[str, redis
 
 
 def test_replay_runs_each_of_1000_messages_exactly_once_on_a_real_worker(
-        db: tuple[str, redis.Redis], server: RedisServer, tmp_path: Path) -> None:
+    db: tuple[str, redis.Redis], server: RedisServer, tmp_path: Path
+) -> None:
     url, client = db
     ids = dead_letter(publisher(url), "dead_letter", "replay.record", 1000)
     foreign(client, "dead_letter")
@@ -137,23 +167,36 @@ def test_replay_runs_each_of_1000_messages_exactly_once_on_a_real_worker(
     store = redis.Redis.from_url(record_url)
     store.delete("ran", "mode")
 
-    dry = dlq_cli.run_json(url, "replay", "dead_letter", "--to", "work", "--dry-run",
-                           "--rate", "0")
+    dry = dlq_cli.run_json(url, "replay", "dead_letter", "--to", "work", "--dry-run", "--rate", "0")
     assert (dry["replayed"], dry["dry_run"], dry["targets"]) == (1000, True, {"work": 1000})
     assert client.llen("dead_letter") == 1003 and client.llen("work") == 0
 
-    worker = CeleryWorker("replay", url, tmp_path, app="tests.support.replay_app",
-                          task_events=False, concurrency=4, queues="work",
-                          extra_env={"RECORD_REDIS_URL": record_url}).start()
+    worker = CeleryWorker(
+        "replay",
+        url,
+        tmp_path,
+        app="tests.support.replay_app",
+        task_events=False,
+        concurrency=4,
+        queues="work",
+        extra_env={"RECORD_REDIS_URL": record_url},
+    ).start()
     try:
         done = dlq_cli.run(url, "replay", "dead_letter", "--to", "work", "--rate", "2000/s")
         assert done.returncode == 0, done.stderr
         assert "replayed 1000 messages from dead_letter: work 1000" in done.stdout
         assert "dead_letter: replayed" in done.stderr  # plain progress lines: not a terminal
-        wait_until(lambda: store.hlen("ran") == 1000, timeout=60,
-                   what="the worker to run 1000 replayed tasks", details=worker.tail)
-        wait_until(lambda: client.llen("work") == 0 and not client.hlen("unacked"), timeout=30,
-                   what="the work queue to drain")
+        wait_until(
+            lambda: store.hlen("ran") == 1000,
+            timeout=60,
+            what="the worker to run 1000 replayed tasks",
+            details=worker.tail,
+        )
+        wait_until(
+            lambda: client.llen("work") == 0 and not client.hlen("unacked"),
+            timeout=30,
+            what="the work queue to drain",
+        )
         worker.assert_running()
     finally:
         worker.stop_gracefully()
@@ -163,20 +206,28 @@ def test_replay_runs_each_of_1000_messages_exactly_once_on_a_real_worker(
     assert sorted(ids_in(client, "dead_letter")) == ["<foreign>", "broken-1", "pickled-1"]
 
 
-def test_a_replay_killed_at_a_random_point_loses_nothing(db: tuple[str, redis.Redis],
-                                                         tmp_path: Path) -> None:
+def test_a_replay_killed_at_a_random_point_loses_nothing(
+    db: tuple[str, redis.Redis], tmp_path: Path
+) -> None:
     url, client = db
     ids = dead_letter(publisher(url), "dead_letter", "replay.record", 1000)
     seed = random.randrange(1 << 30)
     delay = random.Random(seed).uniform(0.3, 2.0)
-    process = dlq_cli.spawn(url, tmp_path, "replay", "replay", "dead_letter", "--to", "target",
-                            "--rate", "400/s")
-    wait_until(lambda: client.llen("target") > 0 or not process.running, timeout=30,
-               what="the replay to start")
+    process = dlq_cli.spawn(
+        url, tmp_path, "replay", "replay", "dead_letter", "--to", "target", "--rate", "400/s"
+    )
+    wait_until(
+        lambda: client.llen("target") > 0 or not process.running,
+        timeout=30,
+        what="the replay to start",
+    )
     time.sleep(delay)  # the random point: the kill itself is what is tested
     process.kill()
-    places = (ids_in(client, "dead_letter") + ids_in(client, "target")
-              + ids_in(client, "dead_letter.celery-vitals.inflight"))
+    places = (
+        ids_in(client, "dead_letter")
+        + ids_in(client, "target")
+        + ids_in(client, "dead_letter.celery-vitals.inflight")
+    )
     assert Counter(places) == Counter(ids), f"seed {seed}"  # each in exactly one place
     moved = client.llen("target")
     assert 0 < moved < 1000, f"seed {seed}: killed after {moved}"
@@ -187,12 +238,24 @@ def test_a_replay_killed_at_a_random_point_loses_nothing(db: tuple[str, redis.Re
     assert client.llen("dead_letter") == 0
 
 
-def test_concurrent_replays_do_not_duplicate(db: tuple[str, redis.Redis], tmp_path: Path
-                                             ) -> None:
+def test_concurrent_replays_do_not_duplicate(db: tuple[str, redis.Redis], tmp_path: Path) -> None:
     url, client = db
     ids = dead_letter(publisher(url), "dead_letter", "replay.record", 600)
-    replays = [dlq_cli.spawn(url, tmp_path, f"replay-{n}", "replay", "dead_letter", "--to",
-                             "target", "--rate", "0", "--json") for n in range(3)]
+    replays = [
+        dlq_cli.spawn(
+            url,
+            tmp_path,
+            f"replay-{n}",
+            "replay",
+            "dead_letter",
+            "--to",
+            "target",
+            "--rate",
+            "0",
+            "--json",
+        )
+        for n in range(3)
+    ]
     for process in replays:
         assert process.wait(60) == 0, process.tail()
         process.stop()
@@ -207,8 +270,19 @@ def test_replay_is_paced_and_filtered_by_task_and_limit(db: tuple[str, redis.Red
     charges = dead_letter(app, "dead_letter", "billing.charge", 60)
     dead_letter(app, "dead_letter", "mail.send", 5)
     started = time.monotonic()
-    done = dlq_cli.run_json(url, "replay", "dead_letter", "--to", "work", "--task", "billing.*",
-                            "--limit", "50", "--rate", "100/s")
+    done = dlq_cli.run_json(
+        url,
+        "replay",
+        "dead_letter",
+        "--to",
+        "work",
+        "--task",
+        "billing.*",
+        "--limit",
+        "50",
+        "--rate",
+        "100/s",
+    )
     assert time.monotonic() - started >= 0.49  # 50 messages at 100/s
     assert (done["replayed"], done["targets"]) == (50, {"work": 50})
     assert sorted(ids_in(client, "work")) == sorted(charges[:50])  # the oldest first
@@ -217,11 +291,18 @@ def test_replay_is_paced_and_filtered_by_task_and_limit(db: tuple[str, redis.Red
 
 
 def test_huge_messages_are_cut_down_by_the_server_when_only_read(
-        db: tuple[str, redis.Redis]) -> None:
+    db: tuple[str, redis.Redis],
+) -> None:
     url, client = db
     app = publisher(url)
-    [huge] = [app.send_task("report.build", args=("x" * 5_000_000,), queue="dead_letter",
-                            headers={"x-origin-queue": "work"}).id]
+    [huge] = [
+        app.send_task(
+            "report.build",
+            args=("x" * 5_000_000,),
+            queue="dead_letter",
+            headers={"x-origin-queue": "work"},
+        ).id
+    ]
     client.lpush("dead_letter", b"\x00" * 2_000_000)  # not JSON either
     dead_letter(app, "dead_letter", "mail.send", 2)
     original = client.lindex("dead_letter", -1)
@@ -251,8 +332,7 @@ def test_replay_without_a_target_needs_the_origin_header(db: tuple[str, redis.Re
     assert sorted(ids_in(client, "work")) == sorted(with_origin)
 
 
-def test_foreign_messages_are_skipped_unless_asked_for_by_id(db: tuple[str, redis.Redis]
-                                                             ) -> None:
+def test_foreign_messages_are_skipped_unless_asked_for_by_id(db: tuple[str, redis.Redis]) -> None:
     url, client = db
     foreign(client, "dead_letter")
     done = dlq_cli.run_json(url, "replay", "dead_letter", "--to", "target")
@@ -264,7 +344,8 @@ def test_foreign_messages_are_skipped_unless_asked_for_by_id(db: tuple[str, redi
 
 
 def test_purge_confirms_exports_then_deletes_only_what_was_selected(
-        db: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    db: tuple[str, redis.Redis], tmp_path: Path
+) -> None:
     url, client = db
     app = publisher(url)
     old = dead_letter(app, "dead_letter", "billing.charge", 5, age=7200)
@@ -274,12 +355,23 @@ def test_purge_confirms_exports_then_deletes_only_what_was_selected(
 
     refused = dlq_cli.run(url, "purge", "dead_letter")
     assert refused.returncode == 1
-    assert refused.stderr.strip() == ("celery-vitals: error: refusing to purge without "
-                                      "confirmation: pass --yes")
+    assert refused.stderr.strip() == (
+        "celery-vitals: error: refusing to purge without confirmation: pass --yes"
+    )
     assert client.llen("dead_letter") == 10
 
-    done = dlq_cli.run_json(url, "purge", "dead_letter", "--task", "billing.*",
-                            "--older-than", "1h", "--export", str(export), "--yes")
+    done = dlq_cli.run_json(
+        url,
+        "purge",
+        "dead_letter",
+        "--task",
+        "billing.*",
+        "--older-than",
+        "1h",
+        "--export",
+        str(export),
+        "--yes",
+    )
     assert (done["purged"], done["exported"]) == (5, 5)
     lines = [json.loads(line) for line in export.read_text().splitlines()]
     assert sorted(line["id"] for line in lines) == sorted(old)
@@ -303,22 +395,29 @@ def copies(client: redis.Redis, app: Celery, queue: str, count: int) -> list[str
 
 
 def test_a_purge_killed_at_a_random_point_exports_everything_it_deleted(
-        db: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    db: tuple[str, redis.Redis], tmp_path: Path
+) -> None:
     url, client = db
     ids = copies(client, publisher(url), "dead_letter", 20_000)
     export = tmp_path / "purged.jsonl"
     seed = random.randrange(1 << 30)
     delay = random.Random(seed).uniform(0.0, 0.15)  # the whole purge takes ~0.7 s here
-    process = dlq_cli.spawn(url, tmp_path, "purge", "purge", "dead_letter", "--yes",
-                            "--export", str(export))
-    wait_until(lambda: (export.exists() and export.stat().st_size > 0) or not process.running,
-               timeout=30, what="the purge to export", details=process.tail)
+    process = dlq_cli.spawn(
+        url, tmp_path, "purge", "purge", "dead_letter", "--yes", "--export", str(export)
+    )
+    wait_until(
+        lambda: (export.exists() and export.stat().st_size > 0) or not process.running,
+        timeout=30,
+        what="the purge to export",
+        details=process.tail,
+    )
     time.sleep(delay)  # the random point: the kill itself is what is tested
     process.kill()
 
     def exported() -> list[str]:
         lines = export.read_text().splitlines()
         return [json.loads(line)["id"] for line in lines if line.endswith("}")]
+
     left = ids_in(client, "dead_letter")
     held = ids_in(client, "dead_letter.celery-vitals.inflight")
     assert 0 < len(left) < 20_000, f"seed {seed}: killed after the purge ended"
@@ -348,35 +447,45 @@ def test_an_interrupted_purge_is_put_back_by_the_next_run(db: tuple[str, redis.R
 
 
 def test_unknown_queue_and_unreachable_broker_are_one_line_errors(
-        db: tuple[str, redis.Redis]) -> None:
+    db: tuple[str, redis.Redis],
+) -> None:
     url, _ = db
-    for command in (("list", "nope"), ("show", "nope"), ("replay", "nope", "--to", "x"),
-                    ("purge", "nope", "--yes")):
+    for command in (
+        ("list", "nope"),
+        ("show", "nope"),
+        ("replay", "nope", "--to", "x"),
+        ("purge", "nope", "--yes"),
+    ):
         done = dlq_cli.run(url, *command)
         assert (done.returncode, done.stderr) == (
-            2, "celery-vitals: error: no queue 'nope' on the broker\n"), command
+            2,
+            "celery-vitals: error: no queue 'nope' on the broker\n",
+        ), command
     [empty] = dlq_cli.run_json(url, "list", "nope", "--dlq", "nope")  # named: known, if empty
     assert (empty["depth"], empty["tasks"]) == (0, {})
     down = dlq_cli.run("redis://:hunter2-secret@127.0.0.1:1/0", "list", "dead_letter")
     assert down.returncode == 1
-    assert down.stderr.startswith("celery-vitals: error: cannot reach the broker at "
-                                  "redis://:**@127.0.0.1:1/0")
+    assert down.stderr.startswith(
+        "celery-vitals: error: cannot reach the broker at redis://:**@127.0.0.1:1/0"
+    )
     assert len(down.stderr.splitlines()) == 1 and "hunter2" not in down.stderr + down.stdout
 
 
 def test_the_exporter_gauges_dlq_messages_per_task_from_its_poller(
-        db: tuple[str, redis.Redis], harness: Harness) -> None:
+    db: tuple[str, redis.Redis], harness: Harness
+) -> None:
     url, client = db
     app = publisher(url)
     dead_letter(app, "dead_letter", "billing.charge", 3)
     dead_letter(app, "dead_letter", "mail.send", 2)
     foreign(client, "dead_letter")
-    exporter = harness.exporter(url, "--queue-poll-interval", "0.5", "--dlq", "dead_letter",
-                                "--no-enable-events")
+    exporter = harness.exporter(
+        url, "--queue-poll-interval", "0.5", "--dlq", "dead_letter", "--no-enable-events"
+    )
 
     def counted(s: Scrape) -> bool:
-        return s.get("celery_dlq_messages", queue_name="dead_letter",
-                     name="billing.charge") == 3
+        return s.get("celery_dlq_messages", queue_name="dead_letter", name="billing.charge") == 3
+
     s = exporter.wait_for(counted, timeout=30, what="celery_dlq_messages billing.charge 3")
     assert s.get("celery_dlq_messages", queue_name="dead_letter", name="mail.send") == 2
     assert s.get("celery_dlq_length", queue_name="dead_letter") == 8
@@ -388,10 +497,15 @@ def test_a_broker_lost_mid_replay_is_a_one_line_error(harness: Harness, tmp_path
     url = server.url()
     client = redis.Redis.from_url(url)
     dead_letter(publisher(url), "dead_letter", "replay.record", 300)
-    process = dlq_cli.spawn(url, tmp_path, "replay", "replay", "dead_letter", "--to", "work",
-                            "--rate", "50/s")
-    wait_until(lambda: client.llen("work") > 0, timeout=30, what="the replay to start",
-               details=process.tail)
+    process = dlq_cli.spawn(
+        url, tmp_path, "replay", "replay", "dead_letter", "--to", "work", "--rate", "50/s"
+    )
+    wait_until(
+        lambda: client.llen("work") > 0,
+        timeout=30,
+        what="the replay to start",
+        details=process.tail,
+    )
     server.kill()
     assert process.wait(30) == 1, process.tail()
     output = process.output(latest_start_only=True)

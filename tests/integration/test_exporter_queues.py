@@ -30,20 +30,35 @@ POLL = ("--queue-poll-interval", "0.5", "--queue-discovery-interval", "1")
 def push(broker_url: str, queue: str, count: int, **queue_options: object) -> None:
     """Plain messages into a queue, as a producer whose consumer is missing would leave them."""
     with Connection(broker_url) as connection:
-        target = Queue(queue, Exchange(queue, type="direct"), routing_key=queue,
-                       **queue_options)  # type: ignore[arg-type]
+        target = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, **queue_options)  # type: ignore[arg-type]
         producer = connection.Producer()
         for number in range(count):
-            producer.publish({"n": number}, exchange=target.exchange, routing_key=queue,
-                             declare=[target], retry=True)
+            producer.publish(
+                {"n": number},
+                exchange=target.exchange,
+                routing_key=queue,
+                declare=[target],
+                retry=True,
+            )
 
 
 def test_redis_queues_dlq_and_broker_facts(harness: Harness) -> None:
     redis = harness.redis()
     url = redis.url()
-    exporter = harness.exporter(url, *POLL, "--queue", "idle", "--queue", "ghost",
-                                "--queue", "jobs.dead", "--dlq", "*.dead",
-                                "--broker-transport-option", "visibility_timeout=120")
+    exporter = harness.exporter(
+        url,
+        *POLL,
+        "--queue",
+        "idle",
+        "--queue",
+        "ghost",
+        "--queue",
+        "jobs.dead",
+        "--dlq",
+        "*.dead",
+        "--broker-transport-option",
+        "visibility_timeout=120",
+    )
     client = harness.client(url)
     sent_before = time.time()
     for _ in range(5):
@@ -51,8 +66,10 @@ def test_redis_queues_dlq_and_broker_facts(harness: Harness) -> None:
     push(url, "jobs.dead", 2)
 
     def settled(s: Scrape) -> bool:
-        return (s.get("celery_queue_length", queue_name="idle") == 5
-                and s.get("celery_dlq_length", queue_name="jobs.dead") == 2)
+        return (
+            s.get("celery_queue_length", queue_name="idle") == 5
+            and s.get("celery_dlq_length", queue_name="jobs.dead") == 2
+        )
 
     s = exporter.wait_for(settled, timeout=30, what="idle=5 and jobs.dead=2")
     assert s.get("celery_queue_exists", queue_name="idle") == 1
@@ -72,8 +89,11 @@ def test_redis_queues_dlq_and_broker_facts(harness: Harness) -> None:
     assert s.get("celery_dlq_ingress_total", queue_name="jobs.dead") == 0  # the baseline
 
     push(url, "jobs.dead", 3)
-    s = exporter.wait_for(lambda s: s.get("celery_dlq_length", queue_name="jobs.dead") == 5,
-                          timeout=20, what="jobs.dead=5")
+    s = exporter.wait_for(
+        lambda s: s.get("celery_dlq_length", queue_name="jobs.dead") == 5,
+        timeout=20,
+        what="jobs.dead=5",
+    )
     assert s.get("celery_dlq_ingress_total", queue_name="jobs.dead") == 3
 
 
@@ -81,23 +101,32 @@ def test_redis_broker_down_is_reported_and_recovered(harness: Harness) -> None:
     redis = harness.redis()
     exporter = harness.exporter(redis.url(), *POLL, "--queue", "idle")
     push(redis.url(), "idle", 4)
-    exporter.wait_for(lambda s: s.get("celery_queue_length", queue_name="idle") == 4,
-                      timeout=20, what="idle=4")
+    exporter.wait_for(
+        lambda s: s.get("celery_queue_length", queue_name="idle") == 4, timeout=20, what="idle=4"
+    )
     pid = exporter.pid
     redis.kill()
-    down = exporter.wait_for(lambda s: s.get("celery_broker_up") == 0, timeout=20,
-                             what="celery_broker_up 0")
-    errors = {dict(labels)["error"]: value
-              for labels, value in down.series("celery_broker_probe_errors_total").items()}
+    down = exporter.wait_for(
+        lambda s: s.get("celery_broker_up") == 0, timeout=20, what="celery_broker_up 0"
+    )
+    errors = {
+        dict(labels)["error"]: value
+        for labels, value in down.series("celery_broker_probe_errors_total").items()
+    }
     # redis-py's error on the open connection, kombu's when reconnecting fails
     assert set(errors) <= {"ConnectionError", "OperationalError"} and sum(errors.values()) >= 1
     redis.restart()  # empty: no persistence
     push(redis.url(), "idle", 2)
     # the poller and the event stream reconnect independently, each with its own pace
-    exporter.wait_for(lambda s: s.get("celery_broker_up") == 1
-                      and s.get("celery_queue_length", queue_name="idle") == 2
-                      and s.get("celery_vitals_event_stream_up") == 1,
-                      timeout=40, what="broker up, idle=2 and the event stream up again")
+    exporter.wait_for(
+        lambda s: (
+            s.get("celery_broker_up") == 1
+            and s.get("celery_queue_length", queue_name="idle") == 2
+            and s.get("celery_vitals_event_stream_up") == 1
+        ),
+        timeout=40,
+        what="broker up, idle=2 and the event stream up again",
+    )
     assert exporter.pid == pid
 
 
@@ -115,8 +144,9 @@ def management_url(server: RabbitMQServer) -> str:
     return server.management_url.replace("http://", "http://guest:guest@")
 
 
-def test_rabbitmq_queues_consumers_and_discovered_dlq(rabbitmq: RabbitMQServer,
-                                                      harness: Harness) -> None:
+def test_rabbitmq_queues_consumers_and_discovered_dlq(
+    rabbitmq: RabbitMQServer, harness: Harness
+) -> None:
     url = rabbitmq.url
     # "orders" dead-letters into "orders.dead" through exchange "orders.dlx"
     dead = Queue("orders.dead", Exchange("orders.dlx", type="direct"), routing_key="orders")
@@ -124,24 +154,42 @@ def test_rabbitmq_queues_consumers_and_discovered_dlq(rabbitmq: RabbitMQServer,
     with Connection(url) as connection:
         dead(connection.default_channel).declare()
     push(url, "orders", 3, queue_arguments=orders_args)
-    exporter = harness.exporter(url, *POLL, "--rabbitmq-management-url", management_url(rabbitmq),
-                                "--event-queue-ttl", "7", "--event-queue-max-length", "5000")
-    s = exporter.wait_for(lambda s: s.get("celery_queue_length", queue_name="orders") == 3,
-                          timeout=30, what="orders=3")
+    exporter = harness.exporter(
+        url,
+        *POLL,
+        "--rabbitmq-management-url",
+        management_url(rabbitmq),
+        "--event-queue-ttl",
+        "7",
+        "--event-queue-max-length",
+        "5000",
+    )
+    s = exporter.wait_for(
+        lambda s: s.get("celery_queue_length", queue_name="orders") == 3,
+        timeout=30,
+        what="orders=3",
+    )
     assert s.get("celery_queue_consumers", queue_name="orders") == 0
     assert s.get("celery_queue_unacked", queue_name="orders") == 0
     assert s.get("celery_queue_exists", queue_name="orders") == 1
     assert s.get("celery_dlq_length", queue_name="orders.dead") == 0  # found, not configured
 
     with Connection(url) as connection:  # a consumer rejects two without requeue
-        queue = Queue("orders", Exchange("orders", type="direct"), routing_key="orders",
-                      queue_arguments=orders_args)(connection.default_channel)
+        queue = Queue(
+            "orders",
+            Exchange("orders", type="direct"),
+            routing_key="orders",
+            queue_arguments=orders_args,
+        )(connection.default_channel)
         for _ in range(2):
             message = queue.get(no_ack=False)
             assert message is not None
             message.reject(requeue=False)
-    s = exporter.wait_for(lambda s: s.get("celery_dlq_length", queue_name="orders.dead") == 2,
-                          timeout=30, what="orders.dead=2")
+    s = exporter.wait_for(
+        lambda s: s.get("celery_dlq_length", queue_name="orders.dead") == 2,
+        timeout=30,
+        what="orders.dead=2",
+    )
     assert s.get("celery_queue_length", queue_name="orders") == 1
     assert s.get("celery_dlq_ingress_total", queue_name="orders.dead") == 2
     (info,) = s.series("celery_broker_info")
@@ -149,30 +197,35 @@ def test_rabbitmq_queues_consumers_and_discovered_dlq(rabbitmq: RabbitMQServer,
     assert s.value("celery_broker_memory_used_bytes") > 0
 
     # the exporter's own event queue: bounded in time and length, gone when it is
-    request = urllib.request.Request(rabbitmq.management_url + "api/queues/%2F",
-                                     headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})
+    request = urllib.request.Request(
+        rabbitmq.management_url + "api/queues/%2F",
+        headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         queues = json.load(response)
     (events,) = [q for q in queues if q["name"].startswith("celeryev.celery-vitals.")]
-    assert events["arguments"] == {"x-message-ttl": 7000, "x-max-length": 5000,
-                                   "x-expires": 60000}
+    assert events["arguments"] == {"x-message-ttl": 7000, "x-max-length": 5000, "x-expires": 60000}
     assert events["auto_delete"] is True and events["durable"] is False
 
 
-def test_rabbitmq_broker_down_is_reported_and_recovered(rabbitmq: RabbitMQServer,
-                                                        harness: Harness) -> None:
+def test_rabbitmq_broker_down_is_reported_and_recovered(
+    rabbitmq: RabbitMQServer, harness: Harness
+) -> None:
     exporter = harness.exporter(rabbitmq.url, *POLL, "--queue", "celery")
     pid = exporter.pid
-    exporter.wait_for(lambda s: s.get("celery_broker_up") == 1, timeout=30,
-                      what="celery_broker_up 1")
+    exporter.wait_for(
+        lambda s: s.get("celery_broker_up") == 1, timeout=30, what="celery_broker_up 1"
+    )
     rabbitmq.kill()
     exporter.wait_unready(timeout=30)
-    exporter.wait_for(lambda s: s.get("celery_broker_up") == 0, timeout=30,
-                      what="celery_broker_up 0")
+    exporter.wait_for(
+        lambda s: s.get("celery_broker_up") == 0, timeout=30, what="celery_broker_up 0"
+    )
     rabbitmq.restart()
     exporter.wait_ready(timeout=60)
-    up = exporter.wait_for(lambda s: s.get("celery_broker_up") == 1, timeout=30,
-                           what="celery_broker_up 1 again")
+    up = exporter.wait_for(
+        lambda s: s.get("celery_broker_up") == 1, timeout=30, what="celery_broker_up 1 again"
+    )
     assert up.value("celery_vitals_event_stream_reconnects_total") >= 1
     assert exporter.pid == pid
 
@@ -182,18 +235,35 @@ def test_demo_dead_letter_route_on_rabbitmq(rabbitmq: RabbitMQServer, harness: H
     found as a DLQ through the management API without any --dlq."""
     url = rabbitmq.url
     exporter = harness.exporter(url, *POLL, "--rabbitmq-management-url", management_url(rabbitmq))
-    harness.worker("dead", url, exporter=exporter, queues="celery,demo.jobs",
-                   extra_env={"DEMO_DEAD_LETTER": "1"})
+    harness.worker(
+        "dead",
+        url,
+        exporter=exporter,
+        queues="celery,demo.jobs",
+        extra_env={"DEMO_DEAD_LETTER": "1"},
+    )
     client = harness.client(url)
     use_dead_letter_route(client)
-    exporter.wait_for(lambda s: s.get("celery_dlq_length", queue_name="demo.jobs.dead") == 0,
-                      timeout=30, what="demo.jobs.dead found as an empty DLQ")
+    exporter.wait_for(
+        lambda s: s.get("celery_dlq_length", queue_name="demo.jobs.dead") == 0,
+        timeout=30,
+        what="demo.jobs.dead found as an empty DLQ",
+    )
     for _ in range(3):
         client.send_task("demo.poison")
     s = exporter.wait_for(
         lambda s: s.get("celery_dlq_length", queue_name="demo.jobs.dead") == 3,
-        timeout=40, what="3 poison messages in demo.jobs.dead")
-    assert s.get("celery_task_rejected_total", name="demo.poison", queue_name="demo.jobs",
-                 requeue="false") == 3
+        timeout=40,
+        what="3 poison messages in demo.jobs.dead",
+    )
+    assert (
+        s.get(
+            "celery_task_rejected_total",
+            name="demo.poison",
+            queue_name="demo.jobs",
+            requeue="false",
+        )
+        == 3
+    )
     assert s.get("celery_dlq_ingress_total", queue_name="demo.jobs.dead") == 3
     assert s.get("celery_queue_consumers", queue_name="demo.jobs") == 1

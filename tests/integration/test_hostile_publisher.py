@@ -65,12 +65,19 @@ def url_of(kind: str, server: Any) -> str:
 
 # -- what the publisher sends ---------------------------------------------------------------
 
+
 class Message:
     """One message as a publisher can send it: a body and the properties it claims."""
 
-    def __init__(self, body: bytes, *, headers: dict[str, Any] | None = None,
-                 content_type: str = "application/json", skip: str | None = None,
-                 observation: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        headers: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+        skip: str | None = None,
+        observation: tuple[str, str] | None = None,
+    ) -> None:
         self.body = body
         self.headers = headers or {}
         self.content_type = content_type
@@ -96,32 +103,55 @@ def lifecycle(index: int) -> list[dict[str, Any]]:
 def fixed_shapes(kind: str) -> list[Message]:
     heartbeat = events.heartbeat("hostile@test")
     shapes = [
-        Message(jbytes(heartbeat), headers={"compression": "application/x-snappy"},
-                skip="unsupported_compression"),
-        Message(jbytes(heartbeat), headers={"compression": ["gzip"]},
-                skip="unsupported_compression"),
+        Message(
+            jbytes(heartbeat),
+            headers={"compression": "application/x-snappy"},
+            skip="unsupported_compression",
+        ),
+        Message(
+            jbytes(heartbeat), headers={"compression": ["gzip"]}, skip="unsupported_compression"
+        ),
         Message(jbytes(heartbeat), headers={"compression": 7}, skip="unsupported_compression"),
-        Message(b"this is not gzip", headers={"compression": "application/x-gzip"},
-                skip="undecodable_body"),
+        Message(
+            b"this is not gzip",
+            headers={"compression": "application/x-gzip"},
+            skip="undecodable_body",
+        ),
         Message(b"[" * 10_000 + b"]" * 10_000, skip="undecodable_body"),
-        Message(b'{"type": "worker-heartbeat", "hostname": "hostile@test", "timestamp": 1'
-                + b"0" * 400 + b"}", observation=("timestamp", "bad_value")),
-        Message(b'{"type": "task-started", "uuid": "u", "hostname": "hostile@test", '
-                b'"timestamp": -1' + b"0" * 400 + b"}", observation=("timestamp", "bad_value")),
-        *(Message(jbytes({**heartbeat, "freq": 1e-300}),
-                  observation=("celery_vitals_heartbeats_missed_total", "bad_value"))
-          for _ in range(4)),
-        Message(events.zeros_bomb(64 * MiB), headers={"compression": "application/x-gzip"},
-                skip="too_large"),
-        Message(b"\x80\x04K\x01.", content_type="application/x-python-serialize",
-                skip="undecodable_body"),
+        Message(
+            b'{"type": "worker-heartbeat", "hostname": "hostile@test", "timestamp": 1'
+            + b"0" * 400
+            + b"}",
+            observation=("timestamp", "bad_value"),
+        ),
+        Message(
+            b'{"type": "task-started", "uuid": "u", "hostname": "hostile@test", '
+            b'"timestamp": -1' + b"0" * 400 + b"}",
+            observation=("timestamp", "bad_value"),
+        ),
+        *(
+            Message(
+                jbytes({**heartbeat, "freq": 1e-300}),
+                observation=("celery_vitals_heartbeats_missed_total", "bad_value"),
+            )
+            for _ in range(4)
+        ),
+        Message(
+            events.zeros_bomb(64 * MiB),
+            headers={"compression": "application/x-gzip"},
+            skip="too_large",
+        ),
+        Message(
+            b"\x80\x04K\x01.",
+            content_type="application/x-python-serialize",
+            skip="undecodable_body",
+        ),
     ]
     if kind == "rabbitmq":
         deep: dict[str, Any] = {}
         for _ in range(2000):
             deep = {"k": deep}
-        shapes.append(Message(jbytes(heartbeat), headers={"deep": deep},
-                              skip="malformed_headers"))
+        shapes.append(Message(jbytes(heartbeat), headers={"deep": deep}, skip="malformed_headers"))
     return shapes
 
 
@@ -132,27 +162,37 @@ def random_shapes(rng: random.Random) -> list[Message]:
         pick = rng.randrange(5)
         if pick == 0:  # a compression name no codec has
             name = "".join(rng.choice("abcdefxyz-/") for _ in range(rng.randrange(1, 30)))
-            shapes.append(Message(jbytes(events.heartbeat("r@test")),
-                                  headers={"compression": f"x-{name}"},
-                                  skip="unsupported_compression"))
+            shapes.append(
+                Message(
+                    jbytes(events.heartbeat("r@test")),
+                    headers={"compression": f"x-{name}"},
+                    skip="unsupported_compression",
+                )
+            )
         elif pick == 1:  # random bytes that claim a compression
             garbage = rng.randbytes(rng.randrange(1, 4096))
-            codec = rng.choice(["application/x-gzip", "application/x-bz2",
-                                "application/x-lzma"])
-            shapes.append(Message(garbage, headers={"compression": codec},
-                                  skip="undecodable_body"))
+            codec = rng.choice(["application/x-gzip", "application/x-bz2", "application/x-lzma"])
+            shapes.append(Message(garbage, headers={"compression": codec}, skip="undecodable_body"))
         elif pick == 2:  # JSON that is neither an event nor a list of events
-            value = rng.choice([rng.randrange(-(10**30), 10**30), rng.random(), "text", True,
-                                None, "x" * rng.randrange(1, 5000)])
+            value = rng.choice(
+                [
+                    rng.randrange(-(10**30), 10**30),
+                    rng.random(),
+                    "text",
+                    True,
+                    None,
+                    "x" * rng.randrange(1, 5000),
+                ]
+            )
             shapes.append(Message(jbytes(value), skip="malformed_body"))
         elif pick == 3:  # nesting far past what a parser recurses into
             depth = rng.randrange(5_000, 50_000)
             opener, closer = rng.choice([(b"[", b"]"), (b'{"a":', b"}")])
-            shapes.append(Message(opener * depth + b"1" + closer * depth,
-                                  skip="undecodable_body"))
+            shapes.append(Message(opener * depth + b"1" + closer * depth, skip="undecodable_body"))
         else:  # bytes that are not JSON at all
-            shapes.append(Message(b"\xff" + rng.randbytes(rng.randrange(1, 2048)),
-                                  skip="undecodable_body"))
+            shapes.append(
+                Message(b"\xff" + rng.randbytes(rng.randrange(1, 2048)), skip="undecodable_body")
+            )
     return shapes
 
 
@@ -166,12 +206,32 @@ def redis_only_shapes() -> list[Message]:
         Message(b"42", skip="malformed_envelope"),
         Message(b"[" * 10_000 + b"]" * 10_000, skip="malformed_envelope"),
         # properties without delivery_tag: kombu raised KeyError; the body is used
-        Message(jbytes({"body": body, "content-type": "application/json", "headers": {},
-                        "properties": {"body_encoding": "base64"}}), skip="malformed_body"),
-        Message(jbytes({"body": body, "properties": {"body_encoding": "rot13"}}),
-                skip="malformed_envelope"),
-        Message(jbytes({"body": body, "content-type": "application/json", "headers": "x",
-                        "properties": {"body_encoding": "base64"}}), skip="malformed_headers"),
+        Message(
+            jbytes(
+                {
+                    "body": body,
+                    "content-type": "application/json",
+                    "headers": {},
+                    "properties": {"body_encoding": "base64"},
+                }
+            ),
+            skip="malformed_body",
+        ),
+        Message(
+            jbytes({"body": body, "properties": {"body_encoding": "rot13"}}),
+            skip="malformed_envelope",
+        ),
+        Message(
+            jbytes(
+                {
+                    "body": body,
+                    "content-type": "application/json",
+                    "headers": "x",
+                    "properties": {"body_encoding": "base64"},
+                }
+            ),
+            skip="malformed_headers",
+        ),
     ]
 
 
@@ -194,19 +254,25 @@ class Publisher:
 
     def send(self, message: Message) -> None:
         with deep_recursion():
-            self.producer.publish(message.body, exchange=self.exchange, routing_key="bad.raw",
-                                  content_type=message.content_type, content_encoding="utf-8",
-                                  headers=message.headers, retry=True)
+            self.producer.publish(
+                message.body,
+                exchange=self.exchange,
+                routing_key="bad.raw",
+                content_type=message.content_type,
+                content_encoding="utf-8",
+                headers=message.headers,
+                retry=True,
+            )
 
     def send_events(self, body: object) -> None:
-        self.producer.publish(body, exchange=self.exchange, routing_key="task.multi",
-                              serializer="json", retry=True)
+        self.producer.publish(
+            body, exchange=self.exchange, routing_key="task.multi", serializer="json", retry=True
+        )
 
     def publish_raw(self, payload: bytes) -> None:
         """A Redis pub/sub payload as is, on the channel kombu's fanout uses."""
         channel = self.connection.default_channel
-        channel.client.publish(channel._get_publish_topic(self.exchange.name, "bad.raw"),
-                               payload)
+        channel.client.publish(channel._get_publish_topic(self.exchange.name, "bad.raw"), payload)
 
     def close(self) -> None:
         self.connection.release()
@@ -216,11 +282,18 @@ def check_scrape(exporter: ExporterProcess) -> None:
     """/metrics answers 200, in both formats, with text promtool and OpenMetrics accept."""
     plain = exporter.get("/metrics")
     assert plain.status == 200, plain.text
-    check = subprocess.run(["promtool", "check", "metrics"], input=plain.text, text=True,
-                           capture_output=True, timeout=30, check=False)
+    check = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=plain.text,
+        text=True,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     # promtool's lint notes (e.g. counters without _total) exit 3; a parse error exits 1
     assert check.returncode in (0, 3) and "error while linting" not in check.stderr, (
-        check.stdout + check.stderr)
+        check.stdout + check.stderr
+    )
     om = exporter.get("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
     assert om.status == 200
     assert any(f.name == "celery_vitals_events" for f in om_parse(om.text))
@@ -251,16 +324,27 @@ def test_each_hostile_message_costs_one_skip(broker: tuple[str, Any], harness: H
     assert sum(skips.values()) + sum(observations.values()) == len(messages)
 
     s = exporter.wait_for(
-        lambda s: s.get("celery_task_succeeded_total", name=OK_NAME, queue_name="celery")
-        == len(messages) and sum(s.series("celery_vitals_events_skipped_total").values())
-        >= sum(skips.values()),
-        timeout=60, what=f"{len(messages)} lifecycles and {sum(skips.values())} skips")
-    assert {dict(labels)["reason"]: value for labels, value in
-            s.series("celery_vitals_events_skipped_total").items()} == skips
-    assert {(dict(labels)["metric"], dict(labels)["reason"]): value for labels, value in
-            s.series("celery_vitals_observations_skipped_total").items()} == observations
-    for metric in ("celery_task_received_total", "celery_task_started_total",
-                   "celery_task_succeeded_total", "celery_task_runtime_seconds_count"):
+        lambda s: (
+            s.get("celery_task_succeeded_total", name=OK_NAME, queue_name="celery") == len(messages)
+            and sum(s.series("celery_vitals_events_skipped_total").values()) >= sum(skips.values())
+        ),
+        timeout=60,
+        what=f"{len(messages)} lifecycles and {sum(skips.values())} skips",
+    )
+    assert {
+        dict(labels)["reason"]: value
+        for labels, value in s.series("celery_vitals_events_skipped_total").items()
+    } == skips
+    assert {
+        (dict(labels)["metric"], dict(labels)["reason"]): value
+        for labels, value in s.series("celery_vitals_observations_skipped_total").items()
+    } == observations
+    for metric in (
+        "celery_task_received_total",
+        "celery_task_started_total",
+        "celery_task_succeeded_total",
+        "celery_task_runtime_seconds_count",
+    ):
         assert s.get(metric, name=OK_NAME, queue_name="celery") == len(messages), metric
     assert s.get("celery_vitals_event_stream_reconnects_total") == 0
     assert s.get("celery_vitals_event_stream_up") == 1
@@ -280,7 +364,8 @@ def peak_rss(pid: int) -> int:
 
 
 def test_a_decompression_bomb_is_a_skip_within_the_memory_limit(
-        broker: tuple[str, Any], harness: Harness) -> None:
+    broker: tuple[str, Any], harness: Harness
+) -> None:
     kind, server = broker
     url = url_of(kind, server)
     exporter = consuming_exporter(harness, url)
@@ -292,9 +377,11 @@ def test_a_decompression_bomb_is_a_skip_within_the_memory_limit(
         publisher.send(Message(bomb, headers={"compression": "application/x-gzip"}))
     finally:
         publisher.close()
-    s = exporter.wait_for(lambda s: s.get("celery_vitals_events_skipped_total",
-                                          reason="too_large") == 1,
-                          timeout=20, what="the bomb counted as too_large")
+    s = exporter.wait_for(
+        lambda s: s.get("celery_vitals_events_skipped_total", reason="too_large") == 1,
+        timeout=20,
+        what="the bomb counted as too_large",
+    )
     after = peak_rss(exporter.pid)
     assert s.get("celery_vitals_event_stream_reconnects_total") == 0
     print(f"{kind}: peak RSS {before / MiB:.1f} MiB before the bomb, {after / MiB:.1f} after")
@@ -307,7 +394,8 @@ BACK_WITHIN_SECONDS = 5
 
 
 def test_consuming_again_within_5s_of_the_broker_return(
-        broker: tuple[str, Any], harness: Harness) -> None:
+    broker: tuple[str, Any], harness: Harness
+) -> None:
     kind, server = broker
     url = url_of(kind, server)
     exporter = consuming_exporter(harness, url)

@@ -44,8 +44,9 @@ def uid() -> str:
 @pytest.fixture
 def client(rabbit: RabbitMQServer) -> Iterator[Connection]:
     """The test's own connection, publishing with confirms."""
-    with Connection(rabbit.url, transport_options={"confirm_publish": True},
-                    connect_timeout=5) as connection:
+    with Connection(
+        rabbit.url, transport_options={"confirm_publish": True}, connect_timeout=5
+    ) as connection:
         connection.ensure_connection(max_retries=3)
         yield connection
 
@@ -66,8 +67,9 @@ def probes() -> Iterator[Callable[..., AmqpProbe]]:
 
 
 def declare(connection: Connection, name: str, arguments: dict[str, Any] | None = None) -> None:
-    connection.default_channel.queue_declare(queue=name, durable=False, auto_delete=False,
-                                             arguments=arguments or {})
+    connection.default_channel.queue_declare(
+        queue=name, durable=False, auto_delete=False, arguments=arguments or {}
+    )
 
 
 def publish(connection: Connection, queue: str, count: int) -> None:
@@ -80,9 +82,15 @@ def by_name(result: ProbeResult) -> dict[str, QueueStats]:
     return {queue.name: queue for queue in result.queues}
 
 
-def poll_until(probe: AmqpProbe, queues: list[str],
-               condition: Callable[[dict[str, QueueStats]], bool], what: str,
-               timeout: float = 25, *, broker_may_be_down: bool = False) -> ProbeResult:
+def poll_until(
+    probe: AmqpProbe,
+    queues: list[str],
+    condition: Callable[[dict[str, QueueStats]], bool],
+    what: str,
+    timeout: float = 25,
+    *,
+    broker_may_be_down: bool = False,
+) -> ProbeResult:
     """Polls until the condition holds; the last result is in the failure message."""
     last: list[ProbeResult | Exception] = []
 
@@ -97,8 +105,13 @@ def poll_until(probe: AmqpProbe, queues: list[str],
         last[:] = [result]
         return result if condition(by_name(result)) else None
 
-    result = wait_until(check, timeout=timeout, what=what, interval=0.2,
-                        details=lambda: f"last poll: {last[0] if last else None}")
+    result = wait_until(
+        check,
+        timeout=timeout,
+        what=what,
+        interval=0.2,
+        details=lambda: f"last poll: {last[0] if last else None}",
+    )
     assert result is not None
     return result
 
@@ -131,8 +144,8 @@ def closed_port() -> int:
 
 
 def test_passive_declare_counts_ready_messages_and_consumers(
-        rabbit: RabbitMQServer, client: Connection, uid: str,
-        probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe]
+) -> None:
     busy, idle, empty = f"{uid}.busy", f"{uid}.idle", f"{uid}.empty"
     for name in (busy, idle, empty):
         declare(client, name)
@@ -152,8 +165,12 @@ def test_passive_declare_counts_ready_messages_and_consumers(
 
 
 def test_missing_queues_are_absent_and_the_poll_goes_on(
-        rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe],
-        caplog: pytest.LogCaptureFixture) -> None:
+    rabbit: RabbitMQServer,
+    client: Connection,
+    uid: str,
+    probes: Callable[..., AmqpProbe],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     present = [f"{uid}.q{number}" for number in range(4)]
     for number, name in enumerate(present):
         declare(client, name)
@@ -177,8 +194,8 @@ def test_missing_queues_are_absent_and_the_poll_goes_on(
 
 
 def test_management_counts_unacked_ready_consumers_and_ingress(
-        rabbit: RabbitMQServer, client: Connection, uid: str,
-        probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe]
+) -> None:
     queue, missing = f"{uid}.held", f"{uid}.missing"
     declare(client, queue)
     publish(client, queue, 5)
@@ -186,12 +203,15 @@ def test_management_counts_unacked_ready_consumers_and_ingress(
     try:
         probe = probes(rabbit.url, management_url=rabbit.management_url)
         result = poll_until(
-            probe, [queue, missing],
+            probe,
+            [queue, missing],
             lambda stats: stats[queue].unacked == 2 and stats[queue].consumers == 1,
-            what="the management API to show the consumer's 2 unacked messages")
+            what="the management API to show the consumer's 2 unacked messages",
+        )
         stats = by_name(result)
-        assert stats[queue] == QueueStats(queue, exists=True, ready=3, unacked=2, consumers=1,
-                                          published_total=5)
+        assert stats[queue] == QueueStats(
+            queue, exists=True, ready=3, unacked=2, consumers=1, published_total=5
+        )
         assert stats[missing] == QueueStats(missing, exists=False)
         assert result.info == {"transport": "amqp", "version": "3.10.8", "eviction_policy": ""}
         assert result.persistence == {}
@@ -203,8 +223,8 @@ def test_management_counts_unacked_ready_consumers_and_ingress(
 
 
 def test_management_mode_is_exact_for_a_queue_declared_a_moment_ago(
-        rabbit: RabbitMQServer, client: Connection, uid: str,
-        probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe]
+) -> None:
     """The listing has no numbers for a new queue until the next statistics round."""
     probe = probes(rabbit.url, management_url=rabbit.management_url)
     queue = f"{uid}.new"
@@ -215,11 +235,15 @@ def test_management_mode_is_exact_for_a_queue_declared_a_moment_ago(
 
 
 def test_discover_lists_task_queues_but_not_celery_plumbing(
-        rabbit: RabbitMQServer, client: Connection, uid: str,
-        probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe]
+) -> None:
     tasks = [f"{uid}.tasks", f"{uid}-default"]
-    plumbing = [f"celeryev.{uid}", f"{uid}@host.celery.pidbox",
-                f"{uid}.reply.celery.pidbox", f"{uid}_celery_delayed_3"]
+    plumbing = [
+        f"celeryev.{uid}",
+        f"{uid}@host.celery.pidbox",
+        f"{uid}.reply.celery.pidbox",
+        f"{uid}_celery_delayed_3",
+    ]
     for name in tasks + plumbing:
         declare(client, name)
     server_named = client.default_channel.queue_declare(queue="", exclusive=True).queue
@@ -232,15 +256,16 @@ def test_discover_lists_task_queues_but_not_celery_plumbing(
     assert not [name for name in discovered if is_plumbing(name)]
     # they do exist: the probe chose not to report them
     stats = by_name(probes(rabbit.url).poll([*plumbing, server_named]))
-    assert all(stats[name] == QueueStats(name, exists=True, ready=0, consumers=0)
-               for name in plumbing)
+    assert all(
+        stats[name] == QueueStats(name, exists=True, ready=0, consumers=0) for name in plumbing
+    )
     # another connection's exclusive queue: RESOURCE_LOCKED says it exists, nothing more
     assert stats[server_named] == QueueStats(server_named, exists=True)
 
 
 def test_dead_letter_targets_follow_the_dead_letter_exchange(
-        rabbit: RabbitMQServer, client: Connection, uid: str,
-        probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe]
+) -> None:
     channel = client.default_channel
     dead, bystander, fanned = f"{uid}.dead", f"{uid}.other", f"{uid}.fanned"
     retried, delay = f"{uid}.work", f"{uid}.delay"
@@ -250,8 +275,11 @@ def test_dead_letter_targets_follow_the_dead_letter_exchange(
     channel.exchange_declare(f"{uid}.dlx", "direct", durable=False, auto_delete=False)
     channel.queue_bind(dead, f"{uid}.dlx", routing_key=dead)
     channel.queue_bind(bystander, f"{uid}.dlx", routing_key="something.else")
-    declare(client, f"{uid}.source", {"x-dead-letter-exchange": f"{uid}.dlx",
-                                     "x-dead-letter-routing-key": dead})
+    declare(
+        client,
+        f"{uid}.source",
+        {"x-dead-letter-exchange": f"{uid}.dlx", "x-dead-letter-routing-key": dead},
+    )
     # direct exchange, no dead-letter routing key: the original key is unknown, so all bound
     channel.exchange_declare(f"{uid}.dlx2", "direct", durable=False, auto_delete=False)
     channel.queue_bind(fanned, f"{uid}.dlx2", routing_key="a")
@@ -259,8 +287,15 @@ def test_dead_letter_targets_follow_the_dead_letter_exchange(
     # a delay queue (TTL) expiring back into its work queue is not dead-lettering
     channel.exchange_declare(f"{uid}.retry", "direct", durable=False, auto_delete=False)
     channel.queue_bind(retried, f"{uid}.retry", routing_key=retried)
-    declare(client, delay, {"x-message-ttl": 60000, "x-dead-letter-exchange": f"{uid}.retry",
-                            "x-dead-letter-routing-key": retried})
+    declare(
+        client,
+        delay,
+        {
+            "x-message-ttl": 60000,
+            "x-dead-letter-exchange": f"{uid}.retry",
+            "x-dead-letter-routing-key": retried,
+        },
+    )
 
     probe = probes(rabbit.url, management_url=rabbit.management_url)
     result = probe.poll([dead])
@@ -272,11 +307,14 @@ def test_dead_letter_targets_follow_the_dead_letter_exchange(
 
 
 def test_a_closed_broker_port_raises_within_the_timeout(
-        probes: Callable[..., AmqpProbe], caplog: pytest.LogCaptureFixture) -> None:
+    probes: Callable[..., AmqpProbe], caplog: pytest.LogCaptureFixture
+) -> None:
     port = closed_port()
     url = f"amqp://vitals:{PASSWORD}@{LOOPBACK}:{port}//"
-    for probe in (probes(url, timeout=1.0),
-                  probes(url, timeout=1.0, management_url=f"http://{LOOPBACK}:{closed_port()}/")):
+    for probe in (
+        probes(url, timeout=1.0),
+        probes(url, timeout=1.0, management_url=f"http://{LOOPBACK}:{closed_port()}/"),
+    ):
         for _ in range(2):  # and again: each call tries a fresh connection
             started = time.monotonic()
             with caplog.at_level(logging.WARNING), pytest.raises(OperationalError) as raised:
@@ -290,7 +328,8 @@ def test_a_closed_broker_port_raises_within_the_timeout(
 
 
 def test_wrong_credentials_raise_without_the_password(
-        rabbit: RabbitMQServer, probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, probes: Callable[..., AmqpProbe]
+) -> None:
     probe = probes(rabbit.url.replace("guest:guest", f"guest:{PASSWORD}"), timeout=2.0)
     with pytest.raises(AccessRefused) as raised:
         probe.poll(["celery"])
@@ -298,11 +337,15 @@ def test_wrong_credentials_raise_without_the_password(
 
 
 def test_a_broker_that_accepts_but_never_answers_times_out(
-        probes: Callable[..., AmqpProbe]) -> None:
+    probes: Callable[..., AmqpProbe],
+) -> None:
     with socket.create_server((LOOPBACK, 0)) as silent:
         port = silent.getsockname()[1]
-        probe = probes(f"amqp://guest:guest@{LOOPBACK}:{port}//", timeout=1.0,
-                       management_url=f"http://{LOOPBACK}:{port}/")
+        probe = probes(
+            f"amqp://guest:guest@{LOOPBACK}:{port}//",
+            timeout=1.0,
+            management_url=f"http://{LOOPBACK}:{port}/",
+        )
         started = time.monotonic()
         with pytest.raises(OperationalError, match="timed out"):
             probe.poll(["celery"])
@@ -310,14 +353,20 @@ def test_a_broker_that_accepts_but_never_answers_times_out(
 
 
 def test_a_failing_management_api_falls_back_to_passive_declares(
-        rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe],
-        caplog: pytest.LogCaptureFixture) -> None:
+    rabbit: RabbitMQServer,
+    client: Connection,
+    uid: str,
+    probes: Callable[..., AmqpProbe],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     queue = f"{uid}.fallback"
     declare(client, queue)
     publish(client, queue, 4)
     wrong_password = rabbit.management_url.replace("://", f"://guest:{PASSWORD}@")
-    for management_url, why in ((wrong_password, "HTTP 401"),
-                                (f"http://{LOOPBACK}:{closed_port()}/", "ConnectionRefused")):
+    for management_url, why in (
+        (wrong_password, "HTTP 401"),
+        (f"http://{LOOPBACK}:{closed_port()}/", "ConnectionRefused"),
+    ):
         caplog.clear()
         probe = probes(rabbit.url, management_url=management_url)
         with caplog.at_level(logging.WARNING, logger="celery_vitals.probes.amqp"):
@@ -335,22 +384,29 @@ def test_a_failing_management_api_falls_back_to_passive_declares(
 
 
 def test_rejected_tasks_land_in_the_dead_letter_queue(
-        rabbit: RabbitMQServer, tmp_path: Path, probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, tmp_path: Path, probes: Callable[..., AmqpProbe]
+) -> None:
     from tests.support import dlq_app
 
     passive = probes(rabbit.url)
     managed = probes(rabbit.url, management_url=rabbit.management_url)
-    worker = CeleryWorker("dlq", rabbit.url, tmp_path, app="tests.support.dlq_app",
-                          concurrency=1)
+    worker = CeleryWorker("dlq", rabbit.url, tmp_path, app="tests.support.dlq_app", concurrency=1)
     worker.argv += ["-Q", "work"]  # consumes the work queue, never its DLQ
     worker.start()
     try:
-        poll_until(passive, ["work", "work.dead"],
-                   lambda stats: stats["work"].consumers == 1 and stats["work.dead"].exists,
-                   what="the worker to consume 'work' and declare 'work.dead'", timeout=40)
-        before = poll_until(managed, ["work.dead"],
-                            lambda stats: stats["work.dead"].published_total is not None,
-                            what="the DLQ's ingress counter")
+        poll_until(
+            passive,
+            ["work", "work.dead"],
+            lambda stats: stats["work"].consumers == 1 and stats["work.dead"].exists,
+            what="the worker to consume 'work' and declare 'work.dead'",
+            timeout=40,
+        )
+        before = poll_until(
+            managed,
+            ["work.dead"],
+            lambda stats: stats["work.dead"].published_total is not None,
+            what="the DLQ's ingress counter",
+        )
         baseline = by_name(before)["work.dead"].published_total
         assert baseline is not None
         assert "work.dead" in before.dead_letter_targets
@@ -359,22 +415,35 @@ def test_rejected_tasks_land_in_the_dead_letter_queue(
             for number in range(3):
                 dlq_app.reject.apply_async((f"poison {number}",), connection=connection)
 
-        poll_until(passive, ["work.dead"], lambda stats: stats["work.dead"].ready == 3,
-                   what="3 dead-lettered messages in work.dead", timeout=30)
+        poll_until(
+            passive,
+            ["work.dead"],
+            lambda stats: stats["work.dead"].ready == 3,
+            what="3 dead-lettered messages in work.dead",
+            timeout=30,
+        )
         after = poll_until(
-            managed, ["work", "work.dead"],
-            lambda stats: (stats["work.dead"].ready, stats["work"].unacked) == (3, 0)
-            and stats["work.dead"].published_total == baseline + 3,
-            what="the management API to count the 3 dead-lettered messages")
+            managed,
+            ["work", "work.dead"],
+            lambda stats: (
+                (stats["work.dead"].ready, stats["work"].unacked) == (3, 0)
+                and stats["work.dead"].published_total == baseline + 3
+            ),
+            what="the management API to count the 3 dead-lettered messages",
+        )
         stats = by_name(after)
-        assert stats["work"] == QueueStats("work", exists=True, ready=0, unacked=0, consumers=1,
-                                           published_total=3)
+        assert stats["work"] == QueueStats(
+            "work", exists=True, ready=0, unacked=0, consumers=1, published_total=3
+        )
         assert stats["work.dead"].published_total == baseline + 3
         assert "work.dead" in after.dead_letter_targets
 
         # the worker's own queues (pidbox, gossip events) exist but are not discovered
-        listing = http_get(rabbit.management_port, "/api/queues/%2F?columns=name",
-                           {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})  # guest:guest
+        listing = http_get(
+            rabbit.management_port,
+            "/api/queues/%2F?columns=name",
+            {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="},
+        )  # guest:guest
         names = {queue["name"] for queue in json.loads(listing.body)}
         assert any(name.endswith(".celery.pidbox") for name in names)
         assert any(name.startswith("celeryev.") for name in names)
@@ -389,8 +458,8 @@ def test_rejected_tasks_land_in_the_dead_letter_queue(
 
 
 def test_the_probe_reconnects_after_the_broker_crashed_and_restarted(
-        rabbit: RabbitMQServer, client: Connection, uid: str,
-        probes: Callable[..., AmqpProbe]) -> None:
+    rabbit: RabbitMQServer, client: Connection, uid: str, probes: Callable[..., AmqpProbe]
+) -> None:
     queue = f"{uid}.durable"
     client.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False)
     producer = client.Producer(client.default_channel)
@@ -399,8 +468,12 @@ def test_the_probe_reconnects_after_the_broker_crashed_and_restarted(
     passive = probes(rabbit.url, timeout=2.0)
     managed = probes(rabbit.url, timeout=2.0, management_url=rabbit.management_url)
     assert by_name(passive.poll([queue]))[queue].ready == 2
-    poll_until(managed, [queue], lambda stats: stats[queue].published_total == 2,
-               what="the ingress counter before the crash")
+    poll_until(
+        managed,
+        [queue],
+        lambda stats: stats[queue].published_total == 2,
+        what="the ingress counter before the crash",
+    )
 
     rabbit.kill()  # SIGKILL: no clean shutdown, the queue index is recovered from disk
     try:
@@ -414,8 +487,14 @@ def test_the_probe_reconnects_after_the_broker_crashed_and_restarted(
     client.collect()  # the test's own connection died with the broker
 
     for probe in (passive, managed):  # the same probes, no restart of their own
-        result = poll_until(probe, [queue], lambda stats: stats[queue].ready == 2,
-                            what="the probe to reconnect", timeout=30, broker_may_be_down=True)
+        result = poll_until(
+            probe,
+            [queue],
+            lambda stats: stats[queue].ready == 2,
+            what="the probe to reconnect",
+            timeout=30,
+            broker_may_be_down=True,
+        )
         assert by_name(result)[queue].consumers == 0
 
     # the recovered sequence number jumped to an index segment boundary: the first
@@ -428,7 +507,12 @@ def test_the_probe_reconnects_after_the_broker_crashed_and_restarted(
             counters.append(stats.published_total)
         return len(counters) >= 2
 
-    wait_until(two_counters, timeout=25, interval=0.5, what="two polls with listing numbers",
-               details=lambda: f"counters: {counters}")
+    wait_until(
+        two_counters,
+        timeout=25,
+        interval=0.5,
+        what="two polls with listing numbers",
+        details=lambda: f"counters: {counters}",
+    )
     assert counters[0] is None
     assert counters[1] is not None and counters[1] > 2, counters

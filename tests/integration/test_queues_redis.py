@@ -51,8 +51,9 @@ def start_worker(harness: Harness, client: Callable[[str], Celery]) -> Iterator[
     workers: list[CeleryWorker] = []
 
     def start(name: str, url: str, queues: list[str]) -> CeleryWorker:
-        worker = CeleryWorker(name, url, harness.directory, app="tests.support.queues_app",
-                              concurrency=1)
+        worker = CeleryWorker(
+            name, url, harness.directory, app="tests.support.queues_app", concurrency=1
+        )
         worker.argv += ["-Q", ",".join(queues)]
         workers.append(worker)
         worker.start()
@@ -62,8 +63,12 @@ def start_worker(harness: Harness, client: Callable[[str], Celery]) -> Iterator[
             worker.assert_running()
             return bool(app.control.ping(destination=[worker.hostname], timeout=0.5))
 
-        wait_until(answered, timeout=WORKER_START_TIMEOUT,
-                   what=f"{worker.hostname} to answer a ping", details=worker.tail)
+        wait_until(
+            answered,
+            timeout=WORKER_START_TIMEOUT,
+            what=f"{worker.hostname} to answer a ping",
+            details=worker.tail,
+        )
         return worker
 
     yield start
@@ -89,8 +94,15 @@ def stats(probe: RedisProbe, queue: str) -> QueueStats:
     return found
 
 
-def wait_for_stats(probe: RedisProbe, queue: str, predicate: Callable[[QueueStats], bool], *,
-                   what: str, worker: CeleryWorker, timeout: float = 20.0) -> QueueStats:
+def wait_for_stats(
+    probe: RedisProbe,
+    queue: str,
+    predicate: Callable[[QueueStats], bool],
+    *,
+    what: str,
+    worker: CeleryWorker,
+    timeout: float = 20.0,
+) -> QueueStats:
     """Polls until ``predicate`` holds for the queue; shows the last poll and the worker's log."""
     last: list[QueueStats] = []
 
@@ -99,8 +111,13 @@ def wait_for_stats(probe: RedisProbe, queue: str, predicate: Callable[[QueueStat
         last[:] = [stats(probe, queue)]
         return last[0] if predicate(last[0]) else None
 
-    found = wait_until(check, timeout=timeout, what=what, interval=0.1,
-                       details=lambda: f"last poll: {last}\n{worker.tail(30)}")
+    found = wait_until(
+        check,
+        timeout=timeout,
+        what=what,
+        interval=0.1,
+        details=lambda: f"last poll: {last}\n{worker.tail(30)}",
+    )
     assert found is not None
     return found
 
@@ -110,8 +127,11 @@ def raw_client(server: RedisServer) -> redis.Redis:
 
 
 def test_queue_with_messages_and_no_consumer(
-        harness: Harness, client: Callable[[str], Celery], start_worker: StartWorker,
-        probe: Callable[[str], RedisProbe]) -> None:
+    harness: Harness,
+    client: Callable[[str], Celery],
+    start_worker: StartWorker,
+    probe: Callable[[str], RedisProbe],
+) -> None:
     """A misspelled queue next to a busy worker: exact depth, consumers unknown, not an error."""
     server = harness.redis()
     url = server.url()
@@ -123,11 +143,18 @@ def test_queue_with_messages_and_no_consumer(
         app.send_task("queues.noop", queue="work")
     tested = probe(url)
 
-    wait_for_stats(tested, "work", lambda s: s.ready == 0 and s.unacked == 0,
-                   what="the worker to drain its queue", worker=worker)
+    wait_for_stats(
+        tested,
+        "work",
+        lambda s: s.ready == 0 and s.unacked == 0,
+        what="the worker to drain its queue",
+        worker=worker,
+    )
     result = tested.poll(["wrok", "work"])
-    assert result.queues == (QueueStats("wrok", exists=True, ready=7, unacked=0),
-                             QueueStats("work", exists=True, ready=0, unacked=0))
+    assert result.queues == (
+        QueueStats("wrok", exists=True, ready=7, unacked=0),
+        QueueStats("work", exists=True, ready=0, unacked=0),
+    )
     assert all(queue.consumers is None for queue in result.queues)
 
     # The worker's own plumbing is in Redis, but only task queues are discovered.
@@ -141,8 +168,11 @@ def test_queue_with_messages_and_no_consumer(
 
 
 def test_priority_tasks_are_counted_in_depth_with_a_worker_on_another_queue(
-        harness: Harness, client: Callable[[str], Celery], start_worker: StartWorker,
-        probe: Callable[[str], RedisProbe]) -> None:
+    harness: Harness,
+    client: Callable[[str], Celery],
+    start_worker: StartWorker,
+    probe: Callable[[str], RedisProbe],
+) -> None:
     server = harness.redis()
     url = server.url()
     app = client(url)
@@ -160,17 +190,26 @@ def test_priority_tasks_are_counted_in_depth_with_a_worker_on_another_queue(
     tested = probe(url)
     assert tested.poll(["prio", "work"]).queues == (
         QueueStats("prio", exists=True, ready=9, unacked=0),
-        QueueStats("work", exists=True, ready=9, unacked=0))
+        QueueStats("work", exists=True, ready=9, unacked=0),
+    )
 
     worker = start_worker("other", url, ["work"])
-    wait_for_stats(tested, "work", lambda s: s.ready == 0 and s.unacked == 0,
-                   what="the worker to drain every priority list of its queue", worker=worker)
+    wait_for_stats(
+        tested,
+        "work",
+        lambda s: s.ready == 0 and s.unacked == 0,
+        what="the worker to drain every priority list of its queue",
+        worker=worker,
+    )
     assert stats(tested, "prio") == QueueStats("prio", exists=True, ready=9, unacked=0)
 
 
 def test_long_acks_late_task_is_unacked_with_a_growing_age(
-        harness: Harness, client: Callable[[str], Celery], start_worker: StartWorker,
-        probe: Callable[[str], RedisProbe]) -> None:
+    harness: Harness,
+    client: Callable[[str], Celery],
+    start_worker: StartWorker,
+    probe: Callable[[str], RedisProbe],
+) -> None:
     server = harness.redis()
     url = server.url()
     worker = start_worker("slow", url, ["slow"])
@@ -180,8 +219,13 @@ def test_long_acks_late_task_is_unacked_with_a_growing_age(
     sent = time.time()
     for _ in range(2):  # -c 1, prefetch 1, late acks: one runs, one waits
         app.send_task("queues.sleep", args=(20,), queue="slow")
-    first = wait_for_stats(tested, "slow", lambda s: s.unacked == 1,
-                           what="the running task's message to be unacked", worker=worker)
+    first = wait_for_stats(
+        tested,
+        "slow",
+        lambda s: s.unacked == 1,
+        what="the running task's message to be unacked",
+        worker=worker,
+    )
     seen = time.time()
     assert (first.ready, first.unacked, first.consumers) == (1, 1, None)
     assert first.oldest_unacked_age is not None

@@ -22,8 +22,14 @@ def test_rabbitmq_server_round_trip(tmp_path: Path) -> None:
         queue = Queue("vitals-test", exchange, routing_key="round.trip", durable=False)
         with Connection(server.url, connect_timeout=5) as connection:
             producer = connection.Producer()
-            producer.publish({"hello": "rabbit"}, exchange=exchange, routing_key="round.trip",
-                             declare=[queue], serializer="json", retry=True)
+            producer.publish(
+                {"hello": "rabbit"},
+                exchange=exchange,
+                routing_key="round.trip",
+                declare=[queue],
+                serializer="json",
+                retry=True,
+            )
             bound = queue(connection.default_channel)
             message = bound.get(no_ack=False)
             assert message is not None
@@ -32,8 +38,9 @@ def test_rabbitmq_server_round_trip(tmp_path: Path) -> None:
             assert bound.get() is None
 
         # the management API answers on its private port
-        overview = http_get(server.management_port, "/api/overview",
-                            {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})  # guest:guest
+        overview = http_get(
+            server.management_port, "/api/overview", {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="}
+        )  # guest:guest
         assert overview.status == 200
         assert json.loads(overview.body)["node"] == server.node
     finally:

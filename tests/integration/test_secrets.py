@@ -17,17 +17,21 @@ SECRET = "s3cretPW"
 
 
 def test_password_stays_out_of_logs_and_metrics_while_broker_is_unreachable(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     closed = free_port()  # nothing listens there
     url = f"redis://:{SECRET}@127.0.0.1:{closed}/0"
     exporter = harness.exporter(url, "--enable-events-interval", "1", wait_ready=False)
 
     # Both broker users fail and log it: the event stream and the enable_events broadcast.
     exporter.wait_for(
-        lambda scrape: (scrape.value("celery_vitals_enable_events_requests_total",
-                                     result="error") >= 1
-                        and "event stream unavailable" in exporter.output()),
-        timeout=30, what="a failed broadcast and a stream retry line")
+        lambda scrape: (
+            scrape.value("celery_vitals_enable_events_requests_total", result="error") >= 1
+            and "event stream unavailable" in exporter.output()
+        ),
+        timeout=30,
+        what="a failed broadcast and a stream retry line",
+    )
     assert "retrying every 3s at most" in exporter.output()
     scrape = exporter.scrape()
     assert exporter.get("/readyz").status == 503
@@ -43,12 +47,21 @@ def test_password_stays_out_of_logs_and_metrics_while_broker_is_unreachable(
 
 
 def test_bad_broker_url_is_a_one_line_error_without_the_password() -> None:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("CELERY_VITALS_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_VITALS_")}
     result = subprocess.run(
-        [venv_executable("celery-vitals"), "serve",
-         "--broker-url", f"redis://:{SECRET}@h:notaport/0"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT, check=False)
+        [
+            venv_executable("celery-vitals"),
+            "serve",
+            "--broker-url",
+            f"redis://:{SECRET}@h:notaport/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()

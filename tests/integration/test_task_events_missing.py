@@ -24,14 +24,20 @@ QUEUE = "celery"
 def test_missing_task_events_are_detected(harness: Harness) -> None:
     redis = harness.redis()
     exporter = harness.exporter(redis.url(), "--no-enable-events", "--queue-poll-interval", "1")
-    worker = harness.worker("quiet", redis.url(), exporter=exporter, app=QUIET_APP,
-                            task_events=False)
+    worker = harness.worker(
+        "quiet", redis.url(), exporter=exporter, app=QUIET_APP, task_events=False
+    )
     host = worker.hostname
     # the poll after the worker appeared asked it for its stats: pool and prefetch
     exporter.wait_for(
-        lambda scrape: scrape.get("celery_worker_info", hostname=host,
-                                  version=celery.__version__, pool="prefork") == 1,
-        what=f'celery_worker_info{{hostname="{host}", pool="prefork"}} 1')
+        lambda scrape: (
+            scrape.get(
+                "celery_worker_info", hostname=host, version=celery.__version__, pool="prefork"
+            )
+            == 1
+        ),
+        what=f'celery_worker_info{{hostname="{host}", pool="prefork"}} 1',
+    )
     info = exporter.scrape()
     assert info.get("celery_worker_pool_processes", hostname=host) == 2  # -c 2
     assert info.get("celery_worker_prefetch_limit", hostname=host) == 2  # multiplier 1
@@ -42,15 +48,21 @@ def test_missing_task_events_are_detected(harness: Harness) -> None:
 
     # Heartbeats say tasks were processed, yet no task event came from the worker.
     s = exporter.wait_for(
-        lambda scrape: (scrape.get("celery_worker_task_events_missing", hostname=host) == 1
-                        and scrape.get("celery_worker_tasks_processed", hostname=host) == 3),
-        timeout=30, what=f'celery_worker_task_events_missing{{hostname="{host}"}} 1 '
-                         "with 3 tasks processed")
+        lambda scrape: (
+            scrape.get("celery_worker_task_events_missing", hostname=host) == 1
+            and scrape.get("celery_worker_tasks_processed", hostname=host) == 3
+        ),
+        timeout=30,
+        what=f'celery_worker_task_events_missing{{hostname="{host}"}} 1 with 3 tasks processed',
+    )
     assert s.get("celery_worker_tasks_processed", hostname=host) == 3
     assert s.get("celery_worker_up", hostname=host) == 1
     assert s.get("celery_task_sent_total", name="demo.add", queue_name=QUEUE) == 3  # client
-    for worker_side in ("celery_task_received_total", "celery_task_started_total",
-                        "celery_task_succeeded_total"):
+    for worker_side in (
+        "celery_task_received_total",
+        "celery_task_started_total",
+        "celery_task_succeeded_total",
+    ):
         assert s.series(worker_side) == {}, worker_side
     assert s.series("celery_vitals_enable_events_requests_total") == {}  # option off
 
@@ -58,8 +70,9 @@ def test_missing_task_events_are_detected(harness: Harness) -> None:
 def test_enable_events_turns_task_events_on(harness: Harness) -> None:
     redis = harness.redis()
     exporter = harness.exporter(redis.url(), "--enable-events-interval", "1")
-    worker = harness.worker("quiet", redis.url(), exporter=exporter, app=QUIET_APP,
-                            task_events=False)
+    worker = harness.worker(
+        "quiet", redis.url(), exporter=exporter, app=QUIET_APP, task_events=False
+    )
     host = worker.hostname
     client = harness.client(redis.url())
 
@@ -75,8 +88,11 @@ def test_enable_events_turns_task_events_on(harness: Harness) -> None:
             last_probe[0] = time.monotonic()
         return False
 
-    s = exporter.wait_for(probe_started, timeout=30,
-                          what="a probe task started after enable_events reached the worker")
+    s = exporter.wait_for(
+        probe_started,
+        timeout=30,
+        what="a probe task started after enable_events reached the worker",
+    )
     assert s.value("celery_vitals_enable_events_requests_total", result="ok") >= 1
     assert s.get("celery_worker_up", hostname=host) == 1
 
@@ -86,17 +102,29 @@ def test_enable_events_turns_task_events_on(harness: Harness) -> None:
         client.send_task("demo.flaky", args=(1,))
     done = exporter.wait_for(
         lambda scrape: (
-            scrape.value("celery_task_failed_total", name="demo.fail", queue_name=QUEUE,
-                         exception="ValueError") >= 4
-            and scrape.value("celery_task_succeeded_total", name="demo.flaky",
-                             queue_name=QUEUE) >= 2),
-        timeout=30, what="4 demo.fail failures and 2 demo.flaky successes")
+            scrape.value(
+                "celery_task_failed_total",
+                name="demo.fail",
+                queue_name=QUEUE,
+                exception="ValueError",
+            )
+            >= 4
+            and scrape.value("celery_task_succeeded_total", name="demo.flaky", queue_name=QUEUE)
+            >= 2
+        ),
+        timeout=30,
+        what="4 demo.fail failures and 2 demo.flaky successes",
+    )
     # Settle for one heartbeat, then the counts must be exact.
     heartbeat = done.value("celery_worker_last_heartbeat_timestamp_seconds", hostname=host)
     s = exporter.wait_for(
-        lambda scrape: scrape.value("celery_worker_last_heartbeat_timestamp_seconds",
-                                    hostname=host) > heartbeat,
-        timeout=10, what="one more heartbeat")
+        lambda scrape: (
+            scrape.value("celery_worker_last_heartbeat_timestamp_seconds", hostname=host)
+            > heartbeat
+        ),
+        timeout=10,
+        what="one more heartbeat",
+    )
     fail = {"name": "demo.fail", "queue_name": QUEUE}
     flaky = {"name": "demo.flaky", "queue_name": QUEUE}
     assert s.get("celery_task_sent_total", **fail) == 4

@@ -38,12 +38,22 @@ HOST = "w1@test"
 #   must count it once and the duplicate as a skip.
 # - demo.nope is not registered: the worker sends task-failed (NotRegistered) and
 #   nothing before it, so the only other event for it is the client's task-sent.
-SENT = {"demo.add": 3, "demo.fail": 2, "demo.flaky": 3, "demo.hopeless": 3, "demo.slow": 1,
-        "demo.nope": 1}
+SENT = {
+    "demo.add": 3,
+    "demo.fail": 2,
+    "demo.flaky": 3,
+    "demo.hopeless": 3,
+    "demo.slow": 1,
+    "demo.nope": 1,
+}
 RUN = {"demo.add": 3, "demo.fail": 2, "demo.flaky": 3, "demo.hopeless": 3, "demo.slow": 1}
 SUCCEEDED = {"demo.add": 3, "demo.flaky": 1}
-FAILED = {("demo.fail", "ValueError"): 2, ("demo.hopeless", "TimeoutError"): 1,
-          ("demo.slow", "TimeLimitExceeded"): 1, ("demo.nope", "NotRegistered"): 1}
+FAILED = {
+    ("demo.fail", "ValueError"): 2,
+    ("demo.hopeless", "TimeoutError"): 1,
+    ("demo.slow", "TimeLimitExceeded"): 1,
+    ("demo.nope", "NotRegistered"): 1,
+}
 RETRIED = {"demo.flaky": 2, "demo.hopeless": 2}
 DUPLICATE_TERMINAL = 1  # the second task-failed of demo.slow
 PROCESSED = sum(RUN.values())  # a worker counts the tasks it accepted: not the unregistered one
@@ -72,8 +82,10 @@ def per_task(counts: Mapping[str, int]) -> dict[Labels, float]:
 
 
 def per_failure(counts: Mapping[tuple[str, str], int]) -> dict[Labels, float]:
-    return {labels(name=name, queue_name=QUEUE, exception=exc): float(n)
-            for (name, exc), n in counts.items()}
+    return {
+        labels(name=name, queue_name=QUEUE, exception=exc): float(n)
+        for (name, exc), n in counts.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -87,18 +99,22 @@ class Scenario:
 
 def _reached(scrape: Scrape) -> bool:
     """Every expected count reached (>=: the exact check comes after settling)."""
-    wanted = [("celery_task_sent_total", per_task(SENT)),
-              ("celery_task_started_total", per_task(RUN)),
-              ("celery_task_succeeded_total", per_task(SUCCEEDED)),
-              ("celery_task_failed_total", per_failure(FAILED)),
-              ("celery_task_retried_total", per_task(RETRIED))]
+    wanted = [
+        ("celery_task_sent_total", per_task(SENT)),
+        ("celery_task_started_total", per_task(RUN)),
+        ("celery_task_succeeded_total", per_task(SUCCEEDED)),
+        ("celery_task_failed_total", per_failure(FAILED)),
+        ("celery_task_retried_total", per_task(RETRIED)),
+    ]
     for metric, series in wanted:
         seen = scrape.series(metric)
         if any(seen.get(key, 0) < value for key, value in series.items()):
             return False
-    return (scrape.value("celery_vitals_events_skipped_total", reason="duplicate_terminal")
-            >= DUPLICATE_TERMINAL
-            and scrape.value("celery_worker_tasks_processed", hostname=HOST) >= PROCESSED)
+    return (
+        scrape.value("celery_vitals_events_skipped_total", reason="duplicate_terminal")
+        >= DUPLICATE_TERMINAL
+        and scrape.value("celery_worker_tasks_processed", hostname=HOST) >= PROCESSED
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +141,12 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         # events a worker still buffered then have arrived, so extra counts would show.
         heartbeat = scrape.value("celery_worker_last_heartbeat_timestamp_seconds", hostname=HOST)
         final = exporter.wait_for(
-            lambda s: s.value("celery_worker_last_heartbeat_timestamp_seconds",
-                              hostname=HOST) > heartbeat,
-            timeout=10, what="a worker heartbeat after the last expected event")
+            lambda s: (
+                s.value("celery_worker_last_heartbeat_timestamp_seconds", hostname=HOST) > heartbeat
+            ),
+            timeout=10,
+            what="a worker heartbeat after the last expected event",
+        )
         yield Scenario(exporter, worker, began, reached, final)
 
 
@@ -139,30 +158,48 @@ def test_task_counters_are_exact(scenario: Scenario) -> None:
     assert s.series("celery_task_succeeded_total") == per_task(SUCCEEDED)
     assert s.series("celery_task_failed_total") == per_failure(FAILED)
     assert s.series("celery_task_retried_total") == per_task(RETRIED)
-    for nothing_happened in ("celery_task_rejected_total", "celery_task_revoked_total",
-                             "celery_task_expired_total", "celery_task_redelivered_total"):
+    for nothing_happened in (
+        "celery_task_rejected_total",
+        "celery_task_revoked_total",
+        "celery_task_expired_total",
+        "celery_task_redelivered_total",
+    ):
         assert s.series(nothing_happened) == {}, nothing_happened
 
 
 def test_duplicate_time_limit_failure_is_counted_once(scenario: Scenario) -> None:
     s = scenario.final
-    assert s.get("celery_task_failed_total", name="demo.slow", queue_name=QUEUE,
-                 exception="TimeLimitExceeded") == 1
+    assert (
+        s.get(
+            "celery_task_failed_total",
+            name="demo.slow",
+            queue_name=QUEUE,
+            exception="TimeLimitExceeded",
+        )
+        == 1
+    )
     assert s.get("celery_vitals_events_total", type="task-failed") == (
-        sum(FAILED.values()) + DUPLICATE_TERMINAL)
+        sum(FAILED.values()) + DUPLICATE_TERMINAL
+    )
     assert s.series("celery_vitals_events_skipped_total") == {
-        labels(reason="duplicate_terminal"): DUPLICATE_TERMINAL}
+        labels(reason="duplicate_terminal"): DUPLICATE_TERMINAL
+    }
 
 
 def test_duration_histograms(scenario: Scenario) -> None:
     s = scenario.final
     # runtime comes from task-succeeded; both waits are observed at every start
-    for metric, counts in (("celery_task_runtime_seconds", SUCCEEDED),
-                           ("celery_task_prefetch_wait_seconds", RUN)):
+    for metric, counts in (
+        ("celery_task_runtime_seconds", SUCCEEDED),
+        ("celery_task_prefetch_wait_seconds", RUN),
+    ):
         assert s.series(f"{metric}_count") == per_task(counts), metric
     assert s.get("celery_task_runtime_seconds_count", name="demo.add", queue_name=QUEUE) == 3
-    for metric in ("celery_task_runtime_seconds", "celery_task_queue_wait_seconds",
-                   "celery_task_prefetch_wait_seconds"):
+    for metric in (
+        "celery_task_runtime_seconds",
+        "celery_task_queue_wait_seconds",
+        "celery_task_prefetch_wait_seconds",
+    ):
         for series in s.series(f"{metric}_count"):
             count = s.samples[(f"{metric}_count", series)]
             assert s.samples[(f"{metric}_bucket", series | {("le", "+Inf")})] == count
@@ -190,9 +227,13 @@ def test_exporter_health_after_the_scenario(scenario: Scenario) -> None:
     assert s.get("celery_vitals_event_stream_reconnects_total") == 0
     assert s.get("celery_vitals_tracked_tasks") == 0  # everything finished
     assert s.series("celery_vitals_tracker_evictions_total") == {
-        labels(reason="capacity"): 0, labels(reason="age"): 0}
-    for absent in ("celery_vitals_unknown_uuid_events_total",
-                   "celery_vitals_label_values_folded_total"):
+        labels(reason="capacity"): 0,
+        labels(reason="age"): 0,
+    }
+    for absent in (
+        "celery_vitals_unknown_uuid_events_total",
+        "celery_vitals_label_values_folded_total",
+    ):
         assert s.series(absent) == {}, absent
     assert s.series("celery_vitals_observations_skipped_total") == {}
     assert s.value("celery_vitals_enable_events_requests_total", result="ok") >= 1
@@ -207,22 +248,32 @@ def test_promtool_accepts_metrics(scenario: Scenario) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package prometheus)")
-    result = subprocess.run([promtool, "check", "metrics"], input=scenario.final.text,
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=scenario.final.text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
 def test_openmetrics_on_request(scenario: Scenario) -> None:
     response = scenario.exporter.get(
-        "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+        "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
     assert response.status == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text;")
     assert response.text.endswith("# EOF\n")
     families = {family.name: family for family in openmetrics_families(response.text)}
     sent = families["celery_task_sent"]
     assert sent.type == "counter"
-    assert {(sample.labels["name"], sample.value) for sample in sent.samples
-            if sample.name == "celery_task_sent_total"} == set(SENT.items())
+    assert {
+        (sample.labels["name"], sample.value)
+        for sample in sent.samples
+        if sample.name == "celery_task_sent_total"
+    } == set(SENT.items())
 
 
 def test_worker_gauges_then_graceful_shutdown(scenario: Scenario) -> None:
@@ -241,7 +292,9 @@ def test_worker_gauges_then_graceful_shutdown(scenario: Scenario) -> None:
     assert scenario.worker.stop_gracefully() == 0  # SIGTERM: warm shutdown, worker-offline
     after = scenario.exporter.wait_for(
         lambda scrape: scrape.get("celery_worker_up", hostname=HOST) == 0,
-        timeout=10, what="celery_worker_up 0 after the worker's warm shutdown")
+        timeout=10,
+        what="celery_worker_up 0 after the worker's warm shutdown",
+    )
     assert after.get("celery_vitals_events_total", type="worker-offline") == 1
     assert after.get("celery_worker_starts_total", hostname=HOST) == 1
     assert after.get("celery_worker_tasks_processed", hostname=HOST) == PROCESSED

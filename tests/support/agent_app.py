@@ -34,7 +34,8 @@ app.conf.update(
 
 if BROKER_URL.startswith("sqs://"):  # moto on loopback: short long-polls, moto's region
     app.conf.broker_transport_options.update(
-        region="us-east-1", wait_time_seconds=1, polling_interval=0.1)
+        region="us-east-1", wait_time_seconds=1, polling_interval=0.1
+    )
 
 celery_vitals.agent.install(app)
 

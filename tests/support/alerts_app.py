@@ -31,18 +31,29 @@ DEAD_LETTER_QUEUE = Queue("dead", Exchange("dead", type="direct"), routing_key="
 class DeadLettering(Task):  # type: ignore[misc]  # celery is untyped
     """A task whose final failure publishes its message to the dead-letter queue."""
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                   einfo: Any) -> None:
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         with self.app.producer_or_acquire() as producer:
             producer.publish(
-                {"task": self.name, "id": task_id, "args": args, "kwargs": kwargs,
-                 "exception": type(exc).__name__},
-                exchange=DEAD_LETTER_QUEUE.exchange, routing_key="dead",
-                declare=[DEAD_LETTER_QUEUE], serializer="json", retry=True)
+                {
+                    "task": self.name,
+                    "id": task_id,
+                    "args": args,
+                    "kwargs": kwargs,
+                    "exception": type(exc).__name__,
+                },
+                exchange=DEAD_LETTER_QUEUE.exchange,
+                routing_key="dead",
+                declare=[DEAD_LETTER_QUEUE],
+                serializer="json",
+                retry=True,
+            )
 
 
-@app.task(name="alerts.hopeless", base=DeadLettering, bind=True, max_retries=2,
-          default_retry_delay=0)
+@app.task(
+    name="alerts.hopeless", base=DeadLettering, bind=True, max_retries=2, default_retry_delay=0
+)
 def hopeless(self: Task) -> None:
     """Retries twice, then fails with TimeoutError and is dead-lettered."""
     raise self.retry(exc=TimeoutError("dependency never answers"), countdown=0)
@@ -73,8 +84,7 @@ def hang(seconds: float) -> None:
 def backoff(self: Task, failures: int) -> str:
     """Fails ``failures`` times, retrying after 1 s, 2 s, 4 s ... each time, then succeeds."""
     if self.request.retries < failures:
-        raise self.retry(exc=ConnectionError("dependency busy"),
-                         countdown=2 ** self.request.retries)
+        raise self.retry(exc=ConnectionError("dependency busy"), countdown=2**self.request.retries)
     return "ok"
 
 

@@ -23,9 +23,11 @@ from kombu import Exchange, Queue
 DEAD_LETTER_EXCHANGE = Exchange("dlx", type="direct", durable=True)
 DEAD_LETTER_QUEUE = Queue("work.dead", DEAD_LETTER_EXCHANGE, routing_key="work.dead")
 WORK_QUEUE = Queue(
-    "work", Exchange("work", type="direct", durable=True), routing_key="work",
-    queue_arguments={"x-dead-letter-exchange": "dlx",
-                     "x-dead-letter-routing-key": "work.dead"})
+    "work",
+    Exchange("work", type="direct", durable=True),
+    routing_key="work",
+    queue_arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "work.dead"},
+)
 
 app = Celery("dlq", broker=os.environ.get("CELERY_BROKER_URL", "amqp://127.0.0.1:5672//"))
 app.conf.update(

@@ -18,11 +18,19 @@ def env(broker_url: str, **extra: str) -> dict[str, str]:
     return clean
 
 
-def run(broker_url: str, *args: str, timeout: float = 60.0, stdin: str | None = None,
-        **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([venv_executable("celery-vitals"), "dlq", *args], env=env(
-        broker_url, **extra), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-        input=stdin, check=False)
+def run(
+    broker_url: str, *args: str, timeout: float = 60.0, stdin: str | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [venv_executable("celery-vitals"), "dlq", *args],
+        env=env(broker_url, **extra),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        check=False,
+    )
 
 
 def run_json(broker_url: str, *args: str, **extra: Any) -> Any:
@@ -32,7 +40,12 @@ def run_json(broker_url: str, *args: str, **extra: Any) -> Any:
 
 
 def spawn(broker_url: str, log_dir: Path, name: str, *args: str) -> ManagedProcess:
-    process = ManagedProcess(name, [venv_executable("celery-vitals"), "dlq", *args],
-                             log_dir / f"{name}.log", env=env(broker_url), cwd=REPO_ROOT)
+    process = ManagedProcess(
+        name,
+        [venv_executable("celery-vitals"), "dlq", *args],
+        log_dir / f"{name}.log",
+        env=env(broker_url),
+        cwd=REPO_ROOT,
+    )
     process.spawn()
     return process

@@ -40,20 +40,42 @@ def publish(broker_url: str, bodies: Iterable[Body]) -> None:
         producer = connection.Producer(exchange=exchange)
         for body in bodies:
             if isinstance(body, Raw):
-                producer.publish(body.body, exchange=exchange, routing_key="bad.raw",
-                                 content_type=body.content_type,
-                                 content_encoding=body.content_encoding, retry=True)
+                producer.publish(
+                    body.body,
+                    exchange=exchange,
+                    routing_key="bad.raw",
+                    content_type=body.content_type,
+                    content_encoding=body.content_encoding,
+                    retry=True,
+                )
             else:
-                producer.publish(body, exchange=exchange, routing_key=_routing_key(body),
-                                 serializer="json", retry=True)
+                producer.publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=_routing_key(body),
+                    serializer="json",
+                    retry=True,
+                )
 
 
 def heartbeat(hostname: str, **fields: Any) -> dict[str, Any]:
     """A worker-heartbeat like a real worker's, for a worker that does not exist."""
-    return {"type": "worker-heartbeat", "hostname": hostname, "timestamp": time.time(),
-            "utcoffset": 0, "pid": 1, "clock": 1, "freq": 2.0, "active": 0, "processed": 0,
-            "loadavg": [0.0, 0.0, 0.0], "sw_ident": "test", "sw_ver": "0",
-            "sw_sys": "Linux", **fields}
+    return {
+        "type": "worker-heartbeat",
+        "hostname": hostname,
+        "timestamp": time.time(),
+        "utcoffset": 0,
+        "pid": 1,
+        "clock": 1,
+        "freq": 2.0,
+        "active": 0,
+        "processed": 0,
+        "loadavg": [0.0, 0.0, 0.0],
+        "sw_ident": "test",
+        "sw_ver": "0",
+        "sw_sys": "Linux",
+        **fields,
+    }
 
 
 def zeros_bomb(size: int) -> bytes:

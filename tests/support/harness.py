@@ -47,33 +47,55 @@ class Harness:
         self._stack.callback(server.stop)
         return server.start()
 
-    def exporter(self, broker_url: str, *args: str, name: str = "exporter",
-                 wait_ready: bool = True) -> ExporterProcess:
+    def exporter(
+        self, broker_url: str, *args: str, name: str = "exporter", wait_ready: bool = True
+    ) -> ExporterProcess:
         exporter = ExporterProcess(broker_url, self.directory, *args, name=name)
         self._stack.callback(exporter.stop)
         return exporter.start(wait_ready=wait_ready)
 
-    def worker(self, name: str, broker_url: str, *, exporter: ExporterProcess | None,
-               task_events: bool = True, app: str = "demo.app", queues: str | None = None,
-               extra_env: dict[str, str] | None = None, concurrency: int = 2,
-               extra_args: Sequence[str] = ()) -> CeleryWorker:
+    def worker(
+        self,
+        name: str,
+        broker_url: str,
+        *,
+        exporter: ExporterProcess | None,
+        task_events: bool = True,
+        app: str = "demo.app",
+        queues: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        concurrency: int = 2,
+        extra_args: Sequence[str] = (),
+    ) -> CeleryWorker:
         """A worker, started and ready: its worker-online seen by ``exporter``, or a ping reply.
 
         Waiting on the exporter (not on a sleep) also proves the exporter
         receives the worker's events before the test sends any task.
         """
-        worker = CeleryWorker(name, broker_url, self.directory, app=app, task_events=task_events,
-                              queues=queues, extra_env=extra_env, concurrency=concurrency,
-                              extra_args=extra_args)
+        worker = CeleryWorker(
+            name,
+            broker_url,
+            self.directory,
+            app=app,
+            task_events=task_events,
+            queues=queues,
+            extra_env=extra_env,
+            concurrency=concurrency,
+            extra_args=extra_args,
+        )
         self._stack.callback(worker.stop)
         worker.start()
         if exporter is not None:
+
             def online(scrape: Scrape) -> bool:
                 worker.assert_running()  # a crashed worker fails now, with its log
                 return scrape.get("celery_worker_up", hostname=worker.hostname) == 1
 
-            exporter.wait_for(online, timeout=WORKER_START_TIMEOUT,
-                              what=f'celery_worker_up{{hostname="{worker.hostname}"}} 1')
+            exporter.wait_for(
+                online,
+                timeout=WORKER_START_TIMEOUT,
+                what=f'celery_worker_up{{hostname="{worker.hostname}"}} 1',
+            )
         else:
             self.wait_answering(worker, broker_url)
         return worker
@@ -86,24 +108,38 @@ class Harness:
             worker.assert_running()
             return bool(client.control.ping(destination=[worker.hostname], timeout=0.5))
 
-        wait_until(answered, timeout=WORKER_START_TIMEOUT,
-                   what=f"{worker.hostname} to answer a ping", details=worker.tail)
+        wait_until(
+            answered,
+            timeout=WORKER_START_TIMEOUT,
+            what=f"{worker.hostname} to answer a ping",
+            details=worker.tail,
+        )
 
-    def agent_worker(self, name: str, broker_url: str, *, port: int | None = None,
-                     wait_listening: bool = True, **kwargs: object) -> AgentWorker:
+    def agent_worker(
+        self,
+        name: str,
+        broker_url: str,
+        *,
+        port: int | None = None,
+        wait_listening: bool = True,
+        **kwargs: object,
+    ) -> AgentWorker:
         """A worker of the agent app (no -E), started; by default, until its agent answers."""
-        worker = AgentWorker(name, broker_url, self.directory, port=port or free_port(),
-                             **kwargs)
+        worker = AgentWorker(name, broker_url, self.directory, port=port or free_port(), **kwargs)
         self._stack.callback(worker.stop)
         worker.start()
         if wait_listening:
+
             def listening() -> bool:
                 worker.assert_running()
                 return worker.listening()
 
-            wait_until(listening, timeout=WORKER_START_TIMEOUT,
-                       what=f"the agent of {worker.hostname} on port {worker.port}",
-                       details=worker.tail)
+            wait_until(
+                listening,
+                timeout=WORKER_START_TIMEOUT,
+                what=f"the agent of {worker.hostname} on port {worker.port}",
+                details=worker.tail,
+            )
         return worker
 
     def client(self, broker_url: str) -> Celery:
@@ -128,6 +164,11 @@ class Harness:
             events.publish(broker_url, [events.heartbeat(hostname)])
             return exporter.scrape().get("celery_worker_up", hostname=hostname) == 1
 
-        wait_until(seen, timeout=timeout, what=f"{exporter.name} to see {hostname}",
-                   details=exporter.tail, interval=0.2)
+        wait_until(
+            seen,
+            timeout=timeout,
+            what=f"{exporter.name} to see {hostname}",
+            details=exporter.tail,
+            interval=0.2,
+        )
         return hostname

@@ -45,8 +45,9 @@ class Scrape:
 
     def series(self, metric: str) -> dict[Labels, float]:
         """All series of one sample name."""
-        return {labels: value for (sample, labels), value in self.samples.items()
-                if sample == metric}
+        return {
+            labels: value for (sample, labels), value in self.samples.items() if sample == metric
+        }
 
     def names(self) -> Iterator[str]:
         return iter(sorted({sample for sample, _ in self.samples}))
@@ -54,5 +55,7 @@ class Scrape:
     def series_text(self, prefixes: tuple[str, ...] = ("celery_",)) -> str:
         """The sample lines (no HELP/TYPE, no _created, no buckets): readable in a failure."""
         return "\n".join(
-            line for line in self.text.splitlines()
-            if line.startswith(prefixes) and "_created" not in line and "_bucket" not in line)
+            line
+            for line in self.text.splitlines()
+            if line.startswith(prefixes) and "_created" not in line and "_bucket" not in line
+        )

@@ -14,8 +14,17 @@ from demo.stack.processes import REPO_ROOT, STARTED, VENV_BIN, ManagedProcess, v
 from tests.support.metrics import Scrape, parse
 from tests.support.net import LOOPBACK, Response, free_port, http_get, wait_until
 
-__all__ = ["REPO_ROOT", "STARTED", "VENV_BIN", "AgentWorker", "CeleryWorker", "ExporterProcess",
-           "ManagedProcess", "Scraped", "venv_executable"]
+__all__ = [
+    "REPO_ROOT",
+    "STARTED",
+    "VENV_BIN",
+    "AgentWorker",
+    "CeleryWorker",
+    "ExporterProcess",
+    "ManagedProcess",
+    "Scraped",
+    "venv_executable",
+]
 
 
 class Scraped(ManagedProcess):
@@ -30,8 +39,9 @@ class Scraped(ManagedProcess):
         assert response.status == 200, f"/metrics answered {response.status}: {response.text}"
         return Scrape(response.text, parse(response.text))
 
-    def wait_for(self, predicate: Callable[[Scrape], object], *, timeout: float | None = None,
-                 what: str) -> Scrape:
+    def wait_for(
+        self, predicate: Callable[[Scrape], object], *, timeout: float | None = None, what: str
+    ) -> Scrape:
         """Scrapes until ``predicate(scrape)`` is truthy; shows the last scrape on timeout."""
         last: list[Scrape] = []
 
@@ -44,8 +54,13 @@ class Scraped(ManagedProcess):
             shown = last[0].series_text() if last else "(no scrape)"
             return f"last /metrics scrape of {self.name}:\n{shown}\n{self.tail(40)}"
 
-        result = wait_until(check, timeout=self.WAIT_TIMEOUT if timeout is None else timeout,
-                            what=what, details=details, interval=0.1)
+        result = wait_until(
+            check,
+            timeout=self.WAIT_TIMEOUT if timeout is None else timeout,
+            what=what,
+            details=details,
+            interval=0.1,
+        )
         assert result is not None
         return result
 
@@ -53,13 +68,33 @@ class Scraped(ManagedProcess):
 class CeleryWorker(ManagedProcess):
     """``celery worker`` for the demo app, as a production worker would run it."""
 
-    def __init__(self, name: str, broker_url: str, log_dir: Path, *, app: str = "demo.app",
-                 task_events: bool = True, concurrency: int = 2, queues: str | None = None,
-                 extra_env: Mapping[str, str] | None = None, pool: str = "prefork",
-                 extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        broker_url: str,
+        log_dir: Path,
+        *,
+        app: str = "demo.app",
+        task_events: bool = True,
+        concurrency: int = 2,
+        queues: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        pool: str = "prefork",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.hostname = f"{name}@test"
-        argv = [venv_executable("celery"), "-A", app, "worker", "-c", str(concurrency),
-                f"--pool={pool}", "-n", self.hostname, "--loglevel=info"]
+        argv = [
+            venv_executable("celery"),
+            "-A",
+            app,
+            "worker",
+            "-c",
+            str(concurrency),
+            f"--pool={pool}",
+            "-n",
+            self.hostname,
+            "--loglevel=info",
+        ]
         if task_events:
             argv.insert(4, "-E")
         if queues is not None:
@@ -69,10 +104,12 @@ class CeleryWorker(ManagedProcess):
         env.update(extra_env or {})
         env["CELERY_BROKER_URL"] = broker_url
         env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+        )
         env.pop("CELERY_RESULT_BACKEND", None)
-        super().__init__(f"worker {self.hostname}", argv, log_dir / f"worker-{name}.log",
-                         env=env, cwd=REPO_ROOT)
+        super().__init__(
+            f"worker {self.hostname}", argv, log_dir / f"worker-{name}.log", env=env, cwd=REPO_ROOT
+        )
 
     def start(self) -> CeleryWorker:
         self.spawn()
@@ -86,14 +123,21 @@ class CeleryWorker(ManagedProcess):
 class ExporterProcess(Scraped):
     """``celery-vitals serve`` on a free loopback port, ready once /readyz says so."""
 
-    def __init__(self, broker_url: str, log_dir: Path, *args: str, name: str = "exporter",
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        log_dir: Path,
+        *args: str,
+        name: str = "exporter",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.broker_url = broker_url
         self.args = list(args)
         self.port = 0
         # only the flags (and ``env``) configure it, not the caller's CELERY_VITALS_* variables
-        full_env = {key: value for key, value in os.environ.items()
-                    if not key.startswith("CELERY_VITALS_")}
+        full_env = {
+            key: value for key, value in os.environ.items() if not key.startswith("CELERY_VITALS_")
+        }
         full_env.update(env or {})
         super().__init__(name, [], log_dir / f"{name}.log", env=full_env, cwd=REPO_ROOT)
 
@@ -101,12 +145,22 @@ class ExporterProcess(Scraped):
         """Starts on a fresh free port (retrying if it was taken meanwhile)."""
         for _ in range(5):
             self.port = free_port()
-            self.argv = [venv_executable("celery-vitals"), "serve",
-                         "--broker-url", self.broker_url,
-                         "--listen-address", f"{LOOPBACK}:{self.port}", *self.args]
+            self.argv = [
+                venv_executable("celery-vitals"),
+                "serve",
+                "--broker-url",
+                self.broker_url,
+                "--listen-address",
+                f"{LOOPBACK}:{self.port}",
+                *self.args,
+            ]
             self.spawn()
-            wait_until(lambda: self.listening() or not self.running, timeout=timeout,
-                       what=f"{self.name} to listen on port {self.port}", details=self.tail)
+            wait_until(
+                lambda: self.listening() or not self.running,
+                timeout=timeout,
+                what=f"{self.name} to listen on port {self.port}",
+                details=self.tail,
+            )
             if self.running:
                 break
             if "cannot listen" not in self.output(latest_start_only=True):
@@ -135,13 +189,15 @@ class ExporterProcess(Scraped):
         return self.get("/readyz").status == 200
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        wait_until(self.ready, timeout=timeout, what=f"{self.name} /readyz 200",
-                   details=self.tail)
+        wait_until(self.ready, timeout=timeout, what=f"{self.name} /readyz 200", details=self.tail)
 
     def wait_unready(self, timeout: float = 20.0) -> None:
-        wait_until(lambda: self.get("/readyz").status == 503, timeout=timeout,
-                   what=f"{self.name} /readyz 503", details=self.tail)
-
+        wait_until(
+            lambda: self.get("/readyz").status == 503,
+            timeout=timeout,
+            what=f"{self.name} /readyz 503",
+            details=self.tail,
+        )
 
 
 class AgentWorker(CeleryWorker, Scraped):
@@ -150,17 +206,18 @@ class AgentWorker(CeleryWorker, Scraped):
     APP = "tests.support.agent_app"
     WAIT_TIMEOUT = 30.0
 
-    def __init__(self, name: str, broker_url: str, log_dir: Path, *, port: int,
-                 **kwargs: object) -> None:
+    def __init__(
+        self, name: str, broker_url: str, log_dir: Path, *, port: int, **kwargs: object
+    ) -> None:
         self.port = port
         env = dict(kwargs.pop("extra_env", None) or {})  # type: ignore[call-overload]
         env["CELERY_VITALS_AGENT_LISTEN_ADDRESS"] = f"{LOOPBACK}:{port}"
-        super().__init__(name, broker_url, log_dir, app=self.APP, task_events=False,
-                         extra_env=env, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            name, broker_url, log_dir, app=self.APP, task_events=False, extra_env=env, **kwargs
+        )  # type: ignore[arg-type]
 
     def listening(self) -> bool:
         try:
             return http_get(self.port, "/healthz", timeout=1).status == 200
         except OSError:
             return False
-

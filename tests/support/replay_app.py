@@ -26,21 +26,42 @@ from kombu import Exchange, Queue
 
 DLX = Exchange("dlx", type="direct", durable=True)
 DEAD = Queue("work.dead", DLX, routing_key="work.dead")
-WORK = Queue("work", Exchange("", type="direct"), routing_key="work",
-             queue_arguments={"x-dead-letter-exchange": "dlx",
-                              "x-dead-letter-routing-key": "work.dead"})
-TTL = Queue("work.ttl", Exchange("", type="direct"), routing_key="work.ttl",
-            queue_arguments={"x-dead-letter-exchange": "dlx",
-                             "x-dead-letter-routing-key": "work.dead", "x-message-ttl": 50})
-MAXLEN = Queue("work.max", Exchange("", type="direct"), routing_key="work.max",
-               queue_arguments={"x-dead-letter-exchange": "dlx",
-                                "x-dead-letter-routing-key": "work.dead", "x-max-length": 1})
+WORK = Queue(
+    "work",
+    Exchange("", type="direct"),
+    routing_key="work",
+    queue_arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "work.dead"},
+)
+TTL = Queue(
+    "work.ttl",
+    Exchange("", type="direct"),
+    routing_key="work.ttl",
+    queue_arguments={
+        "x-dead-letter-exchange": "dlx",
+        "x-dead-letter-routing-key": "work.dead",
+        "x-message-ttl": 50,
+    },
+)
+MAXLEN = Queue(
+    "work.max",
+    Exchange("", type="direct"),
+    routing_key="work.max",
+    queue_arguments={
+        "x-dead-letter-exchange": "dlx",
+        "x-dead-letter-routing-key": "work.dead",
+        "x-max-length": 1,
+    },
+)
 
 BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 app = Celery("replay", broker=BROKER)
-app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4,
-                broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
-                task_default_queue="work")
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=4,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    task_default_queue="work",
+)
 if BROKER.startswith("amqp"):
     app.conf.task_queues = [WORK, TTL, MAXLEN, DEAD]
 

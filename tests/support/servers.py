@@ -62,10 +62,14 @@ class RabbitMQServer:
     def api(self, method: str, path: str, body: object = None) -> object:
         """One call to the management API as guest; the decoded JSON answer (None if empty)."""
         request = urllib.request.Request(
-            self.management_url + "api/" + path.lstrip("/"), method=method,
+            self.management_url + "api/" + path.lstrip("/"),
+            method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"content-type": "application/json",
-                     "authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+            headers={
+                "content-type": "application/json",
+                "authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+            },
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read()
         return json.loads(text) if text else None
@@ -73,8 +77,9 @@ class RabbitMQServer:
     def vhost(self, name: str) -> str:
         """A new virtual host (guest may use it): its broker URL."""
         self.api("PUT", f"vhosts/{name}")
-        self.api("PUT", f"permissions/{name}/guest",
-                 {"configure": ".*", "write": ".*", "read": ".*"})
+        self.api(
+            "PUT", f"permissions/{name}/guest", {"configure": ".*", "write": ".*", "read": ".*"}
+        )
         return f"amqp://guest:guest@{LOOPBACK}:{self.port}/{name}"
 
     @property
@@ -85,25 +90,29 @@ class RabbitMQServer:
         d = self.directory
         ctl_min = free_port(below=65500)
         env = dict(os.environ)
-        env.update({
-            "HOME": str(d),
-            "ERL_EPMD_PORT": str(self.epmd_port),
-            "ERL_EPMD_ADDRESS": LOOPBACK,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_CTL_DIST_PORT_MIN": str(ctl_min),
-            "RABBITMQ_CTL_DIST_PORT_MAX": str(ctl_min + 10),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(d / "log"),
-            "RABBITMQ_PID_FILE": str(self.pid_file),
-            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
-            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
-        })
+        env.update(
+            {
+                "HOME": str(d),
+                "ERL_EPMD_PORT": str(self.epmd_port),
+                "ERL_EPMD_ADDRESS": LOOPBACK,
+                "RABBITMQ_NODENAME": self.node,
+                "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+                "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_CTL_DIST_PORT_MIN": str(ctl_min),
+                "RABBITMQ_CTL_DIST_PORT_MAX": str(ctl_min + 10),
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                    "-kernel inet_dist_use_interface {127,0,0,1}"
+                ),
+                "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(d / "log"),
+                "RABBITMQ_PID_FILE": str(self.pid_file),
+                "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+                "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            }
+        )
         for name in ("RABBITMQ_LOGS", "RABBITMQ_BASE", "RABBITMQ_USE_LONGNAME"):
             env.pop(name, None)
         return env
@@ -112,18 +121,28 @@ class RabbitMQServer:
         d = self.directory
         lines = ["log.console = false", "log.file.level = info"]
         if self.management:
-            lines += [f"management.tcp.port = {self.management_port}",
-                      f"management.tcp.ip = {LOOPBACK}"]
+            lines += [
+                f"management.tcp.port = {self.management_port}",
+                f"management.tcp.ip = {LOOPBACK}",
+            ]
         (d / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (d / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq/rabbitmq-env.conf
 
     def _run(self, *argv: str, timeout: float) -> None:
-        result = subprocess.run(list(argv), env=self._env(), cwd=self.directory,
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            list(argv),
+            env=self._env(),
+            cwd=self.directory,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if result.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
 
     def start(self, timeout: float = 60.0) -> RabbitMQServer:
         """epmd, plugins (offline), server; ready when ``rabbitmqctl wait`` says so."""
@@ -147,16 +166,27 @@ class RabbitMQServer:
         self._write_config()
 
         self.epmd = ManagedProcess(
-            "epmd", [executable("epmd"), "-port", str(self.epmd_port), "-address", LOOPBACK],
-            self.directory / "epmd.log")
+            "epmd",
+            [executable("epmd"), "-port", str(self.epmd_port), "-address", LOOPBACK],
+            self.directory / "epmd.log",
+        )
         self.epmd.spawn()
-        wait_until(lambda: port_open(self.epmd_port) or not self.epmd_running(), timeout=10,
-                   what="epmd to listen", details=self.epmd.tail)
+        wait_until(
+            lambda: port_open(self.epmd_port) or not self.epmd_running(),
+            timeout=10,
+            what="epmd to listen",
+            details=self.epmd.tail,
+        )
         self.epmd.assert_running()
 
         if self.management:
-            self._run(executable("rabbitmq-plugins", RABBITMQ_BIN / "rabbitmq-plugins"),
-                      "--offline", "enable", "rabbitmq_management", timeout=60)
+            self._run(
+                executable("rabbitmq-plugins", RABBITMQ_BIN / "rabbitmq-plugins"),
+                "--offline",
+                "enable",
+                "rabbitmq_management",
+                timeout=60,
+            )
         self._start_node(timeout)
 
     def kill(self) -> None:
@@ -178,18 +208,30 @@ class RabbitMQServer:
         self.server = ManagedProcess(
             f"rabbitmq-server {self.node}",
             [executable("rabbitmq-server", RABBITMQ_BIN / "rabbitmq-server")],
-            self.directory / "server.log", env=self._env(), cwd=self.directory)
+            self.directory / "server.log",
+            env=self._env(),
+            cwd=self.directory,
+        )
         self.server.spawn()
         server = self.server
-        wait_until(lambda: self.pid_file.exists() or not server.running,
-                   timeout=max(deadline - time.monotonic(), 1), what="the rabbitmq pid file",
-                   details=self.tail)
+        wait_until(
+            lambda: self.pid_file.exists() or not server.running,
+            timeout=max(deadline - time.monotonic(), 1),
+            what="the rabbitmq pid file",
+            details=self.tail,
+        )
         server.assert_running()
-        self._run(executable("rabbitmqctl", RABBITMQ_BIN / "rabbitmqctl"), "wait",
-                  str(self.pid_file), "--timeout", str(int(max(deadline - time.monotonic(), 5))),
-                  timeout=max(deadline - time.monotonic(), 5) + 5)
-        wait_until(lambda: port_open(self.port), timeout=10, what="the AMQP listener",
-                   details=self.tail)
+        self._run(
+            executable("rabbitmqctl", RABBITMQ_BIN / "rabbitmqctl"),
+            "wait",
+            str(self.pid_file),
+            "--timeout",
+            str(int(max(deadline - time.monotonic(), 5))),
+            timeout=max(deadline - time.monotonic(), 5) + 5,
+        )
+        wait_until(
+            lambda: port_open(self.port), timeout=10, what="the AMQP listener", details=self.tail
+        )
 
     def epmd_running(self) -> bool:
         return self.epmd is not None and self.epmd.running
@@ -254,12 +296,16 @@ class MotoServer:
             process = ManagedProcess(
                 f"moto_server :{port}",
                 [venv_executable("moto_server"), "-H", LOOPBACK, "-p", str(port)],
-                self.directory / "moto.log")
+                self.directory / "moto.log",
+            )
             self.process, self.port = process, port
             process.spawn()
-            wait_until(lambda p=process: self.answers() or not p.running,  # type: ignore[misc]
-                       timeout=max(deadline - time.monotonic(), 0.1),
-                       what=f"moto_server to answer on port {port}", details=process.tail)
+            wait_until(
+                lambda p=process: self.answers() or not p.running,  # type: ignore[misc]
+                timeout=max(deadline - time.monotonic(), 0.1),
+                what=f"moto_server to answer on port {port}",
+                details=process.tail,
+            )
             if process.running:
                 return self
             if time.monotonic() >= deadline:

@@ -41,21 +41,33 @@ class Harness:
         return self.registry.get_sample_value(metric, labels)
 
     def task(self, metric: str, task: str, queue: str = "celery", **labels: str) -> float | None:
-        return self.registry.get_sample_value(metric, {"name": task, "queue_name": queue,
-                                                       **labels})
+        return self.registry.get_sample_value(metric, {"name": task, "queue_name": queue, **labels})
 
 
 def event(type_: str, ts: float = T0, hostname: str = "w1@host", **fields: Any) -> dict[str, Any]:
-    return {"type": type_, "timestamp": ts, "hostname": hostname, "utcoffset": 0, "pid": 1,
-            "clock": 1, **fields}
+    return {
+        "type": type_,
+        "timestamp": ts,
+        "hostname": hostname,
+        "utcoffset": 0,
+        "pid": 1,
+        "clock": 1,
+        **fields,
+    }
 
 
-def lifecycle(uuid: str, name: str, *, queue: str | None = "celery", t: float = T0,
-              runtime: float = 0.5, hostname: str = "w1@host") -> list[dict[str, Any]]:
+def lifecycle(
+    uuid: str,
+    name: str,
+    *,
+    queue: str | None = "celery",
+    t: float = T0,
+    runtime: float = 0.5,
+    hostname: str = "w1@host",
+) -> list[dict[str, Any]]:
     """sent, received, started, succeeded for one task: sent at t, received t+1,
     started t+3, succeeded t+3+runtime."""
-    sent = event("task-sent", t, "client", uuid=uuid, name=name, retries=0, eta=None,
-                 queue=queue)
+    sent = event("task-sent", t, "client", uuid=uuid, name=name, retries=0, eta=None, queue=queue)
     return [
         sent,
         event("task-received", t + 1, hostname, uuid=uuid, name=name, retries=0),

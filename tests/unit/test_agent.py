@@ -36,28 +36,40 @@ HOST = "w1@host"
 
 # -- fakes ----------------------------------------------------------------------
 
-def queue(name: str, exchange: str | None = None, routing_key: str | None = None
-          ) -> SimpleNamespace:
-    return SimpleNamespace(name=name, exchange=SimpleNamespace(name=exchange or name),
-                           routing_key=routing_key or name)
+
+def queue(
+    name: str, exchange: str | None = None, routing_key: str | None = None
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        name=name, exchange=SimpleNamespace(name=exchange or name), routing_key=routing_key or name
+    )
 
 
 def consumer(*queues: SimpleNamespace, tags: dict[str, str] | None = None) -> SimpleNamespace:
-    return SimpleNamespace(task_consumer=SimpleNamespace(queues=list(queues),
-                                                         _active_tags=tags or {}))
+    return SimpleNamespace(
+        task_consumer=SimpleNamespace(queues=list(queues), _active_tags=tags or {})
+    )
 
 
 class FakeRequest:
     """What the tap reads of celery.worker.request.Request."""
 
-    def __init__(self, uuid: str, name: str, delivery_info: dict[str, Any] | None = None,
-                 retries: int = 0, eta: datetime | None = None) -> None:
+    def __init__(
+        self,
+        uuid: str,
+        name: str,
+        delivery_info: dict[str, Any] | None = None,
+        retries: int = 0,
+        eta: datetime | None = None,
+    ) -> None:
         self.id = uuid
         self.name = name
         self.message = SimpleNamespace(delivery_info=delivery_info or {})
-        self.delivery_info = {"exchange": (delivery_info or {}).get("exchange"),
-                              "routing_key": (delivery_info or {}).get("routing_key"),
-                              "redelivered": (delivery_info or {}).get("redelivered", False)}
+        self.delivery_info = {
+            "exchange": (delivery_info or {}).get("exchange"),
+            "routing_key": (delivery_info or {}).get("routing_key"),
+            "redelivered": (delivery_info or {}).get("redelivered", False),
+        }
         self.request_dict = {"retries": retries}
         self.eta = eta
         self.expires = None
@@ -96,25 +108,36 @@ class Clock:
 def config(**overrides: Any) -> Config:
     from celery_vitals.config import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, _buckets
 
-    return Config(broker_url="", runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
-                  wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS), **overrides)
+    return Config(
+        broker_url="",
+        runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
+        wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS),
+        **overrides,
+    )
 
 
 class TapHarness:
     def __init__(self, consumer_: Any = None) -> None:
         self.clock = Clock()
-        self.pipeline = Pipeline(config(), clock=self.clock,
-                                 agent={"hostname": HOST, "pool": "prefork"})
-        self.tap = Tap(self.pipeline.router, HOST, threading.Lock(),
-                       consumer=lambda: consumer_, clock=self.clock)
+        self.pipeline = Pipeline(
+            config(), clock=self.clock, agent={"hostname": HOST, "pool": "prefork"}
+        )
+        self.tap = Tap(
+            self.pipeline.router,
+            HOST,
+            threading.Lock(),
+            consumer=lambda: consumer_,
+            clock=self.clock,
+        )
         running = SimpleNamespace(pid=os.getpid(), running=True, tap=self.tap)
         self.cls = tapped_request_cls(CeleryLikeRequest, SimpleNamespace(agent=running))
 
     def tasks_received(self) -> float | None:
         """celery_task_received_total of task t from queue q, without draining the tap."""
         text = self.pipeline.exposition.render().decode()
-        return Scrape(text, parse(text)).value("celery_task_received_total", name="t",
-                                               queue_name="q")
+        return Scrape(text, parse(text)).value(
+            "celery_task_received_total", name="t", queue_name="q"
+        )
 
     def scrape(self) -> Scrape:
         self.tap.drain()  # as the agent's HTTP server does before each scrape
@@ -123,6 +146,7 @@ class TapHarness:
 
 
 # -- delivery queue ---------------------------------------------------------------
+
 
 def test_amqp_consumer_tag_names_the_exact_queue() -> None:
     c = consumer(queue("alpha"), queue("beta", "shared", "jobs"), tags={"alpha": "1", "beta": "2"})
@@ -151,8 +175,13 @@ def test_unresolvable_delivery_falls_back_to_routing_key_then_none() -> None:
 
 # -- the tap ------------------------------------------------------------------------
 
-def run(h: TapHarness, request: CeleryLikeRequest, outcome: Any = (False, 3, 0.25),
-        consumer_: Any = None) -> None:
+
+def run(
+    h: TapHarness,
+    request: CeleryLikeRequest,
+    outcome: Any = (False, 3, 0.25),
+    consumer_: Any = None,
+) -> None:
     """The main-process lifecycle: received (signal), started, finished (pool callback)."""
     h.tap.received(request, consumer_)
     h.clock.now += 0.5
@@ -169,13 +198,17 @@ def test_lifecycle_counts_under_the_delivery_queue_with_events_off() -> None:
         run(h, h.cls(f"a{i}", "t.add", {"exchange": "alpha", "routing_key": "alpha"}), consumer_=c)
     run(h, h.cls("b0", "t.add", {"exchange": "beta", "routing_key": "beta"}), consumer_=c)
     s = h.scrape()
-    for metric in ("celery_task_received_total", "celery_task_started_total",
-                   "celery_task_succeeded_total"):
+    for metric in (
+        "celery_task_received_total",
+        "celery_task_started_total",
+        "celery_task_succeeded_total",
+    ):
         assert s.get(metric, name="t.add", queue_name="alpha") == 3, metric
         assert s.get(metric, name="t.add", queue_name="beta") == 1, metric
     assert s.series("celery_task_received_total").keys() == {
         frozenset({("name", "t.add"), ("queue_name", "alpha")}),
-        frozenset({("name", "t.add"), ("queue_name", "beta")})}
+        frozenset({("name", "t.add"), ("queue_name", "beta")}),
+    }
     assert s.get("celery_task_runtime_seconds_sum", name="t.add", queue_name="alpha") == 0.75
     assert s.get("celery_task_prefetch_wait_seconds_sum", name="t.add", queue_name="beta") == 0.5
     assert s.get("celery_vitals_tracked_tasks") == 0  # all finished
@@ -198,14 +231,20 @@ def test_failures_keep_their_exception_class_worker_lost_included() -> None:
     lost = h.cls("u2", "t.die", {"routing_key": "q"})
     h.tap.received(lost)
     lost.send_event("task-started")
-    lost.send_event("task-failed", traceback="Traceback...",
-                    exception="WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL)"
-                              " Job: 3.')")
+    lost.send_event(
+        "task-failed",
+        traceback="Traceback...",
+        exception="WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job: 3.')",
+    )
     s = h.scrape()
-    assert s.get("celery_task_failed_total", name="t.fail", queue_name="q",
-                 exception="ValueError") == 1
-    assert s.get("celery_task_failed_total", name="t.die", queue_name="q",
-                 exception="WorkerLostError") == 1
+    assert (
+        s.get("celery_task_failed_total", name="t.fail", queue_name="q", exception="ValueError")
+        == 1
+    )
+    assert (
+        s.get("celery_task_failed_total", name="t.die", queue_name="q", exception="WorkerLostError")
+        == 1
+    )
 
 
 def test_retry_rejected_and_revoked_on_arrival_are_named() -> None:
@@ -253,7 +292,8 @@ def test_eta_is_passed_on_as_iso_text() -> None:
 
 
 def test_a_broken_request_or_router_never_raises_into_celery(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     h = TapHarness()
     h.tap.received(object())  # no id, no name
     request = h.cls("u1", "t", {"routing_key": "q"})
@@ -283,17 +323,29 @@ def test_no_tap_in_a_pool_child_means_plain_celery() -> None:
 
 # -- the pool watch --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("code", "reason"), [
-    (0, "recycled"), (EX_RECYCLE, "recycled"), (-9, "killed"), (-15, "killed"),
-    (1, "failed"), (None, None), ("x", None)])
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (0, "recycled"),
+        (EX_RECYCLE, "recycled"),
+        (-9, "killed"),
+        (-15, "killed"),
+        (1, "failed"),
+        (None, None),
+        ("x", None),
+    ],
+)
 def test_exit_reason(code: object, reason: str | None) -> None:
     assert exit_reason(code) == reason
 
 
 def test_resident_bytes_is_vmrss() -> None:
     status = Path("/proc/self/status").read_text()
-    vmrss = int(next(line for line in status.splitlines() if line.startswith("VmRSS:"))
-                .split()[1]) * 1024
+    vmrss = (
+        int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+        * 1024
+    )
     rss = resident_bytes(os.getpid())
     assert rss is not None
     assert abs(rss - vmrss) <= 0.1 * vmrss
@@ -309,9 +361,12 @@ class FakeBilliardPool:
 
 def fake_worker(processes: list[SimpleNamespace]) -> SimpleNamespace:
     inner = FakeBilliardPool(processes)
-    return SimpleNamespace(hostname=HOST, pool_cls="prefork",
-                           pool=SimpleNamespace(_pool=inner, num_processes=len(processes)),
-                           consumer=SimpleNamespace(qos=SimpleNamespace(value=8)))
+    return SimpleNamespace(
+        hostname=HOST,
+        pool_cls="prefork",
+        pool=SimpleNamespace(_pool=inner, num_processes=len(processes)),
+        consumer=SimpleNamespace(qos=SimpleNamespace(value=8)),
+    )
 
 
 def test_pool_sample_and_exits_by_slot() -> None:
@@ -359,6 +414,7 @@ def test_threads_and_solo_pools_have_only_the_main_process() -> None:
 
 # -- the agent: pipeline, HTTP, failure modes ----------------------------------------------
 
+
 @pytest.fixture
 def agent_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     port = free_port()
@@ -380,7 +436,8 @@ def test_agent_exports_every_agent_metric_and_none_of_the_event_stream(agent_env
     agent = started_agent(worker)
     try:
         request = tapped_request_cls(CeleryLikeRequest, SimpleNamespace(agent=agent))(
-            "u1", "t", {"routing_key": "q"})
+            "u1", "t", {"routing_key": "q"}
+        )
         agent.tap.received(request)
         request.send_event("task-started")
         request.on_success((False, 1, 0.01))
@@ -392,21 +449,28 @@ def test_agent_exports_every_agent_metric_and_none_of_the_event_stream(agent_env
         assert http_get(agent_env, "/").status == 200
     finally:
         agent.stop()
-    exported = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
-                for name, _ in s.samples}
+    exported = {
+        name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+        for name, _ in s.samples
+    }
     # task metrics need the events the busy exporter harness feeds: here the agent's own
-    wanted = {spec.name for spec in catalogue.SPECS
-              if spec.source == "agent" or spec.group == "worker"}
+    wanted = {
+        spec.name for spec in catalogue.SPECS if spec.source == "agent" or spec.group == "worker"
+    }
     assert wanted - exported == set()
-    assert not any(spec.name in exported for spec in catalogue.SPECS
-                   if spec.source == "exporter" and spec.group == "exporter")
+    assert not any(
+        spec.name in exported
+        for spec in catalogue.SPECS
+        if spec.source == "exporter" and spec.group == "exporter"
+    )
     assert s.get("celery_vitals_agent_info", hostname=HOST, pool="prefork") == 1
     assert s.get("celery_worker_up", hostname=HOST) == 1
     assert s.get("celery_worker_starts_total", hostname=HOST) == 1
     assert s.get("celery_worker_pool_processes", hostname=HOST) == 1
     assert s.get("celery_worker_prefetch_limit", hostname=HOST) == 8
-    assert s.get("celery_worker_info", hostname=HOST, version=celery.__version__,
-                 pool="prefork") == 1
+    assert (
+        s.get("celery_worker_info", hostname=HOST, version=celery.__version__, pool="prefork") == 1
+    )
     assert s.get("celery_task_succeeded_total", name="t", queue_name="q") == 1
     assert s.get("celery_worker_pool_process_exits_total", hostname=HOST, reason="killed") == 0
     with pytest.raises(OSError):
@@ -427,7 +491,8 @@ def test_heartbeats_come_from_the_worker_state(agent_env: int) -> None:
 
 
 def test_a_failing_collector_is_left_out_logged_and_the_rest_served(
-        agent_env: int, caplog: pytest.LogCaptureFixture) -> None:
+    agent_env: int, caplog: pytest.LogCaptureFixture
+) -> None:
     agent = started_agent(fake_worker([]))
     try:
         collector = agent.pipeline.collectors[2]
@@ -448,8 +513,9 @@ def test_a_failing_collector_is_left_out_logged_and_the_rest_served(
         agent.stop()
 
 
-def test_basic_auth_from_the_agent_web_config(agent_env: int, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_basic_auth_from_the_agent_web_config(
+    agent_env: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import base64
 
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
@@ -460,8 +526,7 @@ def test_basic_auth_from_the_agent_web_config(agent_env: int, tmp_path: Path,
     try:
         assert http_get(agent_env, "/metrics").status == 401
         token = base64.b64encode(b"prometheus:pw").decode()
-        assert http_get(agent_env, "/metrics",
-                        {"Authorization": f"Basic {token}"}).status == 200
+        assert http_get(agent_env, "/metrics", {"Authorization": f"Basic {token}"}).status == 200
     finally:
         agent.stop()
 
@@ -479,35 +544,38 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
         agent_module._process.agent = None
 
 
-def test_worker_init_starts_the_agent_for_its_app_only(installed: Celery, agent_env: int
-                                                       ) -> None:
+def test_worker_init_starts_the_agent_for_its_app_only(installed: Celery, agent_env: int) -> None:
     other = SimpleNamespace(app=Celery("other", set_as_current=False), hostname="x@y")
     agent_module._on_worker_init(sender=other)
     assert agent_module._process.agent is None
-    agent_module._on_worker_init(sender=SimpleNamespace(app=installed, hostname=HOST,
-                                                        pool_cls="solo"))
+    agent_module._on_worker_init(
+        sender=SimpleNamespace(app=installed, hostname=HOST, pool_cls="solo")
+    )
     assert agent_module._active() is not None
     assert http_get(agent_env, "/healthz").status == 200
     agent_module._on_worker_shutdown()
     assert agent_module._process.agent is None
 
 
-def test_occupied_port_is_a_warning_not_a_crash(installed: Celery, agent_env: int,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_occupied_port_is_a_warning_not_a_crash(
+    installed: Celery, agent_env: int, caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind((LOOPBACK, agent_env))
         taken.listen()
         with caplog.at_level(logging.WARNING):
-            agent_module._on_worker_init(sender=SimpleNamespace(app=installed, hostname=HOST,
-                                                                pool_cls="solo"))
+            agent_module._on_worker_init(
+                sender=SimpleNamespace(app=installed, hostname=HOST, pool_cls="solo")
+            )
     assert agent_module._process.agent is None
     assert "celery-vitals agent not started" in caplog.text
     assert "Address already in use" in caplog.text
 
 
-def test_bad_listen_address_is_a_warning(installed: Celery, monkeypatch: pytest.MonkeyPatch,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_listen_address_is_a_warning(
+    installed: Celery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv(agent_module.LISTEN_ADDRESS_ENV, "no-port")
     with caplog.at_level(logging.WARNING):
         agent_module._on_worker_init(sender=SimpleNamespace(app=installed, hostname=HOST))
@@ -527,9 +595,11 @@ def test_default_address_is_9809_not_the_exporters(monkeypatch: pytest.MonkeyPat
 
 
 def test_solo_pools_process_init_in_the_main_process_keeps_the_agent(
-        installed: Celery, agent_env: int) -> None:
-    agent_module._on_worker_init(sender=SimpleNamespace(app=installed, hostname=HOST,
-                                                        pool_cls="solo"))
+    installed: Celery, agent_env: int
+) -> None:
+    agent_module._on_worker_init(
+        sender=SimpleNamespace(app=installed, hostname=HOST, pool_cls="solo")
+    )
     agent_module._on_worker_process_init(sender=HOST)  # what solo's TaskPool sends
     assert agent_module._active() is not None
     assert http_get(agent_env, "/healthz").status == 200
@@ -541,16 +611,32 @@ def test_unregistered_task_fails_as_not_registered_under_its_name_and_queue() ->
     message = SimpleNamespace(delivery_info={"exchange": "alpha", "routing_key": "alpha"})
     h.tap.unknown(c, message, "old.name", "u1")
     s = h.scrape()
-    assert s.get("celery_task_failed_total", name="old.name", queue_name="alpha",
-                 exception="NotRegistered") == 1
+    assert (
+        s.get(
+            "celery_task_failed_total",
+            name="old.name",
+            queue_name="alpha",
+            exception="NotRegistered",
+        )
+        == 1
+    )
     assert s.series("celery_task_received_total") == {}
 
 
 def test_tap_queues_events_and_drains_them_in_order_losing_none_across_threads(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     h = TapHarness()
-    h.tap.feed({"type": "task-received", "uuid": "u0", "name": "t", "hostname": HOST,
-                "timestamp": h.clock(), "queue": "q"})
+    h.tap.feed(
+        {
+            "type": "task-received",
+            "uuid": "u0",
+            "name": "t",
+            "hostname": HOST,
+            "timestamp": h.clock(),
+            "queue": "q",
+        }
+    )
     assert list(h.tap.queued) and not h.tasks_received()  # the task's path only appends
     assert h.tap.drain() == 1 and h.tasks_received() == 1
     monkeypatch.setattr(tap_module, "MAX_QUEUED", 1_000)  # the inline drain takes part too
@@ -559,12 +645,26 @@ def test_tap_queues_events_and_drains_them_in_order_losing_none_across_threads(
     def lifecycles(thread: int) -> None:
         for number in range(per_thread):
             uuid, now = f"t{thread}-{number}", h.clock()
-            h.tap.feed({"type": "task-received", "uuid": uuid, "name": "t", "hostname": HOST,
-                        "timestamp": now, "queue": "q"})
-            h.tap.feed({"type": "task-started", "uuid": uuid, "hostname": HOST,
-                        "timestamp": now})
-            h.tap.feed({"type": "task-succeeded", "uuid": uuid, "hostname": HOST,
-                        "timestamp": now, "runtime": 0.01})
+            h.tap.feed(
+                {
+                    "type": "task-received",
+                    "uuid": uuid,
+                    "name": "t",
+                    "hostname": HOST,
+                    "timestamp": now,
+                    "queue": "q",
+                }
+            )
+            h.tap.feed({"type": "task-started", "uuid": uuid, "hostname": HOST, "timestamp": now})
+            h.tap.feed(
+                {
+                    "type": "task-succeeded",
+                    "uuid": uuid,
+                    "hostname": HOST,
+                    "timestamp": now,
+                    "runtime": 0.01,
+                }
+            )
 
     stop = threading.Event()
 

@@ -24,8 +24,7 @@ def test_memory_benchmark_smoke_holds_the_uuid_map_at_its_cap() -> None:
     assert a["by_type"]["task-sent"] == a["by_type"]["task-succeeded"] == 3000
     assert (b["tasks"], b["tracked"], b["evictions"]["capacity"]) == (800, 800, 0)
     # 3,000 tasks that never finish, a cap of 1,000: exactly 2,000 evicted
-    assert (c["tasks"], c["tracked"], c["evictions"]) == (3000, 1000,
-                                                          {"capacity": 2000, "age": 0})
+    assert (c["tasks"], c["tracked"], c["evictions"]) == (3000, 1000, {"capacity": 2000, "age": 0})
     assert [s["tasks"] for s in c["samples"]] == [0, 1000, 2000, 3000]
     assert all(s["ru_maxrss_kib"] > 0 for s in c["samples"])
     # every sample renders /metrics: 200 name/queue pairs of series once tasks ran
@@ -48,27 +47,40 @@ def test_scrape_benchmark_smoke_renders_every_series() -> None:
     pairs = 10 * 5
     assert results["tasks"] == 2 * pairs
     assert results["workers"] == 5
-    assert results["pairs"] == {"sent": pairs, "received": pairs, "started": pairs,
-                                "succeeded": pairs}
+    assert results["pairs"] == {
+        "sent": pairs,
+        "received": pairs,
+        "started": pairs,
+        "succeeded": pairs,
+    }
     assert results["failed_series"] == pairs  # one exception class per pair
     assert results["families"]["celery_task_sent_total"] == pairs
-    cases = ("prometheus_client", "render_unchanged", "render_changed", "http_text_unchanged",
-             "http_prometheus_unchanged", "http_prometheus_changed")
+    cases = (
+        "prometheus_client",
+        "render_unchanged",
+        "render_changed",
+        "http_text_unchanged",
+        "http_prometheus_unchanged",
+        "http_prometheus_changed",
+    )
     assert [results[case]["runs"] for case in cases] == [3] * len(cases)
     # the same body but for celery_vitals_scrape_duration_seconds, which counts the renders
     # in between (a few hundred bytes of buckets)
     assert abs(results["prometheus_client"]["bytes"] - results["bytes"]) < 1000
     # Prometheus' request gets gzipped OpenMetrics: much smaller than the plain text
-    assert results["http_prometheus_unchanged"]["bytes"] < results["http_text_unchanged"][
-        "bytes"] / 5
+    assert (
+        results["http_prometheus_unchanged"]["bytes"] < results["http_text_unchanged"]["bytes"] / 5
+    )
 
 
 def test_loss_benchmark_smoke_records_each_run() -> None:
     from benchmarks.loss import main as loss_main
 
     results = loss_main(["--smoke", "--no-write", "--quiet", "--rates", "20000,50000"])
-    assert [(r["broker"], r["rate"]) for r in results["runs"]] == [("inprocess", 20000.0),
-                                                                   ("inprocess", 50000.0)]
+    assert [(r["broker"], r["rate"]) for r in results["runs"]] == [
+        ("inprocess", 20000.0),
+        ("inprocess", 50000.0),
+    ]
     for run in results["runs"]:
         assert run["error"] is None
         assert run["published"] == run["exporter_counted"] > 1000
@@ -95,23 +107,41 @@ def test_loss_driver_sizes_runs_by_seconds_and_runs_the_exporter_alone() -> None
 
     def broker_run(argv: object) -> dict[str, object]:
         seen.append(list(argv))  # type: ignore[call-overload]
-        exporter = {"events": 900, "lost": 100, "cpu_us_per_event": 15.0, "reconnects": 2,
-                    "heartbeats_missed": 3, "peak_backlog_events": 500}
-        return {"broker": {
-            "published": {"events": 1000, "events_per_second": 49_990, "seconds": 0.02},
-            "consumers": {"exporter": exporter},
-            "broker_stats": {"output_buffer_disconnects_logged": 2,
-                             "peak_subscriber_output_buffer_bytes": 33_554_432},
-            "exporter_task_counters": {}, "expected_task_counters": {}, "problems": []}}
+        exporter = {
+            "events": 900,
+            "lost": 100,
+            "cpu_us_per_event": 15.0,
+            "reconnects": 2,
+            "heartbeats_missed": 3,
+            "peak_backlog_events": 500,
+        }
+        return {
+            "broker": {
+                "published": {"events": 1000, "events_per_second": 49_990, "seconds": 0.02},
+                "consumers": {"exporter": exporter},
+                "broker_stats": {
+                    "output_buffer_disconnects_logged": 2,
+                    "peak_subscriber_output_buffer_bytes": 33_554_432,
+                },
+                "exporter_task_counters": {},
+                "expected_task_counters": {},
+                "problems": [],
+            }
+        }
 
-    row = run_one("redis", 50_000.0, tasks_for(50_000, 30), output=None, runner=broker_run,
-                  publishers=2)
+    row = run_one(
+        "redis", 50_000.0, tasks_for(50_000, 30), output=None, runner=broker_run, publishers=2
+    )
     argv = seen[0]
     assert "--no-bare" in argv
     assert argv[argv.index("--tasks") + 1] == "365854"
     assert argv[argv.index("--publishers") + 1] == "2"
-    assert (row["exporter_lost"], row["exporter_reconnects"],
-            row["redis_output_buffer_disconnects"], row["bare_counted"]) == (100, 2, 2, None)
+    assert (
+        row["exporter_lost"],
+        row["exporter_reconnects"],
+        row["redis_output_buffer_disconnects"],
+        row["bare_counted"],
+    ) == (100, 2, 2, None)
     run_one("amqp", 20_000.0, 10, output=None, runner=broker_run, bare=True)
     assert "--no-bare" not in seen[1]
     print_report({"runs": [row]})  # the table renders a run without the bare receiver
@@ -143,19 +173,44 @@ def test_throughput_report_without_the_bare_receiver() -> None:
     load = generate(20)
     expected = {kind: sum(c.values()) for kind, c in load.counters.items()}
     metrics = {f"celery_task_{kind}_total": float(n) for kind, n in expected.items()}
-    done = {"exporter": {"events": load.events, "seconds": 1.0, "cpu": 0.5, "scrapes": 2,
-                         "metrics": metrics, "peak_backlog": 10, "backlog": [(1.0, 5, 4)],
-                         "run_metrics": {"celery_vitals_event_stream_reconnects_total": 1.0},
-                         "scrape": {"cpu_ms": 1.0, "wall_ms": 2.0}}}
-    report = _broker_report(load, "amqp", 50_000.0, done=done, idle_cpu_per_second=0.0,
-                            poll=1.0, published={"events": load.events, "bodies": 1,
-                                                 "seconds": 1.0, "publishers": 2})
+    done = {
+        "exporter": {
+            "events": load.events,
+            "seconds": 1.0,
+            "cpu": 0.5,
+            "scrapes": 2,
+            "metrics": metrics,
+            "peak_backlog": 10,
+            "backlog": [(1.0, 5, 4)],
+            "run_metrics": {"celery_vitals_event_stream_reconnects_total": 1.0},
+            "scrape": {"cpu_ms": 1.0, "wall_ms": 2.0},
+        }
+    }
+    report = _broker_report(
+        load,
+        "amqp",
+        50_000.0,
+        done=done,
+        idle_cpu_per_second=0.0,
+        poll=1.0,
+        published={"events": load.events, "bodies": 1, "seconds": 1.0, "publishers": 2},
+    )
     assert report["problems"] == []
     assert report["ratios"] == {"wall_throughput": None, "cpu_throughput": None}
     assert report["consumers"]["exporter"]["reconnects"] == 1
     assert "bare" not in report["consumers"]
-    print_report({"workload": {"events": load.events, "bodies": 1, "tasks": 20, "batch": 24,
-                               "payload_bytes": 1}, "broker": report})
+    print_report(
+        {
+            "workload": {
+                "events": load.events,
+                "bodies": 1,
+                "tasks": 20,
+                "batch": 24,
+                "payload_bytes": 1,
+            },
+            "broker": report,
+        }
+    )
 
 
 def test_concurrent_scrapes_benchmark_smoke_answers_every_scrape() -> None:

@@ -22,39 +22,73 @@ def test_defaults() -> None:
 
 def test_all_problems_are_reported_together() -> None:
     with pytest.raises(ConfigError) as caught:
-        build({"broker_url": "ftp://x", "listen_address": "9808", "max_workers": "0",
-               "runtime_buckets": "1,0.5", "log_level": "loud", "worker_timeout": "-1"})
+        build(
+            {
+                "broker_url": "ftp://x",
+                "listen_address": "9808",
+                "max_workers": "0",
+                "runtime_buckets": "1,0.5",
+                "log_level": "loud",
+                "worker_timeout": "-1",
+            }
+        )
     assert [p.split(":")[0] for p in caught.value.problems] == [  # in declaration order
-        "--broker-url", "--listen-address", "--log-level", "--runtime-buckets",
-        "--worker-timeout", "--max-workers"]
+        "--broker-url",
+        "--listen-address",
+        "--log-level",
+        "--runtime-buckets",
+        "--worker-timeout",
+        "--max-workers",
+    ]
     assert "\n" not in str(caught.value)
 
 
 def test_transport_options_are_parsed_as_json_where_possible() -> None:
-    config = build({"broker_url": "redis://h/0", "broker_transport_option": (
-        "visibility_timeout=3600", "global_keyprefix=prod:", "priority_steps=[0,5,9]")})
+    config = build(
+        {
+            "broker_url": "redis://h/0",
+            "broker_transport_option": (
+                "visibility_timeout=3600",
+                "global_keyprefix=prod:",
+                "priority_steps=[0,5,9]",
+            ),
+        }
+    )
     assert dict(config.broker_transport_options) == {
-        "visibility_timeout": 3600, "global_keyprefix": "prod:", "priority_steps": [0, 5, 9]}
+        "visibility_timeout": 3600,
+        "global_keyprefix": "prod:",
+        "priority_steps": [0, 5, 9],
+    }
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("127.0.0.1:9000", ("127.0.0.1", 9000)),
-    (":9000", ("0.0.0.0", 9000)),
-    ("[::1]:9000", ("::1", 9000)),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("127.0.0.1:9000", ("127.0.0.1", 9000)),
+        (":9000", ("0.0.0.0", 9000)),
+        ("[::1]:9000", ("::1", 9000)),
+    ],
+)
 def test_listen_address_forms(raw: str, expected: tuple[str, int]) -> None:
     config = build({"broker_url": "redis://h/0", "listen_address": raw})
     assert (config.listen_host, config.listen_port) == expected
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "celery_vitals", *args], capture_output=True,
-                          text=True, timeout=60, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "celery_vitals", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def test_bad_option_is_one_line_exit_2_without_password_or_traceback() -> None:
-    result = run_cli("serve", "--broker-url", "amqp://user:s3cretPW@rabbit:port/",
-                     "--max-task-names", "lots")
+    result = run_cli(
+        "serve", "--broker-url", "amqp://user:s3cretPW@rabbit:port/", "--max-task-names", "lots"
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -66,14 +100,16 @@ def test_bad_option_is_one_line_exit_2_without_password_or_traceback() -> None:
 def test_missing_broker_url_names_the_environment_variable() -> None:
     result = run_cli("serve", env={"PATH": ""})
     assert result.returncode == 2
-    assert result.stderr.strip() == ("celery-vitals: error: --broker-url: is required "
-                                     "(or set CELERY_VITALS_BROKER_URL)")
+    assert result.stderr.strip() == (
+        "celery-vitals: error: --broker-url: is required (or set CELERY_VITALS_BROKER_URL)"
+    )
 
 
 def test_every_option_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    monkeypatch.setattr(cli, "build", lambda options: seen.update(options) or
-                        (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setattr(
+        cli, "build", lambda options: seen.update(options) or (_ for _ in ()).throw(SystemExit(0))
+    )
     monkeypatch.setenv("CELERY_VITALS_BROKER_URL", "redis://h/1")
     monkeypatch.setenv("CELERY_VITALS_MAX_WORKERS", "7")
     monkeypatch.setenv("CELERY_VITALS_ENABLE_EVENTS", "false")
@@ -95,8 +131,9 @@ def test_envvar_names_follow_the_option_names() -> None:
 def test_unknown_option_is_one_line() -> None:
     result = run_cli("serve", "--bogus")
     assert result.returncode == 2
-    assert result.stderr.strip() == ("celery-vitals: error: No such option '--bogus'. "
-                                     "(try 'celery-vitals serve --help')")
+    assert result.stderr.strip() == (
+        "celery-vitals: error: No such option '--bogus'. (try 'celery-vitals serve --help')"
+    )
 
 
 def test_readme_documents_every_option_and_environment_variable() -> None:
@@ -113,7 +150,8 @@ def test_without_the_event_stream_the_exporter_must_poll() -> None:
         build({"broker_url": "redis://h/0", "event_stream": False, "queue_poll_interval": "0"})
     assert caught.value.problems == [
         "--no-event-stream: needs queue polling (--queue-poll-interval above 0), or the "
-        "exporter has nothing to do"]
+        "exporter has nothing to do"
+    ]
 
 
 def test_readme_options_table_is_generated_from_the_declarations() -> None:

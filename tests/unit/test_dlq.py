@@ -16,34 +16,56 @@ from celery_vitals.dlq import Entry, Selection, Summary, classify, parse_redis, 
 from tests.unit.conftest import Harness
 from tests.unit.test_poller import ScriptedProbe, redis_result, with_poller
 
-HEADERS = {"task": "billing.charge", "id": "abc", "retries": 3, "argsrepr": "(1,)",
-           "kwargsrepr": "{}"}
+HEADERS = {
+    "task": "billing.charge",
+    "id": "abc",
+    "retries": 3,
+    "argsrepr": "(1,)",
+    "kwargsrepr": "{}",
+}
 
 
-def envelope(body: bytes, content_type: str = "application/json",
-             headers: dict[str, Any] | None = None) -> bytes:
-    return json.dumps({
-        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
-        "content-type": content_type, "headers": HEADERS if headers is None else headers,
-        "properties": {"body_encoding": "base64", "delivery_tag": "t", "priority": 0,
-                       "delivery_info": {"exchange": "", "routing_key": "dead_letter"}},
-    }).encode()
+def envelope(
+    body: bytes, content_type: str = "application/json", headers: dict[str, Any] | None = None
+) -> bytes:
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": HEADERS if headers is None else headers,
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_tag": "t",
+                "priority": 0,
+                "delivery_info": {"exchange": "", "routing_key": "dead_letter"},
+            },
+        }
+    ).encode()
 
 
 def test_a_protocol_2_task_is_a_task_with_its_name_id_and_retries() -> None:
     entry = parse_redis(envelope(json.dumps([[1], {}, {}]).encode()))
     assert (entry.kind, entry.task, entry.id, entry.retries, entry.args) == (
-        "task", "billing.charge", "abc", 3, "(1,)")
+        "task",
+        "billing.charge",
+        "abc",
+        3,
+        "(1,)",
+    )
 
 
-@pytest.mark.parametrize(("raw", "kind"), [
-    (b"not json", "broken-envelope"),
-    (b'["a", "list"]', "broken-envelope"),
-    (envelope(b"{broken"), "broken-json"),
-    (envelope(pickle.dumps({"x": 1}), "application/x-python-serialize"), "pickle"),
-    (envelope(b"<xml/>", "application/xml"), "unknown-content-type"),
-    (envelope(b'{"hello": "world"}', headers={}), "not-celery"),
-])
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b"not json", "broken-envelope"),
+        (b'["a", "list"]', "broken-envelope"),
+        (envelope(b"{broken"), "broken-json"),
+        (envelope(pickle.dumps({"x": 1}), "application/x-python-serialize"), "pickle"),
+        (envelope(b"<xml/>", "application/xml"), "unknown-content-type"),
+        (envelope(b'{"hello": "world"}', headers={}), "not-celery"),
+    ],
+)
 def test_what_is_not_a_celery_task_says_why(raw: bytes, kind: str) -> None:
     entry = parse_redis(raw)
     assert entry.kind == kind
@@ -53,6 +75,7 @@ def test_what_is_not_a_celery_task_says_why(raw: bytes, kind: str) -> None:
 def test_pickle_is_never_unpickled(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: object, **__: object) -> None:
         raise AssertionError("unpickled")
+
     monkeypatch.setattr(pickle, "loads", refuse)
     entry = parse_redis(envelope(b"\x80\x04K\x01.", "application/x-python-serialize"))
     assert (entry.kind, entry.task, entry.id) == ("pickle", "billing.charge", "abc")
@@ -61,10 +84,20 @@ def test_pickle_is_never_unpickled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_x_death_gives_origin_reason_and_time() -> None:
     when = dt.datetime(2026, 1, 2, 3, 4, 5)
-    headers = {**HEADERS, "x-death": [
-        {"queue": "work", "reason": "rejected", "count": 1, "time": when, "exchange": "",
-         "routing-keys": ["work"]},
-        {"queue": "older", "reason": "expired", "count": 2, "time": when}]}
+    headers = {
+        **HEADERS,
+        "x-death": [
+            {
+                "queue": "work",
+                "reason": "rejected",
+                "count": 1,
+                "time": when,
+                "exchange": "",
+                "routing-keys": ["work"],
+            },
+            {"queue": "older", "reason": "expired", "count": 2, "time": when},
+        ],
+    }
     entry = classify(headers, "application/json", "utf-8", b"[[], {}, {}]")
     assert (entry.origin, entry.reason) == ("work", "rejected")
     assert entry.dead_at == when.replace(tzinfo=dt.UTC).timestamp()
@@ -72,8 +105,12 @@ def test_x_death_gives_origin_reason_and_time() -> None:
 
 
 def test_documented_headers_stand_in_for_x_death() -> None:
-    headers = {**HEADERS, "x-origin-queue": "work", "x-dead-lettered-at": 1000.5,
-               "x-dead-letter-reason": "retries-exhausted"}
+    headers = {
+        **HEADERS,
+        "x-origin-queue": "work",
+        "x-dead-lettered-at": 1000.5,
+        "x-dead-letter-reason": "retries-exhausted",
+    }
     entry = classify(headers, "application/json", "utf-8", b"[[], {}, {}]")
     assert (entry.origin, entry.reason, entry.dead_at) == ("work", "retries-exhausted", 1000.5)
     assert entry.age(1010.5) == 10.0
@@ -97,12 +134,20 @@ def test_a_sampled_summary_scales_its_estimate_to_the_depth() -> None:
     assert summary.estimate() == {"a": 600, "b": 200}
     document = summary.as_json(0.0)
     assert (document["tasks"], document["not_tasks"], document["sample_size"]) == (
-        {"a": 3, "b": 1}, {"pickle": 1}, 5)
+        {"a": 3, "b": 1},
+        {"pickle": 1},
+        5,
+    )
 
 
 def test_durations_and_rates() -> None:
     assert [dlq.parse_duration(t) for t in ("90", "90s", "30m", "12h", "7d")] == [
-        90, 90, 1800, 43200, 604800]
+        90,
+        90,
+        1800,
+        43200,
+        604800,
+    ]
     assert dlq.parse_rate("50/s") == 50 and dlq.parse_rate("600/m") == 10
     assert dlq.parse_rate("0") is None
     with pytest.raises(click.BadParameter):
@@ -117,17 +162,20 @@ def test_the_gauge_comes_from_the_poller_thread_samples() -> None:
         calls.append(queue)
         return {"billing.charge": 5, "x" * 1000: 2}
 
-    poller = with_poller(harness, ScriptedProbe(redis_result(1), redis_result(2)),
-                         dlq_sampler=sampler)
+    poller = with_poller(
+        harness, ScriptedProbe(redis_result(1), redis_result(2)), dlq_sampler=sampler
+    )
     poller.poll_once()
     assert calls == ["billing.dead"]
-    assert harness.value("celery_dlq_messages", queue_name="billing.dead",
-                         name="billing.charge") == 5
+    assert (
+        harness.value("celery_dlq_messages", queue_name="billing.dead", name="billing.charge") == 5
+    )
     assert harness.value("celery_dlq_messages", queue_name="billing.dead", name="other") == 2
 
 
 def test_a_failing_sample_is_counted_and_drops_only_that_series() -> None:
     harness = Harness()
+
     def sampler(queue: str) -> dict[str, int]:
         raise ConnectionError("gone")
 

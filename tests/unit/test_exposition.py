@@ -25,39 +25,71 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def busy_harness() -> Harness:
     h = Harness()
-    h.feed(event("worker-online", freq=2.0, active=0, processed=0, loadavg=[0.1, 0.1, 0.1],
-                 sw_ver="5.7.0"))
+    h.feed(
+        event(
+            "worker-online",
+            freq=2.0,
+            active=0,
+            processed=0,
+            loadavg=[0.1, 0.1, 0.1],
+            sw_ver="5.7.0",
+        )
+    )
     # the poller's stats broadcast (celery_worker_info, pool processes, prefetch limit)
-    h.pipeline.workers.on_stats("w1@host", *pool_from_stats(
-        {"pool": {"implementation": "celery.concurrency.prefork:TaskPool",
-                  "max-concurrency": 2}, "prefetch_count": 8}))
+    h.pipeline.workers.on_stats(
+        "w1@host",
+        *pool_from_stats(
+            {
+                "pool": {
+                    "implementation": "celery.concurrency.prefork:TaskPool",
+                    "max-concurrency": 2,
+                },
+                "prefetch_count": 8,
+            }
+        ),
+    )
     h.feed(*lifecycle("u1", "t"))
-    h.feed(event("task-received", uuid="u2", name="t"),
-           event("task-failed", uuid="u2", exception="ValueError()"),
-           event("task-received", uuid="u3", name="t"),
-           event("task-rejected", uuid="u3", requeue=False),
-           event("task-received", uuid="u4", name="t"),
-           event("task-revoked", uuid="u4", expired=True),
-           event("task-received", uuid="u5", name="t", retries=0),
-           event("task-retried", uuid="u5"),
-           event("task-received", uuid="u5", name="t", retries=0))
-    h.feed("garbage",
-           event("task-started", uuid="never-seen"),
-           event("task-received", uuid="u6", name="x" * 1000),
-           event("task-sent", 2e9, uuid="u7", name="t", queue="celery"),
-           event("task-started", uuid="u7"))
+    h.feed(
+        event("task-received", uuid="u2", name="t"),
+        event("task-failed", uuid="u2", exception="ValueError()"),
+        event("task-received", uuid="u3", name="t"),
+        event("task-rejected", uuid="u3", requeue=False),
+        event("task-received", uuid="u4", name="t"),
+        event("task-revoked", uuid="u4", expired=True),
+        event("task-received", uuid="u5", name="t", retries=0),
+        event("task-retried", uuid="u5"),
+        event("task-received", uuid="u5", name="t", retries=0),
+    )
+    h.feed(
+        "garbage",
+        event("task-started", uuid="never-seen"),
+        event("task-received", uuid="u6", name="x" * 1000),
+        event("task-sent", 2e9, uuid="u7", name="t", queue="celery"),
+        event("task-started", uuid="u7"),
+    )
     h.pipeline.enable_events = lambda: {"ok": 1, "error": 0}
-    h.feed(event("task-sent", uuid="u8", name="t", queue="celery"),  # still in its queue
-           event("task-received", uuid="u9", name="t", retries=1),
-           event("task-failed", uuid="u9", exception="TimeoutError()"),
-           event("worker-heartbeat", ts=h.clock.now + 60, freq=2.0, active=0, processed=1))
+    h.feed(
+        event("task-sent", uuid="u8", name="t", queue="celery"),  # still in its queue
+        event("task-received", uuid="u9", name="t", retries=1),
+        event("task-failed", uuid="u9", exception="TimeoutError()"),
+        event("worker-heartbeat", ts=h.clock.now + 60, freq=2.0, active=0, processed=1),
+    )
     last = redis_result(2)
-    sqs = QueueStats("sqs-work", True, ready=1, unacked=2, delayed=3, visibility_timeout=30.0,
-                     max_receive_count=5)  # what only the SQS probe tells
-    last = replace(last, queues=(*last.queues, QueueStats("work", True, ready=0, consumers=2),
-                                 sqs))
-    poller = with_poller(h, ScriptedProbe(redis_result(1), ConnectionError(), last),
-                         dlq_sampler=lambda queue: {"billing.charge": 3})
+    sqs = QueueStats(
+        "sqs-work",
+        True,
+        ready=1,
+        unacked=2,
+        delayed=3,
+        visibility_timeout=30.0,
+        max_receive_count=5,
+    )  # what only the SQS probe tells
+    last = replace(last, queues=(*last.queues, QueueStats("work", True, ready=0, consumers=2), sqs))
+    poller = with_poller(
+        h,
+        ScriptedProbe(redis_result(1), ConnectionError(), last),
+        dlq_sampler=lambda queue: {"billing.charge": 3},
+    )
     for _ in range(3):
         poller.poll_once()
     # one scrape that had to leave a broken collector out (celery_vitals_scrape_errors_total)
@@ -85,19 +117,29 @@ def test_every_exported_metric_is_in_the_catalogue_with_its_type_and_help() -> N
     # them all); the agent's own are tested in test_agent.py
     exported = {s.name for f in families.values() for s in f.samples}
     missing = {spec.name for spec in catalogue.SPECS if spec.source != "agent"} - {
-        n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n in exported}
+        n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n in exported
+    }
     assert missing == set()
 
 
 def test_docs_metrics_md_is_generated_from_the_catalogue() -> None:
     assert (ROOT / "docs" / "metrics.md").read_text() == catalogue.markdown(), (
-        "docs/metrics.md is stale: run python -m celery_vitals.catalogue > docs/metrics.md")
+        "docs/metrics.md is stale: run python -m celery_vitals.catalogue > docs/metrics.md"
+    )
 
 
 def test_catalogue_names_follow_prometheus_conventions() -> None:
     for spec in catalogue.SPECS:
-        assert spec.name.startswith(("celery_task_", "celery_worker_", "celery_queue_",
-                                     "celery_dlq_", "celery_broker_", "celery_vitals_"))
+        assert spec.name.startswith(
+            (
+                "celery_task_",
+                "celery_worker_",
+                "celery_queue_",
+                "celery_dlq_",
+                "celery_broker_",
+                "celery_vitals_",
+            )
+        )
         assert spec.name.endswith("_total") == (spec.type == "counter"), spec.name
         assert "uuid" not in spec.labels and "args" not in spec.labels
 
@@ -122,8 +164,9 @@ def test_http_endpoints() -> None:
         status, ctype, body = get(base + "/metrics")
         assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
         assert b'celery_task_succeeded_total{name="t",queue_name="celery"} 1.0' in body
-        status, ctype, body = get(base + "/metrics",
-                                  {"Accept": "application/openmetrics-text; version=1.0.0"})
+        status, ctype, body = get(
+            base + "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
         assert ctype.startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
         assert get(base + "/healthz")[0] == 200
         assert get(base + "/readyz")[0] == 503
@@ -150,10 +193,18 @@ def test_exporter_metrics_carry_process_python_and_render_duration() -> None:
         second = {f.name: f for f in text_string_to_metric_families(exposition.render().decode())}
     finally:
         exporter.http.close_socket()
-    for name in ("process_resident_memory_bytes", "process_start_time_seconds",
-                 "process_open_fds", "python_info", "python_gc_objects_collected"):
+    for name in (
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "python_info",
+        "python_gc_objects_collected",
+    ):
         assert name in second, name
     assert b"celery_vitals_scrape_duration_seconds_count" not in first  # no render before
-    [count] = [s.value for s in second["celery_vitals_scrape_duration_seconds"].samples
-               if s.name.endswith("_count")]
+    [count] = [
+        s.value
+        for s in second["celery_vitals_scrape_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]
     assert count == 1  # the first render; a body never counts itself

@@ -19,7 +19,7 @@ from celery_vitals.http import HttpServer, make_app
 from tests.unit.conftest import Harness, event, lifecycle
 from tests.unit.test_exposition import busy_harness
 
-HOSTILE = ['quote" back\\slash', "new\nline", "100%d.0 %s %%", "ünïcødé ✓", "{le=\"x\"}"]
+HOSTILE = ['quote" back\\slash', "new\nline", "100%d.0 %s %%", "ünïcødé ✓", '{le="x"}']
 
 Parsed = list[tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], float]]]]
 
@@ -32,16 +32,27 @@ def parsed(body: bytes, openmetrics: bool) -> Parsed:
     """Families in order, each with its samples: what a scraper reads from the body (all
     but the render-duration histogram, which changes with every render)."""
     parse = parse_openmetrics if openmetrics else parse_text
-    return [(f.name, f.type, f.documentation,
-             [(s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples])
-            for f in parse(body.decode()) if f.name != RENDER_DURATION]
+    return [
+        (
+            f.name,
+            f.type,
+            f.documentation,
+            [(s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples],
+        )
+        for f in parse(body.decode())
+        if f.name != RENDER_DURATION
+    ]
 
 
 def same(a: Parsed, b: Parsed) -> bool:
     """Equal, with NaN equal to itself."""
+
     def key(p: Parsed) -> object:
-        return [(n, t, d, [(s, lab, "NaN" if math.isnan(v) else v) for s, lab, v in samples])
-                for n, t, d, samples in p]
+        return [
+            (n, t, d, [(s, lab, "NaN" if math.isnan(v) else v) for s, lab, v in samples])
+            for n, t, d, samples in p
+        ]
+
     return key(a) == key(b)
 
 
@@ -49,8 +60,10 @@ def hostile_harness() -> Harness:
     h = busy_harness()
     for i, name in enumerate(HOSTILE):
         h.feed(*lifecycle(f"h{i}", name, queue=name, runtime=0.25 * i))
-        h.feed(event("task-received", uuid=f"f{i}", name=name),
-               event("task-failed", uuid=f"f{i}", exception=f"Err{i}()"))
+        h.feed(
+            event("task-received", uuid=f"f{i}", name=name),
+            event("task-failed", uuid=f"f{i}", exception=f"Err{i}()"),
+        )
     # numbers where Python's and Go's spellings differ: a million and more
     key = next(iter(h.tasks.succeeded))
     h.tasks.succeeded[key] = 12_345_678
@@ -79,14 +92,17 @@ def test_small_numbers_are_byte_for_byte_prometheus_client() -> None:
     h = Harness()
     for i in range(3):
         h.feed(*lifecycle(f"u{i}", "t", runtime=0.5))
-        h.feed(event("task-received", uuid=f"x{i}", name="t"),
-               event("task-failed", uuid=f"x{i}", exception="KeyError()"))
+        h.feed(
+            event("task-received", uuid=f"x{i}", name="t"),
+            event("task-failed", uuid=f"x{i}", exception="KeyError()"),
+        )
     h.tasks.last_success.clear()  # a timestamp is a big number: spelled differently
     collectors = h.pipeline.collectors[:1]  # the task collector: the one rendered from cache
     ours = Exposition(collectors).render()
     assert ours == generate_latest(_Registry(collectors))
-    assert b'celery_task_runtime_seconds_bucket{le="0.5",name="t",queue_name="celery"} 3.0\n' \
-        in ours
+    assert (
+        b'celery_task_runtime_seconds_bucket{le="0.5",name="t",queue_name="celery"} 3.0\n' in ours
+    )
 
 
 class _Registry:
@@ -107,8 +123,9 @@ def test_a_changed_series_is_rerendered_and_the_rest_reused() -> None:
     changed = set(second.splitlines()) - set(first.splitlines())
     assert sorted(line for line in changed if b'name="b"' in line) == []
     assert b'celery_task_succeeded_total{name="a",queue_name="celery"} 2.0' in changed
-    assert b'celery_task_runtime_seconds_bucket{le="10.0",name="a",queue_name="celery"} 2.0' \
-        in changed
+    assert (
+        b'celery_task_runtime_seconds_bucket{le="10.0",name="a",queue_name="celery"} 2.0' in changed
+    )
     assert b'celery_task_runtime_seconds_sum{name="a",queue_name="celery"} 7.5' in changed
     assert same(parsed(second, False), parsed(generate_latest(h.registry), False))
 
@@ -116,25 +133,39 @@ def test_a_changed_series_is_rerendered_and_the_rest_reused() -> None:
 def test_label_values_are_escaped_as_prometheus_client_does() -> None:
     lines = SeriesLines("celery_task_sent_total", ("queue_name", "name"))
     assert lines.render({("q\n1", 'a"b\\c'): 2}) == [
-        b'celery_task_sent_total{name="a\\"b\\\\c",queue_name="q\\n1"} 2.0\n']
+        b'celery_task_sent_total{name="a\\"b\\\\c",queue_name="q\\n1"} 2.0\n'
+    ]
 
 
 def test_series_that_go_away_leave_the_text() -> None:
     lines = SeriesLines("celery_worker_up", ("hostname",))
     data = {("w1",): 1, ("w2",): 0}
-    assert lines.render(data) == [b'celery_worker_up{hostname="w1"} 1.0\n',
-                                  b'celery_worker_up{hostname="w2"} 0.0\n']
+    assert lines.render(data) == [
+        b'celery_worker_up{hostname="w1"} 1.0\n',
+        b'celery_worker_up{hostname="w2"} 0.0\n',
+    ]
     del data[("w1",)]
     assert lines.render(data) == [b'celery_worker_up{hostname="w2"} 0.0\n']
     data[("w1",)] = 1
     assert lines.render(data)[1] == b'celery_worker_up{hostname="w1"} 1.0\n'
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (0, b"0.0"), (7, b"7.0"), (12_345_678, b"12345678.0"), (True, b"1.0"),
-    (0.25, b"0.25"), (1.7e9, b"1700000000.0"), (1e16, b"1e+16"), (-2.5, b"-2.5"),
-    (math.inf, b"+Inf"), (-math.inf, b"-Inf"), (math.nan, b"NaN"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0, b"0.0"),
+        (7, b"7.0"),
+        (12_345_678, b"12345678.0"),
+        (True, b"1.0"),
+        (0.25, b"0.25"),
+        (1.7e9, b"1700000000.0"),
+        (1e16, b"1e+16"),
+        (-2.5, b"-2.5"),
+        (math.inf, b"+Inf"),
+        (-math.inf, b"-Inf"),
+        (math.nan, b"NaN"),
+    ],
+)
 def test_value_text_spelling(value: float, text: bytes) -> None:
     assert value_text(value) == text
     assert math.isnan(float(text)) if math.isnan(value) else float(text) == value
@@ -158,8 +189,10 @@ def test_metrics_endpoint_serves_the_exposition_in_both_formats_and_gzip() -> No
         assert int(headers["Content-Length"]) == len(plain)
         assert same(parsed(plain, False), parsed(generate_latest(h.registry), False))
         # what Prometheus sends: OpenMetrics preferred, gzip accepted
-        accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-                  "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        accept = (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+            "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )
         status, headers, zipped = _get(url, {"Accept": accept, "Accept-Encoding": "gzip"})
         assert headers["Content-Type"].startswith("application/openmetrics-text")
         assert headers["Content-Encoding"] == "gzip"

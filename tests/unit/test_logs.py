@@ -26,8 +26,7 @@ def test_url_passwords_and_safe_url_cover_failover_lists() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_secrets_are_redacted_from_messages_and_tracebacks(captured: io.StringIO,
-                                                           fmt: str) -> None:
+def test_secrets_are_redacted_from_messages_and_tracebacks(captured: io.StringIO, fmt: str) -> None:
     logs.setup("info", fmt, secrets=logs.url_passwords("redis://:hunter2@h/0"), stream=captured)
     log = logging.getLogger("kombu.somewhere")
     log.warning("cannot connect to %s", "redis://:hunter2@h/0")
@@ -43,8 +42,9 @@ def test_secrets_are_redacted_from_messages_and_tracebacks(captured: io.StringIO
         assert [line["level"] for line in lines] == ["warning", "error"]
 
 
-def test_rate_limited_logger_reports_how_many_it_held_back(caplog: pytest.LogCaptureFixture
-                                                           ) -> None:
+def test_rate_limited_logger_reports_how_many_it_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     limited = logs.RateLimitedLogger(logging.getLogger("t"), interval=3600)
     for _ in range(5):
         limited.warn_every("k", "bad event")

@@ -33,19 +33,27 @@ class ScriptedProbe:
 
 
 def with_poller(h: Harness, probe: ScriptedProbe, **options: object) -> QueuePoller:
-    poller = QueuePoller(probe, queues=("billing", "missing"), dlq_patterns=("*.dead",),
-                         interval=15, discovery_interval=300,
-                         queue_names=h.pipeline.guards["queue_name"],
-                         worker_queues=lambda: {"from-worker"}, **options)  # type: ignore[arg-type]
+    poller = QueuePoller(
+        probe,
+        queues=("billing", "missing"),
+        dlq_patterns=("*.dead",),
+        interval=15,
+        discovery_interval=300,
+        queue_names=h.pipeline.guards["queue_name"],
+        worker_queues=lambda: {"from-worker"},
+        **options,
+    )  # type: ignore[arg-type]
     h.pipeline.queue_collector.poller = poller
     return poller
 
 
 def redis_result(dead: int, billing: int = 7) -> ProbeResult:
     return ProbeResult(
-        queues=(QueueStats("billing", True, ready=billing, unacked=2, oldest_unacked_age=42.0),
-                QueueStats("billing.dead", True, ready=dead),
-                QueueStats("missing", False)),
+        queues=(
+            QueueStats("billing", True, ready=billing, unacked=2, oldest_unacked_age=42.0),
+            QueueStats("billing.dead", True, ready=dead),
+            QueueStats("missing", False),
+        ),
         facts={"celery_broker_memory_used_bytes": 1e6, "celery_broker_memory_limit_bytes": 0},
         info={"transport": "redis", "version": "7.0.15", "eviction_policy": "noeviction"},
         persistence={"rdb": False, "aof": True},
@@ -55,9 +63,17 @@ def redis_result(dead: int, billing: int = 7) -> ProbeResult:
 
 def test_queue_set_is_configured_plus_discovered_plus_workers_without_plumbing() -> None:
     h = Harness()
-    probe = ScriptedProbe(redis_result(0), discovered={
-        "celeryev.abc", "w1@h.celery.pidbox", "w1@h.reply.celery.pidbox", "celery_delayed_27",
-        "amq.gen-x1", "reports"})
+    probe = ScriptedProbe(
+        redis_result(0),
+        discovered={
+            "celeryev.abc",
+            "w1@h.celery.pidbox",
+            "w1@h.reply.celery.pidbox",
+            "celery_delayed_27",
+            "amq.gen-x1",
+            "reports",
+        },
+    )
     with_poller(h, probe).poll_once()
     assert probe.polled == [["billing", "from-worker", "missing", "reports"]]
 
@@ -65,8 +81,14 @@ def test_queue_set_is_configured_plus_discovered_plus_workers_without_plumbing()
 def test_dlqs_named_without_a_glob_are_polled_without_being_configured_as_queues() -> None:
     h = Harness()
     probe = ScriptedProbe(redis_result(0))
-    QueuePoller(probe, queues=(), dlq_patterns=("orders.dead", "*.dlq"), interval=15,
-                discovery_interval=300, queue_names=h.pipeline.guards["queue_name"]).poll_once()
+    QueuePoller(
+        probe,
+        queues=(),
+        dlq_patterns=("orders.dead", "*.dlq"),
+        interval=15,
+        discovery_interval=300,
+        queue_names=h.pipeline.guards["queue_name"],
+    ).poll_once()
     assert probe.polled == [["orders.dead"]]
 
 
@@ -92,25 +114,36 @@ def test_queue_and_broker_metrics_from_the_latest_poll() -> None:
     assert h.value("celery_broker_memory_used_bytes") == 1e6
     assert h.value("celery_broker_persistence_enabled", kind="aof") == 1
     assert h.value("celery_broker_persistence_enabled", kind="rdb") == 0
-    assert h.value("celery_broker_info", transport="redis", version="7.0.15",
-                   eviction_policy="noeviction") == 1
+    assert (
+        h.value(
+            "celery_broker_info", transport="redis", version="7.0.15", eviction_policy="noeviction"
+        )
+        == 1
+    )
     assert h.value("celery_broker_probe_duration_seconds_count") == 1
 
 
 def test_dlq_ingress_from_depth_increases_and_from_publish_counters() -> None:
     h = Harness()
-    poller = with_poller(h, ScriptedProbe(redis_result(3), redis_result(5), redis_result(1),
-                                          redis_result(4)))
+    poller = with_poller(
+        h, ScriptedProbe(redis_result(3), redis_result(5), redis_result(1), redis_result(4))
+    )
     for _ in range(4):
         poller.poll_once()
     # baseline 3, then +2, drained to 1 (no ingress seen), then +3: a lower bound
     assert h.value("celery_dlq_ingress_total", queue_name="billing.dead") == 5
 
     counted = Harness()
-    amqp = [ProbeResult(queues=(QueueStats("work", True, ready=0, consumers=1),
-                                QueueStats("dlq", True, ready=depth, published_total=published)),
-                        dead_letter_targets=frozenset({"dlq"}))
-            for depth, published in ((0, 10), (3, 13), (0, 20))]
+    amqp = [
+        ProbeResult(
+            queues=(
+                QueueStats("work", True, ready=0, consumers=1),
+                QueueStats("dlq", True, ready=depth, published_total=published),
+            ),
+            dead_letter_targets=frozenset({"dlq"}),
+        )
+        for depth, published in ((0, 10), (3, 13), (0, 20))
+    ]
     poller = with_poller(counted, ScriptedProbe(*amqp))
     for _ in range(3):
         poller.poll_once()
@@ -121,8 +154,12 @@ def test_dlq_ingress_from_depth_increases_and_from_publish_counters() -> None:
 
 def test_a_failing_poll_reports_the_broker_down_and_keeps_counting() -> None:
     h = Harness()
-    poller = with_poller(h, ScriptedProbe(redis_result(0), ConnectionError("refused"),
-                                          ConnectionError("refused"), redis_result(0)))
+    poller = with_poller(
+        h,
+        ScriptedProbe(
+            redis_result(0), ConnectionError("refused"), ConnectionError("refused"), redis_result(0)
+        ),
+    )
     poller.poll_once()
     poller.poll_once()
     assert h.value("celery_broker_up") == 0
@@ -136,9 +173,11 @@ def test_a_failing_poll_reports_the_broker_down_and_keeps_counting() -> None:
 def test_oldest_message_age_from_task_sent_events() -> None:
     h = Harness()
     now = h.clock.now
-    h.feed(event("task-sent", now - 30, uuid="u1", name="t", queue="billing"),
-           event("task-sent", now - 10, uuid="u2", name="t", queue="billing"),
-           event("task-sent", now - 5, uuid="u3", name="t", queue="reports"))
+    h.feed(
+        event("task-sent", now - 30, uuid="u1", name="t", queue="billing"),
+        event("task-sent", now - 10, uuid="u2", name="t", queue="billing"),
+        event("task-sent", now - 5, uuid="u3", name="t", queue="reports"),
+    )
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") == 30
     h.feed(event("task-received", uuid="u1", name="t"))
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") == 10
@@ -151,14 +190,20 @@ def test_a_dlq_has_no_oldest_message_age_even_when_tasks_are_sent_to_it() -> Non
     # a task that re-publishes itself to a DLQ by name (Redis has no dead-lettering),
     # and a queue RabbitMQ says another queue dead-letters into: both hold by design
     h = Harness()
-    amqp = ProbeResult(queues=(QueueStats("work", True, ready=0, consumers=1),
-                               QueueStats("parked", True, ready=1)),
-                       dead_letter_targets=frozenset({"parked"}))
+    amqp = ProbeResult(
+        queues=(
+            QueueStats("work", True, ready=0, consumers=1),
+            QueueStats("parked", True, ready=1),
+        ),
+        dead_letter_targets=frozenset({"parked"}),
+    )
     with_poller(h, ScriptedProbe(amqp)).poll_once()
     now = h.clock.now
-    h.feed(event("task-sent", now - 900, uuid="u1", name="t", queue="billing.dead"),
-           event("task-sent", now - 800, uuid="u2", name="t", queue="parked"),
-           event("task-sent", now - 700, uuid="u3", name="t", queue="work"))
+    h.feed(
+        event("task-sent", now - 900, uuid="u1", name="t", queue="billing.dead"),
+        event("task-sent", now - 800, uuid="u2", name="t", queue="parked"),
+        event("task-sent", now - 700, uuid="u3", name="t", queue="work"),
+    )
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing.dead") is None
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="parked") is None
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="work") == 700
@@ -167,17 +212,22 @@ def test_a_dlq_has_no_oldest_message_age_even_when_tasks_are_sent_to_it() -> Non
 
 def test_a_dead_letter_target_is_polled_from_the_next_poll_not_the_next_discovery() -> None:
     h = Harness()
-    first = ProbeResult(queues=(QueueStats("billing", True, ready=0),),
-                        dead_letter_targets=frozenset({"billing.parked"}))
-    second = ProbeResult(queues=(QueueStats("billing", True, ready=0),
-                                 QueueStats("billing.parked", True, ready=4)),
-                         dead_letter_targets=frozenset({"billing.parked"}))
+    first = ProbeResult(
+        queues=(QueueStats("billing", True, ready=0),),
+        dead_letter_targets=frozenset({"billing.parked"}),
+    )
+    second = ProbeResult(
+        queues=(QueueStats("billing", True, ready=0), QueueStats("billing.parked", True, ready=4)),
+        dead_letter_targets=frozenset({"billing.parked"}),
+    )
     probe = ScriptedProbe(first, second)
     poller = with_poller(h, probe)
     poller.poll_once()
     poller.poll_once()  # well within the discovery interval
-    assert probe.polled == [["billing", "from-worker", "missing"],
-                            ["billing", "billing.parked", "from-worker", "missing"]]
+    assert probe.polled == [
+        ["billing", "from-worker", "missing"],
+        ["billing", "billing.parked", "from-worker", "missing"],
+    ]
     assert h.value("celery_dlq_length", queue_name="billing.parked") == 4
 
 
@@ -187,8 +237,7 @@ def test_queue_label_cap_applies_to_polled_queues() -> None:
     with_poller(h, ScriptedProbe(redis_result(0))).poll_once()
     assert h.value("celery_queue_length", queue_name="billing") == 7
     assert h.value("celery_queue_exists", queue_name="missing") is None
-    assert h.value("celery_vitals_label_values_folded_total", label="queue_name",
-                   reason="cap") >= 1
+    assert h.value("celery_vitals_label_values_folded_total", label="queue_name", reason="cap") >= 1
 
 
 def test_each_poll_asks_new_workers_and_a_failed_broadcast_costs_nothing_else() -> None:
@@ -200,8 +249,9 @@ def test_each_poll_asks_new_workers_and_a_failed_broadcast_costs_nothing_else() 
         if len(calls) == 1:
             raise TimeoutError("no reply")
 
-    poller = with_poller(h, ScriptedProbe(redis_result(0), redis_result(0)),
-                         worker_stats=worker_stats)
+    poller = with_poller(
+        h, ScriptedProbe(redis_result(0), redis_result(0)), worker_stats=worker_stats
+    )
     poller.poll_once()
     poller.poll_once()
     assert len(calls) == 2

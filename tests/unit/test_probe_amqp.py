@@ -41,41 +41,56 @@ QUOTED = quote(PASSWORD, safe="")
 # -- routing ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pattern", "key", "matches"), [
-    ("work.dead", "work.dead", True),
-    ("work.*", "work.dead", True),
-    ("work.*", "work", False),
-    ("work.*", "work.dead.letter", False),
-    ("work.#", "work", True),
-    ("work.#", "work.dead.letter", True),
-    ("#", "", True),
-    ("#", "anything.at.all", True),
-    ("*", "", False),
-    ("#.dead", "work.dead", True),
-    ("#.dead", "dead", True),
-    ("#.dead", "work.dead.not", False),
-    ("*.#.c", "a.b.b.c", True),
-    ("*.#.c", "c", False),
-    ("a.*.#", "a.b", True),
-    ("", "", True),
-    ("", "a", False),
-])
+@pytest.mark.parametrize(
+    ("pattern", "key", "matches"),
+    [
+        ("work.dead", "work.dead", True),
+        ("work.*", "work.dead", True),
+        ("work.*", "work", False),
+        ("work.*", "work.dead.letter", False),
+        ("work.#", "work", True),
+        ("work.#", "work.dead.letter", True),
+        ("#", "", True),
+        ("#", "anything.at.all", True),
+        ("*", "", False),
+        ("#.dead", "work.dead", True),
+        ("#.dead", "dead", True),
+        ("#.dead", "work.dead.not", False),
+        ("*.#.c", "a.b.b.c", True),
+        ("*.#.c", "c", False),
+        ("a.*.#", "a.b", True),
+        ("", "", True),
+        ("", "a", False),
+    ],
+)
 def test_topic_matching(pattern: str, key: str, matches: bool) -> None:
     assert topic_matches(pattern, key) is matches
 
 
 def test_dead_letter_route_from_arguments_and_policy() -> None:
-    assert dead_letter_route({"arguments": {"x-dead-letter-exchange": "dlx",
-                                            "x-dead-letter-routing-key": "work.dead"}}) \
-        == ("dlx", "work.dead")
+    assert dead_letter_route(
+        {"arguments": {"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "work.dead"}}
+    ) == ("dlx", "work.dead")
     assert dead_letter_route({"arguments": {"x-dead-letter-exchange": "dlx"}}) == ("dlx", None)
-    assert dead_letter_route({"arguments": {}, "effective_policy_definition": {
-        "dead-letter-exchange": "pdlx", "dead-letter-routing-key": "pkey"}}) == ("pdlx", "pkey")
+    assert dead_letter_route(
+        {
+            "arguments": {},
+            "effective_policy_definition": {
+                "dead-letter-exchange": "pdlx",
+                "dead-letter-routing-key": "pkey",
+            },
+        }
+    ) == ("pdlx", "pkey")
     # arguments win over the policy, exchange and key each on its own (as RabbitMQ does)
-    assert dead_letter_route({"arguments": {"x-dead-letter-exchange": "dlx"},
-                              "effective_policy_definition": {
-                                  "dead-letter-exchange": "pdlx",
-                                  "dead-letter-routing-key": "pkey"}}) == ("dlx", "pkey")
+    assert dead_letter_route(
+        {
+            "arguments": {"x-dead-letter-exchange": "dlx"},
+            "effective_policy_definition": {
+                "dead-letter-exchange": "pdlx",
+                "dead-letter-routing-key": "pkey",
+            },
+        }
+    ) == ("dlx", "pkey")
     assert dead_letter_route({"arguments": {"x-dead-letter-exchange": ""}}) == ("", None)
     assert dead_letter_route({"arguments": {}, "effective_policy_definition": {}}) is None
     assert dead_letter_route({"arguments": [], "effective_policy_definition": None}) is None
@@ -83,28 +98,48 @@ def test_dead_letter_route_from_arguments_and_policy() -> None:
 
 
 def test_a_delay_queue_is_not_dead_lettering() -> None:
-    assert dead_letter_route({"arguments": {"x-message-ttl": 5000,
-                                            "x-dead-letter-exchange": "work"}}) is None
-    assert dead_letter_route({"arguments": {"x-dead-letter-exchange": "work"},
-                              "effective_policy_definition": {"message-ttl": 5000}}) is None
+    assert (
+        dead_letter_route({"arguments": {"x-message-ttl": 5000, "x-dead-letter-exchange": "work"}})
+        is None
+    )
+    assert (
+        dead_letter_route(
+            {
+                "arguments": {"x-dead-letter-exchange": "work"},
+                "effective_policy_definition": {"message-ttl": 5000},
+            }
+        )
+        is None
+    )
 
 
 def binding(destination: str, key: str, kind: str = "queue") -> dict[str, Any]:
     """One item of /api/exchanges/<vhost>/<name>/bindings/source, as 3.10 answers it."""
-    return {"source": "x", "vhost": "/", "destination": destination, "destination_type": kind,
-            "routing_key": key, "arguments": {}, "properties_key": key}
+    return {
+        "source": "x",
+        "vhost": "/",
+        "destination": destination,
+        "destination_type": kind,
+        "routing_key": key,
+        "arguments": {},
+        "properties_key": key,
+    }
 
 
 EXCHANGES = {
-    "dlx": ExchangeInfo("direct", parse_bindings([binding("work.dead", "work.dead"),
-                                                  binding("other", "other.key")])),
+    "dlx": ExchangeInfo(
+        "direct", parse_bindings([binding("work.dead", "work.dead"), binding("other", "other.key")])
+    ),
     "fan": ExchangeInfo("fanout", parse_bindings([binding("fan.a", ""), binding("fan.b", "x")])),
-    "top": ExchangeInfo("topic", parse_bindings([binding("top.a", "dead.#"),
-                                                 binding("top.b", "*.alive")])),
-    "outer": ExchangeInfo("direct", parse_bindings([binding("inner", "k", "exchange"),
-                                                    binding("outer.q", "other")])),
-    "inner": ExchangeInfo("fanout", parse_bindings([binding("inner.q", ""),
-                                                    binding("outer", "", "exchange")])),
+    "top": ExchangeInfo(
+        "topic", parse_bindings([binding("top.a", "dead.#"), binding("top.b", "*.alive")])
+    ),
+    "outer": ExchangeInfo(
+        "direct", parse_bindings([binding("inner", "k", "exchange"), binding("outer.q", "other")])
+    ),
+    "inner": ExchangeInfo(
+        "fanout", parse_bindings([binding("inner.q", ""), binding("outer", "", "exchange")])
+    ),
 }
 
 
@@ -141,21 +176,27 @@ def test_dead_letter_targets_of_a_listing() -> None:
         return {"name": name, "arguments": arguments, "effective_policy_definition": {}}
 
     listing = [
-        queue("work", **{"x-dead-letter-exchange": "dlx",
-                         "x-dead-letter-routing-key": "work.dead"}),
-        queue("work.dead"), queue("other"), queue("fan.a"), queue("top.a"), queue("top.b"),
-        queue("inner.q"), queue("outer.q"), queue("named"),
-        queue("topical", **{"x-dead-letter-exchange": "top",
-                            "x-dead-letter-routing-key": "dead.letter"}),
-        queue("by-name", **{"x-dead-letter-exchange": "",
-                            "x-dead-letter-routing-key": "named"}),
-        queue("nested", **{"x-dead-letter-exchange": "outer",
-                           "x-dead-letter-routing-key": "k"}),
+        queue(
+            "work", **{"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "work.dead"}
+        ),
+        queue("work.dead"),
+        queue("other"),
+        queue("fan.a"),
+        queue("top.a"),
+        queue("top.b"),
+        queue("inner.q"),
+        queue("outer.q"),
+        queue("named"),
+        queue(
+            "topical",
+            **{"x-dead-letter-exchange": "top", "x-dead-letter-routing-key": "dead.letter"},
+        ),
+        queue("by-name", **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "named"}),
+        queue("nested", **{"x-dead-letter-exchange": "outer", "x-dead-letter-routing-key": "k"}),
         # fan.b is bound but does not exist any more: not a target
         queue("fanned", **{"x-dead-letter-exchange": "fan"}),
         # Celery's native delayed delivery: TTL levels expiring into the task queues
-        queue("celery_delayed_0", **{"x-message-ttl": 1000,
-                                     "x-dead-letter-exchange": "fan"}),
+        queue("celery_delayed_0", **{"x-message-ttl": 1000, "x-dead-letter-exchange": "fan"}),
     ]
     asked: list[str] = []
 
@@ -164,7 +205,12 @@ def test_dead_letter_targets_of_a_listing() -> None:
         return lookup(name)
 
     assert dead_letter_targets(listing, counting_lookup) == {
-        "work.dead", "top.a", "named", "inner.q", "fan.a"}
+        "work.dead",
+        "top.a",
+        "named",
+        "inner.q",
+        "fan.a",
+    }
     assert sorted(asked) == sorted(set(asked))  # each exchange looked up once per poll
 
 
@@ -172,21 +218,51 @@ def test_dead_letter_targets_of_a_listing() -> None:
 
 # /api/queues/%2F items from RabbitMQ 3.10.8 after 3 messages were dead-lettered from
 # work (published 3 times by a client) into work.dead (trimmed backing_queue_status)
-WORK = {"name": "work", "type": "classic", "node": "rabbit@a",
-        "arguments": {"x-dead-letter-exchange": "dlx",
-                      "x-dead-letter-routing-key": "work.dead"},
-        "effective_policy_definition": {}, "consumers": 1, "messages_ready": 0,
-        "messages_unacknowledged": 0, "message_stats": {"publish": 3},
-        "backing_queue_status": {"len": 0, "mode": "default", "next_deliver_seq_id": 3,
-                                 "next_seq_id": 3, "version": 1}}
-WORK_DEAD = {"name": "work.dead", "type": "classic", "node": "rabbit@a", "arguments": {},
-             "effective_policy_definition": {}, "consumers": 0, "messages_ready": 3,
-             "messages_unacknowledged": 0,
-             "backing_queue_status": {"len": 3, "mode": "default", "next_deliver_seq_id": 0,
-                                      "next_seq_id": 3, "version": 1}}
-QUORUM = {"name": "qq", "type": "quorum", "node": "rabbit@a", "arguments": {},
-          "consumers": 2, "messages_ready": 7, "messages_unacknowledged": 1,
-          "message_stats": {"publish": 11}}
+WORK = {
+    "name": "work",
+    "type": "classic",
+    "node": "rabbit@a",
+    "arguments": {"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "work.dead"},
+    "effective_policy_definition": {},
+    "consumers": 1,
+    "messages_ready": 0,
+    "messages_unacknowledged": 0,
+    "message_stats": {"publish": 3},
+    "backing_queue_status": {
+        "len": 0,
+        "mode": "default",
+        "next_deliver_seq_id": 3,
+        "next_seq_id": 3,
+        "version": 1,
+    },
+}
+WORK_DEAD = {
+    "name": "work.dead",
+    "type": "classic",
+    "node": "rabbit@a",
+    "arguments": {},
+    "effective_policy_definition": {},
+    "consumers": 0,
+    "messages_ready": 3,
+    "messages_unacknowledged": 0,
+    "backing_queue_status": {
+        "len": 3,
+        "mode": "default",
+        "next_deliver_seq_id": 0,
+        "next_seq_id": 3,
+        "version": 1,
+    },
+}
+QUORUM = {
+    "name": "qq",
+    "type": "quorum",
+    "node": "rabbit@a",
+    "arguments": {},
+    "consumers": 2,
+    "messages_ready": 7,
+    "messages_unacknowledged": 1,
+    "message_stats": {"publish": 11},
+}
 
 
 def test_a_classic_queue_counts_every_message_that_entered() -> None:
@@ -194,7 +270,8 @@ def test_a_classic_queue_counts_every_message_that_entered() -> None:
     assert ingress_counter(WORK_DEAD, dead_letter_target=True) == 3
     assert ingress_counter(WORK, dead_letter_target=False) == 3
     assert queue_stats(WORK_DEAD, dead_letter_target=True) == QueueStats(
-        "work.dead", exists=True, ready=3, unacked=0, consumers=0, published_total=3)
+        "work.dead", exists=True, ready=3, unacked=0, consumers=0, published_total=3
+    )
 
 
 def test_a_queue_without_sequence_numbers_counts_publishes_unless_it_is_a_dlq() -> None:
@@ -204,9 +281,11 @@ def test_a_queue_without_sequence_numbers_counts_publishes_unless_it_is_a_dlq() 
     no_publisher = {key: value for key, value in QUORUM.items() if key != "message_stats"}
     assert ingress_counter(no_publisher, dead_letter_target=False) == 0
     assert queue_stats(QUORUM, dead_letter_target=False) == QueueStats(
-        "qq", exists=True, ready=7, unacked=1, consumers=2, published_total=11)
-    assert queue_stats(QUORUM, dead_letter_target=False, counter_valid=False).published_total \
-        is None
+        "qq", exists=True, ready=7, unacked=1, consumers=2, published_total=11
+    )
+    assert (
+        queue_stats(QUORUM, dead_letter_target=False, counter_valid=False).published_total is None
+    )
 
 
 def test_memory_of_the_node_nearest_its_watermark() -> None:
@@ -216,24 +295,29 @@ def test_memory_of_the_node_nearest_its_watermark() -> None:
         {"name": "c", "running": False, "mem_used": 999, "mem_limit": 1000},
         {"name": "d", "running": True, "mem_used": 5, "mem_limit": 0},
     ]
-    assert memory_facts(nodes) == {"celery_broker_memory_used_bytes": 600.0,
-                                   "celery_broker_memory_limit_bytes": 1000.0}
+    assert memory_facts(nodes) == {
+        "celery_broker_memory_used_bytes": 600.0,
+        "celery_broker_memory_limit_bytes": 1000.0,
+    }
     assert memory_facts([]) == {}
     assert memory_facts({"error": "x"}) == {}
 
 
-@pytest.mark.parametrize(("name", "plumbing"), [
-    ("celery", False),
-    ("work.dead", False),
-    ("celeryev.6f1c4a9e-0d1b-4c39-9a77-1c3d2a0c4f10", True),
-    ("celery@worker-1.celery.pidbox", True),
-    ("b4d5b1a0-3bfa-3c2a-9d7e-2b7a59b8a2d1.reply.celery.pidbox", True),
-    ("amq.gen-Sr4x1MMZxhJ6zi31NJ7Vug", True),
-    ("celery_delayed_27", True),
-    ("myapp_celery_delayed_0", True),
-    ("celery_delayed_delivery_archive", False),
-    ("pidbox", False),
-])
+@pytest.mark.parametrize(
+    ("name", "plumbing"),
+    [
+        ("celery", False),
+        ("work.dead", False),
+        ("celeryev.6f1c4a9e-0d1b-4c39-9a77-1c3d2a0c4f10", True),
+        ("celery@worker-1.celery.pidbox", True),
+        ("b4d5b1a0-3bfa-3c2a-9d7e-2b7a59b8a2d1.reply.celery.pidbox", True),
+        ("amq.gen-Sr4x1MMZxhJ6zi31NJ7Vug", True),
+        ("celery_delayed_27", True),
+        ("myapp_celery_delayed_0", True),
+        ("celery_delayed_delivery_archive", False),
+        ("pidbox", False),
+    ],
+)
 def test_celery_plumbing(name: str, plumbing: bool) -> None:
     assert is_plumbing(name) is plumbing
 
@@ -253,7 +337,8 @@ class FakeManagementApi:
             def do_GET(self) -> None:
                 api.requests.append((self.path, self.headers.get("Authorization")))
                 status, body, headers = api.routes.get(
-                    self.path, (404, {"error": "Object Not Found", "reason": "Not Found"}, {}))
+                    self.path, (404, {"error": "Object Not Found", "reason": "Not Found"}, {})
+                )
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **headers}.items():
@@ -267,8 +352,7 @@ class FakeManagementApi:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def url(self, path: str = "/") -> str:
@@ -290,22 +374,40 @@ def api() -> Iterator[FakeManagementApi]:
     fake.close()
 
 
-QUEUES_PATH = ("/api/queues/%2F?columns=name,type,node,arguments,effective_policy_definition,"
-               "messages_ready,messages_unacknowledged,consumers,message_stats.publish,"
-               "backing_queue_status.next_seq_id")
+QUEUES_PATH = (
+    "/api/queues/%2F?columns=name,type,node,arguments,effective_policy_definition,"
+    "messages_ready,messages_unacknowledged,consumers,message_stats.publish,"
+    "backing_queue_status.next_seq_id"
+)
 NODES_PATH = "/api/nodes?columns=name,running,uptime,mem_used,mem_limit"
 OVERVIEW_PATH = "/api/overview?columns=rabbitmq_version"
 
 
-def serve_broker(api: FakeManagementApi, *, uptime: int = 600_000,
-                 listing: list[dict[str, Any]] | None = None, prefix: str = "") -> None:
+def serve_broker(
+    api: FakeManagementApi,
+    *,
+    uptime: int = 600_000,
+    listing: list[dict[str, Any]] | None = None,
+    prefix: str = "",
+) -> None:
     api.answer(prefix + QUEUES_PATH, [WORK, WORK_DEAD, QUORUM] if listing is None else listing)
-    api.answer(prefix + NODES_PATH, [{"name": "rabbit@a", "running": True, "uptime": uptime,
-                                      "mem_used": 150_000_000, "mem_limit": 800_000_000}])
+    api.answer(
+        prefix + NODES_PATH,
+        [
+            {
+                "name": "rabbit@a",
+                "running": True,
+                "uptime": uptime,
+                "mem_used": 150_000_000,
+                "mem_limit": 800_000_000,
+            }
+        ],
+    )
     api.answer(prefix + OVERVIEW_PATH, {"rabbitmq_version": "3.10.8"})
     api.answer(prefix + "/api/exchanges/%2F/dlx", {"name": "dlx", "type": "direct"})
-    api.answer(prefix + "/api/exchanges/%2F/dlx/bindings/source",
-               [binding("work.dead", "work.dead")])
+    api.answer(
+        prefix + "/api/exchanges/%2F/dlx/bindings/source", [binding("work.dead", "work.dead")]
+    )
 
 
 def basic(user: str, password: str) -> str:
@@ -314,8 +416,7 @@ def basic(user: str, password: str) -> str:
 
 def test_a_management_poll_from_the_api_alone(api: FakeManagementApi) -> None:
     serve_broker(api)
-    probe = AmqpProbe("amqp://guest:guest@127.0.0.1:1//", {}, timeout=2,
-                      management_url=api.url())
+    probe = AmqpProbe("amqp://guest:guest@127.0.0.1:1//", {}, timeout=2, management_url=api.url())
     result = probe.poll(["work", "work.dead", "qq", "absent", "work"])
     assert result.queues == (
         QueueStats("work", exists=True, ready=0, unacked=0, consumers=1, published_total=3),
@@ -324,8 +425,10 @@ def test_a_management_poll_from_the_api_alone(api: FakeManagementApi) -> None:
         QueueStats("absent", exists=False),
     )
     assert result.dead_letter_targets == {"work.dead"}
-    assert result.facts == {"celery_broker_memory_used_bytes": 150_000_000.0,
-                            "celery_broker_memory_limit_bytes": 800_000_000.0}
+    assert result.facts == {
+        "celery_broker_memory_used_bytes": 150_000_000.0,
+        "celery_broker_memory_limit_bytes": 800_000_000.0,
+    }
     assert result.info == {"transport": "amqp", "version": "3.10.8", "eviction_policy": ""}
     assert result.persistence == {}
     assert {auth for _, auth in api.requests} == {basic("guest", "guest")}
@@ -360,17 +463,18 @@ def test_credentials_vhost_and_path_prefix(api: FakeManagementApi) -> None:
     assert AmqpProbe(broker, {}, management_url=api.url("/rabbitmq")).discover() == {"celery"}
     assert api.requests[-1] == ("/rabbitmq" + vhost_path, basic("vitals", PASSWORD))
     # credentials in the management URL win
-    assert AmqpProbe(broker, {}, management_url=api.url().replace(
-        "://", "://monitor:m%40n@")).discover() == {"tasks"}
+    assert AmqpProbe(
+        broker, {}, management_url=api.url().replace("://", "://monitor:m%40n@")
+    ).discover() == {"tasks"}
     assert api.requests[-1] == (vhost_path, basic("monitor", "m@n"))
 
 
-def test_errors_never_show_the_password(api: FakeManagementApi,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_errors_never_show_the_password(
+    api: FakeManagementApi, caplog: pytest.LogCaptureFixture
+) -> None:
     api.answer("/api/queues/%2F?columns=name", {"error": "not_authorised"}, status=401)
     url = api.url().replace("://", f"://guest:{QUOTED}@")
-    probe = AmqpProbe(f"amqp://guest:{QUOTED}@127.0.0.1:1//", {},
-                      timeout=1, management_url=url)
+    probe = AmqpProbe(f"amqp://guest:{QUOTED}@127.0.0.1:1//", {}, timeout=1, management_url=url)
     with pytest.raises(ManagementError) as raised:
         probe.discover()
     assert raised.value.status == 401
@@ -382,8 +486,7 @@ def test_errors_never_show_the_password(api: FakeManagementApi,
 
 def test_redirects_are_not_followed(api: FakeManagementApi) -> None:
     """A redirect would carry the Authorization header elsewhere."""
-    api.answer("/api/queues/%2F?columns=name", {}, status=302,
-               Location=api.url("/elsewhere"))
+    api.answer("/api/queues/%2F?columns=name", {}, status=302, Location=api.url("/elsewhere"))
     with pytest.raises(ManagementError, match="HTTP 302"):
         AmqpProbe("amqp://127.0.0.1:1//", {}, management_url=api.url()).discover()
     assert [path for path, _ in api.requests] == ["/api/queues/%2F?columns=name"]
@@ -392,13 +495,17 @@ def test_redirects_are_not_followed(api: FakeManagementApi) -> None:
 def test_a_server_without_columns_gets_asked_for_whole_objects(api: FakeManagementApi) -> None:
     # what 3.10 answers for a column it does not know: an empty list per queue
     api.answer("/api/queues/%2F?columns=name", [[], []])
-    api.answer("/api/queues/%2F", [{"name": "celery", "durable": True},
-                                   {"name": "work", "durable": True}])
+    api.answer(
+        "/api/queues/%2F", [{"name": "celery", "durable": True}, {"name": "work", "durable": True}]
+    )
     probe = AmqpProbe("amqp://127.0.0.1:1//", {}, management_url=api.url())
     assert probe.discover() == {"celery", "work"}
     assert probe.discover() == {"celery", "work"}
     assert [path for path, _ in api.requests] == [
-        "/api/queues/%2F?columns=name", "/api/queues/%2F", "/api/queues/%2F"]
+        "/api/queues/%2F?columns=name",
+        "/api/queues/%2F",
+        "/api/queues/%2F",
+    ]
 
 
 def test_answers_that_are_not_json_are_errors(api: FakeManagementApi) -> None:
@@ -413,7 +520,13 @@ def test_without_management_nothing_is_discovered() -> None:
 
 
 def test_transport_timeouts_never_exceed_the_probe_timeout() -> None:
-    probe = AmqpProbe("amqp://127.0.0.1:1//", {"read_timeout": 30, "write_timeout": 0.5,
-                                                "confirm_publish": True}, timeout=2)
-    assert probe.transport_options == {"read_timeout": 2, "write_timeout": 0.5,
-                                       "confirm_publish": True}
+    probe = AmqpProbe(
+        "amqp://127.0.0.1:1//",
+        {"read_timeout": 30, "write_timeout": 0.5, "confirm_publish": True},
+        timeout=2,
+    )
+    assert probe.transport_options == {
+        "read_timeout": 2,
+        "write_timeout": 0.5,
+        "confirm_publish": True,
+    }

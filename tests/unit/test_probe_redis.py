@@ -30,8 +30,11 @@ from tests.support.servers import RedisServer
 
 # what a call raises when the broker is gone or hangs (kombu wraps some of redis-py's)
 BROKER_ERRORS = (redis.RedisError, OperationalError)
-PRIORITY_OPTIONS = {"priority_steps": list(range(10)), "sep": ":",
-                    "queue_order_strategy": "priority"}
+PRIORITY_OPTIONS = {
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    "queue_order_strategy": "priority",
+}
 
 
 @pytest.fixture
@@ -71,27 +74,39 @@ def by_name(result: ProbeResult) -> dict[str, QueueStats]:
     return {stats.name: stats for stats in result.queues}
 
 
-def task_queue(name: str, exchange: Exchange | None = None,
-               routing_key: str | None = None) -> Queue:
+def task_queue(
+    name: str, exchange: Exchange | None = None, routing_key: str | None = None
+) -> Queue:
     """A queue as Celery declares one: a direct exchange of the same name."""
     return Queue(name, exchange or Exchange(name), routing_key=routing_key or name)
 
 
-def publish(url: str, options: Mapping[str, Any], queue: Queue,
-            counts: Mapping[int, int], routing_key: str | None = None) -> None:
+def publish(
+    url: str,
+    options: Mapping[str, Any],
+    queue: Queue,
+    counts: Mapping[int, int],
+    routing_key: str | None = None,
+) -> None:
     """``counts[priority]`` messages to ``queue`` (declared and bound), with kombu."""
     with Connection(url, transport_options=dict(options)) as connection:
         producer = connection.Producer()
         for priority, count in counts.items():
             for number in range(count):
-                producer.publish({"n": number}, exchange=queue.exchange,
-                                 routing_key=routing_key or queue.routing_key,
-                                 declare=[queue], priority=priority, retry=True)
+                producer.publish(
+                    {"n": number},
+                    exchange=queue.exchange,
+                    routing_key=routing_key or queue.routing_key,
+                    declare=[queue],
+                    priority=priority,
+                    retry=True,
+                )
 
 
 @contextlib.contextmanager
-def unacked(url: str, options: Mapping[str, Any], queues: list[Queue],
-            count: int) -> Iterator[tuple[list[Message], float, float]]:
+def unacked(
+    url: str, options: Mapping[str, Any], queues: list[Queue], count: int
+) -> Iterator[tuple[list[Message], float, float]]:
     """A consumer that received ``count`` messages and acks none while the block runs.
 
     Yields the messages and the wall-clock window in which they were delivered.
@@ -99,8 +114,12 @@ def unacked(url: str, options: Mapping[str, Any], queues: list[Queue],
     """
     with Connection(url, transport_options=dict(options)) as connection:
         received: list[Message] = []
-        consumer = Consumer(connection.default_channel, queues, no_ack=False,
-                            callbacks=[lambda _body, message: received.append(message)])
+        consumer = Consumer(
+            connection.default_channel,
+            queues,
+            no_ack=False,
+            callbacks=[lambda _body, message: received.append(message)],
+        )
         consumer.qos(prefetch_count=count)
         with consumer:
             before = time.time()
@@ -117,10 +136,12 @@ def unacked(url: str, options: Mapping[str, Any], queues: list[Queue],
 
 
 def test_celery_priority_tasks_are_counted_in_every_priority_list(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     app = Celery("prio", broker=server.url(), set_as_current=False)
-    app.conf.update(broker_transport_options=PRIORITY_OPTIONS,
-                    broker_connection_retry_on_startup=True)
+    app.conf.update(
+        broker_transport_options=PRIORITY_OPTIONS, broker_connection_retry_on_startup=True
+    )
     try:
         for priority, count in {0: 2, 1: 1, 5: 3, 9: 4}.items():
             for _ in range(count):
@@ -131,7 +152,11 @@ def test_celery_priority_tasks_are_counted_in_every_priority_list(
         app.close()
     # the messages really sit in four lists, as kombu names them with sep ":"
     assert {key: admin.llen(key) for key in (b"prio", b"prio:1", b"prio:5", b"prio:9")} == {
-        b"prio": 2, b"prio:1": 1, b"prio:5": 3, b"prio:9": 4}
+        b"prio": 2,
+        b"prio:1": 1,
+        b"prio:5": 3,
+        b"prio:9": 4,
+    }
 
     queues = by_name(probe(server.url(), PRIORITY_OPTIONS).poll(["prio", "plain"]))
     assert queues["prio"] == QueueStats("prio", exists=True, ready=10, unacked=0)
@@ -145,7 +170,8 @@ def test_celery_priority_tasks_are_counted_in_every_priority_list(
 
 
 def test_default_priority_steps_fold_priorities_into_four_lists(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     queue = task_queue("jobs")
     publish(server.url(), {}, queue, {0: 1, 2: 2, 4: 3, 8: 4, 9: 5})
     assert admin.llen("jobs") == 3  # 0 and 2 fold into step 0
@@ -156,8 +182,8 @@ def test_default_priority_steps_fold_priorities_into_four_lists(
 
 @pytest.mark.parametrize("prefix", ["app1:", "t[1]*?:"])  # glob characters are literals
 def test_global_keyprefix_and_sep_are_honoured(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe],
-        prefix: str) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe], prefix: str
+) -> None:
     mine = {"global_keyprefix": prefix, "sep": "|", "priority_steps": [0, 5]}
     theirs = {"global_keyprefix": "other:", "sep": "|", "priority_steps": [0, 5]}
     publish(server.url(), mine, task_queue("shared"), {0: 2, 7: 3})
@@ -177,17 +203,20 @@ def test_global_keyprefix_and_sep_are_honoured(
 
 
 def test_absent_and_bound_but_empty_queues(
-        server: RedisServer, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, probe: Callable[..., RedisProbe]
+) -> None:
     with Connection(server.url()) as connection:
         task_queue("idle")(connection.default_channel).declare()  # bound, never written
     result = probe(server.url()).poll(["idle", "misspelled", "idle"])
     assert result.queues == (
         QueueStats("idle", exists=True, ready=0, unacked=0),
-        QueueStats("misspelled", exists=False, ready=None, unacked=None))
+        QueueStats("misspelled", exists=False, ready=None, unacked=None),
+    )
 
 
 def test_scan_covers_a_keyspace_larger_than_one_scan_batch(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     with admin.pipeline(transaction=False) as pipe:
         for number in range(5000):
             pipe.set(f"celery-task-meta-{number}", "x")
@@ -204,7 +233,8 @@ def test_scan_covers_a_keyspace_larger_than_one_scan_batch(
 
 
 def test_discover_returns_task_queues_without_celery_plumbing(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     app = Celery("plumbing", broker=server.url(), set_as_current=False)
     app.conf.broker_connection_retry_on_startup = True
     try:
@@ -219,19 +249,24 @@ def test_discover_returns_task_queues_without_celery_plumbing(
             # client declares it to collect replies (ping, inspect)
             mailbox.reply_queue(connection.default_channel).declare()
             receiver = app.events.Receiver(connection, handlers={})
-            consumer, = receiver.get_consumers(
-                partial(Consumer, connection.default_channel), connection.default_channel)
+            (consumer,) = receiver.get_consumers(
+                partial(Consumer, connection.default_channel), connection.default_channel
+            )
             with consumer:  # celeryev.<uuid> on the celeryev exchange
                 raw = {key.decode() for key in admin.scan_iter("_kombu.binding.*")}
-                assert {"_kombu.binding.celeryev", "_kombu.binding.celery.pidbox",
-                        "_kombu.binding.reply.celery.pidbox"} <= raw
+                assert {
+                    "_kombu.binding.celeryev",
+                    "_kombu.binding.celery.pidbox",
+                    "_kombu.binding.reply.celery.pidbox",
+                } <= raw
                 assert probe(server.url()).discover() == {"emails", "reports"}
     finally:
         app.close()
 
 
 def test_bindings_that_cannot_be_parsed_are_skipped(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     publish(server.url(), {}, task_queue("good"), {0: 1})
     admin.sadd("_kombu.binding.broken", "no-separator-here")
     admin.sadd("_kombu.binding.broken", "a\x06\x16b\x06\x16c\x06\x16d")
@@ -244,7 +279,8 @@ def test_bindings_that_cannot_be_parsed_are_skipped(
 
 
 def test_unacked_deliveries_are_counted_per_queue_with_the_oldest_age(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     options = {"visibility_timeout": 120}
     work = task_queue("work")
     logs = Queue("logs", Exchange("logx", type="topic"), routing_key="logs.*")
@@ -259,8 +295,12 @@ def test_unacked_deliveries_are_counted_per_queue_with_the_oldest_age(
         finished = time.time()
         queues = by_name(result)
         assert queues["work"] == QueueStats(
-            "work", exists=True, ready=0, unacked=5,
-            oldest_unacked_age=queues["work"].oldest_unacked_age)
+            "work",
+            exists=True,
+            ready=0,
+            unacked=5,
+            oldest_unacked_age=queues["work"].oldest_unacked_age,
+        )
         assert (queues["logs"].ready, queues["logs"].unacked) == (0, 2)  # matched by pattern
         assert queues["idle"] == QueueStats("idle", exists=True, ready=4, unacked=0)
         assert result.visibility_timeout == 120.0
@@ -268,8 +308,11 @@ def test_unacked_deliveries_are_counted_per_queue_with_the_oldest_age(
         # exact: now - the oldest delivery time kombu wrote, with now within the poll
         index = dict(admin.zrange("unacked_index", 0, -1, withscores=True))
         for queue, routing_key in (("work", "work"), ("logs", "logs.error")):
-            oldest = min(index[message.delivery_tag.encode()] for message in messages
-                         if message.delivery_info["routing_key"] == routing_key)
+            oldest = min(
+                index[message.delivery_tag.encode()]
+                for message in messages
+                if message.delivery_info["routing_key"] == routing_key
+            )
             age = queues[queue].oldest_unacked_age
             assert age is not None and started - oldest <= age <= finished - oldest
             assert before <= oldest <= after
@@ -288,7 +331,8 @@ def test_unacked_deliveries_are_counted_per_queue_with_the_oldest_age(
 
 
 def test_unacked_deliveries_under_a_global_keyprefix(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     """The unacked hash and index get the prefix too (HMGET and ZCARD: prefixed by the probe)."""
     options = {"global_keyprefix": "tenant:", "sep": "|", "visibility_timeout": 90}
     work = task_queue("work")
@@ -305,7 +349,8 @@ def test_unacked_deliveries_under_a_global_keyprefix(
 
 
 def test_unacked_read_limit_keeps_the_oldest(
-        server: RedisServer, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, probe: Callable[..., RedisProbe]
+) -> None:
     work = task_queue("work")
     publish(server.url(), {}, work, {0: 3})
     with unacked(server.url(), {}, [work], 3):
@@ -319,13 +364,20 @@ def test_unacked_read_limit_keeps_the_oldest(
 
 
 def test_unacked_entries_kombu_did_not_write_are_skipped(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     publish(server.url(), {}, task_queue("work"), {0: 1})
     now = time.time()
     admin.zadd("unacked_index", {"garbage": now - 50, "orphan": now - 40, "anon": now - 30})
     admin.zadd("unacked_index", {"dict": now - 60})
-    admin.hset("unacked", mapping={"garbage": b"\xff{not json", "anon": '[{}, "", "direct"]',
-                                   "dict": '{"a": 1, "b": 2, "c": 3}'})
+    admin.hset(
+        "unacked",
+        mapping={
+            "garbage": b"\xff{not json",
+            "anon": '[{}, "", "direct"]',
+            "dict": '{"a": 1, "b": 2, "c": 3}',
+        },
+    )
     queues = by_name(probe(server.url()).poll(["work", "direct"]))
     assert queues["work"] == QueueStats("work", exists=True, ready=1, unacked=0)
     # the default exchange routes by queue name; "orphan" has no hash entry: not in flight
@@ -335,7 +387,8 @@ def test_unacked_entries_kombu_did_not_write_are_skipped(
 
 
 def test_without_ack_emulation_unacked_is_unknown(
-        server: RedisServer, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, probe: Callable[..., RedisProbe]
+) -> None:
     publish(server.url(), {}, task_queue("work"), {0: 2})
     result = probe(server.url(), {"ack_emulation": False}).poll(["work"])
     assert result.queues == (QueueStats("work", exists=True, ready=2, unacked=None),)
@@ -346,14 +399,18 @@ def test_without_ack_emulation_unacked_is_unknown(
 
 
 def test_broker_facts_from_info_and_config(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     tested = probe(server.url())
     first = tested.poll([])
     assert first.queues == ()
     assert first.facts["celery_broker_memory_used_bytes"] > 0
     assert first.facts["celery_broker_memory_limit_bytes"] == 0  # no limit
-    assert first.info == {"transport": "redis", "version": admin.info()["redis_version"],
-                          "eviction_policy": "noeviction"}
+    assert first.info == {
+        "transport": "redis",
+        "version": admin.info()["redis_version"],
+        "eviction_policy": "noeviction",
+    }
     assert first.persistence == {"rdb": False, "aof": False}  # the fixture's --save ""
     assert first.visibility_timeout == 3600.0  # kombu's default
 
@@ -369,20 +426,38 @@ def test_broker_facts_from_info_and_config(
     assert abs(second.facts["celery_broker_memory_used_bytes"] - used) < 1_000_000
 
     # Redis refuses SIGTERM while it writes its first AOF: let it finish, turn it off again
-    wait_until(lambda: admin.info("persistence")["aof_rewrite_in_progress"] == 0
-               and admin.info("persistence")["aof_rewrite_scheduled"] == 0,
-               timeout=10, what="the initial AOF rewrite to finish")
+    wait_until(
+        lambda: (
+            admin.info("persistence")["aof_rewrite_in_progress"] == 0
+            and admin.info("persistence")["aof_rewrite_scheduled"] == 0
+        ),
+        timeout=10,
+        what="the initial AOF rewrite to finish",
+    )
     admin.config_set("appendonly", "no")
     admin.config_set("save", "")
 
 
 def test_refused_config_and_info_do_not_fail_the_poll(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     """An ACL user without CONFIG (as on managed Redis), then without INFO too."""
-    admin.acl_setuser("noconfig", enabled=True, passwords=["+secret"], keys=["*"],
-                      channels=["*"], commands=["+@all", "-config"])
-    admin.acl_setuser("noinfo", enabled=True, passwords=["+secret"], keys=["*"],
-                      channels=["*"], commands=["+@all", "-config", "-info"])
+    admin.acl_setuser(
+        "noconfig",
+        enabled=True,
+        passwords=["+secret"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-config"],
+    )
+    admin.acl_setuser(
+        "noinfo",
+        enabled=True,
+        passwords=["+secret"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-config", "-info"],
+    )
     publish(server.url(), {}, task_queue("work"), {0: 2})
 
     url = f"redis://noconfig:secret@{LOOPBACK}:{server.port}/0"
@@ -393,9 +468,14 @@ def test_refused_config_and_info_do_not_fail_the_poll(
     assert before.info["version"] == admin.info()["redis_version"]
 
     admin.bgsave()
-    wait_until(lambda: admin.info("persistence")["rdb_bgsave_in_progress"] == 0
-               and admin.info("persistence")["rdb_last_bgsave_time_sec"] >= 0,
-               timeout=10, what="the background save to finish")
+    wait_until(
+        lambda: (
+            admin.info("persistence")["rdb_bgsave_in_progress"] == 0
+            and admin.info("persistence")["rdb_last_bgsave_time_sec"] >= 0
+        ),
+        timeout=10,
+        what="the background save to finish",
+    )
     assert limited.poll(["work"]).persistence == {"aof": False, "rdb": True}
 
     blind = probe(f"redis://noinfo:secret@{LOOPBACK}:{server.port}/0").poll(["work"])
@@ -407,7 +487,8 @@ def test_refused_config_and_info_do_not_fail_the_poll(
 
 
 def test_raises_while_the_broker_is_down_and_recovers_with_the_same_probe(
-        server: RedisServer, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, probe: Callable[..., RedisProbe]
+) -> None:
     publish(server.url(), {}, task_queue("work"), {0: 2})
     tested = probe(server.url(), timeout=2.0)
     assert by_name(tested.poll(["work"]))["work"].ready == 2
@@ -427,14 +508,14 @@ def test_raises_while_the_broker_is_down_and_recovers_with_the_same_probe(
 
 
 def test_a_hung_broker_fails_the_poll_within_the_timeout(
-        server: RedisServer, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, probe: Callable[..., RedisProbe]
+) -> None:
     """A broker that accepts but never answers (SIGSTOP): no call outlives ``timeout``."""
     tested = probe(server.url(), timeout=0.5)
     assert tested.poll(["work"]).queues == (QueueStats("work", exists=False),)
     os.kill(server.pid, signal.SIGSTOP)
     try:
-        for call in (lambda: tested.poll(["work"]), tested.discover,
-                     lambda: tested.poll(["work"])):
+        for call in (lambda: tested.poll(["work"]), tested.discover, lambda: tested.poll(["work"])):
             started = time.monotonic()
             with pytest.raises(BROKER_ERRORS):
                 call()
@@ -445,7 +526,8 @@ def test_a_hung_broker_fails_the_poll_within_the_timeout(
 
 
 def test_close_releases_the_connection_and_a_later_poll_reconnects(
-        server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]) -> None:
+    server: RedisServer, admin: redis.Redis, probe: Callable[..., RedisProbe]
+) -> None:
     name = f"probe-{uuid.uuid4().hex[:6]}"
     tested = probe(server.url(), {"client_name": name})
     tested.poll([])
@@ -455,7 +537,6 @@ def test_close_releases_the_connection_and_a_later_poll_reconnects(
 
     assert probe_connections() >= 1
     tested.close()
-    wait_until(lambda: probe_connections() == 0, timeout=5,
-               what="the probe's connections to close")
+    wait_until(lambda: probe_connections() == 0, timeout=5, what="the probe's connections to close")
     tested.poll([])
     assert probe_connections() >= 1

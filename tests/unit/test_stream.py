@@ -36,23 +36,34 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 def test_stream_decodes_bodies_and_counts_undecodable_ones() -> None:
     h = Harness()
     app = Celery("t", broker="memory://", set_as_current=False)
-    stream = EventStream(app, h.router.handle, h.router.tick, h.router.count_skip,
-                         queue_ttl=5, queue_expires=60)
+    stream = EventStream(
+        app, h.router.handle, h.router.tick, h.router.count_skip, queue_ttl=5, queue_expires=60
+    )
     thread = threading.Thread(target=stream.run, daemon=True)
     thread.start()
     try:
         wait_until(stream.connected.is_set)
         with Connection("memory://") as connection:
             producer = Producer(connection.default_channel, exchange=get_exchange(connection))
-            producer.publish([event("task-received", uuid="u1", name="t"),
-                              event("task-started", uuid="u1")], routing_key="task.multi")
-            producer.publish(b"{not json", routing_key="task.started",
-                             content_type="application/json", content_encoding="utf-8")
-            producer.publish(b"\x80\x04pickled", routing_key="task.started",
-                             content_type="application/x-python-serialize",
-                             content_encoding="binary")
-        wait_until(lambda: h.value("celery_vitals_events_skipped_total",
-                                   reason="undecodable_body") == 2)
+            producer.publish(
+                [event("task-received", uuid="u1", name="t"), event("task-started", uuid="u1")],
+                routing_key="task.multi",
+            )
+            producer.publish(
+                b"{not json",
+                routing_key="task.started",
+                content_type="application/json",
+                content_encoding="utf-8",
+            )
+            producer.publish(
+                b"\x80\x04pickled",
+                routing_key="task.started",
+                content_type="application/x-python-serialize",
+                content_encoding="binary",
+            )
+        wait_until(
+            lambda: h.value("celery_vitals_events_skipped_total", reason="undecodable_body") == 2
+        )
         assert h.task("celery_task_started_total", "t") == 1
     finally:
         stream.stop()
@@ -97,15 +108,15 @@ def test_read_ahead_serves_many_frames_from_one_recv() -> None:
     frames = [_frame(f"body {i}".encode() * (i + 1)) for i in range(50)]
     transport = _transport([b"".join(frames)])
     got = [transport.read_frame() for _ in frames]
-    assert [payload for _, _, payload in got] == [f"body {i}".encode() * (i + 1)
-                                                   for i in range(50)]
+    assert [payload for _, _, payload in got] == [f"body {i}".encode() * (i + 1) for i in range(50)]
     assert len(transport.sock.sizes) == 1 and transport.sock.sizes[0] >= 65536
 
 
 def test_read_ahead_keeps_a_frame_split_by_timeouts_whole() -> None:
     first, second, third = _frame(b"one"), _frame(b"two" * 100), _frame(b"three")
-    transport = _transport([first + second[:3], TimeoutError(), second[3:10], TimeoutError(),
-                            second[10:] + third])
+    transport = _transport(
+        [first + second[:3], TimeoutError(), second[3:10], TimeoutError(), second[10:] + third]
+    )
     assert transport.read_frame()[2] == b"one"
     with pytest.raises(TimeoutError):  # mid-header: nothing consumed for good
         transport.read_frame()

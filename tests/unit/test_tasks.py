@@ -17,8 +17,9 @@ def test_lifecycle_counts_and_durations() -> None:
     # sent at T0, received T0+1, started T0+3
     assert h.task("celery_task_queue_wait_seconds_sum", "orders.charge", "billing") == 3
     assert h.task("celery_task_prefetch_wait_seconds_sum", "orders.charge", "billing") == 2
-    assert h.task("celery_task_last_success_timestamp_seconds", "orders.charge",
-                  "billing") == T0 + 3.2
+    assert (
+        h.task("celery_task_last_success_timestamp_seconds", "orders.charge", "billing") == T0 + 3.2
+    )
     assert h.value("celery_vitals_tracked_tasks") == 0
 
 
@@ -36,9 +37,11 @@ def test_queue_learned_from_task_sent_applies_when_sent_events_are_missing() -> 
     h = Harness()
     h.feed(*lifecycle("u1", "reports.build", queue="reports"))
     # a later task of the same name arrives without task-sent
-    h.feed(event("task-received", uuid="u2", name="reports.build"),
-           event("task-started", uuid="u2"),
-           event("task-succeeded", uuid="u2", runtime=1.0))
+    h.feed(
+        event("task-received", uuid="u2", name="reports.build"),
+        event("task-started", uuid="u2"),
+        event("task-succeeded", uuid="u2", runtime=1.0),
+    )
     assert h.task("celery_task_succeeded_total", "reports.build", "reports") == 2
 
 
@@ -50,12 +53,18 @@ def test_default_queue_is_configurable() -> None:
 
 def test_failure_by_exception_class_never_message() -> None:
     h = Harness()
-    h.feed(event("task-received", uuid="u1", name="t"),
-           event("task-failed", uuid="u1", exception="KeyError('customer 42 secret')"),
-           event("task-received", uuid="u2", name="t"),
-           event("task-failed", uuid="u2", exception="ExceptionWithTraceback()",
-                 traceback="Traceback (most recent call last):\n  File \"x\", line 1\n"
-                           "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n"))
+    h.feed(
+        event("task-received", uuid="u1", name="t"),
+        event("task-failed", uuid="u1", exception="KeyError('customer 42 secret')"),
+        event("task-received", uuid="u2", name="t"),
+        event(
+            "task-failed",
+            uuid="u2",
+            exception="ExceptionWithTraceback()",
+            traceback='Traceback (most recent call last):\n  File "x", line 1\n'
+            "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n",
+        ),
+    )
     assert h.task("celery_task_failed_total", "t", exception="KeyError") == 1
     assert h.task("celery_task_failed_total", "t", exception="TimeLimitExceeded") == 1
 
@@ -63,8 +72,7 @@ def test_failure_by_exception_class_never_message() -> None:
 def test_not_registered_failure_is_counted_under_the_unknown_tasks_name() -> None:
     h = Harness()
     h.feed(event("task-failed", uuid="u1", exception="NotRegistered('billing.refund')"))
-    assert h.task("celery_task_failed_total", "billing.refund",
-                  exception="NotRegistered") == 1
+    assert h.task("celery_task_failed_total", "billing.refund", exception="NotRegistered") == 1
     assert h.value("celery_vitals_unknown_uuid_events_total", type="task-failed") is None
 
 
@@ -73,13 +81,20 @@ def test_a_task_sent_arriving_after_its_task_failed_never_waits_in_the_queue() -
     # client's task-sent reaches the exporter: the task is over, no message waits
     h = Harness()
     now = h.clock.now
-    h.feed(event("task-failed", now - 2, uuid="u1", exception="NotRegistered('old.task')",
-                 queue="billing"),
-           event("task-sent", now - 3, "client", uuid="u1", name="old.task", retries=0,
-                 queue="billing"))
+    h.feed(
+        event(
+            "task-failed",
+            now - 2,
+            uuid="u1",
+            exception="NotRegistered('old.task')",
+            queue="billing",
+        ),
+        event(
+            "task-sent", now - 3, "client", uuid="u1", name="old.task", retries=0, queue="billing"
+        ),
+    )
     assert h.task("celery_task_sent_total", "old.task", "billing") == 1
-    assert h.task("celery_task_failed_total", "old.task", "billing",
-                  exception="NotRegistered") == 1
+    assert h.task("celery_task_failed_total", "old.task", "billing", exception="NotRegistered") == 1
     assert h.tasks.oldest_pending() == {}
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") is None
     assert h.value("celery_vitals_tracked_tasks") == 0
@@ -98,10 +113,12 @@ def test_duplicate_terminal_events_count_once() -> None:
 
 def test_retry_is_not_a_redelivery_but_a_second_receive_is() -> None:
     h = Harness()
-    h.feed(event("task-received", uuid="u1", name="t", retries=0),
-           event("task-started", uuid="u1"),
-           event("task-retried", uuid="u1", exception="IOError()"),
-           event("task-received", uuid="u1", name="t", retries=1))
+    h.feed(
+        event("task-received", uuid="u1", name="t", retries=0),
+        event("task-started", uuid="u1"),
+        event("task-retried", uuid="u1", exception="IOError()"),
+        event("task-received", uuid="u1", name="t", retries=1),
+    )
     assert h.task("celery_task_retried_total", "t") == 1
     assert h.task("celery_task_redelivered_total", "t") is None
     # visibility timeout: the same message (same retries) handed out again
@@ -112,13 +129,15 @@ def test_retry_is_not_a_redelivery_but_a_second_receive_is() -> None:
 
 def test_rejected_split_by_requeue_and_revoked_expired() -> None:
     h = Harness()
-    h.feed(event("task-received", uuid="u1", name="t"),
-           event("task-rejected", uuid="u1", requeue=True),
-           event("task-rejected", uuid="u1", requeue=False),
-           event("task-received", uuid="u2", name="t"),
-           event("task-revoked", uuid="u2", expired=True, terminated=False),
-           event("task-received", uuid="u3", name="t"),
-           event("task-revoked", uuid="u3", expired=False, terminated=True))
+    h.feed(
+        event("task-received", uuid="u1", name="t"),
+        event("task-rejected", uuid="u1", requeue=True),
+        event("task-rejected", uuid="u1", requeue=False),
+        event("task-received", uuid="u2", name="t"),
+        event("task-revoked", uuid="u2", expired=True, terminated=False),
+        event("task-received", uuid="u3", name="t"),
+        event("task-revoked", uuid="u3", expired=False, terminated=True),
+    )
     assert h.task("celery_task_rejected_total", "t", requeue="true") == 1
     assert h.task("celery_task_rejected_total", "t", requeue="false") == 1
     assert h.task("celery_task_revoked_total", "t") == 2
@@ -137,9 +156,12 @@ def test_events_for_unknown_uuids_are_counted_under_unknown() -> None:
 
 def test_eta_delays_the_start_of_queue_wait() -> None:
     h = Harness()
-    h.feed(event("task-sent", T0, uuid="u1", name="t", queue="celery",
-                 eta="2027-01-15T08:00:10+00:00"),
-           event("task-received", T0 + 1, uuid="u1", name="t"))
+    h.feed(
+        event(
+            "task-sent", T0, uuid="u1", name="t", queue="celery", eta="2027-01-15T08:00:10+00:00"
+        ),
+        event("task-received", T0 + 1, uuid="u1", name="t"),
+    )
     eta = T0 + 10  # T0 is 2027-01-15T08:00:00Z
     h.feed(event("task-started", eta + 4, uuid="u1"))
     assert h.task("celery_task_queue_wait_seconds_sum", "t") == 4
@@ -169,12 +191,20 @@ def test_finished_tasks_do_not_occupy_the_tracker() -> None:
 
 def test_negative_durations_from_clock_skew_are_skipped_and_counted() -> None:
     h = Harness()
-    h.feed(event("task-sent", T0 + 10, uuid="u1", name="t", queue="celery"),
-           event("task-received", T0, uuid="u1", name="t"),
-           event("task-started", T0 + 5, uuid="u1"))
+    h.feed(
+        event("task-sent", T0 + 10, uuid="u1", name="t", queue="celery"),
+        event("task-received", T0, uuid="u1", name="t"),
+        event("task-started", T0 + 5, uuid="u1"),
+    )
     assert h.task("celery_task_queue_wait_seconds_count", "t") is None
-    assert h.value("celery_vitals_observations_skipped_total",
-                   metric="celery_task_queue_wait_seconds", reason="negative_duration") == 1
+    assert (
+        h.value(
+            "celery_vitals_observations_skipped_total",
+            metric="celery_task_queue_wait_seconds",
+            reason="negative_duration",
+        )
+        == 1
+    )
     assert h.task("celery_task_prefetch_wait_seconds_sum", "t") == 5
 
 
@@ -188,12 +218,14 @@ def test_hostname_label_is_opt_in() -> None:
 def test_task_retried_reported_after_the_retry_finished_keeps_its_name() -> None:
     """Prefork: the retried message can run and finish before task-retried of attempt 0."""
     h = Harness()
-    h.feed(event("task-received", uuid="u1", name="flaky", retries=0),
-           event("task-started", uuid="u1"),
-           event("task-received", uuid="u1", name="flaky", retries=1),
-           event("task-started", uuid="u1"),
-           event("task-succeeded", uuid="u1", runtime=0.1),
-           event("task-retried", uuid="u1", exception="ConnectionError()"))
+    h.feed(
+        event("task-received", uuid="u1", name="flaky", retries=0),
+        event("task-started", uuid="u1"),
+        event("task-received", uuid="u1", name="flaky", retries=1),
+        event("task-started", uuid="u1"),
+        event("task-succeeded", uuid="u1", runtime=0.1),
+        event("task-retried", uuid="u1", exception="ConnectionError()"),
+    )
     assert h.task("celery_task_retried_total", "flaky") == 1
     assert h.task("celery_task_retried_total", "unknown") is None
     assert h.value("celery_vitals_tracked_tasks") == 0
@@ -204,26 +236,36 @@ def test_retry_sent_before_the_running_attempt_started_keeps_both_queue_waits() 
     """Prefork publishes the retry's task-sent at once, while the main process still
     buffers the first attempt's task-started."""
     h = Harness()
-    h.feed(event("task-sent", T0, uuid="u1", name="flaky", queue="celery", retries=0),
-           event("task-received", T0 + 1, uuid="u1", name="flaky", retries=0),
-           event("task-sent", T0 + 4, uuid="u1", name="flaky", queue="celery", retries=1),
-           event("task-started", T0 + 2, uuid="u1"),
-           event("task-retried", T0 + 4, uuid="u1"),
-           event("task-received", T0 + 5, uuid="u1", name="flaky", retries=1),
-           event("task-started", T0 + 7, uuid="u1"))
+    h.feed(
+        event("task-sent", T0, uuid="u1", name="flaky", queue="celery", retries=0),
+        event("task-received", T0 + 1, uuid="u1", name="flaky", retries=0),
+        event("task-sent", T0 + 4, uuid="u1", name="flaky", queue="celery", retries=1),
+        event("task-started", T0 + 2, uuid="u1"),
+        event("task-retried", T0 + 4, uuid="u1"),
+        event("task-received", T0 + 5, uuid="u1", name="flaky", retries=1),
+        event("task-started", T0 + 7, uuid="u1"),
+    )
     assert h.task("celery_task_queue_wait_seconds_count", "flaky") == 2
     assert h.task("celery_task_queue_wait_seconds_sum", "flaky") == 2 + 3
-    assert h.value("celery_vitals_observations_skipped_total",
-                   metric="celery_task_queue_wait_seconds", reason="negative_duration") is None
+    assert (
+        h.value(
+            "celery_vitals_observations_skipped_total",
+            metric="celery_task_queue_wait_seconds",
+            reason="negative_duration",
+        )
+        is None
+    )
 
 
 def test_reject_without_requeue_after_task_failed_counts_both() -> None:
     """Celery 5.7: a task raising Reject(requeue=False) sends task-failed, then task-rejected."""
     h = Harness()
-    h.feed(event("task-received", uuid="u1", name="poison"),
-           event("task-started", uuid="u1"),
-           event("task-failed", uuid="u1", exception="Reject('poison message', False)"),
-           event("task-rejected", uuid="u1", requeue=False))
+    h.feed(
+        event("task-received", uuid="u1", name="poison"),
+        event("task-started", uuid="u1"),
+        event("task-failed", uuid="u1", exception="Reject('poison message', False)"),
+        event("task-rejected", uuid="u1", requeue=False),
+    )
     assert h.task("celery_task_failed_total", "poison", exception="Reject") == 1
     assert h.task("celery_task_rejected_total", "poison", requeue="false") == 1
     assert h.value("celery_vitals_events_skipped_total", reason="duplicate_terminal") is None

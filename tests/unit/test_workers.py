@@ -7,10 +7,19 @@ from celery_vitals.workers import PoolStats, pool_from_stats
 from tests.unit.conftest import Harness, event, lifecycle
 
 
-def heartbeat(processed: int, active: int = 0, hostname: str = "w1@host",
-              type_: str = "worker-heartbeat") -> dict[str, object]:
-    return event(type_, hostname=hostname, freq=2.0, active=active, processed=processed,
-                 loadavg=[0.75, 0.5, 0.25], sw_ident="py-celery", sw_ver="5.7.0")
+def heartbeat(
+    processed: int, active: int = 0, hostname: str = "w1@host", type_: str = "worker-heartbeat"
+) -> dict[str, object]:
+    return event(
+        type_,
+        hostname=hostname,
+        freq=2.0,
+        active=active,
+        processed=processed,
+        loadavg=[0.75, 0.5, 0.25],
+        sw_ident="py-celery",
+        sw_ver="5.7.0",
+    )
 
 
 def test_heartbeat_gauges_and_starts() -> None:
@@ -40,9 +49,11 @@ def test_silent_worker_goes_down_then_is_purged() -> None:
 
 def test_offline_worker_is_down_at_once_and_releases_its_prefetch() -> None:
     h = Harness()
-    h.feed(heartbeat(0, type_="worker-online"),
-           event("task-received", uuid="u1", name="t"),
-           event("task-received", uuid="u2", name="t"))
+    h.feed(
+        heartbeat(0, type_="worker-online"),
+        event("task-received", uuid="u1", name="t"),
+        event("task-received", uuid="u2", name="t"),
+    )
     assert h.value("celery_worker_tasks_reserved", hostname="w1@host") == 2
     h.feed(event("task-started", uuid="u1"))
     assert h.value("celery_worker_tasks_reserved", hostname="w1@host") == 1
@@ -88,16 +99,19 @@ def test_gaps_between_heartbeats_count_as_missed_heartbeats() -> None:
     assert h.value("celery_vitals_heartbeats_missed_total") == 2
 
 
-PREFORK_STATS = {"pool": {"implementation": "celery.concurrency.prefork:TaskPool",
-                          "max-concurrency": 4}, "prefetch_count": 16}
+PREFORK_STATS = {
+    "pool": {"implementation": "celery.concurrency.prefork:TaskPool", "max-concurrency": 4},
+    "prefetch_count": 16,
+}
 
 
 def test_stats_polls_give_worker_info_pool_processes_and_prefetch_limit() -> None:
     h = Harness()
     h.feed(heartbeat(0, type_="worker-online"))
     assert h.pipeline.workers.without_stats() == ["w1@host"]
-    assert h.value("celery_worker_info", hostname="w1@host", version="5.7.0",
-                   pool="prefork") is None  # no stats poll yet: no pool to tell
+    assert (
+        h.value("celery_worker_info", hostname="w1@host", version="5.7.0", pool="prefork") is None
+    )  # no stats poll yet: no pool to tell
     h.pipeline.workers.on_stats("w1@host", *pool_from_stats(PREFORK_STATS))
     h.pipeline.workers.on_stats("gone@host", *pool_from_stats(PREFORK_STATS))  # unknown: no
     w = {"hostname": "w1@host"}
@@ -110,11 +124,15 @@ def test_stats_polls_give_worker_info_pool_processes_and_prefetch_limit() -> Non
 
 def test_stats_replies_that_are_not_celerys_give_nothing() -> None:
     assert pool_from_stats({}) == ("", PoolStats())
-    assert pool_from_stats({"pool": {"implementation": 3, "max-concurrency": "8"},
-                            "prefetch_count": -1}) == ("", PoolStats())
-    name, stats = pool_from_stats({"pool": {"implementation": "celery.concurrency.thread:"
-                                            "TaskPool", "max-concurrency": 10},
-                                   "prefetch_count": 0})
+    assert pool_from_stats(
+        {"pool": {"implementation": 3, "max-concurrency": "8"}, "prefetch_count": -1}
+    ) == ("", PoolStats())
+    name, stats = pool_from_stats(
+        {
+            "pool": {"implementation": "celery.concurrency.thread:TaskPool", "max-concurrency": 10},
+            "prefetch_count": 0,
+        }
+    )
     assert (name, stats.processes, stats.prefetch_limit) == ("thread", 10, 0)
 
 

@@ -70,12 +70,18 @@ class Setting:
 #: The agent's settings, declared once: from_environment() reads them, and
 #: scripts/generate.sh writes the README's table of them.
 SETTINGS = (
-    Setting(LISTEN_ADDRESS_ENV, f"`listen_address` of `install()`, else `{DEFAULT_LISTEN_ADDRESS}`",
-            "`HOST:PORT` of the worker's HTTP endpoint (`[::]:9809` for IPv6); parsed as the "
-            "exporter's `--listen-address`"),
-    Setting(WEB_CONFIG_ENV, "none",
-            "TLS and basic auth, a file in the format of `--web-config-file` (see "
-            "[below](#tls-and-basic-auth---web-config-file)), parsed by the same code"),
+    Setting(
+        LISTEN_ADDRESS_ENV,
+        f"`listen_address` of `install()`, else `{DEFAULT_LISTEN_ADDRESS}`",
+        "`HOST:PORT` of the worker's HTTP endpoint (`[::]:9809` for IPv6); parsed as the "
+        "exporter's `--listen-address`",
+    ),
+    Setting(
+        WEB_CONFIG_ENV,
+        "none",
+        "TLS and basic auth, a file in the format of `--web-config-file` (see "
+        "[below](#tls-and-basic-auth---web-config-file)), parsed by the same code",
+    ),
 )
 
 
@@ -84,6 +90,8 @@ def settings_table() -> str:
     lines = ["| environment variable | default | meaning |", "|---|---|---|"]
     lines += [f"| `{s.envvar}` | {s.default} | {s.readme} |" for s in SETTINGS]
     return "\n".join(lines) + "\n"
+
+
 HEARTBEAT_INTERVAL = 2.0
 
 log = logging.getLogger(__name__)
@@ -119,20 +127,27 @@ def install(app: Celery, listen_address: str | None = None) -> None:
 
 def _connect_signals() -> None:
     """Receivers for every installed app (dispatch_uid: connected once per process)."""
-    signals.worker_init.connect(_on_worker_init, weak=False,
-                                dispatch_uid="celery-vitals-agent-worker-init")
-    signals.worker_ready.connect(_on_worker_ready, weak=False,
-                                 dispatch_uid="celery-vitals-agent-worker-ready")
-    signals.task_received.connect(_on_task_received, weak=False,
-                                  dispatch_uid="celery-vitals-agent-task-received")
-    signals.task_unknown.connect(_on_task_unknown, weak=False,
-                                 dispatch_uid="celery-vitals-agent-task-unknown")
-    signals.worker_process_init.connect(_on_worker_process_init, weak=False,
-                                        dispatch_uid="celery-vitals-agent-process-init")
-    signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False,
-                                         dispatch_uid="celery-vitals-agent-shutting-down")
-    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False,
-                                    dispatch_uid="celery-vitals-agent-worker-shutdown")
+    signals.worker_init.connect(
+        _on_worker_init, weak=False, dispatch_uid="celery-vitals-agent-worker-init"
+    )
+    signals.worker_ready.connect(
+        _on_worker_ready, weak=False, dispatch_uid="celery-vitals-agent-worker-ready"
+    )
+    signals.task_received.connect(
+        _on_task_received, weak=False, dispatch_uid="celery-vitals-agent-task-received"
+    )
+    signals.task_unknown.connect(
+        _on_task_unknown, weak=False, dispatch_uid="celery-vitals-agent-task-unknown"
+    )
+    signals.worker_process_init.connect(
+        _on_worker_process_init, weak=False, dispatch_uid="celery-vitals-agent-process-init"
+    )
+    signals.worker_shutting_down.connect(
+        _on_worker_shutting_down, weak=False, dispatch_uid="celery-vitals-agent-shutting-down"
+    )
+    signals.worker_shutdown.connect(
+        _on_worker_shutdown, weak=False, dispatch_uid="celery-vitals-agent-worker-shutdown"
+    )
 
 
 def _active() -> Agent | None:
@@ -150,6 +165,7 @@ def _active_tap() -> Tap | None:
 
 # -- signal receivers: each catches everything, a signal must never fail the worker ---
 
+
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     addresses = [address for known, address in _installed if known is app]
@@ -160,8 +176,11 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         agent = Agent.from_environment(sender, address)
         agent.start()
     except Exception as error:
-        log.warning("celery-vitals agent not started, the worker runs without its /metrics: "
-                    "%s", error, exc_info=not isinstance(error, (OSError, ValueError)))
+        log.warning(
+            "celery-vitals agent not started, the worker runs without its /metrics: %s",
+            error,
+            exc_info=not isinstance(error, (OSError, ValueError)),
+        )
         return
     _process.agent = agent
     _tap_requests()
@@ -178,13 +197,13 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     agent = _process.agent  # _active(), inline: this runs for every task
-    if (agent is not None and agent.running and agent.pid == os.getpid()
-            and request is not None):
+    if agent is not None and agent.running and agent.pid == os.getpid() and request is not None:
         agent.tap.received(request, sender)
 
 
-def _on_task_unknown(sender: Any = None, message: Any = None, name: Any = None,
-                     id: Any = None, **_: Any) -> None:  # the signal's argument names
+def _on_task_unknown(
+    sender: Any = None, message: Any = None, name: Any = None, id: Any = None, **_: Any
+) -> None:  # the signal's argument names
     tap = _active_tap()
     if tap is not None:
         tap.unknown(sender, message, name, id)
@@ -201,8 +220,11 @@ def _on_worker_process_init(**_: Any) -> None:
         try:
             agent.forget_in_child()
         except Exception:
-            log.warning("celery-vitals agent: a pool process could not close its copy of the "
-                        "agent's socket", exc_info=True)
+            log.warning(
+                "celery-vitals agent: a pool process could not close its copy of the "
+                "agent's socket",
+                exc_info=True,
+            )
 
 
 def _on_worker_shutting_down(**_: Any) -> None:
@@ -235,11 +257,11 @@ def _tap_requests() -> None:
 
 # -- the agent ------------------------------------------------------------------
 
+
 class Agent:
     """The pipeline of one worker, its tap, its pool watch, its thread and HTTP server."""
 
-    def __init__(self, worker: Any, config: Config,
-                 interval: float = HEARTBEAT_INTERVAL) -> None:
+    def __init__(self, worker: Any, config: Config, interval: float = HEARTBEAT_INTERVAL) -> None:
         from celery_vitals.service import Pipeline
 
         self.worker = worker
@@ -250,11 +272,16 @@ class Agent:
         self.pool = PoolWatch(worker)
         self.registry = CollectorRegistry(auto_describe=True)
         self.pool_name = _pool_name(worker)
-        self.pipeline = Pipeline(config, self.registry,
-                                 agent={"hostname": self.hostname, "pool": self.pool_name})
+        self.pipeline = Pipeline(
+            config, self.registry, agent={"hostname": self.hostname, "pool": self.pool_name}
+        )
         self.lock = threading.Lock()
-        self.tap = Tap(self.pipeline.router, self.hostname, self.lock,
-                       consumer=lambda: getattr(worker, "consumer", None))
+        self.tap = Tap(
+            self.pipeline.router,
+            self.hostname,
+            self.lock,
+            consumer=lambda: getattr(worker, "consumer", None),
+        )
         self.http: HttpServer | None = None
         self.running = False
         self._stopping = threading.Event()
@@ -274,30 +301,45 @@ class Agent:
             from celery_vitals.webconfig import load
 
             web_config = load(path)  # ValueError with a one-line reason
-        config = Config(broker_url="", listen_host=host, listen_port=port,
-                        runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
-                        wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS), web_config=web_config)
+        config = Config(
+            broker_url="",
+            listen_host=host,
+            listen_port=port,
+            runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
+            wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS),
+            web_config=web_config,
+        )
         return cls(worker, config)
 
     def start(self) -> None:
         """Binds the port (OSError when taken), then starts serving and sampling."""
-        app = _guarded(_draining(make_app(self.registry, ready=lambda: self.running,
-                                          exposition=self.pipeline.exposition), self.tap))
-        self.http = HttpServer(app, self.config.listen_host, self.config.listen_port,
-                               web_config=self.config.web_config)
+        app = _guarded(
+            _draining(
+                make_app(
+                    self.registry, ready=lambda: self.running, exposition=self.pipeline.exposition
+                ),
+                self.tap,
+            )
+        )
+        self.http = HttpServer(
+            app, self.config.listen_host, self.config.listen_port, web_config=self.config.web_config
+        )
         self.running = True
         self._record({"type": "worker-online", **self._heartbeat_fields()})
         self.http.start()
         with contextlib.suppress(Exception):  # a marker only: never worth failing a worker
             # `celery inspect conf` (and so `celery-vitals doctor`) tells an agent runs here
-            self.worker.app.conf[AGENT_CONF_KEY] = (
-                f"{self.config.listen_host}:{self.http.port}")
-        self._thread = threading.Thread(target=self._run, name="celery-vitals-agent",
-                                        daemon=True)
+            self.worker.app.conf[AGENT_CONF_KEY] = f"{self.config.listen_host}:{self.http.port}"
+        self._thread = threading.Thread(target=self._run, name="celery-vitals-agent", daemon=True)
         self._thread.start()
         scheme = self.config.web_config.scheme if self.config.web_config else "http"
-        log.info("celery-vitals agent: serving %s://%s:%d/metrics for %s", scheme,
-                 self.config.listen_host, self.http.port, self.hostname)
+        log.info(
+            "celery-vitals agent: serving %s://%s:%d/metrics for %s",
+            scheme,
+            self.config.listen_host,
+            self.http.port,
+            self.hostname,
+        )
 
     def _run(self) -> None:
         next_tick = 0.0
@@ -323,8 +365,9 @@ class Agent:
                 self.pipeline.workers.on_pool(self.hostname, stats, now, self.pool_name)
                 self.pipeline.router.tick(now)
         except Exception:
-            rate_limited.warn_every("tick", "celery-vitals agent: could not sample the worker",
-                                    exc_info=True)
+            rate_limited.warn_every(
+                "tick", "celery-vitals agent: could not sample the worker", exc_info=True
+            )
 
     def _heartbeat_fields(self, now: float | None = None) -> dict[str, Any]:
         """What Celery's own heartbeat carries (no freq: a late agent thread is no lost event)."""
@@ -335,9 +378,14 @@ class Agent:
             loadavg: list[float] = [round(value, 2) for value in os.getloadavg()]
         except OSError:
             loadavg = []
-        return {"hostname": self.hostname, "timestamp": now or time.time(),
-                "active": len(state.active_requests), "processed": state.all_total_count[0],
-                "loadavg": loadavg, "sw_ver": celery.__version__}
+        return {
+            "hostname": self.hostname,
+            "timestamp": now or time.time(),
+            "active": len(state.active_requests),
+            "processed": state.all_total_count[0],
+            "loadavg": loadavg,
+            "sw_ver": celery.__version__,
+        }
 
     def _record(self, event: dict[str, Any]) -> None:
         with self.lock:
@@ -353,8 +401,7 @@ class Agent:
             try:
                 self.http.stop()
             except Exception:
-                log.warning("celery-vitals agent: error stopping the HTTP server",
-                            exc_info=True)
+                log.warning("celery-vitals agent: error stopping the HTTP server", exc_info=True)
 
     def forget_in_child(self) -> None:
         """A forked pool child: close its copy of the listening socket, serve nothing."""
@@ -390,12 +437,15 @@ def _guarded(app: WsgiApp) -> WsgiApp:
         try:
             return app(environ, start_response)
         except Exception:
-            rate_limited.warn_every("scrape", "celery-vitals agent: %s failed",
-                                    environ.get("PATH_INFO"), exc_info=True)
+            rate_limited.warn_every(
+                "scrape", "celery-vitals agent: %s failed", environ.get("PATH_INFO"), exc_info=True
+            )
             body = b"celery-vitals agent: collecting metrics failed, see the worker's log\n"
-            start_response("500 Internal Server Error",
-                           [("Content-Type", "text/plain; charset=utf-8"),
-                            ("Content-Length", str(len(body)))], sys.exc_info())
+            start_response(
+                "500 Internal Server Error",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+                sys.exc_info(),
+            )
             return [body]
 
     return guarded

@@ -84,8 +84,9 @@ class PoolWatch:
             try:
                 self.process_exited(process)
             except Exception:
-                log.warn_every("exit", "celery-vitals agent: could not record a process exit",
-                               exc_info=True)
+                log.warn_every(
+                    "exit", "celery-vitals agent: could not record a process exit", exc_info=True
+                )
             if original is not None:
                 return original(process)
             return None

@@ -40,8 +40,15 @@ log = RateLimitedLogger(logging.getLogger(__name__))
 
 Event = dict[str, Any]
 # fields of Request.send_event the trackers use (never the result: it can be large)
-FORWARDED_FIELDS = ("exception", "traceback", "requeue", "terminated", "signum", "expired",
-                    "runtime")
+FORWARDED_FIELDS = (
+    "exception",
+    "traceback",
+    "requeue",
+    "terminated",
+    "signum",
+    "expired",
+    "runtime",
+)
 MARK = "_celery_vitals_tapped"
 DRAIN_INTERVAL = 0.25  # seconds between two drains by the agent's thread
 MAX_QUEUED = 50_000  # events; beyond, the task's own thread drains (never unbounded)
@@ -68,9 +75,12 @@ def delivery_queue(delivery_info: Mapping[str, Any], consumer: Any) -> str | Non
     queues = list(getattr(task_consumer, "queues", None) or ())
     if isinstance(routing_key, str) and routing_key in {q.name for q in queues}:
         return routing_key
-    bound = [q.name for q in queues
-             if getattr(getattr(q, "exchange", None), "name", None) == exchange
-             and getattr(q, "routing_key", None) == routing_key]
+    bound = [
+        q.name
+        for q in queues
+        if getattr(getattr(q, "exchange", None), "name", None) == exchange
+        and getattr(q, "routing_key", None) == routing_key
+    ]
     if len(bound) == 1 and isinstance(bound[0], str):
         return bound[0]
     if isinstance(routing_key, str) and routing_key:
@@ -98,9 +108,14 @@ class Tap:
     scrape, and inline should the queue ever reach MAX_QUEUED.
     """
 
-    def __init__(self, router: EventRouter, hostname: str, lock: threading.Lock,
-                 consumer: Callable[[], Any] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        router: EventRouter,
+        hostname: str,
+        lock: threading.Lock,
+        consumer: Callable[[], Any] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.router = router
         self.hostname = hostname
         self.lock = lock
@@ -127,8 +142,12 @@ class Tap:
                 try:  # the event's time is the tap's clock, read when it was built
                     self.router.handle(event, event["timestamp"])
                 except Exception:
-                    log.warn_every("tap-feed", "celery-vitals agent: could not record a %s "
-                                   "event", event.get("type"), exc_info=True)
+                    log.warn_every(
+                        "tap-feed",
+                        "celery-vitals agent: could not record a %s event",
+                        event.get("type"),
+                        exc_info=True,
+                    )
         return routed
 
     def received(self, request: Any, consumer: Any = None) -> None:
@@ -136,8 +155,9 @@ class Tap:
         try:
             event = self._received_event(request, consumer or self.consumer())
         except Exception:
-            log.warn_every("tap-received", "celery-vitals agent: could not read a received "
-                           "task", exc_info=True)
+            log.warn_every(
+                "tap-received", "celery-vitals agent: could not read a received task", exc_info=True
+            )
             return
         self.feed(event)
 
@@ -168,8 +188,12 @@ class Tap:
         """delivery_queue(), remembered per consumer tag, exchange and routing key until
         forget_queues() (the agent's heartbeat: a queue added or cancelled shows within
         seconds)."""
-        key = (id(consumer), delivery.get("consumer_tag"), delivery.get("exchange"),
-               delivery.get("routing_key"))
+        key = (
+            id(consumer),
+            delivery.get("consumer_tag"),
+            delivery.get("exchange"),
+            delivery.get("routing_key"),
+        )
         try:
             return self._queues[key]
         except KeyError:
@@ -189,12 +213,18 @@ class Tap:
         """
         try:
             delivery = getattr(message, "delivery_info", None) or {}
-            event: Event = {"type": "task-failed", "uuid": uuid, "hostname": self.hostname,
-                            "timestamp": self.clock(), "exception": f"NotRegistered({name!r})",
-                            "queue": delivery_queue(delivery, consumer)}
+            event: Event = {
+                "type": "task-failed",
+                "uuid": uuid,
+                "hostname": self.hostname,
+                "timestamp": self.clock(),
+                "exception": f"NotRegistered({name!r})",
+                "queue": delivery_queue(delivery, consumer),
+            }
         except Exception:
-            log.warn_every("tap-unknown", "celery-vitals agent: could not read an unknown task",
-                           exc_info=True)
+            log.warn_every(
+                "tap-unknown", "celery-vitals agent: could not read an unknown task", exc_info=True
+            )
             return
         self.feed(event)
 
@@ -204,14 +234,22 @@ class Tap:
             if not getattr(request, MARK, False):
                 # revoked or expired on arrival: Celery revokes it before task_received
                 self.received(request)
-            event: Event = {"type": event_type, "uuid": request.id,
-                            "hostname": self.hostname, "timestamp": self.clock()}
+            event: Event = {
+                "type": event_type,
+                "uuid": request.id,
+                "hostname": self.hostname,
+                "timestamp": self.clock(),
+            }
             for key in FORWARDED_FIELDS:
                 if key in fields:
                     event[key] = fields[key]
         except Exception:
-            log.warn_every("tap-event", "celery-vitals agent: could not read a %s event",
-                           event_type, exc_info=True)
+            log.warn_every(
+                "tap-event",
+                "celery-vitals agent: could not read a %s event",
+                event_type,
+                exc_info=True,
+            )
             return
         self.feed(event)
 
@@ -221,12 +259,17 @@ class Tap:
             failed, _, runtime = outcome
             if failed:
                 return False  # Celery goes on to on_failure, which sends task-failed
-            event: Event = {"type": "task-succeeded", "uuid": request.id,
-                            "hostname": self.hostname, "timestamp": self.clock(),
-                            "runtime": runtime}
+            event: Event = {
+                "type": "task-succeeded",
+                "uuid": request.id,
+                "hostname": self.hostname,
+                "timestamp": self.clock(),
+                "runtime": runtime,
+            }
         except Exception:
-            log.warn_every("tap-success", "celery-vitals agent: could not read a success",
-                           exc_info=True)
+            log.warn_every(
+                "tap-success", "celery-vitals agent: could not read a success", exc_info=True
+            )
             return False
         self.feed(event)
         return True
@@ -253,16 +296,25 @@ def tapped_request_cls(cls: type, holder: Holder) -> type:
     class TappedRequest(cls):  # type: ignore[misc]
         def send_event(self, type: str, **fields: Any) -> Any:  # Celery's names
             agent: Running | None = holder.agent
-            if (agent is not None and agent.running and agent.pid == getpid()
-                    and not (type == "task-succeeded"
-                             and getattr(self, "_celery_vitals_succeeded", False))):
+            if (
+                agent is not None
+                and agent.running
+                and agent.pid == getpid()
+                and not (
+                    type == "task-succeeded" and getattr(self, "_celery_vitals_succeeded", False)
+                )
+            ):
                 agent.tap.request_event(self, type, fields)
             return super().send_event(type, **fields)
 
         def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> Any:
             agent: Running | None = holder.agent
-            if (agent is not None and agent.running and agent.pid == getpid()
-                    and agent.tap.succeeded(self, failed__retval__runtime)):
+            if (
+                agent is not None
+                and agent.running
+                and agent.pid == getpid()
+                and agent.tap.succeeded(self, failed__retval__runtime)
+            ):
                 self._celery_vitals_succeeded = True  # Celery may send task-succeeded too
             return super().on_success(failed__retval__runtime, **kwargs)
 

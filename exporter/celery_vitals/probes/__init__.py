@@ -16,8 +16,7 @@ from typing import Protocol
 
 # Celery's own plumbing (event receivers, remote-control mailboxes and replies,
 # native delayed delivery levels), server-named queues and the exporter's own.
-_PLUMBING = re.compile(
-    r"^(celeryev\.|amq\.|celery-vitals\.)|\.pidbox$|^(.+_)?celery_delayed_\d+$")
+_PLUMBING = re.compile(r"^(celeryev\.|amq\.|celery-vitals\.)|\.pidbox$|^(.+_)?celery_delayed_\d+$")
 
 
 def is_plumbing(name: str) -> bool:

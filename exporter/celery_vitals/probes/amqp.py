@@ -60,14 +60,24 @@ from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
 log = logging.getLogger(__name__)
 
 TRANSPORT = "amqp"
-QUEUE_COLUMNS = ("name", "type", "node", "arguments", "effective_policy_definition",
-                 "messages_ready", "messages_unacknowledged", "consumers",
-                 "message_stats.publish", "backing_queue_status.next_seq_id")
+QUEUE_COLUMNS = (
+    "name",
+    "type",
+    "node",
+    "arguments",
+    "effective_policy_definition",
+    "messages_ready",
+    "messages_unacknowledged",
+    "consumers",
+    "message_stats.publish",
+    "backing_queue_status.next_seq_id",
+)
 NODE_COLUMNS = ("name", "running", "uptime", "mem_used", "mem_limit")
 RESTART_TOLERANCE = 5.0  # seconds a node's boot time may wobble (request latency)
 # Share of a call's budget the management API may use: a hanging API must leave
 # time for the passive-declare fallback, or every poll would fail.
 MANAGEMENT_SHARE = 2 / 3
+
 
 class ManagementError(Exception):
     """The management API failed. The message names the path, never the credentials."""
@@ -97,9 +107,15 @@ def parse_bindings(document: Any) -> tuple[Binding, ...]:
     """Bindings from ``/api/exchanges/<vhost>/<name>/bindings/source``."""
     if not isinstance(document, list):
         return ()
-    return tuple(Binding(str(item.get("destination", "")), str(item.get("destination_type", "")),
-                         str(item.get("routing_key", "")))
-                 for item in document if isinstance(item, dict))
+    return tuple(
+        Binding(
+            str(item.get("destination", "")),
+            str(item.get("destination_type", "")),
+            str(item.get("routing_key", "")),
+        )
+        for item in document
+        if isinstance(item, dict)
+    )
 
 
 def dead_letter_route(queue: Mapping[str, Any]) -> tuple[str, str | None] | None:
@@ -136,8 +152,10 @@ def topic_matches(pattern: str, key: str) -> bool:
             for j in range(1, len(reachable)):
                 reachable[j] = reachable[j] or reachable[j - 1]
         else:
-            reachable = [False] + [reachable[j - 1] and word in ("*", key_words[j - 1])
-                                   for j in range(1, len(reachable))]
+            reachable = [False] + [
+                reachable[j - 1] and word in ("*", key_words[j - 1])
+                for j in range(1, len(reachable))
+            ]
     return reachable[-1]
 
 
@@ -151,9 +169,12 @@ def _binding_matches(exchange_type: str, binding_key: str, routing_key: str | No
     return True  # fanout routes to all; headers and plugin types cannot be evaluated here
 
 
-def routed_queues(exchange: str, routing_key: str | None,
-                  lookup: Callable[[str], ExchangeInfo | None],
-                  _seen: set[str] | None = None) -> set[str]:
+def routed_queues(
+    exchange: str,
+    routing_key: str | None,
+    lookup: Callable[[str], ExchangeInfo | None],
+    _seen: set[str] | None = None,
+) -> set[str]:
     """Queues a message with this routing key reaches from ``exchange`` (exchange-to-exchange
     bindings followed, cycles cut). An unknown key over-approximates: every bound queue."""
     if exchange == "":  # the default exchange: the queue named by the key
@@ -176,8 +197,9 @@ def routed_queues(exchange: str, routing_key: str | None,
     return found
 
 
-def dead_letter_targets(queues: Iterable[Mapping[str, Any]],
-                        lookup: Callable[[str], ExchangeInfo | None]) -> frozenset[str]:
+def dead_letter_targets(
+    queues: Iterable[Mapping[str, Any]], lookup: Callable[[str], ExchangeInfo | None]
+) -> frozenset[str]:
     """Existing queues that some queue of the listing dead-letters into."""
     listing = [queue for queue in queues if isinstance(queue.get("name"), str)]
     existing = {queue["name"] for queue in listing}
@@ -221,16 +243,18 @@ def ingress_counter(queue: Mapping[str, Any], *, dead_letter_target: bool) -> in
     return _int(stats.get("publish", 0))
 
 
-def queue_stats(queue: Mapping[str, Any], *, dead_letter_target: bool,
-                counter_valid: bool = True) -> QueueStats:
+def queue_stats(
+    queue: Mapping[str, Any], *, dead_letter_target: bool, counter_valid: bool = True
+) -> QueueStats:
     return QueueStats(
         name=str(queue["name"]),
         exists=True,
         ready=_int(queue.get("messages_ready")),
         unacked=_int(queue.get("messages_unacknowledged")),
         consumers=_int(queue.get("consumers")),
-        published_total=(ingress_counter(queue, dead_letter_target=dead_letter_target)
-                         if counter_valid else None),
+        published_total=(
+            ingress_counter(queue, dead_letter_target=dead_letter_target) if counter_valid else None
+        ),
     )
 
 
@@ -250,8 +274,10 @@ def memory_facts(nodes: Any) -> dict[str, float]:
     if not candidates:
         return {}
     _, used, limit = max(candidates)
-    return {"celery_broker_memory_used_bytes": float(used),
-            "celery_broker_memory_limit_bytes": float(limit)}
+    return {
+        "celery_broker_memory_used_bytes": float(used),
+        "celery_broker_memory_limit_bytes": float(limit),
+    }
 
 
 # -- the HTTP client -----------------------------------------------------------------------
@@ -295,8 +321,9 @@ class ManagementClient:
                     deadline.left()
         except urllib.error.HTTPError as error:
             error.close()
-            raise ManagementError(f"GET /{shown} answered HTTP {error.code}",
-                                  status=error.code) from None
+            raise ManagementError(
+                f"GET /{shown} answered HTTP {error.code}", status=error.code
+            ) from None
         except urllib.error.URLError as error:
             raise ManagementError(f"GET /{shown} failed: {_describe(error.reason)}") from None
         except (OSError, TimeoutError) as error:
@@ -306,15 +333,17 @@ class ManagementClient:
         except ValueError:
             raise ManagementError(f"GET /{shown} did not answer JSON") from None
 
-    def queues(self, deadline: _Deadline, columns: Sequence[str] = QUEUE_COLUMNS
-               ) -> list[dict[str, Any]]:
+    def queues(
+        self, deadline: _Deadline, columns: Sequence[str] = QUEUE_COLUMNS
+    ) -> list[dict[str, Any]]:
         """Every queue of the vhost in one request (full objects if ``columns`` is not
         understood)."""
         path = f"api/queues/{self.vhost}"
         if self.columns_supported:
             listing = self.get(f"{path}?columns={','.join(columns)}", deadline)
             if isinstance(listing, list) and all(
-                    isinstance(item, dict) and "name" in item for item in listing):
+                isinstance(item, dict) and "name" in item for item in listing
+            ):
                 return listing
             self.columns_supported = False
         listing = self.get(path, deadline)
@@ -350,8 +379,13 @@ class AmqpProbe:
     next call reconnects. Every call is bounded by ``timeout`` in total.
     """
 
-    def __init__(self, broker_url: str, transport_options: Mapping[str, Any],
-                 timeout: float = 5.0, management_url: str | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        transport_options: Mapping[str, Any],
+        timeout: float = 5.0,
+        management_url: str | None = None,
+    ) -> None:
         self.broker_url = broker_url
         self.timeout = timeout
         options = dict(transport_options)
@@ -373,9 +407,11 @@ class AmqpProbe:
             parsed = Connection(broker_url)  # parses only; no network
             password = parsed.password
             self.management = ManagementClient(
-                management_url, vhost=parsed.virtual_host or "/",
+                management_url,
+                vhost=parsed.virtual_host or "/",
                 username=parsed.userid or "guest",
-                password=password if isinstance(password, str) else "guest")
+                password=password if isinstance(password, str) else "guest",
+            )
 
     # -- QueueProbe ------------------------------------------------------------------
 
@@ -384,23 +420,33 @@ class AmqpProbe:
         if self.management is None:
             return set()
         listing = self.management.queues(_Deadline(self.timeout), columns=("name",))
-        return {queue["name"] for queue in listing
-                if isinstance(queue["name"], str) and not is_plumbing(queue["name"])}
+        return {
+            queue["name"]
+            for queue in listing
+            if isinstance(queue["name"], str) and not is_plumbing(queue["name"])
+        }
 
     def poll(self, queues: Iterable[str]) -> ProbeResult:
         names = [name for name in dict.fromkeys(queues) if name]
         deadline = _Deadline(self.timeout)
         if self.management is not None:
             try:
-                return self._poll_management(self.management, names, deadline,
-                                             _Deadline(self.timeout * MANAGEMENT_SHARE))
+                return self._poll_management(
+                    self.management, names, deadline, _Deadline(self.timeout * MANAGEMENT_SHARE)
+                )
             except ManagementError as error:
                 self._log.warn_every(
-                    "amqp-management", "RabbitMQ management API failed (%s): polling queues "
-                    "with passive declares instead (no unacked counts)", error)
+                    "amqp-management",
+                    "RabbitMQ management API failed (%s): polling queues "
+                    "with passive declares instead (no unacked counts)",
+                    error,
+                )
         stats = self._passive(names, deadline)
-        return ProbeResult(queues=tuple(stats[name] for name in names if name in stats),
-                           dead_letter_targets=self._last_targets, info=self._info(""))
+        return ProbeResult(
+            queues=tuple(stats[name] for name in names if name in stats),
+            dead_letter_targets=self._last_targets,
+            info=self._info(""),
+        )
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -412,8 +458,13 @@ class AmqpProbe:
 
     # -- management ------------------------------------------------------------------
 
-    def _poll_management(self, api: ManagementClient, names: Sequence[str],
-                         deadline: _Deadline, api_deadline: _Deadline) -> ProbeResult:
+    def _poll_management(
+        self,
+        api: ManagementClient,
+        names: Sequence[str],
+        deadline: _Deadline,
+        api_deadline: _Deadline,
+    ) -> ProbeResult:
         listing = api.queues(api_deadline)
         nodes = api.get(f"api/nodes?columns={','.join(NODE_COLUMNS)}", api_deadline)
         overview = api.get("api/overview?columns=rabbitmq_version", api_deadline)
@@ -436,17 +487,24 @@ class AmqpProbe:
             node = str(queue.get("node", ""))
             epoch = (node, self._node_boot.get(node))
             self._queue_epoch[name] = epoch
-            found[name] = queue_stats(queue, dead_letter_target=name in targets,
-                                      counter_valid=previous.get(name, epoch) == epoch)
+            found[name] = queue_stats(
+                queue,
+                dead_letter_target=name in targets,
+                counter_valid=previous.get(name, epoch) == epoch,
+            )
         if without_stats:  # declared seconds ago: AMQP knows already
             passive = self._passive(without_stats, deadline)
-            found.update({name: passive.get(name, QueueStats(name, exists=True))
-                          for name in without_stats})
+            found.update(
+                {name: passive.get(name, QueueStats(name, exists=True)) for name in without_stats}
+            )
         self._last_targets = targets
         version = overview.get("rabbitmq_version") if isinstance(overview, dict) else None
-        return ProbeResult(queues=tuple(found[name] for name in names if name in found),
-                           dead_letter_targets=targets, facts=memory_facts(nodes),
-                           info=self._info(version if isinstance(version, str) else ""))
+        return ProbeResult(
+            queues=tuple(found[name] for name in names if name in found),
+            dead_letter_targets=targets,
+            facts=memory_facts(nodes),
+            info=self._info(version if isinstance(version, str) else ""),
+        )
 
     def _note_node_boots(self, nodes: Any) -> None:
         """When each node started (moves only when it restarts): the epoch of its counters."""
@@ -460,8 +518,11 @@ class AmqpProbe:
                 self._node_boot[name] = booted
 
     def _info(self, version: str) -> dict[str, str]:
-        return {"transport": TRANSPORT, "version": version or self._server_version,
-                "eviction_policy": ""}
+        return {
+            "transport": TRANSPORT,
+            "version": version or self._server_version,
+            "eviction_policy": "",
+        }
 
     # -- AMQP --------------------------------------------------------------------------
 
@@ -493,8 +554,11 @@ class AmqpProbe:
 
     def _connect(self, deadline: _Deadline) -> Any:
         if self._connection is None:
-            connection = Connection(self.broker_url, transport_options=self.transport_options,
-                                    connect_timeout=deadline.left())
+            connection = Connection(
+                self.broker_url,
+                transport_options=self.transport_options,
+                connect_timeout=deadline.left(),
+            )
             try:
                 connection.ensure_connection(max_retries=0)  # retrying is the poller's job
             except Exception:
@@ -504,8 +568,9 @@ class AmqpProbe:
             self._connection = connection
             properties = getattr(connection.connection, "server_properties", None) or {}
             version = properties.get("version", b"")
-            self._server_version = (version.decode(errors="replace")
-                                    if isinstance(version, bytes) else str(version))
+            self._server_version = (
+                version.decode(errors="replace") if isinstance(version, bytes) else str(version)
+            )
         return self._connection
 
     def _declare(self, connection: Any, name: str, deadline: _Deadline) -> QueueStats | None:
@@ -524,9 +589,12 @@ class AmqpProbe:
             if code == 405:  # another connection's exclusive queue: it exists, numbers hidden
                 return QueueStats(name, exists=True)
             # 403: not ours to see (permissions)
-            self._log.warn_every(f"amqp-declare-{getattr(error, 'reply_code', '')}",
-                                 "passive declare of queue %r refused (%s): not reported",
-                                 name, error)
+            self._log.warn_every(
+                f"amqp-declare-{getattr(error, 'reply_code', '')}",
+                "passive declare of queue %r refused (%s): not reported",
+                name,
+                error,
+            )
             return None
         return QueueStats(name, exists=True, ready=int(ready), consumers=int(consumers))
 

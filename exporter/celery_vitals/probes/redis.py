@@ -109,8 +109,14 @@ class RedisProbe:
     thread than the poller's and then waits for the running call.
     """
 
-    def __init__(self, broker_url: str, transport_options: Mapping[str, Any],
-                 timeout: float = 5.0, *, unacked_limit: int = UNACKED_READ_LIMIT) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        transport_options: Mapping[str, Any],
+        timeout: float = 5.0,
+        *,
+        unacked_limit: int = UNACKED_READ_LIMIT,
+    ) -> None:
         self.broker_url = broker_url
         self.timeout = timeout
         self.unacked_limit = unacked_limit
@@ -131,8 +137,11 @@ class RedisProbe:
             try:
                 channel = self._channel()
                 bindings = self._read_bindings(channel)
-                return {b.queue for b in bindings
-                        if b.queue and not plumbing_binding(b.exchange, b.queue)}
+                return {
+                    b.queue
+                    for b in bindings
+                    if b.queue and not plumbing_binding(b.exchange, b.queue)
+                }
             except BaseException:
                 self._drop()
                 raise
@@ -160,8 +169,11 @@ class RedisProbe:
     def _channel(self) -> Any:
         """kombu's redis Channel, connecting once (every failover URL once, no sleeping)."""
         if self._connection is None:
-            connection = Connection(self.broker_url, transport_options=self.transport_options,
-                                    connect_timeout=self.timeout)
+            connection = Connection(
+                self.broker_url,
+                transport_options=self.transport_options,
+                connect_timeout=self.timeout,
+            )
             self._connection = connection
             # kombu would retry (and sleep) until connect_timeout; the poller retries anyway.
             connection.ensure_connection(max_retries=max(len(connection.alt), 1) - 1)
@@ -188,8 +200,9 @@ class RedisProbe:
     @staticmethod
     def _queue_keys(channel: Any, queue: str) -> list[str]:
         """The list of every priority step (``queue``, ``queue+sep+3``...), as kombu names them."""
-        return list(dict.fromkeys(channel._q_for_pri(queue, step)
-                                  for step in channel.priority_steps))
+        return list(
+            dict.fromkeys(channel._q_for_pri(queue, step) for step in channel.priority_steps)
+        )
 
     # -- bindings ------------------------------------------------------------------
 
@@ -209,13 +222,17 @@ class RedisProbe:
             cursor, keys = channel.client.scan(cursor, match=pattern, count=SCAN_COUNT)
             for key in keys:
                 name = _text(key)
-                found.add(name[len(head):len(name) - len(tail)])
+                found.add(name[len(head) : len(name) - len(tail)])
             if int(cursor) == 0:
                 self._exchanges = frozenset(found)
                 return self._exchanges
             if time.monotonic() >= deadline:
-                log.warn_every("redis_scan", "scanning for kombu binding keys took longer than "
-                               "%.1fs; using the last complete scan as well", self.timeout / 2)
+                log.warn_every(
+                    "redis_scan",
+                    "scanning for kombu binding keys took longer than "
+                    "%.1fs; using the last complete scan as well",
+                    self.timeout / 2,
+                )
                 return frozenset(found | self._exchanges)
 
     def _pipe_bindings(self, channel: Any, pipe: Any, exchanges: Iterable[str]) -> list[str]:
@@ -233,9 +250,14 @@ class RedisProbe:
             for member in members or ():
                 parts = _text(member).split(sep)
                 if len(parts) != 3:  # a sep inside a name: kombu cannot route it either
-                    log.warn_every("redis_binding", "skipped binding %.200r of exchange "
-                                   "%.200r: not routing_key, pattern and queue joined by the "
-                                   "separator", _text(member), exchange)
+                    log.warn_every(
+                        "redis_binding",
+                        "skipped binding %.200r of exchange "
+                        "%.200r: not routing_key, pattern and queue joined by the "
+                        "separator",
+                        _text(member),
+                        exchange,
+                    )
                     continue
                 bindings.append(Binding(exchange, *parts))
         return bindings
@@ -265,13 +287,14 @@ class RedisProbe:
         if read_unacked:
             index = channel.unacked_index_key
             pipe.zcard(self._key(channel, "ZCARD", index))
-            pipe.zrange(self._key(channel, "ZRANGE", index), 0, self.unacked_limit - 1,
-                        withscores=True)
+            pipe.zrange(
+                self._key(channel, "ZRANGE", index), 0, self.unacked_limit - 1, withscores=True
+            )
         replies = pipe.execute(raise_on_error=False)
 
         n = len(ordered)
         binding_replies, info, save = replies[:n], replies[n], replies[n + 1]
-        rest = replies[n + 2:]
+        rest = replies[n + 2 :]
         # Only INFO and CONFIG may be refused (ACLs, renamed commands on managed Redis).
         for reply in (*binding_replies, *rest):
             if isinstance(reply, Exception):
@@ -290,9 +313,13 @@ class RedisProbe:
             total, oldest_first = int(rest[position]), rest[position + 1]
             unacked = self._read_unacked(channel, oldest_first, bindings)
             if total > self.unacked_limit:
-                log.warn_every("redis_unacked_limit", "%d unacked deliveries, read the oldest "
-                               "%d: per-queue unacked counts are lower bounds",
-                               total, self.unacked_limit)
+                log.warn_every(
+                    "redis_unacked_limit",
+                    "%d unacked deliveries, read the oldest "
+                    "%d: per-queue unacked counts are lower bounds",
+                    total,
+                    self.unacked_limit,
+                )
         now = time.time()
 
         bound = {binding.queue for binding in bindings}
@@ -301,20 +328,29 @@ class RedisProbe:
             in_flight = unacked.get(queue, _Unacked())
             exists = lengths[queue] > 0 or queue in bound or in_flight.count > 0
             age = None if in_flight.oldest is None else max(now - in_flight.oldest, 0.0)
-            stats.append(QueueStats(
-                name=queue, exists=exists,
-                ready=lengths[queue] if exists else None,
-                unacked=in_flight.count if exists and ack_emulation else None,
-                consumers=None,  # Redis cannot tell who is blocked in BRPOP on a list
-                oldest_unacked_age=age))
+            stats.append(
+                QueueStats(
+                    name=queue,
+                    exists=exists,
+                    ready=lengths[queue] if exists else None,
+                    unacked=in_flight.count if exists and ack_emulation else None,
+                    consumers=None,  # Redis cannot tell who is blocked in BRPOP on a list
+                    oldest_unacked_age=age,
+                )
+            )
 
         facts, info_labels, persistence = self._broker_facts(info, save)
         return ProbeResult(
-            queues=tuple(stats), facts=facts, info=info_labels, persistence=persistence,
-            visibility_timeout=float(channel.visibility_timeout) if ack_emulation else None)
+            queues=tuple(stats),
+            facts=facts,
+            info=info_labels,
+            persistence=persistence,
+            visibility_timeout=float(channel.visibility_timeout) if ack_emulation else None,
+        )
 
-    def _read_unacked(self, channel: Any, oldest_first: list[tuple[bytes, float]],
-                      bindings: list[Binding]) -> dict[str, _Unacked]:
+    def _read_unacked(
+        self, channel: Any, oldest_first: list[tuple[bytes, float]], bindings: list[Binding]
+    ) -> dict[str, _Unacked]:
         """Unacked deliveries per queue, from the index's oldest entries and their hash values.
 
         Index entries without a hash value are not in flight (kombu restores
@@ -329,7 +365,7 @@ class RedisProbe:
         pipe = channel.client.pipeline(transaction=False)
         hash_key = self._key(channel, "HMGET", channel.unacked_key)
         for start in range(0, len(tags), HMGET_CHUNK):
-            pipe.hmget(hash_key, tags[start:start + HMGET_CHUNK])
+            pipe.hmget(hash_key, tags[start : start + HMGET_CHUNK])
         values = [value for chunk in pipe.execute() for value in chunk]
 
         by_exchange: dict[str, list[Binding]] = {}
@@ -350,25 +386,34 @@ class RedisProbe:
         except ValueError:  # UnicodeDecodeError included
             entry = None
         if not (isinstance(entry, list) and len(entry) == 3):
-            log.warn_every("redis_unacked_value", "skipped an unacked entry that is not "
-                           "kombu's [message, exchange, routing_key]")
+            log.warn_every(
+                "redis_unacked_value",
+                "skipped an unacked entry that is not kombu's [message, exchange, routing_key]",
+            )
             return set()
         exchange, routing_key = str(entry[1] or ""), str(entry[2] or "")
         if not exchange:
             return {routing_key} if routing_key else set()
-        return {binding.queue for binding in by_exchange.get(exchange, ())
-                if binding.routes(routing_key)}
+        return {
+            binding.queue
+            for binding in by_exchange.get(exchange, ())
+            if binding.routes(routing_key)
+        }
 
     # -- broker facts ----------------------------------------------------------------
 
     @staticmethod
-    def _broker_facts(info: Any, save: Any
-                      ) -> tuple[dict[str, float], dict[str, str], dict[str, bool]]:
+    def _broker_facts(
+        info: Any, save: Any
+    ) -> tuple[dict[str, float], dict[str, str], dict[str, bool]]:
         """Memory, version, eviction policy, RDB and AOF from INFO (and CONFIG GET save)."""
         labels = {"transport": "redis"}
         if isinstance(info, Exception) or not isinstance(info, dict):
-            log.warn_every("redis_info", "INFO refused by the broker (%s): no memory, "
-                           "version or persistence facts", info)
+            log.warn_every(
+                "redis_info",
+                "INFO refused by the broker (%s): no memory, version or persistence facts",
+                info,
+            )
             return {}, labels, {}
         facts: dict[str, float] = {}
         if "used_memory" in info:
@@ -385,8 +430,9 @@ class RedisProbe:
             persistence["aof"] = int(info["aof_enabled"]) == 1
         if isinstance(save, dict) and "save" in save:
             persistence["rdb"] = bool(str(save["save"]).strip())
-        elif int(info.get("rdb_saves", 0)) > 0 or int(info.get("rdb_last_bgsave_time_sec",
-                                                                  -1)) >= 0:
+        elif (
+            int(info.get("rdb_saves", 0)) > 0 or int(info.get("rdb_last_bgsave_time_sec", -1)) >= 0
+        ):
             # CONFIG is often disabled on managed Redis: a snapshot taken since
             # startup shows RDB at work. No snapshot yet: unknown, not "off".
             persistence["rdb"] = True
