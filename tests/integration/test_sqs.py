@@ -229,7 +229,23 @@ def test_a_reader_killed_half_way_loses_no_message(harness: Harness, moto: MotoS
         reader.kill()  # SIGKILL in the middle of its read
     finally:
         reader.stop()
-    visible, hidden = counts()
+    # The server may still be answering the killed reader's ReceiveMessage, and
+    # it counts visible and hidden messages one after the other: a reading taken
+    # mid-receive can count one message twice. Read until two readings agree.
+    readings = [counts()]
+
+    def settled() -> bool:
+        readings.append(counts())
+        return readings[-1] == readings[-2]
+
+    wait_until(
+        settled,
+        timeout=20,
+        what="the queue's counts to settle",
+        details=lambda: str(readings[-5:]),
+        interval=0.2,
+    )
+    visible, hidden = readings[-1]
     assert reader.returncode == -9, reader.tail()  # it was killed, it did not finish
     assert visible + hidden == 1000  # nothing deleted
     assert hidden <= 10  # only the batch in hand: SQS shows it again after 60 s
