@@ -103,7 +103,7 @@ def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness, tmp_pa
         # the worker dies: its agent's target is down; that is the worker, not the exporter
         worker.kill()
         prometheus.wait_for(
-            expressions.expr("CeleryWorkerDown"),
+            expressions.expr("CeleryWorkerDown", "warning"),
             {labels(hostname=worker.hostname)},
             timeout=15,
             what="the dead worker's agent down as CeleryWorkerDown",

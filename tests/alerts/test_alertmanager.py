@@ -36,7 +36,7 @@ def test_amtool_check_config() -> None:
     result = amtool("check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert " - 5 inhibit rules" in result.stdout
+    assert " - 6 inhibit rules" in result.stdout
     assert " - 3 receivers" in result.stdout
 
 
@@ -249,4 +249,33 @@ def test_co_symptoms_are_one_page(alertmanager: Alertmanager) -> None:
             "CeleryQueueOldestMessageTooOld/emails": "active",
         },
         key=lambda labels: f"{labels['alertname']}/{labels.get('name') or labels['queue_name']}",
+    )
+
+
+def test_exhausted_retries_silence_the_dead_letters_they_make(alertmanager: Alertmanager) -> None:
+    """Tasks dead-lettered when their retries ran out: the DLQ alert yields to the task's,
+    in the same job only."""
+    alertmanager.post(
+        {
+            "alertname": "CeleryTaskRetriesExhausted",
+            "severity": "warning",
+            "name": "orders.sync",
+            "queue_name": "celery",
+        },
+        {"alertname": "CeleryDeadLetterQueueGrowing", "severity": "warning", "queue_name": "dead"},
+        {
+            "alertname": "CeleryDeadLetterQueueGrowing",
+            "severity": "warning",
+            "queue_name": "dead",
+            "job": "celery-vitals-billing",
+        },
+    )
+    _settled(
+        alertmanager,
+        {
+            "CeleryTaskRetriesExhausted/celery/celery-vitals": "active",
+            "CeleryDeadLetterQueueGrowing/dead/celery-vitals": "suppressed",
+            "CeleryDeadLetterQueueGrowing/dead/celery-vitals-billing": "active",
+        },
+        key=lambda labels: f"{_by_subject(labels)}/{labels['job']}",
     )

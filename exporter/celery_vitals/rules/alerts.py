@@ -50,6 +50,11 @@ TASK = "job, name, queue_name"
 QUEUE = "job, queue_name"
 WORKER = "job, hostname"
 INSTANCE = "job, instance"
+#: 1 for every worker that is down (a recording rule: CeleryWorkerDown's condition).
+WORKER_DOWN = "hostname:celery_worker_down:bool"
+#: Workers up per job; a job whose workers' series were all purged has none left: 0
+#: (from its scrape targets' ``up``).
+WORKERS_UP = "(sum by (job) (celery_worker_up) or max by (job) (up) * 0)"
 
 #: Exceptions with an alert of their own: not counted by CeleryTaskFailureRateHigh.
 CLASSIFIED_EXCEPTIONS = (
@@ -195,6 +200,9 @@ def recording_rules(c: RulesConfig) -> list[Record]:
         Record(
             f"queue_name:celery_queue_drain_time_seconds:estimate{w}", drain_time(length, egress)
         ),
+        # 1 for every worker that is down (CeleryWorkerDown's condition, shared by the
+        # alerts that yield to it)
+        Record(WORKER_DOWN, f"(\n{_indent(_worker_down(c))}\n) * 0 + 1"),
         # the last success survives an exporter restart (the rule reads its own last value)
         Record(
             latch, f"max by (job, name) (celery_task_last_success_timestamp_seconds)\nor {latch}"
@@ -409,6 +417,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
     # messages wait and nothing took one for the no-drain window (CeleryQueueNotDraining's
     # and CeleryQueueNoConsumers' incident)
     stuck = f"{length} > 0\nunless on ({QUEUE}) (\n{_indent(received)} > 0\n)"
+    all_down = _all_workers_down()  # every worker of the job is down: CeleryWorkerDown pages
     oldest = [
         Alert(
             "CeleryQueueOldestMessageTooOld",
@@ -420,7 +429,9 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "The oldest task sent to queue {{ $labels.queue_name }} and not yet received by a "
             "worker has waited {{ $value | humanizeDuration }}.",
             _queue_dashboard(),
-        ).unless(QUEUE, stuck)  # not draining or no consumers: that alert pages instead
+        )
+        .unless(QUEUE, stuck)  # not draining or no consumers: that alert pages instead
+        .unless("job", all_down)
         for severity, key in (
             ("warning", "oldest_message_warning"),
             ("critical", "oldest_message_critical"),
@@ -468,7 +479,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "{{ $value | humanize }} messages wait in queue {{ $labels.queue_name }} and no "
             f"worker received a task from it for {no_drain}: its workers are stopped or stuck.",
             _queue_dashboard(),
-        ),
+        ).unless("job", all_down),
         Alert(
             "CeleryQueueNoConsumers",
             "critical",
@@ -479,7 +490,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "worker consumes: a misspelled queue in task_routes, or no worker started with "
             "-Q for it.",
             _queue_dashboard(),
-        ),
+        ).unless("job", all_down),
         *oldest,
         Alert(
             "CeleryQueueUnackedNearVisibilityTimeout",
@@ -533,11 +544,10 @@ def _agent_targets(c: RulesConfig) -> str:
 def _purged_worker_down(c: RulesConfig) -> str:
     """Workers that went down and whose series the exporter has purged since, while their
     job has fewer workers up than it had: nothing recovered (a replacement under another
-    hostname brings the count back and ends it). A job whose only worker was purged has
-    no celery_worker_up left at all: its count is 0 (from its scrape targets' ``up``)."""
+    hostname brings the count back and ends it)."""
     remembered = c.text("worker_down_remembered")
     up = "sum by (job) (celery_worker_up)"
-    now = f"({up} or max by (job) (up) * 0)"
+    now = WORKERS_UP
     return (
         f"max by ({WORKER}) (\n"
         f"  max_over_time((max by ({WORKER}) (celery_worker_up) == 0)[{remembered}:])\n"
@@ -545,6 +555,28 @@ def _purged_worker_down(c: RulesConfig) -> str:
         f"unless on ({WORKER}) celery_worker_up\n"
         f"and on (job) ({now} < max_over_time(({up})[{remembered}:]))\n"
         "unless on (job) (celery_vitals_event_stream_up == 0)"
+    )
+
+
+def _worker_down(c: RulesConfig) -> str:
+    """Down workers: the exporter's view (heartbeats), the same after the exporter purged
+    the worker's series, or an agent's target that stopped answering."""
+    return (
+        f"(\n  max by ({WORKER}) (celery_worker_up) == 0\n"
+        "  unless on (job) (celery_vitals_event_stream_up == 0)\n)\n"
+        f"or\n(\n{_indent(_purged_worker_down(c))}\n)\n"
+        f"or\nmax by ({WORKER}) (\n"
+        f"  (up == 0) * on (job, instance) group_left (hostname) {_agent_targets(c)}\n)"
+    )
+
+
+def _all_workers_down() -> str:
+    """Down workers of a job that has no worker up while tasks wait in its queues: nothing
+    will run them. The queues' own alerts yield to it (one incident, one page)."""
+    return (
+        f"{WORKER_DOWN} == 1\n"
+        f"and on (job) ({WORKERS_UP} == 0)\n"
+        "and on (job) (sum by (job) (queue_name:celery_queue_length:sum) > 0)"
     )
 
 
@@ -557,15 +589,19 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             "CeleryWorkerDown",
             "warning",
             "5m",
-            # the exporter's view (heartbeats), the same after the exporter purged the
-            # worker's series, or an agent's target that stopped answering
-            f"(\n  max by ({WORKER}) (celery_worker_up) == 0\n"
-            "  unless on (job) (celery_vitals_event_stream_up == 0)\n)\n"
-            f"or\n(\n{_indent(_purged_worker_down(c))}\n)\n"
-            f"or\nmax by ({WORKER}) (\n"
-            f"  (up == 0) * on (job, instance) group_left (hostname) {_agent_targets(c)}\n)",
+            f"{WORKER_DOWN} == 1",
             "A Celery worker is down.",
             "Worker {{ $labels.hostname }} went offline or stopped sending heartbeats.",
+            _worker_dashboard(),
+        ),
+        Alert(
+            "CeleryWorkerDown",
+            "critical",
+            "5m",
+            _all_workers_down(),
+            "Every Celery worker of a job is down while tasks wait.",
+            "Worker {{ $labels.hostname }} is down and no other worker of job "
+            "{{ $labels.job }} is up, while tasks wait in its queues: nothing runs them.",
             _worker_dashboard(),
         ),
         Alert(
