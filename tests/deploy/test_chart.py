@@ -19,6 +19,8 @@ import yaml
 
 from celery_vitals import cli
 from celery_vitals.config import OPTIONS
+from celery_vitals.rules import alerts
+from celery_vitals.rules.config import load
 from tests.deploy.conftest import CHART, ROOT, helm_template
 
 VALUES_ALL = Path(__file__).with_name("values-all.yaml")
@@ -193,6 +195,65 @@ def test_values_override_threshold_for_selector_disabled_labels(helm: str, tmp_p
         rules["name:celery_periodic_task_max_age_seconds:config"]["expr"]
         == 'label_replace(vector(90000), "name", "nightly", "", "")'
     )
+
+
+#: Per-task overrides, as the overrides file and as Helm values (camelCase) write them:
+#: a task with its own warning, a regex with both thresholds, an ignored regex, and an
+#: ignored task whose threshold therefore counts for nothing.
+TASK_OVERRIDES = [
+    {"name": "reports.flaky", "failure_ratio_warning": 0.5},
+    {"pattern": "billing\\..*", "failure_ratio_warning": 0.25, "failure_ratio_critical": 0.75},
+    {"pattern": "scratch\\..*", "ignore": True},
+    {"name": "legacy.sync", "ignore": True, "failure_ratio_critical": 0.9},
+]
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def test_task_overrides_render_what_the_rules_command_writes(helm: str, tmp_path: Path) -> None:
+    """prometheusRule.tasks gives the rules of `celery-vitals rules --config` with the same
+    tasks: per-task thresholds in the failure-rate alerts, ignored tasks left out of
+    every task alert."""
+    overrides = tmp_path / "overrides.yml"
+    overrides.write_text(
+        yaml.safe_dump({"selector": SHIPPED_SELECTOR, "tasks": TASK_OVERRIDES}), encoding="utf-8"
+    )
+    expected = yaml.safe_load(alerts.render(load(overrides, alerts.alert_names())))["groups"]
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "prometheusRule": {
+                    "enabled": True,
+                    "selector": SHIPPED_SELECTOR,
+                    "tasks": [{_camel(k): v for k, v in t.items()} for t in TASK_OVERRIDES],
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    (rule,) = _kind(helm_template(helm, "-f", str(values)), "PrometheusRule")
+    assert rule["spec"]["groups"] == expected
+    rendered = {
+        f"{r['alert']}/{r['labels']['severity']}": r["expr"]
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    assert rendered["CeleryTaskFailureRateHigh/critical"].startswith(
+        "(\n"
+        "  name_queue_name:celery_task_failed_plain:ratio_rate5m"
+        '{name!~"reports\\\\.flaky|billing\\\\..*|scratch\\\\..*|legacy\\\\.sync",'
+        ' name!~"scratch\\\\..*|legacy\\\\.sync"} > 0.5\n'
+        "  or name_queue_name:celery_task_failed_plain:ratio_rate5m"
+        '{name=~"billing\\\\..*", name!~"reports\\\\.flaky",'
+        ' name!~"scratch\\\\..*|legacy\\\\.sync"} > 0.75\n'
+        ")\n"
+    )
+    assert 'name!~"scratch\\\\..*|legacy\\\\.sync"' in rendered["CeleryTaskRetryStorm/warning"]
 
 
 def test_rendered_rules_pass_promtool(helm: str, tmp_path: Path) -> None:
@@ -389,6 +450,10 @@ def test_values_are_rendered_as_the_exporter_reads_them(helm: str) -> None:
         "prometheusRule.thresholds.rate_window=5",
         "prometheusRule.for.CeleryWorkerDown=soon",
         "prometheusRule.disabledAlerts={CeleryTypo}",
+        "prometheusRule.tasks[0].failureRatioWarning=0.5",  # neither name nor pattern
+        "prometheusRule.tasks[0].name=a,prometheusRule.tasks[0].pattern=b",  # both
+        "prometheusRule.tasks[0].name=a,prometheusRule.tasks[0].failureRatioWarning=2",
+        "prometheusRule.tasks[0].name=a,prometheusRule.tasks[0].failure_ratio_warning=0.5",
     ],
 )
 def test_schema_rejects_bad_values(helm: str, bad: str) -> None:

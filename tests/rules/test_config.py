@@ -76,6 +76,14 @@ def test_scope_of_recorded_series_on_request() -> None:
     assert scope("x:y:rate5m > 1", 'name!~"t"', recorded=True) == 'x:y:rate5m{name!~"t"} > 1'
 
 
+def test_scope_leaves_the_chart_templates_placeholders_alone() -> None:
+    """rules/helm.py builds the chart's rules with @@...@@ placeholders for values: one
+    inside a recorded name is part of it, one alone is a value, never a series."""
+    assert scope(
+        "x:y:rate@@threshold:rate_window@@ > @@threshold:ratio@@", 'name!~"t"', recorded=True
+    ) == ('x:y:rate@@threshold:rate_window@@{name!~"t"} > @@threshold:ratio@@')
+
+
 def _selectors(expr: str) -> list[str]:
     """The matchers of every series of an expression; "" for a series without any."""
     strings = re.compile(r'"(?:[^"\\]|\\.)*"')

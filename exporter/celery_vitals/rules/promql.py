@@ -123,7 +123,9 @@ _TOKEN = re.compile(
     r"|(?P<range>\[[^\]]*\])"
     r"|(?P<variable>\$\{?\w+\}?)"
     r"|(?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[a-z]*)"
-    r"|(?P<name>[A-Za-z_:][\w:]*)"
+    # the chart template's placeholders (rules/helm.py): a value, or part of a name
+    r"|(?P<placeholder>@@[\w:]*@@)"
+    r"|(?P<name>[A-Za-z_:](?:[\w:]|@@[\w:]*@@)*)"
     r"|(?P<brace>\{)"
 )
 _MATCHERS = re.compile(r'\{((?:"(?:[^"\\]|\\.)*"|[^}"])*)\}')
