@@ -197,6 +197,11 @@ class Observation:
     exporter: ExporterView | None = None
 
     @property
+    def remote_control(self) -> bool:
+        """Whether workers can be asked and their events consumed (not on SQS)."""
+        return self.config.transport != "sqs"
+
+    @property
     def consumed(self) -> dict[str, list[str]]:
         """Queue -> the workers consuming it."""
         consumers: dict[str, list[str]] = {}
@@ -225,15 +230,18 @@ def look(config: Config, *, timeout: float, listen: float, exporter_url: str | N
     probe = broker_probe(config)
     try:
         if _look_at_broker(probe, seen):
-            app = celery_app(config)
-            try:
-                _watch(app, seen, timeout, exporter_url)
+            if seen.remote_control:
+                app = celery_app(config)
                 try:
-                    _look_at_queues(probe, seen)
-                except Exception as error:  # the broker went away meanwhile
-                    seen.queues_error = describe(error, config)
-            finally:
-                app.close()
+                    _watch(app, seen, timeout, exporter_url)
+                finally:
+                    app.close()
+            elif exporter_url:  # SQS: no events to listen to, no worker to ask
+                seen.exporter = _scrape(exporter_url)
+            try:
+                _look_at_queues(probe, seen)
+            except Exception as error:  # the broker went away meanwhile
+                seen.queues_error = describe(error, config)
     finally:
         probe.close()
     return seen
@@ -459,17 +467,29 @@ def check_broker(seen: Observation) -> Iterator[Finding]:
         return
     assert seen.broker is not None
     info = seen.broker.info
-    version = info.get("version") or "unknown version"
+    version = info.get("version")
+    if not version and seen.config.transport != "sqs":  # SQS has no version to tell
+        version = "unknown version"
+    broker = " ".join(
+        part for part in (info.get("transport", seen.config.transport), version) if part
+    )
     yield Finding(
         "broker",
         OK,
-        f"{info.get('transport', seen.config.transport)} {version} at "
-        f"{where} answered in {seen.broker_seconds * 1000:.0f} ms",
+        f"{broker} at {where} answered in {seen.broker_seconds * 1000:.0f} ms",
     )
 
 
 def check_persistence(seen: Observation) -> Iterator[Finding]:
     assert seen.broker is not None
+    if seen.config.transport == "sqs":
+        yield Finding(
+            "broker-persistence",
+            OK,
+            "SQS keeps each message until it is deleted or its queue's retention period "
+            "(MessageRetentionPeriod) ends",
+        )
+        return
     if seen.config.transport == "redis":
         kinds = seen.broker.persistence
         on = sorted(kind for kind, enabled in kinds.items() if enabled)
@@ -511,6 +531,17 @@ def check_persistence(seen: Observation) -> Iterator[Finding]:
 
 
 def check_workers(seen: Observation) -> Iterator[Finding]:
+    if not seen.remote_control:
+        yield Finding(
+            "workers",
+            WARN,
+            "SQS has no remote control and no events: workers cannot be asked or "
+            "listened to, and their task events are not checked",
+            "install the agent in the workers (celery_vitals.agent.install(app)), have "
+            "Prometheus scrape it (port 9809), and check one with --exporter-url "
+            "http://WORKER:9809",
+        )
+        return
     if seen.workers_error is not None and not seen.workers:
         yield Finding(
             "workers",
@@ -546,6 +577,8 @@ def check_workers(seen: Observation) -> Iterator[Finding]:
 
 
 def check_task_events(seen: Observation) -> Iterator[Finding]:
+    if not seen.remote_control:  # said by check_workers
+        return
     if not seen.listening:
         yield Finding(
             "task-events",
@@ -634,6 +667,16 @@ def check_queues(seen: Observation) -> Iterator[Finding]:
             FAIL,
             f"polling the queues failed: {seen.queues_error}",
             "check the broker (and --rabbitmq-management-url and its credentials)",
+        )
+        return
+    if not seen.remote_control:
+        depths = [f"{name} ({queue.ready or 0})" for name, queue in sorted(seen.queues.items())]
+        yield Finding(
+            "queue-consumers",
+            OK,
+            f"queues checked: {len(seen.queues)}, messages waiting: "
+            f"{', '.join(depths) or 'none'}; SQS tells no consumers: CeleryQueueNotDraining "
+            "watches these queues from the agents' receives",
         )
         return
     consumed = seen.consumed

@@ -7,6 +7,7 @@ test comes last, as moto forgets every queue when it restarts.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from typing import Any
 
@@ -16,8 +17,8 @@ import pytest
 from tests.support import dlq_cli
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
-from tests.support.net import wait_until
-from tests.support.processes import ExporterProcess
+from tests.support.net import LOOPBACK, wait_until
+from tests.support.processes import REPO_ROOT, ExporterProcess, venv_executable
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.integration
@@ -249,6 +250,60 @@ def test_a_reader_killed_half_way_loses_no_message(harness: Harness, moto: MotoS
     assert reader.returncode == -9, reader.tail()  # it was killed, it did not finish
     assert visible + hidden == 1000  # nothing deleted
     assert hidden <= 10  # only the batch in hand: SQS shows it again after 60 s
+
+
+def test_doctor_on_sqs_checks_what_sqs_can_tell(harness: Harness, moto: MotoServer) -> None:
+    """No remote control and no events on SQS: the doctor says so once (a warning, not a
+    failure), checks the queues without calling a queue with messages unconsumed (SQS
+    tells no consumers) and checks a worker's agent given as --exporter-url."""
+    waiting, served = unique("waiting"), unique("served")
+    url = broker_url(moto)
+    client = harness.client(url)
+    client.conf.broker_transport_options = {"region": "us-east-1"}
+    for _ in range(3):
+        client.send_task("agent.add", args=(1, 1), queue=waiting)
+    worker = harness.agent_worker("doc1", url, queues=served)
+    result = subprocess.run(
+        [
+            venv_executable("celery-vitals"),
+            "doctor",
+            "--json",
+            "--queue",
+            waiting,
+            "--broker-transport-option",
+            "region=us-east-1",
+            "--exporter-url",
+            f"http://{LOOPBACK}:{worker.port}",
+        ],
+        env=dlq_cli.env(url),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert URL_SECRET not in result.stdout + result.stderr
+    assert "event stream" not in result.stderr  # none was consumed
+    findings = {f["check"]: f for f in json.loads(result.stdout)}
+    assert {check: f["status"] for check, f in findings.items()} == {
+        "broker": "ok",
+        "broker-persistence": "ok",
+        "workers": "warn",
+        "queue-consumers": "ok",
+        "exporter": "ok",
+        "exporter-stream": "ok",
+    }
+    assert findings["workers"]["detail"].startswith("SQS has no remote control and no events")
+    assert "celery_vitals.agent.install(app)" in findings["workers"]["fix"]
+    # both queues (ListQueues finds the other tests' queues too: one moto server)
+    detail = findings["queue-consumers"]["detail"]
+    assert f"{waiting} (3)" in detail and f"{served} (0)" in detail, detail
+    assert detail.endswith(
+        "SQS tells no consumers: CeleryQueueNotDraining watches these "
+        "queues from the agents' receives"
+    )
 
 
 def test_the_exporter_survives_the_servers_restart(harness: Harness, moto: MotoServer) -> None:
