@@ -166,11 +166,13 @@ class Tap:
             setattr(request, MARK, True)
         except AttributeError:  # __slots__: a custom strategy's class
             pass
-        message = getattr(request, "message", None)
-        raw = getattr(message, "delivery_info", None) or {}
-        info = getattr(request, "delivery_info", None) or {}
-        delivery = {**info, **raw} if info else raw
+        # the message's own delivery info (consumer tag, exchange, routing key,
+        # redelivered); Celery's request keeps a copy of part of it
+        delivery = getattr(getattr(request, "message", None), "delivery_info", None) or (
+            getattr(request, "delivery_info", None) or {}
+        )
         request_dict = getattr(request, "request_dict", None) or {}
+        eta, expires = getattr(request, "eta", None), getattr(request, "expires", None)
         return {
             "type": "task-received",
             "uuid": request.id,
@@ -178,8 +180,8 @@ class Tap:
             "hostname": self.hostname,
             "timestamp": self.clock(),
             "retries": request_dict.get("retries", 0),
-            "eta": _iso(getattr(request, "eta", None)),
-            "expires": _iso(getattr(request, "expires", None)),
+            "eta": None if eta is None else _iso(eta),
+            "expires": None if expires is None else _iso(expires),
             "queue": self._queue(delivery, consumer),
             "redelivered": delivery.get("redelivered") is True,
         }
@@ -240,9 +242,10 @@ class Tap:
                 "hostname": self.hostname,
                 "timestamp": self.clock(),
             }
-            for key in FORWARDED_FIELDS:
-                if key in fields:
-                    event[key] = fields[key]
+            if fields:  # none for task-started
+                for key in FORWARDED_FIELDS:
+                    if key in fields:
+                        event[key] = fields[key]
         except Exception:
             log.warn_every(
                 "tap-event",
