@@ -256,6 +256,42 @@ def test_task_overrides_render_what_the_rules_command_writes(helm: str, tmp_path
     assert 'name!~"scratch\\\\..*|legacy\\\\.sync"' in rendered["CeleryTaskRetryStorm/warning"]
 
 
+@pytest.mark.parametrize(
+    "disabled",
+    [
+        ["CeleryWorkerDown"],
+        ["CeleryQueueNotDraining", "CeleryQueueNoConsumers"],
+        ["CeleryQueueNotDraining"],
+        ["CeleryTaskRetryStorm", "CeleryBrokerDown"],
+    ],
+)
+def test_disabled_alerts_render_what_the_rules_command_writes(
+    helm: str, tmp_path: Path, disabled: list[str]
+) -> None:
+    """A disabled alert is left out, and the alerts that yield to it no longer do."""
+    overrides = tmp_path / "overrides.yml"
+    overrides.write_text(
+        yaml.safe_dump({"selector": SHIPPED_SELECTOR, "disabled_alerts": disabled}),
+        encoding="utf-8",
+    )
+    expected = yaml.safe_load(alerts.render(load(overrides, alerts.alert_names())))["groups"]
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "prometheusRule": {
+                    "enabled": True,
+                    "selector": SHIPPED_SELECTOR,
+                    "disabledAlerts": disabled,
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    (rule,) = _kind(helm_template(helm, "-f", str(values)), "PrometheusRule")
+    assert rule["spec"]["groups"] == expected
+
+
 def test_rendered_rules_pass_promtool(helm: str, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool not found (scripts/setup.sh installs it)"

@@ -163,6 +163,47 @@ def test_thresholds_for_disabled_labels_urls() -> None:
     assert [step["value"] for step in steps] == [None, 0.2, 0.5]
 
 
+@pytest.mark.parametrize(
+    ("disabled", "yielding", "not_yielding"),
+    [
+        # the queue alerts yield to the worker-down page only while it exists
+        (
+            ["CeleryWorkerDown"],
+            ["CeleryTaskRetriesExhausted/warning"],
+            [
+                "CeleryQueueNotDraining/critical",
+                "CeleryQueueNoConsumers/critical",
+                "CeleryQueueOldestMessageTooOld/warning",
+            ],
+        ),
+        # the oldest message yields to "not draining or no consumers" while either exists
+        (["CeleryQueueNotDraining"], ["CeleryQueueOldestMessageTooOld/critical"], []),
+        (
+            ["CeleryQueueNotDraining", "CeleryQueueNoConsumers"],
+            [],
+            ["CeleryQueueOldestMessageTooOld/critical"],
+        ),
+        (["CeleryTaskRetryStorm"], [], ["CeleryTaskRetriesExhausted/warning"]),
+    ],
+)
+def test_an_alert_yields_only_to_enabled_alerts(
+    disabled: list[str], yielding: list[str], not_yielding: list[str]
+) -> None:
+    """A disabled alert pages nothing, so no other alert may stay silent for it."""
+    shipped = rule_file(RulesConfig())
+    rules = rule_file(from_mapping({"disabled_alerts": disabled}, alerts.alert_names()))
+    for key in yielding:
+        assert rules[key]["expr"] == shipped[key]["expr"], key
+    for key in not_yielding:
+        expr = str(rules[key]["expr"])
+        assert len(expr) < len(str(shipped[key]["expr"])), key
+        if "CeleryWorkerDown" in disabled:
+            assert "hostname:celery_worker_down:bool" not in expr, key
+        if "CeleryTaskRetryStorm" in disabled:
+            assert "retry_amplification" not in expr, key
+    assert not any("@@" in str(rule["expr"]) for rule in rules.values())
+
+
 def test_task_overrides_and_ignored_queues() -> None:
     config = from_mapping(
         {

@@ -24,6 +24,8 @@ Conventions:
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from celery_vitals.rules.config import THRESHOLDS, RulesConfig, number_text, regex_text
@@ -130,10 +132,31 @@ class Alert:
         """GitHub's anchor for a markdown heading that is exactly the alert name."""
         return self.name.lower()
 
-    def unless(self, labels: str, condition: str) -> Alert:
-        """This alert, silent where ``condition`` (another alert's) holds for the same
-        ``labels``: one incident, one page."""
-        return replace(self, expr=f"{self.expr}\nunless on ({labels}) (\n{_indent(condition)}\n)")
+    def unless(self, labels: str, condition: str, *to: str) -> Alert:
+        """This alert, silent where ``condition`` (the alerts ``to``'s) holds for the same
+        ``labels``: one incident, one page. Between marker lines, so that it yields only
+        while one of those alerts is enabled (``yields``)."""
+        return replace(
+            self,
+            expr=f"{self.expr}\n{_YIELD}{':'.join(to)}@@\n"
+            f"unless on ({labels}) (\n{_indent(condition)}\n)\n{_YIELD_END}",
+        )
+
+
+#: Marker lines around an Alert.unless: ``@@yield:<alert>[:<alert>...]@@`` and this.
+_YIELD, _YIELD_END = "@@yield:", "@@yield_end@@"
+_YIELD_BLOCK = re.compile(r"\n@@yield:([\w:]+)@@\n(.*?)\n@@yield_end@@", re.S)
+
+
+def yields(expr: str, disabled: Collection[str]) -> str:
+    """``expr`` with each ``unless`` of Alert.unless kept while one of the alerts it yields
+    to is enabled, without the marker lines."""
+
+    def block(match: re.Match[str]) -> str:
+        enabled = set(match.group(1).split(":")) - set(disabled)
+        return f"\n{match.group(2)}" if enabled else ""
+
+    return _YIELD_BLOCK.sub(block, expr)
 
 
 def _rate(c: RulesConfig, metric: str, labels: str = TASK, matchers: str = "") -> str:
@@ -353,7 +376,7 @@ def _task_alerts(c: RulesConfig) -> list[Alert]:
             "Celery tasks failed for good after retrying.",
             happened="failed for good after retrying",
             consequence="the retries did not help, the work is lost or dead-lettered.",
-        ).unless(TASK, _retry_storm(c)),
+        ).unless(TASK, _retry_storm(c), "CeleryTaskRetryStorm"),
         event(
             "CeleryTaskWorkerLost",
             failures('="WorkerLostError"'),
@@ -430,8 +453,9 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "worker has waited {{ $value | humanizeDuration }}.",
             _queue_dashboard(),
         )
-        .unless(QUEUE, stuck)  # not draining or no consumers: that alert pages instead
-        .unless("job", all_down)
+        # not draining or no consumers: that alert pages instead
+        .unless(QUEUE, stuck, "CeleryQueueNotDraining", "CeleryQueueNoConsumers")
+        .unless("job", all_down, "CeleryWorkerDown")
         for severity, key in (
             ("warning", "oldest_message_warning"),
             ("critical", "oldest_message_critical"),
@@ -479,7 +503,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "{{ $value | humanize }} messages wait in queue {{ $labels.queue_name }} and no "
             f"worker received a task from it for {no_drain}: its workers are stopped or stuck.",
             _queue_dashboard(),
-        ).unless("job", all_down),
+        ).unless("job", all_down, "CeleryWorkerDown"),
         Alert(
             "CeleryQueueNoConsumers",
             "critical",
@@ -490,7 +514,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "worker consumes: a misspelled queue in task_routes, or no worker started with "
             "-Q for it.",
             _queue_dashboard(),
-        ).unless("job", all_down),
+        ).unless("job", all_down, "CeleryWorkerDown"),
         *oldest,
         Alert(
             "CeleryQueueUnackedNearVisibilityTimeout",
@@ -799,11 +823,19 @@ def alert_names() -> frozenset[str]:
     return frozenset(alert.name for alert in all_alerts(RulesConfig()))
 
 
-def alerting_rules(c: RulesConfig) -> list[Alert]:
-    """The alerts of the rule file: enabled ones, with the config's for: and selector."""
+def alerting_rules(c: RulesConfig, *, markers: bool = False) -> list[Alert]:
+    """The alerts of the rule file: enabled ones, with the config's for: and selector; an
+    alert yields to another only while that one is enabled (``markers``: the yields stay
+    between their marker lines, for the chart's template to decide)."""
     return [
         replace(
-            alert, for_=c.for_.get(alert.name, alert.for_), expr=scope(alert.expr, c.rule_selector)
+            alert,
+            for_=c.for_.get(alert.name, alert.for_),
+            expr=(
+                scope(alert.expr, c.rule_selector)
+                if markers
+                else yields(scope(alert.expr, c.rule_selector), c.disabled_alerts)
+            ),
         )
         for alert in all_alerts(c)
         if alert.name not in c.disabled_alerts

@@ -168,6 +168,15 @@ def _tasks(text: str) -> str:
     return text
 
 
+_YIELD = re.compile(r"@@yield:([\w:]+)@@")
+
+
+def _yield(match: re.Match[str]) -> str:
+    """An alert's ``unless`` on other alerts: rendered while one of them is enabled."""
+    names = " ".join(f"(has {json.dumps(name)} $disabled)" for name in match[1].split(":"))
+    return f"{{{{- if not (and {names}) }}}}" if ") (" in names else f"{{{{- if not {names} }}}}"
+
+
 def _helm(lines: list[str]) -> str:
     """Rule-file lines as template text two spaces deeper (under spec:): Prometheus' own
     {{ }} quoted, sentinels replaced."""
@@ -181,6 +190,7 @@ def _helm(lines: list[str]) -> str:
     text = text.replace("{" + _SELECTOR + "}", '{{ printf "{%s}" $selector }}')
     text = text.replace(_SELECTOR, "{{ $selector }}").replace(_RUNBOOK, "{{ $runbook }}")
     text = text.replace(_DASHBOARD, "{{ $dashboard }}")
+    text = _YIELD.sub(_yield, text).replace("@@yield_end@@", "{{- end }}")
     text = text.replace(
         f'            {_LABELS}: ""',
         "            {{- with " + _VALUES + ".labels }}\n"
@@ -216,7 +226,7 @@ def template() -> str:
     lines += _PERIODIC
     lines.append(_helm(alerts.ALERTS_GROUP))
     seen: set[str] = set()
-    for alert in alerts.alerting_rules(config):
+    for alert in alerts.alerting_rules(config, markers=True):
         if alert.name not in seen:  # one if per alert name, around all its severities
             if seen:
                 lines.append("        {{- end }}")
