@@ -213,33 +213,34 @@ def _camel(key: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def _chart_and_command(
+    helm: str, tmp_path: Path, overrides: dict[str, Any], values: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """The rule groups the chart renders with ``values`` (under prometheusRule), and those
+    `celery-vitals rules --config` writes with the same ``overrides``; both with the
+    shipped selector."""
+    path = tmp_path / "overrides.yml"
+    path.write_text(yaml.safe_dump({"selector": SHIPPED_SELECTOR, **overrides}), encoding="utf-8")
+    written = yaml.safe_load(alerts.render(load(path, alerts.alert_names())))["groups"]
+    file = tmp_path / "values.yaml"  # a file: --set would pass 0.25 as a string
+    rule = {"enabled": True, "selector": SHIPPED_SELECTOR, **values}
+    file.write_text(yaml.safe_dump({"prometheusRule": rule}), encoding="utf-8")
+    (rendered,) = _kind(helm_template(helm, "-f", str(file)), "PrometheusRule")
+    return rendered["spec"]["groups"], written
+
+
 def test_task_overrides_render_what_the_rules_command_writes(helm: str, tmp_path: Path) -> None:
     """prometheusRule.tasks gives the rules of `celery-vitals rules --config` with the same
     tasks: per-task thresholds in the failure-rate alerts, ignored tasks left out of
     every task alert."""
-    overrides = tmp_path / "overrides.yml"
-    overrides.write_text(
-        yaml.safe_dump({"selector": SHIPPED_SELECTOR, "tasks": TASK_OVERRIDES}), encoding="utf-8"
+    tasks = [{_camel(k): v for k, v in t.items()} for t in TASK_OVERRIDES]
+    groups, expected = _chart_and_command(
+        helm, tmp_path, {"tasks": TASK_OVERRIDES}, {"tasks": tasks}
     )
-    expected = yaml.safe_load(alerts.render(load(overrides, alerts.alert_names())))["groups"]
-    values = tmp_path / "values.yaml"
-    values.write_text(
-        yaml.safe_dump(
-            {
-                "prometheusRule": {
-                    "enabled": True,
-                    "selector": SHIPPED_SELECTOR,
-                    "tasks": [{_camel(k): v for k, v in t.items()} for t in TASK_OVERRIDES],
-                }
-            }
-        ),
-        encoding="utf-8",
-    )
-    (rule,) = _kind(helm_template(helm, "-f", str(values)), "PrometheusRule")
-    assert rule["spec"]["groups"] == expected
+    assert groups == expected
     rendered = {
         f"{r['alert']}/{r['labels']['severity']}": r["expr"]
-        for g in rule["spec"]["groups"]
+        for g in groups
         for r in g["rules"]
         if "alert" in r
     }
@@ -269,27 +270,10 @@ def test_disabled_alerts_render_what_the_rules_command_writes(
     helm: str, tmp_path: Path, disabled: list[str]
 ) -> None:
     """A disabled alert is left out, and the alerts that yield to it no longer do."""
-    overrides = tmp_path / "overrides.yml"
-    overrides.write_text(
-        yaml.safe_dump({"selector": SHIPPED_SELECTOR, "disabled_alerts": disabled}),
-        encoding="utf-8",
+    groups, expected = _chart_and_command(
+        helm, tmp_path, {"disabled_alerts": disabled}, {"disabledAlerts": disabled}
     )
-    expected = yaml.safe_load(alerts.render(load(overrides, alerts.alert_names())))["groups"]
-    values = tmp_path / "values.yaml"
-    values.write_text(
-        yaml.safe_dump(
-            {
-                "prometheusRule": {
-                    "enabled": True,
-                    "selector": SHIPPED_SELECTOR,
-                    "disabledAlerts": disabled,
-                }
-            }
-        ),
-        encoding="utf-8",
-    )
-    (rule,) = _kind(helm_template(helm, "-f", str(values)), "PrometheusRule")
-    assert rule["spec"]["groups"] == expected
+    assert groups == expected
 
 
 def test_rendered_rules_pass_promtool(helm: str, tmp_path: Path) -> None:
