@@ -138,14 +138,16 @@ class Alert:
         while one of those alerts is enabled (``yields``)."""
         return replace(
             self,
-            expr=f"{self.expr}\n{_YIELD}{':'.join(to)}@@\n"
-            f"unless on ({labels}) (\n{_indent(condition)}\n)\n{_YIELD_END}",
+            expr=f"{self.expr}\n@@yield:{':'.join(to)}@@\n"
+            f"unless on ({labels}) (\n{_indent(condition)}\n)\n{YIELD_END}",
         )
 
 
-#: Marker lines around an Alert.unless: ``@@yield:<alert>[:<alert>...]@@`` and this.
-_YIELD, _YIELD_END = "@@yield:", "@@yield_end@@"
-_YIELD_BLOCK = re.compile(r"\n@@yield:([\w:]+)@@\n(.*?)\n@@yield_end@@", re.S)
+#: The marker lines around an Alert.unless (the chart's template reads them too): the
+#: alerts it yields to, ``@@yield:<alert>[:<alert>...]@@``, and the end.
+YIELD_START = re.compile(r"@@yield:([\w:]+)@@")
+YIELD_END = "@@yield_end@@"
+_YIELD_BLOCK = re.compile(rf"\n{YIELD_START.pattern}\n(.*?)\n{YIELD_END}", re.S)
 
 
 def yields(expr: str, disabled: Collection[str]) -> str:

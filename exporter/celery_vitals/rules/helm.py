@@ -168,9 +168,6 @@ def _tasks(text: str) -> str:
     return text
 
 
-_YIELD = re.compile(r"@@yield:([\w:]+)@@")
-
-
 def _yield(match: re.Match[str]) -> str:
     """An alert's ``unless`` on other alerts: rendered while one of them is enabled."""
     names = " ".join(f"(has {json.dumps(name)} $disabled)" for name in match[1].split(":"))
@@ -190,7 +187,7 @@ def _helm(lines: list[str]) -> str:
     text = text.replace("{" + _SELECTOR + "}", '{{ printf "{%s}" $selector }}')
     text = text.replace(_SELECTOR, "{{ $selector }}").replace(_RUNBOOK, "{{ $runbook }}")
     text = text.replace(_DASHBOARD, "{{ $dashboard }}")
-    text = _YIELD.sub(_yield, text).replace("@@yield_end@@", "{{- end }}")
+    text = alerts.YIELD_START.sub(_yield, text).replace(alerts.YIELD_END, "{{- end }}")
     text = text.replace(
         f'            {_LABELS}: ""',
         "            {{- with " + _VALUES + ".labels }}\n"
