@@ -7,6 +7,7 @@ docker-compose and Helm need no flags. Values are validated together by
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
 from celery_vitals import __version__, logs
@@ -71,14 +73,45 @@ def click_option(option: Option) -> Callable[[Any], Any]:
     )
 
 
+def given_as(options: tuple[Option, ...]) -> dict[str, str]:
+    """How the running command got its options, where not by flag: each flag of an option
+    whose value came from its environment variable -> that variable."""
+    context = click.get_current_context()
+    return {
+        flag: option.envvar
+        for option in options
+        if context.get_parameter_source(option.key) is ParameterSource.ENVIRONMENT
+        for flag in option.flag.split("/")
+    }
+
+
+def named(error: ConfigError, names: dict[str, str]) -> ConfigError:
+    """The same problems, each (``--flag: reason``, as config.build words them) naming its
+    option as the user gave it: ``CELERY_VITALS_MAX_WORKERS: ...`` for a variable."""
+    problems = []
+    for problem in error.problems:
+        flag, sep, reason = problem.partition(": ")
+        problems.append(f"{names.get(flag, flag)}{sep}{reason}")
+    return ConfigError(problems)
+
+
 def with_options(only: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
-    """Adds the declared options (all, or those named in ``only``) to a command."""
+    """Adds the declared options (all, or those named in ``only``) to a command; a bad value
+    is reported under the name it was given by: its flag or its environment variable."""
     chosen = OPTIONS if only is None else tuple(BY_FLAG[flag] for flag in only)
 
-    def decorate(command: Any) -> Any:
+    def decorate(command: Callable[..., Any]) -> Any:
+        @functools.wraps(command)
+        def named_as_given(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except ConfigError as error:
+                raise named(error, given_as(chosen)) from None
+
+        decorated: Any = named_as_given
         for option in reversed(chosen):  # click lists them in reverse order of decoration
-            command = click_option(option)(command)
-        return command
+            decorated = click_option(option)(decorated)
+        return decorated
 
     return decorate
 
