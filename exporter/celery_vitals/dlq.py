@@ -57,6 +57,7 @@ import click
 
 from celery_vitals import logs
 from celery_vitals.config import Config, build
+from celery_vitals.probes import is_plumbing
 
 log = logging.getLogger("celery_vitals.dlq")
 
@@ -624,19 +625,40 @@ class RedisBackend:
     # -- reading ----------------------------------------------------------------
 
     def dead_letter_queues(self, patterns: Iterable[str]) -> list[str]:
+        """The named DLQs, and the queues each glob matches: as the exporter's poller, the
+        queues the broker's bindings name (the probe's discovery, Celery's plumbing left
+        out), and the lists no binding names (what a final-failure handler LPUSHes); never
+        another kind of key (kombu's ``_kombu.binding.*`` sets, the unacked hash, results)."""
         patterns = list(patterns)
         names = {p for p in patterns if not any(c in p for c in "*?[")}
         globs = [p for p in patterns if p not in names]
         if globs:
-            known = set(self.probe.discover())
-            sep: str = self.channel.sep
-            for glob in globs:
-                for key in self.client.scan_iter(match=self.prefix + glob, count=1000):
-                    name = key.decode(errors="replace")[len(self.prefix) :]
-                    if sep not in name and not name.endswith(INFLIGHT_SUFFIX):
-                        known.add(name)
+            known = {q for q in self.probe.discover() | self._lists(globs) if not is_plumbing(q)}
             names |= {q for q in known if any(fnmatch.fnmatchcase(q, g) for g in globs)}
         return sorted(names)
+
+    def _lists(self, globs: list[str]) -> set[str]:
+        """Queues whose name matches a glob and that have a list, of any priority (``queue``,
+        ``queue + sep + step``); keys of other types are no queue."""
+        sep: str = self.channel.sep
+        steps = {str(step) for step in self.channel.priority_steps}
+        found: dict[str, str] = {}  # key -> its queue
+        for glob in globs:
+            for key in self.client.scan_iter(match=self.prefix + glob + "*", count=1000):
+                name = key.decode(errors="replace")[len(self.prefix) :]
+                queue, _, step = name.rpartition(sep) if sep in name else (name, "", "")
+                if (
+                    (not step or step in steps)
+                    and not queue.endswith(INFLIGHT_SUFFIX)
+                    and any(fnmatch.fnmatchcase(queue, g) for g in globs)
+                ):
+                    found[name] = queue
+        keys = sorted(found)
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(self.prefix + key)
+        kinds = pipe.execute()
+        return {found[key] for key, kind in zip(keys, kinds, strict=True) if kind == b"list"}
 
     def exists(self, queue: str) -> bool:
         if self.depth(queue) or self.client.llen(self.inflight_key(queue)):

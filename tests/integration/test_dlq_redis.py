@@ -157,6 +157,35 @@ def test_list_counts_tasks_origins_reasons_and_ages_exactly(db: tuple[str, redis
     assert shown[0]["age_seconds"] == pytest.approx(time.time() - (NOW - 10), abs=5)
 
 
+def test_a_glob_matches_queues_and_never_other_keys(db: tuple[str, redis.Redis]) -> None:
+    """``--dlq '*.dead'`` finds bound queues (empty ones too), lists no binding names and
+    queues with only a priority list, and skips the keys that match the glob but are no
+    queue: kombu's binding set of an exchange named like a DLQ, a hash, a string."""
+    url, client = db
+    app = publisher(url)
+    dead_letter(app, "work.dead", "billing.charge", 2)  # kombu binds it: _kombu.binding.work.dead
+    dead_letter(app, "gone.dead", "mail.send", 1)
+    client.delete("gone.dead")  # bound, and empty: no key of its own
+    foreign(client, "mail.dead")  # LPUSHed by a handler, never bound
+    client.lpush("prio.dead\x06\x163", b"\xff")  # priority 3 only: no "prio.dead" key
+    client.lpush("x.deadline", b"\xff")  # a list the glob does not match
+    client.set("result.dead", "x")
+    client.hset("meta.dead", "field", "1")
+    assert [
+        client.type(key) for key in ("_kombu.binding.work.dead", "result.dead", "meta.dead")
+    ] == [b"set", b"string", b"hash"]
+
+    summaries = dlq_cli.run_json(url, "list", "--dlq", "*.dead")
+    assert [(s["queue"], s["depth"], s["tasks"]) for s in summaries] == [
+        ("gone.dead", 0, {}),
+        ("mail.dead", 3, {}),
+        ("prio.dead", 1, {}),
+        ("work.dead", 2, {"billing.charge": 2}),
+    ]
+    text = dlq_cli.run(url, "list", "--dlq", "*.dead")
+    assert (text.returncode, text.stderr) == (0, ""), text.stderr
+
+
 def test_replay_runs_each_of_1000_messages_exactly_once_on_a_real_worker(
     db: tuple[str, redis.Redis], server: RedisServer, tmp_path: Path
 ) -> None:
