@@ -3,7 +3,6 @@ in a real Alertmanager (Debian's prometheus-alertmanager) fed the alerts of each
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,23 +11,19 @@ import pytest
 from demo.stack import alertmanager as stack
 
 from tests.alerts.rules import ALERTMANAGER_CONFIG, alert_names
+from tests.support import tools
 from tests.support.net import wait_until
 
 JOB = "celery-vitals"
 
 
-def executable(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(
-            f"{name} not found: install Debian's prometheus-alertmanager (scripts/setup.sh)"
-        )
-    return found
-
-
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [executable("amtool"), *args], capture_output=True, text=True, timeout=60, check=False
+        [tools.require_tool("amtool", tools.AMTOOL), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -27,6 +26,7 @@ from tests.alerts.rules import (
     load_yaml,
     rules,
 )
+from tests.support import tools
 
 SEVERITIES = {"critical", "warning", "info"}
 DASHBOARD_UIDS = {
@@ -46,10 +46,7 @@ PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail("promtool not found: install Debian's prometheus package (scripts/setup.sh)")
-    return found
+    return tools.require_tool("promtool", tools.PROMTOOL)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

