@@ -35,6 +35,7 @@ from celery_vitals.histogram import Histograms
 from celery_vitals.logs import RateLimitedLogger
 
 Key = tuple[str, ...]
+Pairs = tuple[tuple[str, str], ...]
 # prometheus_client leaves these two untyped
 floatToGoString: Callable[[float], str] = _untyped_go_float
 generate_openmetrics: Callable[[Any], bytes] = openmetrics_exposition.generate_latest
@@ -80,9 +81,13 @@ class Exposition:
         collectors: Iterable[Collector],
         errors: dict[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        constant_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.collectors = list(collectors)
         self.clock = clock
+        # labels every series carries (``broker``): added here, as Prometheus adds a
+        # target's labels, so that collectors and trackers never see them
+        self.constant: Pairs = tuple(sorted((constant_labels or {}).items()))
         # family -> scrapes it was left out of (ExporterCollector exports it)
         self.errors: dict[str, int] = {} if errors is None else errors
         self._lock = threading.Lock()
@@ -112,6 +117,7 @@ class Exposition:
             if isinstance(collector, TextRenderer):
                 for text, data in collector.text_families():
                     if names is None or _wanted(text.name, names):
+                        text.constant = self.constant
                         self._guarded(parts, text.name, text.render, data, openmetrics)
             else:
                 self._generic_families(parts, collector, openmetrics, names)
@@ -135,7 +141,7 @@ class Exposition:
                 self._error(type(collector).__name__)
                 return
             if names is None or _wanted(family.name, names):
-                self._guarded(parts, family.name, _one, family, openmetrics)
+                self._guarded(parts, family.name, _one, family, openmetrics, self.constant)
 
     def _guarded(
         self, parts: list[bytes], family: str, render: Callable[..., list[bytes]], *args: Any
@@ -152,7 +158,11 @@ class Exposition:
         )
 
 
-def _one(family: Metric, openmetrics: bool) -> list[bytes]:
+def _one(family: Metric, openmetrics: bool, constant: Pairs = ()) -> list[bytes]:
+    if constant:
+        family.samples = [
+            sample._replace(labels={**sample.labels, **dict(constant)}) for sample in family.samples
+        ]
     return [_generic([family], openmetrics)]
 
 
@@ -204,9 +214,10 @@ def label_text(pairs: Iterable[tuple[str, str]]) -> str:
 class SeriesLines:
     """Cached lines of one counter or gauge: ``name{labels} value``, re-rendered on change."""
 
-    def __init__(self, sample_name: str, label_names: Key) -> None:
+    def __init__(self, sample_name: str, label_names: Key, constant: Pairs = ()) -> None:
         self.sample_name = sample_name
         self.label_names = label_names
+        self.constant = constant
         self._cache: dict[Key, tuple[float, bytes, bytes]] = {}  # key -> (value, line, prefix)
         self._last: tuple[dict[Key, float], list[bytes]] = ({}, [])
 
@@ -224,7 +235,9 @@ class SeriesLines:
                 hit[2]
                 if hit is not None
                 else (
-                    self.sample_name + label_text(zip(self.label_names, key, strict=True)) + " "
+                    self.sample_name
+                    + label_text([*zip(self.label_names, key, strict=True), *self.constant])
+                    + " "
                 ).encode()
             )
             line = prefix + value_text(value) + b"\n"
@@ -244,9 +257,10 @@ class HistogramLines:
     from the first time, rather than one call per bucket.
     """
 
-    def __init__(self, name: str, label_names: Key) -> None:
+    def __init__(self, name: str, label_names: Key, constant: Pairs = ()) -> None:
         self.name = name
         self.label_names = label_names
+        self.constant = constant
         # key -> (counts rendered, chunk, template)
         self._cache: dict[Key, tuple[list[float], bytes, bytes]] = {}
 
@@ -275,7 +289,7 @@ class HistogramLines:
 
     def _template(self, key: Key, les: Sequence[str]) -> bytes:
         """The series' lines with %d.0 for each bucket and the count, %s for the sum."""
-        pairs = list(zip(self.label_names, key, strict=True))
+        pairs = [*zip(self.label_names, key, strict=True), *self.constant]
         plain = label_text(pairs).replace("%", "%%")
         lines = [
             f"{self.name}_bucket{label_text([*pairs, ('le', le)]).replace('%', '%%')} %d.0"
@@ -291,8 +305,21 @@ class FamilyText:
     def __init__(self, name: str, labels: Key) -> None:
         self.name = name
         self.labels = labels
+        self._constant: Pairs = ()
         self._series = SeriesLines(name, labels)
         self._histogram = HistogramLines(name, labels)
+
+    @property
+    def constant(self) -> Pairs:
+        """The labels every series of the exposition carries (set by Exposition)."""
+        return self._constant
+
+    @constant.setter
+    def constant(self, pairs: Pairs) -> None:
+        if pairs != self._constant:  # once: the cached lines start over with them
+            self._constant = pairs
+            self._series = SeriesLines(self.name, self.labels, pairs)
+            self._histogram = HistogramLines(self.name, self.labels, pairs)
 
     def render(self, data: Mapping[Key, float] | Histograms, openmetrics: bool) -> list[bytes]:
         head = header(self.name, self.labels, openmetrics)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from celery_vitals.brokers import BROKER_LABEL
 from celery_vitals.catalogue import SPECS, all_series_names
 from celery_vitals.rules import alerts as build
 from celery_vitals.rules.config import DEFAULT_RUNBOOK_URL, THRESHOLDS, RulesConfig
@@ -37,7 +38,8 @@ DASHBOARD_UIDS = {
     "celery-vitals-slow",
 }
 #: Labels Prometheus adds to every scraped series.
-TARGET_LABELS = {"job", "instance"}
+# Prometheus' target labels, and the label the exporter and the agents put on every series
+TARGET_LABELS = {"job", "instance", BROKER_LABEL}
 #: Series the rules may use besides the catalogue's and their own recordings:
 #: Prometheus's own ``up``, and the periodic-task configuration users provide.
 EXTERNAL_SERIES = {"up", build.PERIODIC_CONFIG}
@@ -233,7 +235,8 @@ def test_alert_conventions(rule: Rule) -> None:
     assert rule.labels["severity"] in SEVERITIES
     summary, description = rule.annotations["summary"], rule.annotations["description"]
     assert summary and "{{" not in summary, "the summary is stable (no template)"
-    assert "{{ $labels." in description, "the description names the task/queue/worker"
+    if rule.name != "CeleryExporterMissing":  # an absence has no labels to name
+        assert "{{ $labels." in description, "the description names the task/queue/worker"
     assert re.fullmatch(
         r"https://github\.com/celery-vitals/celery-vitals/blob/main/docs/"
         r"runbooks\.md#[a-z0-9-]+",
@@ -242,7 +245,7 @@ def test_alert_conventions(rule: Rule) -> None:
     dashboard = rule.annotations.get("dashboard_url")
     if dashboard is not None:
         uid = re.fullmatch(
-            r"/d/([a-z-]+)\?var-job=\{\{ \$labels\.job \| urlquery \}\}.*", dashboard
+            r"/d/([a-z-]+)\?var-broker=\{\{ \$labels\.broker \| urlquery \}\}.*", dashboard
         )
         assert uid is not None and uid.group(1) in DASHBOARD_UIDS, dashboard
 
@@ -280,7 +283,7 @@ def test_thresholds_are_documented() -> None:
 
 
 LAST_SUCCESS = (
-    'celery_task_last_success_timestamp_seconds{job="celery-vitals",'
+    'celery_task_last_success_timestamp_seconds{job="celery-vitals",broker="prod",'
     'instance="e:9808",name="reports.nightly",queue_name="celery"}'
 )
 MISSED_ANNOTATIONS = {
@@ -288,7 +291,7 @@ MISSED_ANNOTATIONS = {
     "description": "reports.nightly last succeeded 1d 2h 0m 0s ago, "
     "longer than its configured interval allows.",
     "runbook_url": f"{DEFAULT_RUNBOOK_URL}#celeryperiodictaskmissed",
-    "dashboard_url": "/d/celery-vitals-tasks?var-job=celery-vitals&var-task=reports.nightly",
+    "dashboard_url": "/d/celery-vitals-tasks?var-broker=prod&var-task=reports.nightly",
 }
 
 
@@ -331,7 +334,7 @@ def test_periodic_tasks_configured_in_the_overrides_fire(tmp_path: Path) -> None
                                     {
                                         "exp_labels": {
                                             "severity": "warning",
-                                            "job": "celery-vitals",
+                                            "broker": "prod",
                                             "name": "reports.nightly",
                                         },
                                         "exp_annotations": MISSED_ANNOTATIONS,

@@ -25,7 +25,7 @@ from tests.support import tools
 
 VALUES_ALL = Path(__file__).with_name("values-all.yaml")
 SYNC = "bash scripts/generate.sh"
-SHIPPED_SELECTOR = 'job=~".*celery-vitals.*"'
+SHIPPED_SELECTOR = 'broker!=""'
 
 
 def _kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -153,7 +153,8 @@ def test_default_selector_is_the_releases_jobs(helm: str, args: tuple[str, ...],
         for r in g["rules"]
         if r.get("alert") == "CeleryExporterDown"
     )
-    assert exporter_down["expr"].startswith(f"up{{{job}}} == 0\n")
+    # up is joined with the exporter's own series, which carry the selector
+    assert f"max_over_time(celery_broker_up{{{job}}}[1d])" in exporter_down["expr"]
 
 
 def test_values_override_threshold_for_selector_disabled_labels(helm: str, tmp_path: Path) -> None:
@@ -188,7 +189,7 @@ def test_values_override_threshold_for_selector_disabled_labels(helm: str, tmp_p
     assert not {"CeleryWorkerFlapping/warning", "CeleryBrokerDown/critical"} & set(rules)
     assert "CeleryWorkerDown/warning" in rules
     assert rules["name_queue_name:celery_task_received:rate10m"]["expr"] == (
-        "sum by (job, name, queue_name) (rate(celery_task_received_total"
+        "sum by (broker, name, queue_name) (rate(celery_task_received_total"
         '{namespace="prod", queue_name!~"scratch"}[10m]))'
     )
     assert (

@@ -48,7 +48,8 @@ def rule_file(config: RulesConfig) -> dict[str, dict[str, object]]:
 @pytest.mark.parametrize(
     ("expr", "expected"),
     [
-        ("up == 0", 'up{job="a"} == 0'),
+        # up has no broker label: the rules join it with the target's own series
+        ("up == 0", "up == 0"),
         (
             'sum by (job, name) (rate(celery_task_failed_total{exception!~"x|y"}[5m]))',
             'sum by (job, name) (rate(celery_task_failed_total{exception!~"x|y", job="a"}[5m]))',
@@ -85,11 +86,12 @@ def test_scope_leaves_the_chart_templates_placeholders_alone() -> None:
 
 
 def _selectors(expr: str) -> list[str]:
-    """The matchers of every series of an expression; "" for a series without any."""
+    """The matchers of every celery-vitals series of an expression; "" for a series without
+    any (``up`` is Prometheus': never scoped, the rules join it with the target's own)."""
     strings = re.compile(r'"(?:[^"\\]|\\.)*"')
     blank = strings.sub(lambda m: '"' + "_" * (len(m.group()) - 2) + '"', expr)
     found = []
-    for match in re.finditer(r"(?<![\w:])(celery_\w+|up)\b(?![:(])", blank):
+    for match in re.finditer(r"(?<![\w:])(celery_\w+)\b(?![:(])", blank):
         if blank[match.end() : match.end() + 1] != "{":
             found.append("")
             continue
@@ -104,8 +106,9 @@ def test_custom_selector_reaches_every_rule_and_panel_query() -> None:
     for rule in rule_file(config).values():
         found = _selectors(str(rule["expr"]))
         assert all('namespace="prod", job=~"cv-.*"' in s for s in found), rule["expr"]
-    bare = [line for line in text.splitlines() if line.strip().startswith("up{")]
-    assert bare == ['          up{namespace="prod", job=~"cv-.*"} == 0'], bare
+    # up is never scoped (no broker label): joined with the selected celery_broker_up
+    assert re.search(r"(?<![\w:])up\{", text) is None
+    assert 'celery_broker_up{namespace="prod", job=~"cv-.*"}[1d]' in text
     for name, board in dashboards.build(config).items():
         exprs = [target["expr"] for panel in board["panels"] for target in panel.get("targets", [])]
         exprs += [

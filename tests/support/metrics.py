@@ -11,15 +11,33 @@ Labels = frozenset[tuple[str, str]]
 SampleKey = tuple[str, Labels]
 
 
+#: The label every series of celery-vitals carries (brokers.BROKER_LABEL): one value per
+#: /metrics, like a target label, so parse() leaves it out of the keys (brokers() reads it).
+BROKER = "broker"
+
+
 def parse(text: str) -> dict[SampleKey, float]:
-    """Every sample of a Prometheus text exposition, keyed by name and label set."""
+    """Every sample of a Prometheus text exposition, keyed by name and label set (without
+    the ``broker`` label every series carries: see brokers())."""
     samples: dict[SampleKey, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
+            labels = {k: v for k, v in sample.labels.items() if k != BROKER}
+            key = (sample.name, frozenset(labels.items()))
             assert key not in samples, f"duplicate series {sample.name}{sample.labels}"
             samples[key] = sample.value
     return samples
+
+
+def brokers(text: str) -> dict[str, int]:
+    """The values of the ``broker`` label in an exposition: how many samples carry each,
+    and ``""`` for samples without one."""
+    seen: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            value = sample.labels.get(BROKER, "")
+            seen[value] = seen.get(value, 0) + 1
+    return seen
 
 
 def key(metric: str, /, **labels: str) -> SampleKey:

@@ -28,10 +28,20 @@ Parsed = list[tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], 
 RENDER_DURATION = "celery_vitals_scrape_duration_seconds"
 
 
-def parsed(body: bytes, openmetrics: bool) -> Parsed:
+#: The label Pipeline's exposition adds to every series (brokers.identity of its URL)
+BROKER = ("broker", "redis://localhost:6379/0")
+
+
+def parsed(body: bytes, openmetrics: bool, broker: tuple[str, str] | None = None) -> Parsed:
     """Families in order, each with its samples: what a scraper reads from the body (all
-    but the render-duration histogram, which changes with every render)."""
+    but the render-duration histogram, which changes with every render). With ``broker``,
+    every sample must carry that label, and it is left out."""
     parse = parse_openmetrics if openmetrics else parse_text
+    families = list(parse(body.decode()))
+    if broker is not None:
+        for f in families:
+            for s in f.samples:
+                assert s.labels.pop(broker[0], None) == broker[1], (f.name, s.labels)
     return [
         (
             f.name,
@@ -39,7 +49,7 @@ def parsed(body: bytes, openmetrics: bool) -> Parsed:
             f.documentation,
             [(s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples],
         )
-        for f in parse(body.decode())
+        for f in families
         if f.name != RENDER_DURATION
     ]
 
@@ -79,7 +89,7 @@ def test_same_families_series_and_values_as_prometheus_client(openmetrics: bool)
     render = generate_openmetrics if openmetrics else generate_latest
     for _ in range(2):  # the second render comes from the caches
         ours = h.pipeline.exposition.render(openmetrics)
-        assert same(parsed(ours, openmetrics), parsed(render(h.registry), openmetrics))
+        assert same(parsed(ours, openmetrics, BROKER), parsed(render(h.registry), openmetrics))
     assert ours.endswith(b"# EOF\n") == openmetrics
     assert ours.count(b"# EOF") == (1 if openmetrics else 0)
     # the hostile values were really there, escaped, and the big numbers too (a newline
@@ -122,12 +132,14 @@ def test_a_changed_series_is_rerendered_and_the_rest_reused() -> None:
     second = h.pipeline.exposition.render()
     changed = set(second.splitlines()) - set(first.splitlines())
     assert sorted(line for line in changed if b'name="b"' in line) == []
-    assert b'celery_task_succeeded_total{name="a",queue_name="celery"} 2.0' in changed
+    b = b'broker="redis://localhost:6379/0",'
+    assert b"celery_task_succeeded_total{" + b + b'name="a",queue_name="celery"} 2.0' in changed
     assert (
-        b'celery_task_runtime_seconds_bucket{le="10.0",name="a",queue_name="celery"} 2.0' in changed
+        b"celery_task_runtime_seconds_bucket{" + b + b'le="10.0",name="a",queue_name="celery"} 2.0'
+        in changed
     )
-    assert b'celery_task_runtime_seconds_sum{name="a",queue_name="celery"} 7.5' in changed
-    assert same(parsed(second, False), parsed(generate_latest(h.registry), False))
+    assert b"celery_task_runtime_seconds_sum{" + b + b'name="a",queue_name="celery"} 7.5' in changed
+    assert same(parsed(second, False, BROKER), parsed(generate_latest(h.registry), False))
 
 
 def test_label_values_are_escaped_as_prometheus_client_does() -> None:
@@ -187,7 +199,7 @@ def test_metrics_endpoint_serves_the_exposition_in_both_formats_and_gzip() -> No
         status, headers, plain = _get(url, {})
         assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
         assert int(headers["Content-Length"]) == len(plain)
-        assert same(parsed(plain, False), parsed(generate_latest(h.registry), False))
+        assert same(parsed(plain, False, BROKER), parsed(generate_latest(h.registry), False))
         # what Prometheus sends: OpenMetrics preferred, gzip accepted
         accept = (
             "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
@@ -198,7 +210,7 @@ def test_metrics_endpoint_serves_the_exposition_in_both_formats_and_gzip() -> No
         assert headers["Content-Encoding"] == "gzip"
         body = gzip.decompress(zipped)
         assert body.endswith(b"# EOF\n") and len(zipped) < len(body) / 5
-        assert same(parsed(body, True), parsed(generate_openmetrics(h.registry), True))
+        assert same(parsed(body, True, BROKER), parsed(generate_openmetrics(h.registry), True))
         # a name[] filter is prometheus_client's job: only the asked family comes back
         status, _, filtered = _get(url + "?name[]=celery_task_sent_total", {})
         names = {f.name for f in parse_text(filtered.decode())}

@@ -7,8 +7,11 @@ The thresholds and their documentation are in ``rules.config``.
 Conventions:
 
 - Recording rules are named ``level:metric:operation``; the level lists the
-  labels kept besides ``job`` (every aggregation keeps ``job``: one job per
-  broker, so series of different brokers are never summed together).
+  labels kept besides ``broker`` (every aggregation keeps ``broker``, the
+  label the exporter and the agents put on every series: series of different
+  brokers are never summed together, and the exporter's view of a queue joins
+  the workers' view of it whatever jobs Prometheus scrapes them in; ``job``
+  names a scrape target only, in the alerts about targets).
 - Alerts are ``Celery...`` in CamelCase, with ``for``, a ``severity``
   (critical pages, warning opens a ticket, info is for dashboards), a stable
   ``summary``, a templated ``description``, ``runbook_url`` (its section of
@@ -48,15 +51,15 @@ from celery_vitals.rules.promql import (
 #: The series CeleryPeriodicTaskMissed reads the periodic tasks' limits from.
 PERIODIC_CONFIG = "name:celery_periodic_task_max_age_seconds:config"
 
-TASK = "job, name, queue_name"
-QUEUE = "job, queue_name"
-WORKER = "job, hostname"
-INSTANCE = "job, instance"
+TASK = "broker, name, queue_name"
+QUEUE = "broker, queue_name"
+WORKER = "broker, hostname"
+INSTANCE = "job, instance, broker"
 #: 1 for every worker that is down (a recording rule: CeleryWorkerDown's condition).
 WORKER_DOWN = "hostname:celery_worker_down:bool"
-#: Workers up per job; a job whose workers' series were all purged has none left: 0
-#: (from its scrape targets' ``up``).
-WORKERS_UP = "(sum by (job) (celery_worker_up) or max by (job) (up) * 0)"
+#: Workers up per broker; a broker whose workers' series were all purged has none left: 0
+#: (from its exporter's ``celery_broker_up``).
+WORKERS_UP = "(sum by (broker) (celery_worker_up) or max by (broker) (celery_broker_up) * 0)"
 
 #: Exceptions with an alert of their own: not counted by CeleryTaskFailureRateHigh.
 CLASSIFIED_EXCEPTIONS = (
@@ -77,11 +80,11 @@ def _indent(text: str, spaces: int = 2) -> str:
     return "\n".join(" " * spaces + line if line else line for line in text.splitlines())
 
 
-BROKER_UP = "unless on (job) (celery_broker_up == 0)"
+BROKER_UP = "unless on (broker) (celery_broker_up == 0)"
 # While the exporter is blind, "no task event" proves nothing.
 EXPORTER_SEES = (
-    "unless on (job) (celery_vitals_event_stream_up == 0)\n"
-    "unless on (job) (max by (job) (celery_worker_task_events_missing) == 1)"
+    "unless on (broker) (celery_vitals_event_stream_up == 0)\n"
+    "unless on (broker) (max by (broker) (celery_worker_task_events_missing) == 1)"
 )
 
 
@@ -95,14 +98,14 @@ def _no_consumers() -> str:
     return (
         "(\n"
         "  queue_name:celery_queue_length:sum > 0\n"
-        "  and on (job, queue_name) (sum by (job, queue_name) (celery_queue_consumers) == 0)\n"
+        f"  and on ({QUEUE}) (sum by ({QUEUE}) (celery_queue_consumers) == 0)\n"
         ")\n"
         "or\n"
         "(\n"
         "  queue_name:celery_queue_length:sum > 0\n"
-        "  unless on (job, queue_name) celery_queue_consumers\n"
-        "  unless on (job, queue_name) celery_task_received_total\n"
-        "  and on (job) (sum by (job) (celery_worker_up) > 0)\n"
+        "  unless on (broker, queue_name) celery_queue_consumers\n"
+        "  unless on (broker, queue_name) celery_task_received_total\n"
+        "  and on (broker) (sum by (broker) (celery_worker_up) > 0)\n"
         f"{_indent(EXPORTER_SEES)}\n"
         ")"
     )
@@ -230,7 +233,8 @@ def recording_rules(c: RulesConfig) -> list[Record]:
         Record(WORKER_DOWN, f"(\n{_indent(_worker_down(c))}\n) * 0 + 1"),
         # the last success survives an exporter restart (the rule reads its own last value)
         Record(
-            latch, f"max by (job, name) (celery_task_last_success_timestamp_seconds)\nor {latch}"
+            latch,
+            f"max by (broker, name) (celery_task_last_success_timestamp_seconds)\nor {latch}",
         ),
     ]
     rules += [
@@ -245,26 +249,26 @@ def recording_rules(c: RulesConfig) -> list[Record]:
 
 def _task_dashboard() -> str:
     return (
-        f"/d/{TASKS}?var-job={{{{ $labels.job | urlquery }}}}"
+        f"/d/{TASKS}?var-broker={{{{ $labels.broker | urlquery }}}}"
         "&var-queue={{ $labels.queue_name | urlquery }}"
         "&var-task={{ $labels.name | urlquery }}"
     )
 
 
 def _queue_dashboard(with_queue: bool = True) -> str:
-    url = f"/d/{QUEUES}?var-job={{{{ $labels.job | urlquery }}}}"
+    url = f"/d/{QUEUES}?var-broker={{{{ $labels.broker | urlquery }}}}"
     return url + ("&var-queue={{ $labels.queue_name | urlquery }}" if with_queue else "")
 
 
 def _worker_dashboard() -> str:
     return (
-        f"/d/{WORKERS}?var-job={{{{ $labels.job | urlquery }}}}"
+        f"/d/{WORKERS}?var-broker={{{{ $labels.broker | urlquery }}}}"
         "&var-worker={{ $labels.hostname | urlquery }}"
     )
 
 
 def _job_dashboard(uid: str) -> str:
-    return f"/d/{uid}?var-job={{{{ $labels.job | urlquery }}}}"
+    return f"/d/{uid}?var-broker={{{{ $labels.broker | urlquery }}}}"
 
 
 def _failure_ratio_above(c: RulesConfig, ratio_series: str, key: str) -> str:
@@ -423,7 +427,7 @@ def _task_alerts(c: RulesConfig) -> list[Alert]:
             "A periodic Celery task has not succeeded within its interval.",
             "{{ $labels.name }} last succeeded {{ $value | humanizeDuration }} ago, longer "
             "than its configured interval allows.",
-            f"/d/{TASKS}?var-job={{{{ $labels.job | urlquery }}}}"
+            f"/d/{TASKS}?var-broker={{{{ $labels.broker | urlquery }}}}"
             "&var-task={{ $labels.name | urlquery }}",
         ),
     ]
@@ -457,7 +461,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
         )
         # not draining or no consumers: that alert pages instead
         .unless(QUEUE, stuck, "CeleryQueueNotDraining", "CeleryQueueNoConsumers")
-        .unless("job", all_down, "CeleryWorkerDown")
+        .unless("broker", all_down, "CeleryWorkerDown")
         for severity, key in (
             ("warning", "oldest_message_warning"),
             ("critical", "oldest_message_critical"),
@@ -505,7 +509,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "{{ $value | humanize }} messages wait in queue {{ $labels.queue_name }} and no "
             f"worker received a task from it for {no_drain}: its workers are stopped or stuck.",
             _queue_dashboard(),
-        ).unless("job", all_down, "CeleryWorkerDown"),
+        ).unless("broker", all_down, "CeleryWorkerDown"),
         Alert(
             "CeleryQueueNoConsumers",
             "critical",
@@ -516,7 +520,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "worker consumes: a misspelled queue in task_routes, or no worker started with "
             "-Q for it.",
             _queue_dashboard(),
-        ).unless("job", all_down, "CeleryWorkerDown"),
+        ).unless("broker", all_down, "CeleryWorkerDown"),
         *oldest,
         Alert(
             "CeleryQueueUnackedNearVisibilityTimeout",
@@ -562,7 +566,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
 def _agent_targets(c: RulesConfig) -> str:
     """Scrape targets that were agents inside workers (they export celery_vitals_agent_info)."""
     return (
-        "max by (job, instance, hostname) "
+        "max by (job, instance, broker, hostname) "
         f"(max_over_time(celery_vitals_agent_info[{c.text('worker_remembered')}]))"
     )
 
@@ -572,15 +576,15 @@ def _purged_worker_down(c: RulesConfig) -> str:
     job has fewer workers up than it had: nothing recovered (a replacement under another
     hostname brings the count back and ends it)."""
     remembered = c.text("worker_down_remembered")
-    up = "sum by (job) (celery_worker_up)"
+    up = "sum by (broker) (celery_worker_up)"
     now = WORKERS_UP
     return (
         f"max by ({WORKER}) (\n"
         f"  max_over_time((max by ({WORKER}) (celery_worker_up) == 0)[{remembered}:])\n"
         ")\n"
         f"unless on ({WORKER}) celery_worker_up\n"
-        f"and on (job) ({now} < max_over_time(({up})[{remembered}:]))\n"
-        "unless on (job) (celery_vitals_event_stream_up == 0)"
+        f"and on (broker) ({now} < max_over_time(({up})[{remembered}:]))\n"
+        "unless on (broker) (celery_vitals_event_stream_up == 0)"
     )
 
 
@@ -589,10 +593,10 @@ def _worker_down(c: RulesConfig) -> str:
     the worker's series, or an agent's target that stopped answering."""
     return (
         f"(\n  max by ({WORKER}) (celery_worker_up) == 0\n"
-        "  unless on (job) (celery_vitals_event_stream_up == 0)\n)\n"
+        "  unless on (broker) (celery_vitals_event_stream_up == 0)\n)\n"
         f"or\n(\n{_indent(_purged_worker_down(c))}\n)\n"
         f"or\nmax by ({WORKER}) (\n"
-        f"  (up == 0) * on (job, instance) group_left (hostname) {_agent_targets(c)}\n)"
+        f"  (up == 0) * on (job, instance) group_left (broker, hostname) {_agent_targets(c)}\n)"
     )
 
 
@@ -601,8 +605,8 @@ def _all_workers_down() -> str:
     will run them. The queues' own alerts yield to it (one incident, one page)."""
     return (
         f"{WORKER_DOWN} == 1\n"
-        f"and on (job) ({WORKERS_UP} == 0)\n"
-        "and on (job) (sum by (job) (queue_name:celery_queue_length:sum) > 0)"
+        f"and on (broker) ({WORKERS_UP} == 0)\n"
+        "and on (broker) (sum by (broker) (queue_name:celery_queue_length:sum) > 0)"
     )
 
 
@@ -625,9 +629,9 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             "critical",
             "5m",
             _all_workers_down(),
-            "Every Celery worker of a job is down while tasks wait.",
-            "Worker {{ $labels.hostname }} is down and no other worker of job "
-            "{{ $labels.job }} is up, while tasks wait in its queues: nothing runs them.",
+            "Every Celery worker of a broker is down while tasks wait.",
+            "Worker {{ $labels.hostname }} is down and no other worker of broker "
+            "{{ $labels.broker }} is up, while tasks wait in its queues: nothing runs them.",
             _worker_dashboard(),
         ),
         Alert(
@@ -684,7 +688,7 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             f"avg_over_time(celery_worker_pool_busy_processes[{w}])\n"
             f"/ avg_over_time(celery_worker_pool_processes[{w}])"
             f" >= {c.text('pool_saturation_ratio')}\n"
-            "and on (job) (sum by (job) (queue_name:celery_queue_length:sum)"
+            "and on (broker) (sum by (broker) (queue_name:celery_queue_length:sum)"
             f" >= {c.text('queue_min_backlog')})",
             "A Celery worker's pool is saturated while a backlog waits.",
             "{{ $value | humanizePercentage }} of the pool processes of worker "
@@ -699,8 +703,8 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             "(celery_worker_tasks_reserved - celery_worker_eta_tasks)"
             f" >= {c.text('prefetch_held_min')}\n"
             "and celery_worker_pool_busy_processes >= celery_worker_pool_processes\n"
-            "and on (job) (\n"
-            "  sum by (job) (celery_worker_pool_processes - celery_worker_pool_busy_processes)"
+            "and on (broker) (\n"
+            "  sum by (broker) (celery_worker_pool_processes - celery_worker_pool_busy_processes)"
             " > 0\n)",
             "A busy Celery worker holds prefetched tasks other workers could run.",
             "Worker {{ $labels.hostname }} has every pool process busy and holds "
@@ -710,6 +714,18 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             _worker_dashboard(),
         ),
     ]
+
+
+def _exporter_down(c: RulesConfig) -> str:
+    """Exporter targets Prometheus cannot scrape. ``up`` has no broker label: the targets
+    that exported celery_broker_up (the exporters, never the agents) within
+    exporter_remembered lend it theirs."""
+    return (
+        "(up == 0)\n"
+        "* on (job, instance) group_left (broker)\n"
+        "max by (job, instance, broker) "
+        f"(max_over_time(celery_broker_up[{c.text('exporter_remembered')}]) * 0 + 1)"
+    )
 
 
 def _broker_exporter_alerts(c: RulesConfig) -> list[Alert]:
@@ -740,10 +756,24 @@ def _broker_exporter_alerts(c: RulesConfig) -> list[Alert]:
             "AOF: a Redis restart loses every queued task.",
         ),
         Alert(
+            "CeleryExporterMissing",
+            "critical",
+            "10m",
+            # absent() of a selector that matches nothing: the rules' selector and the
+            # scrape configuration disagree, or no exporter is scraped at all
+            "absent(celery_broker_up)\n"
+            # a known exporter that is down: CeleryExporterDown's page says more
+            f"unless on () (\n{_indent(_exporter_down(c))}\n)",
+            "No celery-vitals exporter matches the rules' selector.",
+            "Prometheus has no celery_broker_up series that the celery-vitals rules select: "
+            "no exporter is scraped, or the rules' selector does not match its series. Every "
+            "other Celery alert is silent until this is fixed.",
+        ),
+        Alert(
             "CeleryExporterDown",
             "critical",
             "5m",
-            f"up == 0\nunless on (job, instance) {_agent_targets(c)}",
+            _exporter_down(c),
             "Prometheus cannot scrape celery-vitals.",
             "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}): no "
             "Celery alert can fire while it is down.",
@@ -776,8 +806,9 @@ def _broker_exporter_alerts(c: RulesConfig) -> list[Alert]:
             "CeleryExporterTrackerEvicting",
             "warning",
             "5m",
-            f"sum by (job, instance, reason) (increase(celery_vitals_tracker_evictions_total"
-            f"[{ew}])) >= {c.text('tracker_evictions_min')}",
+            f"sum by ({INSTANCE}, reason) "
+            f"(increase(celery_vitals_tracker_evictions_total[{ew}]))"
+            f" >= {c.text('tracker_evictions_min')}",
             "celery-vitals forgets unfinished tasks.",
             "{{ $labels.instance }} dropped {{ $value | humanize }} unfinished tasks from its "
             f"uuid map in the last {ew} (reason {{{{ $labels.reason }}}}): their later events "
@@ -789,7 +820,9 @@ def _broker_exporter_alerts(c: RulesConfig) -> list[Alert]:
             "info",
             "5m",
             occurrences(
-                "celery_vitals_label_values_folded_total", "job, instance, label, reason", ew
+                "celery_vitals_label_values_folded_total",
+                "job, instance, broker, label, reason",
+                ew,
             )
             + f" >= {c.text('label_values_folded_min')}",
             'celery-vitals folds label values into "other".',

@@ -185,6 +185,13 @@ THRESHOLDS: dict[str, Threshold] = {
         "counts as a worker (CeleryWorkerDown) rather than the exporter (CeleryExporterDown).",
     ),
     # -- the exporter ----------------------------------------------------------
+    "exporter_remembered": Threshold(
+        "1d",
+        DURATION,
+        "How long after its last successful scrape a target that exported "
+        "`celery_broker_up` still counts as an exporter: CeleryExporterDown fires for it "
+        "while it is down. A target never scraped at all is CeleryExporterMissing's.",
+    ),
     "heartbeats_missed_min": Threshold(
         1,
         "heartbeats per event window",
@@ -198,8 +205,9 @@ THRESHOLDS: dict[str, Threshold] = {
     ),
 }
 
-#: The selector of the shipped files: every job whose name contains celery-vitals.
-DEFAULT_SELECTOR = 'job=~".*celery-vitals.*"'
+#: The selector of the shipped files: every series of celery-vitals, whatever job Prometheus
+#: scrapes it in (the exporter and the agents label every series with ``broker``).
+DEFAULT_SELECTOR = 'broker!=""'
 DEFAULT_RUNBOOK_URL = "https://github.com/celery-vitals/celery-vitals/blob/main/docs/runbooks.md"
 
 

@@ -5,7 +5,7 @@ the same thing: the share of runs that fail, events of rare counters,
 retry amplification, drain time. Both builders pass their own window
 (a rule's ``5m``, a panel's ``$__rate_interval``) and label matchers.
 
-``scope`` puts the user's selector (``job=~"celery-vitals.*"``) into every
+``scope`` puts the user's selector (``broker!=""``, ``job=~"prod-.*"``) into every
 series selector of a finished expression, so that the builders write plain
 metric names and no query can forget it.
 """
@@ -116,8 +116,10 @@ _AGGREGATIONS = {
     "limit_ratio",
 }
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
-#: Prometheus' own alert series: they carry the labels of the alerts, not of targets.
-_UNSCOPED = {"ALERTS", "ALERTS_FOR_STATE"}
+#: Prometheus' own series: the alerts' (they carry the labels of the alerts, not of
+#: targets), and ``up``, which has no ``broker``: the rules join it with a target's own
+#: series, which carry the selector.
+_UNSCOPED = {"ALERTS", "ALERTS_FOR_STATE", "up"}
 _TOKEN = re.compile(
     r'(?P<string>"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`)'
     r"|(?P<range>\[[^\]]*\])"
