@@ -1,8 +1,13 @@
-"""The exporter beside agents, end to end: one job, nothing counted or paged twice.
+"""The exporter beside agents, end to end, in every scrape layout: nothing counted or paged
+twice, nothing missed.
 
-A real Prometheus scrapes, under one job, `celery-vitals serve --no-event-stream`
-(queues and the broker) and a real worker running the agent (task and worker
-metrics), with the shipped rules (windows shortened as in test_alerts_e2e).
+A real Prometheus scrapes `celery-vitals serve --no-event-stream` (queues and the
+broker) and a real worker running the agent (task and worker metrics), with the
+shipped rules (windows shortened as in test_alerts_e2e), in one job, or in two
+jobs under names nobody chose for celery-vitals (the Helm chart's ServiceMonitor
+and PodMonitor make two). Both name the broker alike from their own URLs (the
+worker's without a database number or credentials: the identity fills them in),
+and the rules join them on it.
 Each task is counted once in the job, a failing task is one alert series, the
 queue alerts that compare the exporter's queue depth with the agents'
 receive counters stay quiet while the worker drains, the exporter's blind-spot
@@ -16,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from celery_vitals.brokers import identity
 from tests.alerts.rules import RULES_PATH
-from tests.alerts.test_alerts_e2e import JOB, Expressions, labels, shortened
+from tests.alerts.test_alerts_e2e import Expressions, labels, shortened
 from tests.support.harness import Harness
 from tests.support.net import LOOPBACK
 from tests.support.prometheus import PrometheusServer
@@ -27,18 +33,37 @@ pytestmark = pytest.mark.integration
 QUEUE = "celery"
 
 
-def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("exporter_job", "agents_job"),
+    [("celery-vitals", "celery-vitals"), ("celery-exporter", "shop/workers")],
+    ids=["one-job", "two-jobs-any-names"],
+)
+def test_exporter_beside_an_agent_counts_and_pages_once(
+    harness: Harness, tmp_path: Path, exporter_job: str, agents_job: str
+) -> None:
     rules_path = tmp_path / "celery-vitals.rules.yml"
     rules_path.write_text(shortened(RULES_PATH.read_text(encoding="utf-8")), encoding="utf-8")
     redis = harness.redis()
     url = redis.url()
+    port = url.rsplit(":", 1)[1].split("/", 1)[0]
+    worker_url = f"redis://{LOOPBACK}:{port}"  # the same broker, written otherwise
+    broker = identity(url)
+    assert identity(worker_url) == broker
     exporter = harness.exporter(
         url, "--no-event-stream", "--queue", QUEUE, "--queue-poll-interval", "1"
     )
-    worker = harness.agent_worker("beside", url, concurrency=1)
-    targets = {JOB: [f"{LOOPBACK}:{exporter.port}", f"{LOOPBACK}:{worker.port}"]}
+    worker = harness.agent_worker("beside", worker_url, concurrency=1)
+    targets: dict[str, list[str]] = {}
+    targets.setdefault(exporter_job, []).append(f"{LOOPBACK}:{exporter.port}")
+    targets.setdefault(agents_job, []).append(f"{LOOPBACK}:{worker.port}")
+    B = f'broker="{broker}"'
+
+    def here(**values: str) -> frozenset[tuple[str, str]]:
+        return labels(broker=broker, **values)
+
     with PrometheusServer(tmp_path / "prometheus", targets, [rules_path]) as prometheus:
-        prometheus.wait_scraped(JOB)
+        for job in targets:
+            prometheus.wait_scraped(job)
         prometheus.wait_rules_evaluated()
         expressions = Expressions(prometheus, rules_path)
         client = harness.client(url)
@@ -47,7 +72,7 @@ def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness, tmp_pa
         client.send_task("agent.fail")
         # the failure counter exists and was scraped: what follows is a rate
         prometheus.wait_nonempty(
-            f'celery_task_failed_total{{job="{JOB}"}} == 1',
+            f"celery_task_failed_total{{{B}}} == 1",
             timeout=30,
             what="the first failure scraped",
         )
@@ -58,11 +83,11 @@ def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness, tmp_pa
             client.send_task("agent.sleep", args=(1.0,))
         expressions.fires(
             "CeleryTaskFailureRateHigh",
-            labels(name="agent.fail", queue_name=QUEUE),
+            here(name="agent.fail", queue_name=QUEUE),
             severity="critical",
         )
         prometheus.wait_nonempty(
-            f'sum(celery_queue_length{{job="{JOB}"}}) > 0',
+            f"sum(celery_queue_length{{{B}}}) > 0",
             timeout=20,
             what="the exporter sees the backlog",
         )
@@ -86,25 +111,25 @@ def test_exporter_beside_an_agent_counts_and_pages_once(harness: Harness, tmp_pa
         # one series per task in the job, each counted once
         for name, count in (("agent.add", 5), ("agent.sleep", 8)):
             prometheus.wait_for(
-                f'sum by (job, name, queue_name) (celery_task_succeeded_total{{job="{JOB}"}})'
+                f"sum by (broker, name, queue_name) (celery_task_succeeded_total{{{B}}})"
                 f" == {count}",
-                {labels(name=name, queue_name=QUEUE)},
+                {here(name=name, queue_name=QUEUE)},
                 timeout=20,
                 what=f"{count} successes of {name}, once",
             )
-        assert len(prometheus.query(f'celery_task_succeeded_total{{job="{JOB}"}}')) == 2
-        failed = prometheus.query(f'celery_task_failed_total{{job="{JOB}"}}')
+        assert len(prometheus.query(f"celery_task_succeeded_total{{{B}}}")) == 2
+        failed = prometheus.query(f"celery_task_failed_total{{{B}}}")
         assert [(s.labels["name"], s.labels["exception"], s.value) for s in failed] == [
             ("agent.fail", "ValueError", 7.0)
         ]
-        assert prometheus.query(f'celery_vitals_event_stream_up{{job="{JOB}"}}') == []
-        assert len(prometheus.query(f'celery_worker_up{{job="{JOB}"}}')) == 1  # the agent's
+        assert prometheus.query(f"celery_vitals_event_stream_up{{{B}}}") == []
+        assert len(prometheus.query(f"celery_worker_up{{{B}}}")) == 1  # the agent's
 
         # the worker dies: its agent's target is down; that is the worker, not the exporter
         worker.kill()
         prometheus.wait_for(
             expressions.expr("CeleryWorkerDown", "warning"),
-            {labels(hostname=worker.hostname)},
+            {here(hostname=worker.hostname)},
             timeout=15,
             what="the dead worker's agent down as CeleryWorkerDown",
         )

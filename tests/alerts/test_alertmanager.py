@@ -15,6 +15,7 @@ from tests.support import tools
 from tests.support.net import wait_until
 
 JOB = "celery-vitals"
+BROKER = "redis://redis:6379/0"
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,10 +63,11 @@ def test_inhibitions_name_real_alerts() -> None:
 
 
 class Alertmanager(stack.Alertmanager):
-    """deploy/alertmanager.yml in a real Alertmanager; alerts posted for the job JOB."""
+    """deploy/alertmanager.yml in a real Alertmanager; alerts posted for the job JOB and the
+    broker BROKER (the label the inhibitions match on)."""
 
     def post(self, *alerts: dict[str, str]) -> None:
-        super().post(*({"job": JOB, **labels} for labels in alerts))
+        super().post(*({"job": JOB, "broker": BROKER, **labels} for labels in alerts))
 
     def states(self, key: Callable[[dict[str, str]], str]) -> dict[str, str]:
         """key(labels) -> active | suppressed, for every alert it holds."""
@@ -249,7 +251,7 @@ def test_co_symptoms_are_one_page(alertmanager: Alertmanager) -> None:
 
 def test_exhausted_retries_silence_the_dead_letters_they_make(alertmanager: Alertmanager) -> None:
     """Tasks dead-lettered when their retries ran out: the DLQ alert yields to the task's,
-    in the same job only."""
+    for the same broker only."""
     alertmanager.post(
         {
             "alertname": "CeleryTaskRetriesExhausted",
@@ -263,6 +265,7 @@ def test_exhausted_retries_silence_the_dead_letters_they_make(alertmanager: Aler
             "severity": "warning",
             "queue_name": "dead",
             "job": "celery-vitals-billing",
+            "broker": "redis://billing-redis:6379/0",
         },
     )
     _settled(

@@ -35,9 +35,19 @@ from tests.support.prometheus import Labels, PrometheusServer
 pytestmark = pytest.mark.integration
 
 JOB = "celery-vitals"
+#: The exporter's --broker-name: the label every series carries, and the alerts too
+BROKER = "e2e"
 APP = "tests.support.alerts_app"
 #: Every duration of the rule file -> the one used here.
-WINDOWS = {"5m": "45s", "10m": "20s", "15m": "60s", "30m": "60s", "1h": "60s", "6h": "20s"}
+WINDOWS = {
+    "5m": "45s",
+    "10m": "20s",
+    "15m": "60s",
+    "30m": "60s",
+    "1h": "60s",
+    "6h": "20s",
+    "1d": "20m",
+}
 DURATION = re.compile(r"(\[|offset )(\d+[smhdwy])")
 SETTLE = 40.0  # longest wait for an expression to give the expected answer
 
@@ -54,7 +64,8 @@ def shortened(text: str) -> str:
 
 
 def labels(**values: str) -> Labels:
-    return frozenset({"job": JOB, **values}.items())
+    """An alert's labels: the broker's (BROKER unless given), and ``values``."""
+    return frozenset({"broker": BROKER, **values}.items())
 
 
 class Expressions:
@@ -142,7 +153,7 @@ def _started(
     harness: Harness, tmp_path: Path, rules_path: Path, *exporter_args: str
 ) -> Iterator[tuple[ExporterProcess, PrometheusServer]]:
     """redis-server, the exporter, and Prometheus scraping it with every rule evaluated."""
-    exporter = harness.exporter(harness.redis().url(), *exporter_args)
+    exporter = harness.exporter(harness.redis().url(), "--broker-name", BROKER, *exporter_args)
     with PrometheusServer(
         tmp_path / "prometheus", {JOB: [f"{LOOPBACK}:{exporter.port}"]}, [rules_path]
     ) as prometheus:
@@ -288,7 +299,7 @@ def test_queue_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> 
         alerts_.fires("CeleryDeadLetterQueueGrowing", labels(queue_name="dead"))
         alerts_.fires("CeleryQueueNoConsumers", labels(queue_name="typo"))
         # the fixture's redis-server runs with --save "" --appendonly no
-        alerts_.fires("CeleryRedisBrokerNotPersistent", labels(instance=instance))
+        alerts_.fires("CeleryRedisBrokerNotPersistent", labels(job=JOB, instance=instance))
         alerts_.quiet(
             "CeleryQueueNotDraining",
             "CeleryQueueClimbing",
@@ -305,7 +316,7 @@ def test_queue_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> 
         alerts_.fires("CeleryWorkerDown", labels(hostname=worker.hostname), severity="warning")
         prometheus.wait_for(
             'celery_queue_length{queue_name="celery"} == 10',
-            {frozenset({"job": JOB, "instance": instance, "queue_name": "celery"}.items())},
+            {labels(job=JOB, instance=instance, queue_name="celery")},
             timeout=SETTLE,
             what="10 tasks waiting in queue celery",
         )

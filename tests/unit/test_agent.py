@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +22,19 @@ from celery import Celery
 from celery.worker import state
 
 import celery_vitals.agent as agent_module
+import celery_vitals.agent.pool as pool_module
 import celery_vitals.agent.tap as tap_module
 from celery_vitals import catalogue
 from celery_vitals.agent import Agent
+from celery_vitals.agent.features import FEATURES, Features
 from celery_vitals.agent.pool import EX_RECYCLE, PoolWatch, exit_reason, resident_bytes
-from celery_vitals.agent.tap import Tap, delivery_queue, tapped_request_cls
+from celery_vitals.agent.tap import (
+    TAPPED_CLASS,
+    Tap,
+    delivery_queue,
+    tapped_request_cls,
+    untapped_tasks,
+)
 from celery_vitals.config import Config
 from celery_vitals.service import Pipeline
 from tests.support.metrics import Scrape, parse
@@ -359,20 +368,34 @@ class FakeBilliardPool:
         self.on_process_down = self.downs.append
 
 
+def strategy_for(request_cls: type) -> Any:
+    """A task's message handler as Celery's default strategy builds it: a closure over the
+    request class create_request_cls returned."""
+    Req = request_cls
+
+    def task_message_handler(message: Any) -> Any:
+        return Req(message)
+
+    return task_message_handler
+
+
 def fake_worker(processes: list[SimpleNamespace]) -> SimpleNamespace:
     inner = FakeBilliardPool(processes)
+    tapped = tapped_request_cls(CeleryLikeRequest, agent_module._process)
     return SimpleNamespace(
         hostname=HOST,
         pool_cls="prefork",
-        pool=SimpleNamespace(_pool=inner, num_processes=len(processes)),
-        consumer=SimpleNamespace(qos=SimpleNamespace(value=8)),
+        pool=SimpleNamespace(_pool=inner, num_processes=len(processes), limit=len(processes)),
+        consumer=SimpleNamespace(
+            qos=SimpleNamespace(value=8), strategies={"t": strategy_for(tapped)}
+        ),
     )
 
 
 def test_pool_sample_and_exits_by_slot() -> None:
     me = os.getpid()
     worker = fake_worker([SimpleNamespace(index=0, pid=me), SimpleNamespace(index=1, pid=me)])
-    watch = PoolWatch(worker)
+    watch = PoolWatch(worker, prefork=True)
     stats = watch.sample()
     assert stats.processes == 2
     assert stats.busy == 0
@@ -394,7 +417,7 @@ def test_pool_sample_and_exits_by_slot() -> None:
 
 def test_pool_hook_is_rewrapped_when_celery_replaces_it() -> None:
     worker = fake_worker([])
-    watch = PoolWatch(worker)
+    watch = PoolWatch(worker, prefork=True)
     watch.hook()
     replaced: list[Any] = []
     worker.pool._pool.on_process_down = replaced.append  # register_with_event_loop again
@@ -405,11 +428,21 @@ def test_pool_hook_is_rewrapped_when_celery_replaces_it() -> None:
 
 
 def test_threads_and_solo_pools_have_only_the_main_process() -> None:
-    worker = SimpleNamespace(hostname=HOST, pool=SimpleNamespace(num_processes=4), consumer=None)
-    stats = PoolWatch(worker).sample()
+    # gevent's num_processes counted its running greenlets before Celery 5.7: the pool's
+    # limit (its concurrency) is the size, under every pool but prefork
+    worker = SimpleNamespace(
+        hostname=HOST, pool=SimpleNamespace(num_processes=0, limit=4), consumer=None
+    )
+    features = Features("5.3.6")
+    stats = PoolWatch(worker, features).sample()
     assert stats.processes == 4
     assert set(stats.memory) == {"main"}
-    assert stats.prefetch_limit is None
+    assert stats.exits == {"recycled": 0, "killed": 0, "failed": 0}  # no process can exit
+    assert stats.prefetch_limit is None  # no consumer
+    assert stats.eta_tasks == 0  # celery.worker.state.scheduled_requests (5.7)
+    assert features.failing() == {
+        "prefetch": "the consumer's QoS value (consumer.qos.value) is None"
+    }
 
 
 # -- the agent: pipeline, HTTP, failure modes ----------------------------------------------
@@ -441,7 +474,7 @@ def test_agent_exports_every_agent_metric_and_none_of_the_event_stream(agent_env
         agent.tap.received(request)
         request.send_event("task-started")
         request.on_success((False, 1, 0.01))
-        agent.tick()
+        agent.ready()  # worker_ready: the start check, and a sample
         response = http_get(agent_env, "/metrics")
         assert response.status == 200
         s = Scrape(response.text, parse(response.text))
@@ -473,6 +506,9 @@ def test_agent_exports_every_agent_metric_and_none_of_the_event_stream(agent_env
     )
     assert s.get("celery_task_succeeded_total", name="t", queue_name="q") == 1
     assert s.get("celery_worker_pool_process_exits_total", hostname=HOST, reason="killed") == 0
+    assert s.series("celery_vitals_agent_feature_up") == {
+        frozenset({("feature", feature)}): 1 for feature in FEATURES
+    }
     with pytest.raises(OSError):
         http_get(agent_env, "/healthz", timeout=1)  # stopped with the worker
 
@@ -487,7 +523,7 @@ def test_heartbeats_come_from_the_worker_state(agent_env: int) -> None:
     finally:
         state.all_total_count[0] = before
         agent.stop()
-    assert f'celery_worker_tasks_processed{{hostname="{HOST}"}} {before + 5}.0' in s
+    assert Scrape(s, parse(s)).get("celery_worker_tasks_processed", hostname=HOST) == before + 5
 
 
 def test_a_failing_collector_is_left_out_logged_and_the_rest_served(
@@ -505,7 +541,8 @@ def test_a_failing_collector_is_left_out_logged_and_the_rest_served(
             response = http_get(agent_env, "/metrics")
         assert response.status == 200
         assert "left out WorkerCollector" in caplog.text
-        assert 'celery_vitals_scrape_errors_total{family="WorkerCollector"} 1.0' in response.text
+        scrape = Scrape(response.text, parse(response.text))
+        assert scrape.get("celery_vitals_scrape_errors_total", family="WorkerCollector") == 1
         assert "celery_task_succeeded_total" in response.text  # the other collectors
         assert "celery_worker_up" not in response.text
         assert http_get(agent_env, "/healthz").status == 200
@@ -536,6 +573,7 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
     app = Celery("unit-agent", set_as_current=False)
     monkeypatch.setattr(agent_module, "_installed", [])
     monkeypatch.setattr(agent_module._process, "agent", None)
+    monkeypatch.setattr(agent_module._process, "not_started", None)
     agent_module.install(app, listen_address="127.0.0.1:1")  # the env var wins below
     yield app
     running = agent_module._process.agent
@@ -568,9 +606,14 @@ def test_occupied_port_is_a_warning_not_a_crash(
             agent_module._on_worker_init(
                 sender=SimpleNamespace(app=installed, hostname=HOST, pool_cls="solo")
             )
+            # said at worker_ready, once Celery has set up the worker's log
+            assert caplog.text == ""
+            agent_module._on_worker_ready(sender=None)
     assert agent_module._process.agent is None
-    assert "celery-vitals agent not started" in caplog.text
-    assert "Address already in use" in caplog.text
+    assert [record.getMessage() for record in caplog.records] == [
+        "celery-vitals agent not started, the worker runs without its /metrics: cannot "
+        f"listen on {LOOPBACK}:{agent_env}: [Errno 98] Address already in use"
+    ]
 
 
 def test_bad_listen_address_is_a_warning(
@@ -579,6 +622,7 @@ def test_bad_listen_address_is_a_warning(
     monkeypatch.setenv(agent_module.LISTEN_ADDRESS_ENV, "no-port")
     with caplog.at_level(logging.WARNING):
         agent_module._on_worker_init(sender=SimpleNamespace(app=installed, hostname=HOST))
+        agent_module._on_worker_ready(sender=None)
     assert agent_module._process.agent is None
     assert "CELERY_VITALS_AGENT_LISTEN_ADDRESS" in caplog.text
 
@@ -688,3 +732,338 @@ def test_tap_queues_events_and_drains_them_in_order_losing_none_across_threads(
     for metric in ("started", "succeeded"):
         assert s.get(f"celery_task_{metric}_total", name="t", queue_name="q") == total
     assert s.series("celery_vitals_unknown_uuid_events_total") == {}  # order kept per task
+
+
+# -- parts and features: each part on its own, checked at worker_ready ---------------
+
+#: the series each feature feeds (the tap's: task metrics, checked apart)
+FEATURE_SERIES = {
+    "tap": (),
+    "pool_processes": ("celery_worker_pool_processes",),
+    "busy_processes": ("celery_worker_pool_busy_processes", "celery_worker_tasks_active"),
+    "processed": ("celery_worker_tasks_processed",),
+    "memory": ("celery_worker_process_resident_memory_bytes",),
+    "exits": ("celery_worker_pool_process_exits_total",),
+    "eta_tasks": ("celery_worker_eta_tasks",),
+    "prefetch": ("celery_worker_prefetch_limit",),
+}
+
+
+class UnhookablePool:
+    """A billiard pool whose on_process_down cannot be replaced."""
+
+    def __init__(self, processes: list[SimpleNamespace]) -> None:
+        self._pool = processes
+
+    @property
+    def on_process_down(self) -> None:
+        return None
+
+
+def custom_strategy_handler(message: Any) -> None:
+    """A Task.Strategy of its own, building requests without create_request_cls."""
+
+
+def break_part(feature: str, worker: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Breaks one part as a Celery without it would; returns the reason the log gives."""
+    if feature == "pool_processes":
+        worker.pool.num_processes = None
+        return "SimpleNamespace.num_processes is None, not a process count"
+    if feature == "busy_processes":
+        monkeypatch.delattr(state, "active_requests")
+        return "AttributeError: module 'celery.worker.state' has no attribute 'active_requests'"
+    if feature == "processed":
+        monkeypatch.setattr(state, "all_total_count", [None])
+        return "TypeError: celery.worker.state.all_total_count[0] is None, not a count"
+    if feature == "memory":
+        monkeypatch.setattr(pool_module, "resident_bytes", lambda pid: None)
+        return f"/proc/{os.getpid()}/statm cannot be read"
+    if feature == "exits":
+        worker.pool._pool = UnhookablePool(worker.pool._pool._pool)
+        return "AttributeError: property 'on_process_down' of 'UnhookablePool' object has no setter"
+    if feature == "eta_tasks":  # Celery before 5.7, and no timer where the agent reads it
+        monkeypatch.delattr(state, "scheduled_requests")
+        return (
+            "neither celery.worker.state.scheduled_requests (Celery 5.7+) nor the "
+            "consumer's timer queue (consumer.timer.schedule) exists"
+        )
+    if feature == "prefetch":
+        worker.consumer.qos = None
+        return "the consumer's QoS value (consumer.qos.value) is None"
+    assert feature == "tap"
+    worker.consumer.strategies["custom.task"] = custom_strategy_handler
+    return (
+        "the message handlers of custom.task do not build their requests with "
+        "celery.worker.strategy.create_request_cls (a custom Task.Strategy?): only the "
+        "task-received of those tasks is seen"
+    )
+
+
+@pytest.mark.parametrize("feature", FEATURE_SERIES)
+def test_a_part_that_cannot_work_is_one_warning_and_feature_up_0_the_rest_exported(
+    agent_env: int,
+    feature: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = fake_worker([SimpleNamespace(index=0, pid=os.getpid())])
+    reason = break_part(feature, worker, monkeypatch)
+    agent = Agent.from_environment(worker)
+    agent.interval = 3600  # no tick of its own: the start check samples
+    agent.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="celery_vitals"):
+            agent.ready(worker.consumer)
+            agent.tick()  # still failing: nothing more in the log
+        text = http_get(agent_env, "/metrics").text
+        s = Scrape(text, parse(text))
+    finally:
+        agent.stop()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"celery-vitals agent: serving http://{LOOPBACK}:{agent_env}/metrics for {HOST}"),
+        (
+            "WARNING",
+            f"celery-vitals agent: on Celery {celery.__version__}, {feature} cannot work, "
+            "their metrics are missing (celery_vitals_agent_feature_up 0): "
+            f"{feature} ({FEATURES[feature]}): {reason}",
+        ),
+    ]
+    assert s.series("celery_vitals_agent_feature_up") == {
+        frozenset({("feature", name)}): 0 if name == feature else 1 for name in FEATURES
+    }
+    for name, series in FEATURE_SERIES.items():
+        for metric in series:
+            present = bool(s.series(metric))
+            assert present == (name != feature), (metric, s.series_text())
+    expected = {
+        "celery_worker_pool_processes": 1,
+        "celery_worker_pool_busy_processes": 0,
+        "celery_worker_tasks_active": 0,
+        "celery_worker_eta_tasks": 0,
+        "celery_worker_prefetch_limit": 8,
+    }
+    for metric, value in expected.items():
+        if metric not in FEATURE_SERIES[feature]:
+            assert s.get(metric, hostname=HOST) == value, metric
+    if feature != "memory":
+        assert {dict(labels)["process"] for labels in s.series(FEATURE_SERIES["memory"][0])} == {
+            "main",
+            "0",
+        }
+    if feature != "exits":
+        assert s.get(FEATURE_SERIES["exits"][0], hostname=HOST, reason="killed") == 0
+    assert s.get("celery_worker_up", hostname=HOST) == 1
+
+
+def test_feature_up_is_absent_before_the_start_check(agent_env: int) -> None:
+    agent = started_agent(fake_worker([]))
+    try:
+        agent.tick()
+        text = http_get(agent_env, "/metrics").text
+    finally:
+        agent.stop()
+    assert "celery_vitals_agent_feature_up" not in text
+
+
+def test_a_part_that_breaks_later_warns_once_and_its_gauge_follows(
+    agent_env: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = fake_worker([])
+    agent = Agent.from_environment(worker)
+    agent.interval = 3600
+    agent.start()
+    try:
+        agent.ready(worker.consumer)
+        assert agent.features.values() == dict.fromkeys(FEATURES, 1)
+        qos, worker.consumer.qos = worker.consumer.qos, SimpleNamespace(value="eight")
+        with caplog.at_level(logging.WARNING, logger="celery_vitals"):
+            agent.tick()
+            agent.tick()
+        assert agent.features.values() == {**dict.fromkeys(FEATURES, 1), "prefetch": 0}
+        assert [r.getMessage() for r in caplog.records] == [
+            f"celery-vitals agent: prefetch stopped working on Celery {celery.__version__} "
+            "(celery_worker_prefetch_limit are missing): the consumer's QoS value "
+            "(consumer.qos.value) is 'eight'"
+        ]
+        worker.consumer.qos = qos
+        agent.tick()
+        assert agent.features.values() == dict.fromkeys(FEATURES, 1)
+    finally:
+        agent.stop()
+
+
+def test_eta_tasks_before_celery_5_7_are_the_requests_in_the_consumers_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `celery inspect scheduled` lists: timer entries whose first argument is a
+    request. The hub's timer (prefork), timer2's (threads, solo) and gevent's."""
+    from celery.concurrency.gevent import Timer as GeventTimer
+    from celery.worker.request import Request
+    from kombu.asynchronous.timer import Timer
+
+    monkeypatch.delattr(state, "scheduled_requests")  # Celery 5.3 to 5.6
+    eta = time.time() + 600
+    hub_timer, gevent_timer = Timer(), GeventTimer()
+    try:
+        for timer in (hub_timer, gevent_timer):
+            for _ in range(3):
+                request = Request.__new__(Request)  # what the strategy schedules
+                timer.call_at(eta, lambda request: None, (request,), priority=6)
+            timer.call_at(eta, lambda rate: None, (2.0,))  # the broker heartbeat: no request
+        for timer_of_consumer in (
+            hub_timer,  # its schedule is itself
+            SimpleNamespace(schedule=hub_timer),  # celery.utils.timer2.Timer
+            gevent_timer,
+        ):
+            worker = SimpleNamespace(consumer=SimpleNamespace(timer=timer_of_consumer))
+            assert PoolWatch(worker).eta_tasks() == 3
+    finally:
+        gevent_timer.clear()
+
+
+def test_the_tap_check_names_the_tasks_a_custom_strategy_hides() -> None:
+    tapped = tapped_request_cls(CeleryLikeRequest, agent_module._process)
+    strategies: dict[str, Any] = {f"t{i}": strategy_for(tapped) for i in range(3)}
+    assert untapped_tasks(SimpleNamespace(strategies=strategies)) is None
+    for i in range(7):
+        strategies[f"custom.{i}"] = strategy_for(CeleryLikeRequest)  # not tapped
+    assert untapped_tasks(SimpleNamespace(strategies=strategies)) == (
+        "the message handlers of custom.0, custom.1, custom.2, custom.3, custom.4 and 2 more "
+        "do not build their requests with celery.worker.strategy.create_request_cls (a custom "
+        "Task.Strategy?): only the task-received of those tasks is seen"
+    )
+    assert untapped_tasks(SimpleNamespace()) == (
+        "the consumer has no task strategies (consumer.strategies) to check"
+    )
+
+
+def test_a_request_class_of_another_shape_is_left_untapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery.worker import strategy
+
+    class OtherShape:  # no send_event, no on_success: a subclass would break tasks
+        pass
+
+    monkeypatch.setattr(strategy, "create_request_cls", lambda *args, **kwargs: OtherShape)
+    assert agent_module._tap_requests() is None
+    assert strategy.create_request_cls(object) is OtherShape
+    monkeypatch.setattr(strategy, "create_request_cls", lambda *args, **kwargs: CeleryLikeRequest)
+    assert agent_module._tap_requests() is None
+    assert getattr(strategy.create_request_cls(object), TAPPED_CLASS)
+    monkeypatch.delattr(strategy, "create_request_cls")
+    assert agent_module._tap_requests() == (
+        "celery.worker.strategy has no create_request_cls to wrap"
+    )
+
+
+# -- listen addresses: a port range for celery multi ------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` consecutive loopback ports, free when returned."""
+    for _ in range(50):
+        first = free_port()
+        held: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind((LOOPBACK, port))
+            return list(range(first, first + count))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [
+        ("127.0.0.1:9809", ("127.0.0.1", 9809, 9809)),
+        ("0.0.0.0:9809-9818", ("0.0.0.0", 9809, 9818)),
+        ("[::]:9809-9810", ("::", 9809, 9810)),
+        (":9809-9809", ("0.0.0.0", 9809, 9809)),
+    ],
+)
+def test_listen_range(address: str, parsed: tuple[str, int, int]) -> None:
+    assert agent_module._listen_range(address) == parsed
+
+
+@pytest.mark.parametrize(
+    ("address", "error"),
+    [
+        (
+            "127.0.0.1:9818-9809",
+            "a port range runs from a low port to a higher one, got '9818-9809'",
+        ),
+        ("127.0.0.1:0-10", "a port range runs from a low port to a higher one, got '0-10'"),
+        ("127.0.0.1:9809-x", "expected a port number after ':', got '127.0.0.1:x'"),
+        ("9809-9810", "expected HOST:PORT, got '9809-9810'"),
+    ],
+)
+def test_bad_listen_range(address: str, error: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        agent_module._listen_range(address)
+    assert str(raised.value) == error
+
+
+def test_a_port_range_takes_its_first_free_port_and_says_which(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second, last = free_ports(3)
+    monkeypatch.setenv(agent_module.LISTEN_ADDRESS_ENV, f"{LOOPBACK}:{first}-{last}")
+    monkeypatch.delenv(agent_module.WEB_CONFIG_ENV, raising=False)
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, first))
+        taken.listen()
+        agent = Agent.from_environment(fake_worker([]))
+        agent.start()
+        try:
+            with caplog.at_level(logging.INFO, logger="celery_vitals"):
+                agent.ready()
+            assert http_get(second, "/healthz").status == 200
+        finally:
+            agent.stop()
+    assert caplog.records[0].getMessage() == (
+        f"celery-vitals agent: serving http://{LOOPBACK}:{second}/metrics for {HOST} "
+        f"(the first free port of {first}-{last})"
+    )
+
+
+def test_a_range_without_a_free_port_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    ports = free_ports(2)
+    monkeypatch.setenv(agent_module.LISTEN_ADDRESS_ENV, f"{LOOPBACK}:{ports[0]}-{ports[1]}")
+    held = []
+    try:
+        for port in ports:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind((LOOPBACK, port))
+            sock.listen()
+        agent = Agent.from_environment(fake_worker([]))
+        with pytest.raises(OSError) as raised:
+            agent.start()
+    finally:
+        for sock in held:
+            sock.close()
+    assert str(raised.value) == (
+        f"cannot listen on {LOOPBACK}:{ports[0]}-{ports[1]}: every port is in use"
+    )
+
+
+def test_the_serving_line_waits_for_worker_ready(
+    installed: Celery, agent_env: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = fake_worker([])
+    worker.app = installed
+    with caplog.at_level(logging.INFO, logger="celery_vitals"):
+        agent_module._on_worker_init(sender=worker)
+        assert agent_module._active() is not None
+        assert caplog.records == []  # Celery sets up the worker's log after worker_init
+        agent_module._on_worker_ready(sender=worker.consumer)
+    assert caplog.records[0].getMessage() == (
+        f"celery-vitals agent: serving http://{LOOPBACK}:{agent_env}/metrics for {HOST}"
+    )
