@@ -791,6 +791,17 @@ def _broker_exporter_alerts(c: RulesConfig) -> list[Alert]:
             _job_dashboard(SLOW),
         ),
         Alert(
+            "CeleryAgentFeatureDown",
+            "warning",
+            "5m",
+            "celery_vitals_agent_feature_up == 0",
+            "A part of the celery-vitals agent does not work with this worker's Celery.",
+            "The agent at {{ $labels.instance }} cannot read {{ $labels.feature }} from its "
+            "worker's Celery: those metrics are missing, and the alerts built on them "
+            "cannot fire for it. The worker's log names the cause.",
+            _job_dashboard(WORKERS),
+        ),
+        Alert(
             "CeleryExporterEventsLost",
             "warning",
             "5m",
