@@ -438,6 +438,16 @@ SPECS: tuple[MetricSpec, ...] = (
         source="agent",
     ),
     MetricSpec(
+        "celery_vitals_agent_feature_up",
+        "gauge",
+        "1 when a part of the agent works with this worker's Celery, 0 when it does not "
+        "(its metrics are then missing; the worker's log says why): tap (task lifecycle), "
+        "pool_processes, busy_processes, processed, memory, exits, eta_tasks, prefetch. "
+        "Checked at worker_ready, then at every sample; absent before.",
+        ("feature",),
+        source="agent",
+    ),
+    MetricSpec(
         "celery_vitals_scrape_errors_total",
         "counter",
         "Metric families left out of a scrape because they could not be rendered "

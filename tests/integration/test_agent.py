@@ -371,7 +371,11 @@ def test_occupied_port_leaves_the_worker_running_tasks(
     line = next(
         line for line in worker.output().splitlines() if "celery-vitals agent not started" in line
     )
-    assert line.endswith("the worker runs without its /metrics: [Errno 98] Address already in use")
+    assert line.endswith(
+        "the worker runs without its /metrics: cannot listen on "
+        f"{LOOPBACK}:{port}: [Errno 98] Address already in use"
+    )
+    assert "WARNING/MainProcess" in line  # in the worker's log, in its format
 
 
 def test_processes_that_are_not_workers_serve_nothing(harness: Harness) -> None:

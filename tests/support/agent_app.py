@@ -55,6 +55,14 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+@app.task(name="agent.wait_for_file")
+def wait_for_file(path: str, timeout: float = 60.0) -> None:
+    """Runs until ``path`` exists (the test's go-ahead), for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @app.task(name="agent.suicide")
 def suicide() -> None:
     """SIGKILLs its own pool process, as the OOM killer would."""

@@ -6,6 +6,9 @@
 Every ``celery worker`` of that app then serves /metrics, /healthz and / from
 its main process (never from a pool child) on ``0.0.0.0:9809``, or on
 ``listen_address``, or on ``$CELERY_VITALS_AGENT_LISTEN_ADDRESS`` (which wins).
+An address may name a port range, ``0.0.0.0:9809-9812``: the worker takes
+the first free port of it (``celery multi`` starts its nodes with one
+environment, and each node needs a port of its own).
 ``$CELERY_VITALS_AGENT_WEB_CONFIG_FILE`` turns on TLS and basic auth, from a
 file in the format of the exporter's ``--web-config-file``.
 
@@ -21,11 +24,17 @@ tap.py), plus synthetic heartbeats and pool samples from its own thread
 
 A broken agent never breaks the worker: an occupied port, a bad setting, a
 failing collector or tap is a logged warning, and the worker runs its tasks.
+What the agent says at start (where it serves, or why it does not, and the
+parts that cannot work on this Celery: features.py) it logs at
+``worker_ready``, once Celery has set up the worker's logging: at
+``worker_init`` the worker's log (its ``--logfile``, its format) does not
+exist yet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -39,8 +48,15 @@ from celery import Celery, signals
 from prometheus_client import CollectorRegistry
 
 from celery_vitals import AGENT_CONF_KEY
+from celery_vitals.agent.features import FeatureCollector, Features
 from celery_vitals.agent.pool import PoolWatch
-from celery_vitals.agent.tap import DRAIN_INTERVAL, Tap, tapped_request_cls
+from celery_vitals.agent.tap import (
+    DRAIN_INTERVAL,
+    Tap,
+    tappable,
+    tapped_request_cls,
+    untapped_tasks,
+)
 from celery_vitals.config import (
     DEFAULT_RUNTIME_BUCKETS,
     DEFAULT_WAIT_BUCKETS,
@@ -74,7 +90,8 @@ SETTINGS = (
         LISTEN_ADDRESS_ENV,
         f"`listen_address` of `install()`, else `{DEFAULT_LISTEN_ADDRESS}`",
         "`HOST:PORT` of the worker's HTTP endpoint (`[::]:9809` for IPv6); parsed as the "
-        "exporter's `--listen-address`",
+        "exporter's `--listen-address`. `HOST:FIRST-LAST` (`0.0.0.0:9809-9812`): the first "
+        "free port of the range, one per node of `celery multi`",
     ),
     Setting(
         WEB_CONFIG_ENV,
@@ -104,6 +121,8 @@ class _Process:
     """The agent of this process, when it is a worker's main process (else None)."""
 
     agent: Agent | None = None
+    # why the agent did not start, logged at worker_ready (see the module's docstring)
+    not_started: Exception | None = None
 
 
 _process = _Process()
@@ -172,27 +191,33 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if app is None or not addresses or _active() is not None:
         return  # another app's worker, or already running
     address = addresses[0]
+    _process.not_started = None
     try:
         agent = Agent.from_environment(sender, address)
         agent.start()
     except Exception as error:
-        log.warning(
-            "celery-vitals agent not started, the worker runs without its /metrics: %s",
-            error,
-            exc_info=not isinstance(error, (OSError, ValueError)),
-        )
+        _process.not_started = error  # logged at worker_ready, in the worker's log
         return
     _process.agent = agent
-    _tap_requests()
+    agent.tap_problem = _tap_requests()
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """The worker's logging is set up, its pool and consumer run: the agent says where
+    it serves (or why it does not) and checks every part against this Celery."""
+    error, _process.not_started = _process.not_started, None
+    if error is not None:
+        log.warning(
+            "celery-vitals agent not started, the worker runs without its /metrics: %s",
+            error,
+            exc_info=error if not isinstance(error, (OSError, ValueError)) else None,
+        )
     agent = _active()
     if agent is not None:
         try:
-            agent.pool.hook()
+            agent.ready(sender)
         except Exception:
-            log.warning("celery-vitals agent: cannot watch the pool's processes", exc_info=True)
+            log.warning("celery-vitals agent: the start check failed", exc_info=True)
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -240,19 +265,27 @@ def _on_worker_shutdown(**_: Any) -> None:
         agent.stop()
 
 
-def _tap_requests() -> None:
-    """Makes Celery's default strategy build tapped request classes (once per process)."""
+def _tap_requests() -> str | None:
+    """Makes Celery's default strategy build tapped request classes (once per process);
+    returns why it cannot, or None. Whether the consumer really uses them is checked at
+    worker_ready (Agent.ready)."""
     from celery.worker import strategy
 
-    original = strategy.create_request_cls
+    original = getattr(strategy, "create_request_cls", None)
+    if not callable(original):
+        return "celery.worker.strategy has no create_request_cls to wrap"
     if getattr(original, "_celery_vitals", False):
-        return
+        return None
 
     def create_request_cls(*args: Any, **kwargs: Any) -> type:
-        return tapped_request_cls(original(*args, **kwargs), _process)
+        cls: type = original(*args, **kwargs)
+        if not tappable(cls):  # not Celery's shape: left alone (the start check names it)
+            return cls
+        return tapped_request_cls(cls, _process)
 
     create_request_cls._celery_vitals = True  # type: ignore[attr-defined]
     strategy.create_request_cls = create_request_cls
+    return None
 
 
 # -- the agent ------------------------------------------------------------------
@@ -261,20 +294,36 @@ def _tap_requests() -> None:
 class Agent:
     """The pipeline of one worker, its tap, its pool watch, its thread and HTTP server."""
 
-    def __init__(self, worker: Any, config: Config, interval: float = HEARTBEAT_INTERVAL) -> None:
+    def __init__(
+        self,
+        worker: Any,
+        config: Config,
+        interval: float = HEARTBEAT_INTERVAL,
+        last_port: int | None = None,
+    ) -> None:
+        """``last_port``: the end of the port range that starts at config.listen_port."""
+        import celery
+
         from celery_vitals.service import Pipeline
 
         self.worker = worker
         self.config = config
         self.interval = interval
+        self.last_port = config.listen_port if last_port is None else last_port
         self.pid = os.getpid()
         self.hostname: str = str(worker.hostname)
-        self.pool = PoolWatch(worker)
         self.registry = CollectorRegistry(auto_describe=True)
         self.pool_name = _pool_name(worker)
+        self.features = Features(celery.__version__)
+        self.pool = PoolWatch(worker, self.features, prefork=self.pool_name == "prefork")
+        self.tap_problem: str | None = None  # why requests cannot be tapped (worker_init)
         self.pipeline = Pipeline(
             config, self.registry, agent={"hostname": self.hostname, "pool": self.pool_name}
         )
+        features = FeatureCollector(self.features)
+        self.registry.register(features)
+        self.pipeline.exposition.collectors.append(features)
+        self._ticking = threading.Lock()  # one sample at a time: the thread, worker_ready
         self.lock = threading.Lock()
         self.tap = Tap(
             self.pipeline.router,
@@ -292,7 +341,7 @@ class Agent:
         """Settings from install() and the environment; ValueError names the bad one."""
         address = os.environ.get(LISTEN_ADDRESS_ENV) or listen_address or DEFAULT_LISTEN_ADDRESS
         try:
-            host, port = _listen_address(address)
+            host, port, last_port = _listen_range(address)
         except ValueError as error:
             raise ValueError(f"{LISTEN_ADDRESS_ENV}/listen_address: {error}") from None
         web_config = None
@@ -309,10 +358,11 @@ class Agent:
             wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS),
             web_config=web_config,
         )
-        return cls(worker, config)
+        return cls(worker, config, last_port=last_port)
 
     def start(self) -> None:
-        """Binds the port (OSError when taken), then starts serving and sampling."""
+        """Binds the port, or the first free one of the range (OSError naming the address
+        when it cannot), then starts serving and sampling."""
         app = _guarded(
             _draining(
                 make_app(
@@ -321,9 +371,7 @@ class Agent:
                 self.tap,
             )
         )
-        self.http = HttpServer(
-            app, self.config.listen_host, self.config.listen_port, web_config=self.config.web_config
-        )
+        self.http = self._bind(app)
         self.running = True
         self._record({"type": "worker-online", **self._heartbeat_fields()})
         self.http.start()
@@ -332,14 +380,45 @@ class Agent:
             self.worker.app.conf[AGENT_CONF_KEY] = f"{self.config.listen_host}:{self.http.port}"
         self._thread = threading.Thread(target=self._run, name="celery-vitals-agent", daemon=True)
         self._thread.start()
+
+    def _bind(self, app: WsgiApp) -> HttpServer:
+        host, first, last = self.config.listen_host, self.config.listen_port, self.last_port
+        for port in range(first, last + 1):
+            try:
+                return HttpServer(app, host, port, web_config=self.config.web_config)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE and port < last:
+                    continue  # the range's next port
+                where = _address(host, first if first == last else f"{first}-{last}")
+                if error.errno == errno.EADDRINUSE and first < last:
+                    raise OSError(f"cannot listen on {where}: every port is in use") from None
+                raise OSError(f"cannot listen on {where}: {error}") from None
+        raise AssertionError("unreachable: the range has a port")
+
+    def serving(self) -> str:
+        """The worker's log line: where it serves (which port of a range)."""
+        assert self.http is not None
         scheme = self.config.web_config.scheme if self.config.web_config else "http"
-        log.info(
-            "celery-vitals agent: serving %s://%s:%d/metrics for %s",
-            scheme,
-            self.config.listen_host,
-            self.http.port,
-            self.hostname,
-        )
+        where = _address(self.config.listen_host, self.http.port)
+        line = f"celery-vitals agent: serving {scheme}://{where}/metrics for {self.hostname}"
+        if self.last_port > self.config.listen_port:
+            line += f" (the first free port of {self.config.listen_port}-{self.last_port})"
+        return line
+
+    def ready(self, consumer: Any = None) -> None:
+        """worker_ready: says where it serves, and checks the tap (does the consumer build
+        its requests from the tapped class?) and every part of the sample against this
+        Celery; what cannot work is one warning and celery_vitals_agent_feature_up 0."""
+        log.info("%s", self.serving())
+        if not hasattr(consumer, "strategies"):
+            consumer = getattr(self.worker, "consumer", None)
+        problem = self.tap_problem or untapped_tasks(consumer)
+        if problem is None:
+            self.features.works("tap")
+        else:
+            self.features.failed("tap", problem)
+        self.tick()  # every part, read now
+        self.features.finish_check()
 
     def _run(self) -> None:
         next_tick = 0.0
@@ -354,38 +433,44 @@ class Agent:
     def tick(self) -> None:
         """The tap's queued events, then a heartbeat from the worker's own state, a pool
         sample, housekeeping."""
-        self.tap.drain()
-        self.tap.forget_queues()
-        try:
-            now = time.time()  # before sampling: a sample is never older than its timestamp
-            stats = self.pool.sample()
-            event = {"type": "worker-heartbeat", **self._heartbeat_fields(now)}
-            with self.lock:
-                self.pipeline.router.handle(event, now)
-                self.pipeline.workers.on_pool(self.hostname, stats, now, self.pool_name)
-                self.pipeline.router.tick(now)
-        except Exception:
-            rate_limited.warn_every(
-                "tick", "celery-vitals agent: could not sample the worker", exc_info=True
-            )
+        with self._ticking:
+            self.tap.drain()
+            self.tap.forget_queues()
+            try:
+                now = time.time()  # before sampling: a sample is never older than its timestamp
+                stats = self.pool.sample()
+                event = {"type": "worker-heartbeat", **self._heartbeat_fields(now)}
+                with self.lock:
+                    self.pipeline.router.handle(event, now)
+                    self.pipeline.workers.on_pool(self.hostname, stats, now, self.pool_name)
+                    self.pipeline.router.tick(now)
+            except Exception:
+                rate_limited.warn_every(
+                    "tick", "celery-vitals agent: could not sample the worker", exc_info=True
+                )
 
     def _heartbeat_fields(self, now: float | None = None) -> dict[str, Any]:
-        """What Celery's own heartbeat carries (no freq: a late agent thread is no lost event)."""
+        """What Celery's own heartbeat carries (no freq: a late agent thread is no lost event);
+        active and processed from the worker's state, each its own feature."""
         import celery
-        from celery.worker import state
 
         try:
             loadavg: list[float] = [round(value, 2) for value in os.getloadavg()]
         except OSError:
             loadavg = []
-        return {
+        fields: dict[str, Any] = {
             "hostname": self.hostname,
             "timestamp": now or time.time(),
-            "active": len(state.active_requests),
-            "processed": state.all_total_count[0],
             "loadavg": loadavg,
             "sw_ver": celery.__version__,
         }
+        active = self.features.read("busy_processes", PoolWatch.active_tasks)
+        processed = self.features.read("processed", _processed)
+        if active is not None:
+            fields["active"] = active
+        if processed is not None:
+            fields["processed"] = processed
+        return fields
 
     def _record(self, event: dict[str, Any]) -> None:
         with self.lock:
@@ -408,6 +493,34 @@ class Agent:
         self.running = False
         if self.http is not None:
             self.http.close_socket()
+
+
+def _processed() -> int:
+    """Tasks the worker accepted since it started (celery.worker.state.all_total_count)."""
+    from celery.worker import state
+
+    value = state.all_total_count[0]
+    if type(value) is not int:
+        raise TypeError(f"celery.worker.state.all_total_count[0] is {value!r}, not a count")
+    return value
+
+
+def _listen_range(address: str) -> tuple[str, int, int]:
+    """``HOST:PORT`` or ``HOST:FIRST-LAST`` -> (host, first, last); ValueError says why."""
+    head, sep, ports = address.strip().rpartition(":")
+    first_text, dash, last_text = ports.partition("-")
+    if not (sep and dash):
+        host, port = _listen_address(address)
+        return host, port, port
+    host, first = _listen_address(f"{head}:{first_text}")
+    _, last = _listen_address(f"{head}:{last_text}")
+    if not 0 < first <= last:
+        raise ValueError(f"a port range runs from a low port to a higher one, got {ports!r}")
+    return host, first, last
+
+
+def _address(host: str, port: object) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _pool_name(worker: Any) -> str:

@@ -12,14 +12,28 @@ calls in the main process after it joined a dead child (its exit code is
 known then). Celery's prefork pool sets that hook when it registers with the
 event loop, so the agent wraps whatever is there and re-checks at every
 sample.
+
+Each part of a sample (pool processes, busy processes, memory, exits, ETA
+tasks, prefetch) is read on its own through ``Features.read``: a part that
+fails is left out of that sample (its series absent, its feature 0) and the
+others are exported. What each Celery minor has, 5.3 to 5.7:
+
+- ETA tasks: ``celery.worker.state.scheduled_requests`` from 5.7 on; before,
+  the consumer's timer entries whose first argument is a request (what
+  ``celery inspect scheduled`` lists, in every version).
+- pool processes: billiard's process count under prefork; the pool's
+  ``limit`` (its concurrency) under the others, because before 5.7 the gevent
+  pool's ``num_processes`` counted the greenlets running, not the pool's size.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
+from celery_vitals.agent.features import Features, Unavailable
 from celery_vitals.logs import RateLimitedLogger
 from celery_vitals.workers import EXIT_REASONS, PoolStats
 
@@ -56,10 +70,18 @@ def resident_bytes(pid: int) -> int | None:
 
 
 class PoolWatch:
-    """The pool of one WorkController (``worker``), read without touching the broker."""
+    """The pool of one WorkController (``worker``), read without touching the broker.
 
-    def __init__(self, worker: Any) -> None:
+    ``prefork``: the worker runs Celery's prefork pool (billiard's processes
+    are expected, and their memory and exits with them).
+    """
+
+    def __init__(
+        self, worker: Any, features: Features | None = None, prefork: bool = False
+    ) -> None:
         self.worker = worker
+        self.features = features if features is not None else Features("unknown")
+        self.prefork = prefork
         self.pid = os.getpid()
         self.exits = dict.fromkeys(EXIT_REASONS, 0)
         self.counting = True  # off once the worker shuts down: its children are stopped then
@@ -99,38 +121,120 @@ class PoolWatch:
         if reason is not None and self.counting:
             self.exits[reason] += 1
 
-    def sample(self) -> PoolStats:
+    # -- the parts: each raises (Unavailable says why) rather than guess ----------
+
+    def _prefork_pool(self) -> Any:
+        inner = self.billiard_pool()
+        if inner is None:
+            raise Unavailable(
+                "the prefork pool's processes are not where the agent reads them "
+                "(worker.pool._pool: a billiard Pool with _pool and on_process_down)"
+            )
+        return inner
+
+    def pool_processes(self) -> int:
+        pool = getattr(self.worker, "pool", None)
+        if pool is None:
+            raise Unavailable("the worker has no pool")
+        if self.prefork:
+            self._prefork_pool()
+            value, where = pool.num_processes, "num_processes"  # billiard's live count
+        else:  # the concurrency (gevent's num_processes counted running greenlets < 5.7)
+            value, where = getattr(pool, "limit", None), "limit"
+        if type(value) is not int or value < 0:
+            raise Unavailable(f"{type(pool).__name__}.{where} is {value!r}, not a process count")
+        return value
+
+    @staticmethod
+    def active_tasks() -> int:
         from celery.worker import state
 
-        self.hook()
-        pool = getattr(self.worker, "pool", None)
-        processes: int | None
-        try:
-            processes = int(pool.num_processes) if pool is not None else None
-        except Exception:  # not started yet, or a pool without the property
-            processes = None
-        active = len(state.active_requests)
-        busy = min(active, processes) if processes is not None else None
-        qos = getattr(getattr(self.worker, "consumer", None), "qos", None)
-        prefetch = getattr(qos, "value", None)
-        memory: dict[str, float] = {}
+        return len(state.active_requests)
+
+    def busy_processes(self, processes: int | None) -> int:
+        active = self.active_tasks()
+        return active if processes is None else min(active, processes)
+
+    def memory(self) -> dict[str, float]:
         main = resident_bytes(self.pid)
-        if main is not None:
-            memory["main"] = main
-        inner = self.billiard_pool()
-        if inner is not None:
-            for process in list(inner._pool):
-                index, pid = getattr(process, "index", None), getattr(process, "pid", None)
-                if type(index) is not int or type(pid) is not int:
-                    continue
-                rss = resident_bytes(pid)
-                if rss:  # 0: a zombie not reaped yet
-                    memory[str(index)] = rss
+        if main is None:
+            raise Unavailable(f"/proc/{self.pid}/statm cannot be read")
+        memory: dict[str, float] = {"main": main}
+        if not self.prefork:
+            return memory
+        processes = list(self._prefork_pool()._pool)
+        slots = 0
+        for process in processes:
+            index, pid = getattr(process, "index", None), getattr(process, "pid", None)
+            if type(index) is not int or type(pid) is not int:
+                continue  # not started yet
+            slots += 1
+            rss = resident_bytes(pid)
+            if rss:  # 0: a zombie not reaped yet
+                memory[str(index)] = rss
+        if processes and not slots:
+            raise Unavailable("the pool's processes carry no slot index and pid (Worker.index)")
+        return memory
+
+    def exit_counts(self) -> dict[str, int]:
+        if self.prefork:
+            self.hook()
+            if not getattr(self._prefork_pool().on_process_down, MARK, False):
+                raise Unavailable("the pool's on_process_down hook cannot be wrapped")
+        return dict(self.exits)  # other pools have no processes that could exit
+
+    def eta_tasks(self) -> int:
+        from celery.worker import state
+
+        scheduled = getattr(state, "scheduled_requests", None)
+        if scheduled is not None:  # Celery 5.7 and later
+            return len(scheduled)
+        return self._timer_requests()
+
+    def _timer_requests(self) -> int:
+        """Requests waiting in the consumer's timer: what ``celery inspect scheduled`` lists
+        (celery.worker.control._iter_schedule_requests, the same in 5.3 to 5.7)."""
+        from celery.worker.request import Request
+
+        consumer = getattr(self.worker, "consumer", None)
+        schedule = getattr(getattr(consumer, "timer", None), "schedule", None)
+        # the timer's own container, copied (no sorted snapshot: thousands of ETA tasks
+        # are common): kombu's Timer keeps a heap list, gevent's and eventlet's a set
+        entries = getattr(schedule, "_queue", None)
+        if not isinstance(entries, (list, set)):
+            entries = getattr(schedule, "queue", None)
+        if entries is None:
+            raise Unavailable(
+                "neither celery.worker.state.scheduled_requests (Celery 5.7+) nor the "
+                "consumer's timer queue (consumer.timer.schedule) exists"
+            )
+        count = 0
+        for waiting in list(entries):
+            args = getattr(getattr(waiting, "entry", None), "args", None)
+            if args and isinstance(args[0], Request):
+                count += 1
+        return count
+
+    def prefetch(self) -> int:
+        qos = getattr(getattr(self.worker, "consumer", None), "qos", None)
+        value = getattr(qos, "value", None)
+        if type(value) is not int:
+            raise Unavailable(f"the consumer's QoS value (consumer.qos.value) is {value!r}")
+        return value
+
+    # -- the sample ----------------------------------------------------------------
+
+    def sample(self) -> PoolStats:
+        """Every part, each on its own: a failing one is None (or empty), the rest stand."""
+        read: Callable[..., Any] = self.features.read
+        processes = read("pool_processes", self.pool_processes)
+        memory = read("memory", self.memory)
+        exits = read("exits", self.exit_counts)
         return PoolStats(
             processes=processes,
-            busy=busy,
-            prefetch_limit=prefetch if type(prefetch) is int else None,
-            eta_tasks=len(state.scheduled_requests),
-            memory=memory,
-            exits=dict(self.exits),
+            busy=read("busy_processes", lambda: self.busy_processes(processes)),
+            prefetch_limit=read("prefetch", self.prefetch),
+            eta_tasks=read("eta_tasks", self.eta_tasks),
+            memory=memory or {},
+            exits=exits or {},
         )

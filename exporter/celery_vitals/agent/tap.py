@@ -20,7 +20,10 @@ The tap sits in front of it, so it sees every step with or without ``-E``:
 The request class is tapped by wrapping the function Celery's default
 strategy builds it with (``celery.worker.strategy.create_request_cls``): the
 class it returns gets a subclass that reports to the tap and then does exactly
-what Celery does. Nothing the tap does can raise into Celery.
+what Celery does. Nothing the tap does can raise into Celery. At
+``worker_ready`` the agent checks that the consumer's message handler of every
+task builds its requests from a tapped class (``untapped_tasks``): the same
+in Celery 5.3 to 5.7; a custom ``Task.Strategy`` may not.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ FORWARDED_FIELDS = (
     "runtime",
 )
 MARK = "_celery_vitals_tapped"
+TAPPED_CLASS = "_celery_vitals_tap_class"  # on the classes tapped_request_cls builds
 DRAIN_INTERVAL = 0.25  # seconds between two drains by the agent's thread
 MAX_QUEUED = 50_000  # events; beyond, the task's own thread drains (never unbounded)
 
@@ -290,6 +294,52 @@ class Holder(Protocol):
     agent: Any  # a Running agent, or None
 
 
+def tappable(cls: object) -> bool:
+    """Whether ``cls`` has the shape of the request class Celery's create_request_cls
+    builds: the methods the tapped subclass overrides."""
+    return (
+        isinstance(cls, type)
+        and callable(getattr(cls, "send_event", None))
+        and callable(getattr(cls, "on_success", None))
+    )
+
+
+def untapped_tasks(consumer: Any) -> str | None:
+    """Why the tap misses tasks of this consumer, or None when every task's message
+    handler builds its requests from a tapped class.
+
+    Celery's default strategy (5.3 to 5.7) returns a closure over the class
+    create_request_cls built (its ``Req``); a handler holding no tapped class
+    builds its requests some other way (a custom ``Task.Strategy``)."""
+    strategies = getattr(consumer, "strategies", None)
+    if not isinstance(strategies, Mapping) or not strategies:
+        return "the consumer has no task strategies (consumer.strategies) to check"
+    untapped = sorted(
+        str(name) for name, handler in list(strategies.items()) if not _builds_tapped(handler)
+    )
+    if not untapped:
+        return None
+    shown = ", ".join(untapped[:5])
+    if len(untapped) > 5:
+        shown += f" and {len(untapped) - 5} more"
+    return (
+        f"the message handlers of {shown} do not build their requests with "
+        "celery.worker.strategy.create_request_cls (a custom Task.Strategy?): only the "
+        "task-received of those tasks is seen"
+    )
+
+
+def _builds_tapped(handler: object) -> bool:
+    for cell in getattr(handler, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, type) and getattr(value, TAPPED_CLASS, False):
+            return True
+    return False
+
+
 def tapped_request_cls(cls: type, holder: Holder) -> type:
     """A subclass of Celery's request class that reports to the tap of ``holder.agent``
     while that agent runs in this very process (nothing in pool children, nothing once
@@ -321,6 +371,7 @@ def tapped_request_cls(cls: type, holder: Holder) -> type:
                 self._celery_vitals_succeeded = True  # Celery may send task-succeeded too
             return super().on_success(failed__retval__runtime, **kwargs)
 
+    setattr(TappedRequest, TAPPED_CLASS, True)
     TappedRequest.__name__ = cls.__name__
     TappedRequest.__qualname__ = cls.__qualname__
     TappedRequest.__module__ = cls.__module__
