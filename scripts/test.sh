@@ -15,5 +15,7 @@ echo "== imports (every third-party import declared in pyproject.toml, with a ra
 python scripts/check_imports.py
 echo "== generated files (scripts/generate.sh --check)"
 bash scripts/generate.sh --check
+echo "== Celery 5.3-5.6 venvs for the agent's version matrix (scripts/celery_versions.sh)"
+bash scripts/celery_versions.sh
 echo "== pytest"
 pytest "$@"
