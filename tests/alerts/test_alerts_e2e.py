@@ -103,7 +103,7 @@ class Expressions:
         ``severity``) that it yields to; the rest is its own condition."""
         own = self.expr(alert)
         yielded = textwrap.indent(self.expr(to, severity), "  ")
-        suffix = f"\nunless on (job) (\n{yielded}\n)"
+        suffix = f"\nunless on (broker) (\n{yielded}\n)"
         assert own.endswith(suffix), f"{alert} does not yield to {to} ({severity})"
         return own.removesuffix(suffix)
 
