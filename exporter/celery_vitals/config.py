@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from celery_vitals.brokers import check_name
 from celery_vitals.logs import safe_url, url_passwords
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     broker_url: str
+    broker_name: str | None = None  # the ``broker`` label; None: brokers.identity(broker_url)
     listen_host: str = "0.0.0.0"
     listen_port: int = 9808
     log_level: str = "info"
@@ -80,6 +82,13 @@ class Config:
         default_factory=lambda: MappingProxyType({})
     )
     web_config: WebConfig | None = None
+
+    @property
+    def broker_label(self) -> str:
+        """The value of the ``broker`` label on every series this process exports."""
+        from celery_vitals.brokers import broker_name
+
+        return broker_name(self.broker_url, self.broker_transport_options, self.broker_name)
 
     @property
     def safe_broker_url(self) -> str:
@@ -377,6 +386,18 @@ OPTIONS: tuple[Option, ...] = (
         "`visibility_timeout=3600`",
         kind="multiple",
         fields=("broker_transport_options",),
+    ),
+    Option(
+        "--broker-name",
+        "NAME",
+        lambda raw: check_name(str(raw)) if raw else None,
+        "The broker's name in the `broker` label of every series (the agents read "
+        "CELERY_VITALS_BROKER_NAME too); default: transport://host:port/vhost-or-db from "
+        "the broker URL, without credentials.",
+        "the value of the `broker` label on every series; set the same in the exporter and "
+        "the workers' agents when they reach the broker under different host names (the "
+        "rules join them on it). Default: `transport://host:port/db-or-vhost` from the "
+        "broker URL, without credentials (see [docs/setups.md](docs/setups.md))",
     ),
     Option(
         "--listen-address",
