@@ -20,6 +20,8 @@ from prometheus_client.core import (
     InfoMetricFamily,
 )
 
+from celery_vitals.brokers import BROKER_LABEL
+
 MetricType = Literal["counter", "gauge", "histogram", "info"]
 # Who exports a metric: the exporter (event stream and broker polls), the agent inside
 # each worker (celery_vitals.agent), or both under the same name and labels.
@@ -542,6 +544,14 @@ def markdown() -> str:
         f"`{OPTIONAL_TASK_LABEL}` (beware: one series per worker on Kubernetes). Every label "
         "value passes a cardinality guard: past its cap, or when it is not a usable string, "
         "it becomes `other` and `celery_vitals_label_values_folded_total` counts it.",
+        "",
+        f"Every series, of every metric below and of the process metrics, also carries "
+        f"`{BROKER_LABEL}`: the broker the exporter or the agent talks to "
+        "(`redis://host:6379/0`, `amqp://host:5672/vhost`, `sqs://region/prefix`, never a "
+        "credential; `--broker-name` or `CELERY_VITALS_BROKER_NAME` sets it). It is one "
+        "value per scrape target, like a target label: the alert rules and the dashboards "
+        "join the exporter's queues and the agents' workers on it, whatever jobs "
+        "Prometheus scrapes them in. It is not listed in the tables.",
         "",
         "Source: `exporter` (`celery-vitals serve`: the event stream and broker polls), "
         "`agent` (`celery_vitals.agent.install(app)`, inside each worker), or `both` "

@@ -57,6 +57,7 @@ from celery_vitals.agent.tap import (
     tapped_request_cls,
     untapped_tasks,
 )
+from celery_vitals.brokers import BROKER_NAME_ENV, check_name
 from celery_vitals.config import (
     DEFAULT_RUNTIME_BUCKETS,
     DEFAULT_WAIT_BUCKETS,
@@ -350,8 +351,13 @@ class Agent:
             from celery_vitals.webconfig import load
 
             web_config = load(path)  # ValueError with a one-line reason
+        app = getattr(worker, "app", None)
         config = Config(
-            broker_url="",
+            broker_url=_broker_url(app) if app is not None else "",
+            broker_transport_options=(
+                dict(app.conf.broker_transport_options or {}) if app is not None else {}
+            ),
+            broker_name=_broker_name_setting(),
             listen_host=host,
             listen_port=port,
             runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
@@ -493,6 +499,25 @@ class Agent:
         self.running = False
         if self.http is not None:
             self.http.close_socket()
+
+
+def _broker_name_setting() -> str | None:
+    raw = os.environ.get(BROKER_NAME_ENV, "")
+    if not raw.strip():
+        return None
+    try:
+        return check_name(raw)
+    except ValueError as error:
+        raise ValueError(f"{BROKER_NAME_ENV}: {error}") from None
+
+
+def _broker_url(app: Any) -> str:
+    """The URL the worker consumes from (its ``broker`` label is named after it);
+    Celery's own default when the app sets none."""
+    url = app.conf.broker_read_url or app.conf.broker_url or "amqp://guest@localhost:5672//"
+    if isinstance(url, (list, tuple)):  # a failover list
+        url = ";".join(str(item) for item in url)
+    return str(url)
 
 
 def _processed() -> int:
