@@ -19,7 +19,7 @@ import yaml
 from celery_vitals import cli
 from celery_vitals.config import OPTIONS
 from celery_vitals.rules import alerts
-from celery_vitals.rules.config import load
+from celery_vitals.rules.config import DEFAULT_RUNBOOK_URL, load
 from tests.deploy.conftest import CHART, ROOT, helm_template
 from tests.support import tools
 
@@ -486,3 +486,155 @@ def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
     )
     assert result.returncode != 0
     assert "schema" in result.stderr, result.stderr
+
+
+# -- the chart's agent setup: exporter and agents in the two jobs the chart makes ---------
+
+#: The jobs Prometheus Operator gives release "prod" in namespace "shop": the exporter's
+#: Service (ServiceMonitor) and the worker PodMonitor.
+EXPORTER_JOB, AGENTS_JOB = "prod-celery-vitals", "shop/prod-celery-vitals-workers"
+BROKER = 'broker="redis://redis:6379/0"'
+
+
+def _series(metric: str, job: str, instance: str, values: str, **labels: str) -> dict[str, str]:
+    pairs = ",".join(f'{k}="{v}"' for k, v in {"job": job, "instance": instance}.items())
+    more = "".join(f',{k}="{v}"' for k, v in labels.items())
+    prefix = "" if metric == "up" else f"{BROKER},"
+    return {"series": f"{metric}{{{prefix}{pairs}{more}}}", "values": values}
+
+
+def _agent_setup_case(name: str, agents_gone_at: int | None) -> dict[str, Any]:
+    """40 messages wait in queue work; the only worker's agent takes 10 tasks a second,
+    or stops answering at ``agents_gone_at`` minutes."""
+    alive = "1x30" if agents_gone_at is None else f"1x{agents_gone_at}"
+    received = "0+600x30" if agents_gone_at is None else f"0+600x{agents_gone_at}"
+    up = "1x30" if agents_gone_at is None else f"1x{agents_gone_at} 0x{30 - agents_gone_at}"
+    exporter, agent = "10.0.0.1:9808", "10.0.1.7:9809"
+    worker = {"hostname": "w1@pod"}
+    return {
+        "name": name,
+        "interval": "1m",
+        "input_series": [
+            _series("up", EXPORTER_JOB, exporter, "1x30"),
+            _series("celery_broker_up", EXPORTER_JOB, exporter, "1x30"),
+            _series("celery_queue_length", EXPORTER_JOB, exporter, "40x30", queue_name="work"),
+            _series("up", AGENTS_JOB, agent, up),
+            _series("celery_vitals_agent_info", AGENTS_JOB, agent, alive, pool="prefork", **worker),
+            _series("celery_worker_up", AGENTS_JOB, agent, alive, **worker),
+            _series(
+                "celery_task_received_total",
+                AGENTS_JOB,
+                agent,
+                received,
+                name="shop.work",
+                queue_name="work",
+            ),
+        ],
+    }
+
+
+def test_chart_rules_join_exporter_and_agents_in_their_two_jobs(helm: str, tmp_path: Path) -> None:
+    """The rules the chart renders for its agent setup (ServiceMonitor and PodMonitor, two
+    jobs): a healthy cluster pages nothing, the only worker gone pages CeleryWorkerDown
+    (critical) and the queue alerts yield to it. Before the broker label, the queue
+    alerts joined depth and receive counters on job, and a healthy cluster paged
+    CeleryQueueNotDraining."""
+    result = subprocess.run(
+        [
+            helm,
+            "template",
+            "prod",
+            str(CHART),
+            "--namespace",
+            "shop",
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "workerPodMonitor.enabled=true",
+            "--set",
+            "workerPodMonitor.selector.app=shop-worker",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    (rule,) = _kind(objects, "PrometheusRule")
+    (service,) = _kind(objects, "Service")
+    (pod_monitor,) = _kind(objects, "PodMonitor")
+    # the jobs Prometheus Operator names after them
+    assert service["metadata"]["name"] == EXPORTER_JOB
+    assert f"shop/{pod_monitor['metadata']['name']}" == AGENTS_JOB
+    rules_path = tmp_path / "rules.yml"
+    rules_path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
+    quiet = [
+        {"eval_time": "25m", "alertname": name, "exp_alerts": []}
+        for name in (
+            "CeleryQueueNotDraining",
+            "CeleryQueueNoConsumers",
+            "CeleryWorkerDown",
+            "CeleryExporterDown",
+            "CeleryExporterMissing",
+        )
+    ]
+    healthy = _agent_setup_case("healthy, two jobs", None)
+    healthy["alert_rule_test"] = quiet
+    gone = _agent_setup_case("the only worker gone, two jobs", 5)
+    down = {"broker": "redis://redis:6379/0", "hostname": "w1@pod"}
+    links = {
+        "runbook_url": f"{DEFAULT_RUNBOOK_URL}#celeryworkerdown",
+        "dashboard_url": "/d/celery-vitals-workers?var-broker=redis%3A%2F%2Fredis%3A6379%2F0"
+        "&var-worker=w1%40pod",
+    }
+    gone["alert_rule_test"] = [
+        {
+            "eval_time": "25m",
+            "alertname": "CeleryWorkerDown",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "warning", **down},
+                    "exp_annotations": {
+                        "summary": "A Celery worker is down.",
+                        "description": "Worker w1@pod went offline or stopped sending heartbeats.",
+                        **links,
+                    },
+                },
+                {
+                    "exp_labels": {"severity": "critical", **down},
+                    "exp_annotations": {
+                        "summary": "Every Celery worker of a broker is down while tasks wait.",
+                        "description": "Worker w1@pod is down and no other worker of broker "
+                        "redis://redis:6379/0 is up, while tasks wait in its queues: nothing "
+                        "runs them.",
+                        **links,
+                    },
+                },
+            ],
+        },
+        *(entry for entry in quiet if entry["alertname"] != "CeleryWorkerDown"),
+    ]
+    test_file = tmp_path / "test.yml"
+    test_file.write_text(
+        json.dumps(
+            {
+                "rule_files": [str(rules_path)],
+                "evaluation_interval": "1m",
+                "group_eval_order": ["celery-vitals.recording", "celery-vitals.alerts"],
+                "tests": [healthy, gone],
+            }
+        ),
+        encoding="utf-8",
+    )
+    promtool = tools.require_tool("promtool", tools.PROMTOOL)
+    checked = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
