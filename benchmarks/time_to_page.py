@@ -9,7 +9,7 @@ inhibiting as deploy/alertmanager.yml does, and for the pages that come on top
 One run starts, side by side, one isolated stack per incident: its own
 redis-server, its own Celery worker(s) of tests/support/alerts_app.py, its own
 `celery-vitals serve` and its own load, scraped as job `celery-vitals-<incident>`
-(the shipped selector is job=~".*celery-vitals.*"). One Prometheus scrapes
+(named by its exporter's --broker-name, the label the alerts carry). One Prometheus scrapes
 them all and evaluates the rules every 15 s, as deploy/prometheus does; one
 Alertmanager runs a copy of deploy/alertmanager.yml whose two webhook URLs
 point at a receiver in this process, which records every notification. Every
@@ -102,6 +102,9 @@ class Stack:
             self.broker_url,
             "--queue",
             "celery",
+            # the label the alerts carry: each incident's alerts told apart by it
+            "--broker-name",
+            self.job,
             *self.incident.exporter_args,
             name=f"exporter-{name}",
         )
@@ -417,10 +420,11 @@ def episodes(notifications: Sequence[Notification]) -> list[dict[str, Any]]:
 def transitions(
     alerts: Sequence[tuple[dict[str, str], list[tuple[float, float]]]], job: str, step: float
 ) -> list[dict[str, Any]]:
-    """Prometheus' ALERTS of ``job``: each pending or firing stretch (gaps over 2 steps split)."""
+    """Prometheus' ALERTS of ``job`` (its exporter's --broker-name, the label the alerts
+    carry): each pending or firing stretch (gaps over 2 steps split)."""
     result = []
     for labels, points in alerts:
-        if labels.get("job") != job:
+        if labels.get("broker") != job:
             continue
         stretch = [points[0][0], points[0][0]]
         for t, _ in [*points[1:], (float("inf"), 0.0)]:
@@ -447,7 +451,7 @@ def summarise(
     step: float,
 ) -> dict[str, Any]:
     incident, onset = stack.incident, stack.onset
-    mine = episodes([n for n in notifications if n.labels.get("job") == stack.job])
+    mine = episodes([n for n in notifications if n.labels.get("broker") == stack.job])
     after = [
         e
         for e in mine

@@ -77,10 +77,10 @@ def test_episodes_keep_the_first_firing_and_the_first_resolve_per_alert() -> Non
 def test_transitions_split_at_gaps_and_keep_only_the_job() -> None:
     series = [
         (
-            {"alertname": "A", "alertstate": "firing", "severity": "warning", "job": "j"},
+            {"alertname": "A", "alertstate": "firing", "severity": "warning", "broker": "j"},
             [(0.0, 1.0), (15.0, 1.0), (30.0, 1.0), (120.0, 1.0)],
         ),
-        ({"alertname": "B", "alertstate": "pending", "job": "other"}, [(0.0, 1.0)]),
+        ({"alertname": "B", "alertstate": "pending", "broker": "other"}, [(0.0, 1.0)]),
     ]
     assert transitions(series, "j", 15.0) == [
         {"alertname": "A", "state": "firing", "severity": "warning", "from": 0.0, "to": 30.0},
