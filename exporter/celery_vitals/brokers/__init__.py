@@ -55,10 +55,11 @@ def identity(url: str, transport_options: Mapping[str, Any] | None = None) -> st
     transport, default_port = _SCHEMES.get(scheme, (scheme or "unknown", None))
     host = (parts.hostname or "").lower()
     if transport == "sqs":
-        region = str(options.get("region") or os.environ.get("AWS_DEFAULT_REGION") or "")
+        # kombu's SQS transport defaults to us-east-1, as here
+        region = str(options.get("region") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
         where = f"{host}:{port}" if host and port else host
         prefix = str(options.get("queue_name_prefix") or "")
-        return _bounded(f"sqs://{where or region or 'default'}/{prefix}")
+        return _bounded(f"sqs://{where or region}/{prefix}")
     if ":" in host:  # IPv6
         host = f"[{host}]"
     address = f"{host or 'localhost'}:{port or default_port or ''}".rstrip(":")
