@@ -55,7 +55,7 @@ from typing import IO, Any, Protocol
 
 import click
 
-from celery_vitals import logs
+from celery_vitals import installation, logs
 from celery_vitals.config import Config, build
 from celery_vitals.probes import is_plumbing
 
@@ -1204,8 +1204,11 @@ def connect(config: Config) -> Backend:
             return dlq_sqs.connect(config)
         return AmqpBackend(config)
     except Exception as error:
+        problem = installation.problem(error)  # a missing package: which, and the fix
         raise DlqError(
-            f"cannot reach the broker at {config.safe_broker_url}: {_describe(error, config)}"
+            str(problem)
+            if problem is not None
+            else f"cannot reach the broker at {config.safe_broker_url}: {_describe(error, config)}"
         ) from None
 
 

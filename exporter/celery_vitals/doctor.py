@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from celery_vitals import AGENT_CONF_KEY, logs
+from celery_vitals import AGENT_CONF_KEY, installation, logs
 from celery_vitals.config import Config, build
 from celery_vitals.logs import safe_url
 from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
@@ -184,6 +184,7 @@ class Observation:
     listen: float
     broker: ProbeResult | None = None
     broker_error: str | None = None
+    broker_problem: installation.Problem | None = None  # the broker error: a missing package
     broker_seconds: float = 0.0
     workers: dict[str, WorkerView] = field(default_factory=dict)
     workers_error: str | None = None
@@ -215,8 +216,8 @@ class Observation:
 
 
 def describe(error: BaseException, config: Config) -> str:
-    """One line, no password: what went wrong."""
-    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    """One line, no password: what went wrong (a missing package: which, and the fix)."""
+    text = installation.explain(error).splitlines()[0]
     for secret in config.secrets:
         text = text.replace(secret, "**")
     return text
@@ -254,6 +255,7 @@ def _look_at_broker(probe: Any, seen: Observation) -> bool:
         seen.broker = probe.poll(seen.config.queues or [seen.config.default_queue])
     except Exception as error:
         seen.broker_error = describe(error, seen.config)
+        seen.broker_problem = installation.problem(error)
         return False
     seen.broker_seconds = time.perf_counter() - started
     return True
@@ -456,6 +458,9 @@ def _names(items: Iterable[str], most: int = 5) -> str:
 
 def check_broker(seen: Observation) -> Iterator[Finding]:
     where = seen.config.safe_broker_url
+    if seen.broker_problem is not None:  # not the broker's fault: the network is not in it
+        yield Finding("broker", FAIL, seen.broker_problem.detail, seen.broker_problem.fix)
+        return
     if seen.broker_error is not None:
         yield Finding(
             "broker",

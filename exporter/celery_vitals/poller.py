@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from celery_vitals.histogram import Histograms
+from celery_vitals.installation import explain
 from celery_vitals.labels import OTHER, LabelGuard
 from celery_vitals.logs import RateLimitedLogger
 from celery_vitals.probes import ProbeResult, QueueProbe, is_plumbing
@@ -93,9 +94,8 @@ class QueuePoller:
             except Exception as error:  # a broadcast: workers may not answer
                 log.warn_every(
                     "active_queues",
-                    "asking workers for their queues failed (%s: %s)",
-                    type(error).__name__,
-                    error,
+                    "asking workers for their queues failed (%s)",
+                    explain(error),
                 )
 
     def _ask_new_workers(self) -> None:
@@ -106,9 +106,8 @@ class QueuePoller:
         except Exception as error:  # a broadcast: workers may not answer
             log.warn_every(
                 "stats",
-                "asking workers for their stats failed (%s: %s)",
-                type(error).__name__,
-                error,
+                "asking workers for their stats failed (%s)",
+                explain(error),
             )
 
     # -- one poll ----------------------------------------------------------------
@@ -144,7 +143,7 @@ class QueuePoller:
     def _count_error(self, error: Exception, what: str) -> None:
         kind = type(error).__name__
         self.errors[kind] = self.errors.get(kind, 0) + 1
-        log.warn_every(what, "%s failed (%s: %s)", what, kind, error)
+        log.warn_every(what, "%s failed (%s)", what, explain(error))
 
     def _count_dlq_ingress(self, result: ProbeResult) -> None:
         """Ingress from the broker's publish counter where it has one, else depth growth."""

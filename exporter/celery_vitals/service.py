@@ -24,6 +24,7 @@ from celery_vitals.config import Config
 from celery_vitals.dlq import DlqSampler
 from celery_vitals.exposition import Exposition
 from celery_vitals.http import HttpServer, make_app
+from celery_vitals.installation import explain
 from celery_vitals.labels import LabelGuard
 from celery_vitals.poller import QueuePoller
 from celery_vitals.probes import QueueProbe
@@ -201,7 +202,7 @@ class EventsEnabler:
                 self.results["ok"] += 1
             except Exception as error:
                 self.results["error"] += 1
-                log.warning("enable_events broadcast failed (%s: %s)", type(error).__name__, error)
+                log.warning("enable_events broadcast failed (%s)", explain(error))
             self._stopping.wait(self.interval)
 
     def stop(self) -> None:

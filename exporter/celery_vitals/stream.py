@@ -27,7 +27,7 @@ from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Connection, Queue
 
-from celery_vitals import decode
+from celery_vitals import decode, installation
 from celery_vitals.logs import RateLimitedLogger
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,8 @@ class EventStream:
                 attempt += 1
                 skip_log.warn_every(
                     "unavailable",
-                    "event stream unavailable (%s: %s); retrying every %.0fs at most",
-                    type(error).__name__,
-                    error,
+                    "event stream unavailable (%s); retrying every %.0fs at most",
+                    installation.explain(error),  # a missing package: which, and the fix
                     self.backoff_max,
                 )
                 self._stopping.wait(delay)
