@@ -16,23 +16,30 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import re
+import socket
+import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import click
 
 from celery_vitals import AGENT_CONF_KEY, installation, logs
 from celery_vitals.config import Config, build
-from celery_vitals.logs import safe_url
+from celery_vitals.logs import safe_url, url_passwords
 from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
+
+if TYPE_CHECKING:
+    from celery_vitals.doctor_prometheus import PrometheusView
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 STATUSES = (OK, WARN, FAIL)
@@ -196,6 +203,7 @@ class Observation:
     durable: dict[str, bool] = field(default_factory=dict)  # RabbitMQ management only
     durable_error: str | None = None
     exporter: ExporterView | None = None
+    prometheus: PrometheusView | None = None  # with --prometheus-url
 
     @property
     def remote_control(self) -> bool:
@@ -412,31 +420,125 @@ def _is_dlq(name: str, seen: Observation) -> bool:
     )
 
 
+#: Seconds one HTTP request of the doctor (the exporter's /metrics, Prometheus' API) may take.
+HTTP_TIMEOUT = 5.0
+
+
+def http_url(raw: str) -> str:
+    """An exporter's or Prometheus' URL as a user may write it: ``host:9808`` is
+    ``http://host:9808``; ValueError when it is no http(s) URL."""
+    url = raw.strip()
+    if "://" not in url:
+        url = "http://" + url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError on a non-numeric port
+    except ValueError:
+        raise ValueError(f"not a valid URL: {safe_url(raw)!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http(s)://HOST:PORT, got {safe_url(raw)!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    url: str  # what was asked: no credentials, no query
+    status: int
+    content_type: str
+    body: str
+
+
+class Unreachable(Exception):
+    """No HTTP answer at all: ``URL: why``, on one line, without credentials."""
+
+
+def http_get(
+    base: str,
+    path: str,
+    params: Mapping[str, str] | None = None,
+    *,
+    timeout: float = HTTP_TIMEOUT,
+) -> HttpAnswer:
+    """GET ``path`` below ``base`` (whose own path is kept: a prefix); credentials in
+    ``base`` become basic auth. An HTTP error status is an answer too."""
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    where = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + path, "", ""))
+    request = urllib.request.Request(f"{where}?{urlencode(params)}" if params else where)
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        request.add_header("Authorization", f"Basic {base64.b64encode(pair.encode()).decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read().decode("utf-8", "replace")
+            return HttpAnswer(where, response.status, response.headers["Content-Type"] or "", body)
+    except urllib.error.HTTPError as error:
+        body = error.read().decode("utf-8", "replace") if error.fp is not None else ""
+        kind = (error.headers["Content-Type"] if error.headers else None) or ""
+        return HttpAnswer(where, error.code, kind, body)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise Unreachable(f"{where}: {_why(error, timeout)}") from None
+
+
+def _why(error: BaseException, timeout: float) -> str:
+    """Why a request got no HTTP answer, as an operator would say it."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host ({reason.strerror})"
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS failed: {reason}"
+    if isinstance(reason, http.client.BadStatusLine | ConnectionResetError):
+        return "the server closed the connection without an HTTP answer (not an HTTP server)"
+    if isinstance(reason, str):
+        return reason
+    return f"{type(reason).__name__}: {reason}".splitlines()[0]
+
+
 def _scrape(url: str) -> ExporterView:
-    """The exporter's /metrics as {series: value}; credentials in the URL become basic auth."""
+    """The exporter's (or an agent's) /metrics as {series: value}; ``error``, one line,
+    when nothing answers there, or not with celery-vitals' metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    target = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/metrics", "", ""))
     view = ExporterView(safe_url(url))
-    request = urllib.request.Request(target)
-    if parts.username is not None:
-        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            text = response.read().decode("utf-8", "replace")
-        for family in text_string_to_metric_families(text):
+        answer = http_get(url, "/metrics")
+    except Unreachable as error:
+        view.error = f"cannot reach {error}"
+        return view
+    if answer.status != 200:
+        view.error = f"{answer.url} answered HTTP {answer.status}" + (
+            ": it needs credentials (http://user:password@host:9808)"
+            if answer.status in (401, 403)
+            else ""
+        )
+        return view
+    try:
+        for family in text_string_to_metric_families(answer.body):
             for sample in family.samples:
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
                 view.before[f"{sample.name}{{{labels}}}"] = sample.value
-    except Exception as error:
-        view.error = f"{type(error).__name__}: {error}".splitlines()[0].replace(
-            parts.password or "\0", "**"
+    except Exception:  # the parser raises whatever the text makes it trip on
+        kind = answer.content_type.split(";")[0] or "no Content-Type"
+        view.error = f"{answer.url} answered, but not with Prometheus metrics ({kind})"
+        view.before.clear()
+        return view
+    if not any(key.startswith(CELERY_VITALS_SERIES) for key in view.before):
+        view.error = (
+            f"{answer.url} serves {len(view.before)} series, none of celery-vitals (no "
+            "celery_vitals_build_info): another program listens there"
         )
+        view.before.clear()
     return view
+
+
+#: What only celery-vitals' /metrics (the exporter's or an agent's) carries.
+CELERY_VITALS_SERIES = ("celery_vitals_build_info{", "celery_vitals_agent_info{")
 
 
 # -- the checks ----------------------------------------------------------------------------
@@ -450,7 +552,7 @@ _EVENTS_FIX = (
 )
 
 
-def _names(items: Iterable[str], most: int = 5) -> str:
+def names_of(items: Iterable[str], most: int = 5) -> str:
     listed = sorted(items)
     shown = ", ".join(listed[:most])
     return shown + (f" and {len(listed) - most} more" if len(listed) > most else "")
@@ -526,7 +628,7 @@ def check_persistence(seen: Observation) -> Iterator[Finding]:
         yield Finding(
             "broker-persistence",
             WARN,
-            f"queues {_names(transient)} are not durable: a broker restart loses "
+            f"queues {names_of(transient)} are not durable: a broker restart loses "
             "them and their messages",
             "declare task queues durable (Queue(..., durable=True) in task_queues, "
             "Celery's default)",
@@ -742,7 +844,7 @@ def check_visibility(seen: Observation) -> Iterator[Finding]:
             yield Finding(
                 "visibility-timeout",
                 WARN,
-                f"{host}: {len(late)} acks_late tasks ({_names(late)}) without a "
+                f"{host}: {len(late)} acks_late tasks ({names_of(late)}) without a "
                 f"time limit: one running past visibility_timeout {timeout:g}s is "
                 "delivered again while it still runs",
                 f"set task_time_limit below {timeout:g}s, or raise "
@@ -781,7 +883,7 @@ def check_worker_lost(seen: Observation) -> Iterator[Finding]:
             yield Finding(
                 "worker-lost-requeue",
                 WARN,
-                f"{host}: {_names(requeued)} are acks_late with "
+                f"{host}: {names_of(requeued)} are acks_late with "
                 "reject_on_worker_lost: a task that gets its process killed (OOM) is "
                 "requeued and kills the next process too, forever",
                 "keep task_reject_on_worker_lost=True only for idempotent tasks that "
@@ -873,7 +975,7 @@ def check_max_retries(seen: Observation) -> Iterator[Finding]:
         yield Finding(
             "max-retries",
             WARN,
-            f"{_names(forever)} retry forever (max_retries=None): a permanent error "
+            f"{names_of(forever)} retry forever (max_retries=None): a permanent error "
             "becomes an endless retry loop",
             "set max_retries on these tasks",
         )
@@ -893,8 +995,10 @@ def check_exporter(seen: Observation) -> Iterator[Finding]:
         yield Finding(
             "exporter",
             FAIL,
-            f"{view.url} /metrics: {view.error}",
-            "check --exporter-url and that `celery-vitals serve` runs",
+            view.error,
+            "check --exporter-url: the address of `celery-vitals serve` (port 9808 unless its "
+            "--listen-address says otherwise) or of a worker's agent (9809), as reachable from "
+            "here, e.g. http://exporter:9808; and that it runs",
         )
         return
     yield Finding("exporter", OK, f"{view.url} /metrics answered")
@@ -952,12 +1056,20 @@ def _exporter_losses(after: Mapping[str, float]) -> Iterator[Finding]:
         yield Finding(
             "exporter-labels",
             WARN,
-            f"label values folded into other: {_names(counts)}",
+            f"label values folded into other: {names_of(counts)}",
             "raise the matching --max-task-names / --max-queue-names / "
             "--max-exception-names / --max-workers / --max-label-length",
         )
     if not evicted and not folded:
         yield Finding("exporter-limits", OK, "no evictions, no folded label values")
+
+
+def check_prometheus(seen: Observation) -> Iterator[Finding]:
+    """With --prometheus-url: the Prometheus side (doctor_prometheus.py)."""
+    if seen.prometheus is not None:
+        from celery_vitals.doctor_prometheus import diagnose as prometheus_findings
+
+        yield from prometheus_findings(seen.prometheus)
 
 
 CHECKS: tuple[Check, ...] = (
@@ -973,13 +1085,15 @@ CHECKS: tuple[Check, ...] = (
     check_prefetch,
     check_max_retries,
     check_exporter,
+    check_prometheus,
 )
 
 
 def diagnose(seen: Observation) -> list[Finding]:
-    """Every check's findings; a broker that could not be reached is the only one."""
+    """Every check's findings; a broker that could not be reached is the only one of the
+    cluster's (the Prometheus side is checked all the same)."""
     if seen.broker is None:
-        return list(check_broker(seen))
+        return [*check_broker(seen), *check_prometheus(seen)]
     return [finding for check in CHECKS for finding in check(seen)]
 
 
@@ -998,6 +1112,13 @@ def text(findings: Iterable[Finding]) -> str:
             line += f". Fix: {finding.fix}."
         lines.append(line)
     return "\n".join(lines)
+
+
+def _url_option(_context: click.Context, _option: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else http_url(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def command(broker_options: Callable[[Any], Any]) -> click.Command:
@@ -1022,7 +1143,24 @@ def command(broker_options: Callable[[Any], Any]) -> click.Command:
     @click.option(
         "--exporter-url",
         metavar="URL",
-        help="Also check a running `celery-vitals serve`, e.g. http://host:9808.",
+        callback=_url_option,
+        help="Also check a running `celery-vitals serve` (or a worker's agent), e.g. "
+        "http://host:9808 (http:// when no scheme is given).",
+    )
+    @click.option(
+        "--prometheus-url",
+        metavar="URL",
+        callback=_url_option,
+        help="Also check the Prometheus side through its HTTP API, e.g. "
+        "http://prometheus:9090: celery-vitals' rules loaded and evaluating, the targets "
+        "they select up, every agent joined with an exporter of its broker, no task "
+        "counted twice, celery-vitals alerts firing.",
+    )
+    @click.option(
+        "--selector",
+        metavar="MATCHERS",
+        help="With --prometheus-url: the label matchers of the rules, e.g. "
+        "'job=~\"celery.*\"'. Default: read from the loaded rules.",
     )
     @click.option(
         "--json",
@@ -1032,16 +1170,32 @@ def command(broker_options: Callable[[Any], Any]) -> click.Command:
     )
     @broker_options
     def doctor(
-        *, timeout: float, listen: float, exporter_url: str | None, as_json: bool, **options: Any
+        *,
+        timeout: float,
+        listen: float,
+        exporter_url: str | None,
+        prometheus_url: str | None,
+        selector: str | None,
+        as_json: bool,
+        **options: Any,
     ) -> None:
-        """Check a live cluster: broker, workers, events, queues and production gotchas."""
+        """Check a live cluster: broker, workers, events, queues and production gotchas
+        (and, with --prometheus-url, the Prometheus side)."""
+        if selector is not None and prometheus_url is None:
+            raise click.UsageError("--selector needs --prometheus-url")
         config = build({k: v for k, v in options.items() if v is not None})
         logs.setup(config.log_level, "text", secrets=config.secrets)
-        findings = diagnose(look(config, timeout=timeout, listen=listen, exporter_url=exporter_url))
+        seen = look(config, timeout=timeout, listen=listen, exporter_url=exporter_url)
+        if prometheus_url is not None:
+            from celery_vitals.doctor_prometheus import look as look_at_prometheus
+
+            seen.prometheus = look_at_prometheus(prometheus_url, selector)
+        findings = diagnose(seen)
         output = (
             json.dumps([f.as_json() for f in findings], indent=2) if as_json else text(findings)
         )
-        for secret in config.secrets:
+        secrets = url_passwords(exporter_url or "") + url_passwords(prometheus_url or "")
+        for secret in [*config.secrets, *secrets]:
             output = output.replace(secret, "**")
         click.echo(output)
         raise SystemExit(exit_code(findings))

@@ -3,7 +3,12 @@ stage cheaply (no worker, an idle worker, requeue loops, the exporter's own heal
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
 
 from celery_vitals.config import Config
 from celery_vitals.doctor import (
@@ -11,12 +16,16 @@ from celery_vitals.doctor import (
     Finding,
     Observation,
     WorkerView,
+    _scrape,
     diagnose,
     exit_code,
+    http_url,
     parse_registered,
     text,
 )
 from celery_vitals.probes import ProbeResult, QueueStats
+from tests.support.canned_http import Answer, serving
+from tests.support.net import free_port
 
 HOST = "w1@test"
 PREFORK = {
@@ -169,10 +178,127 @@ def test_a_queue_poll_that_fails_is_one_failure() -> None:
 
 
 def test_exporter_url_credentials_are_never_shown() -> None:
-    from celery_vitals.doctor import _scrape
-    from tests.support.net import free_port
-
     view = _scrape(f"http://monitor:s3cret@127.0.0.1:{free_port()}")
     assert view.url.startswith("http://monitor:**@127.0.0.1:")
     assert view.error is not None and "refused" in view.error.lower()
     assert "s3cret" not in view.url + view.error
+
+
+EXPORTER_FIX = (
+    "check --exporter-url: the address of `celery-vitals serve` (port 9808 unless its "
+    "--listen-address says otherwise) or of a worker's agent (9809), as reachable from here, "
+    "e.g. http://exporter:9808; and that it runs"
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "url"),
+    [
+        ("localhost:19808", "http://localhost:19808"),
+        (" exporter:9808/prefix ", "http://exporter:9808/prefix"),
+        ("user:pw@exporter:9808", "http://user:pw@exporter:9808"),
+        ("https://exporter:9808", "https://exporter:9808"),
+        ("[::1]:9808", "http://[::1]:9808"),
+    ],
+)
+def test_a_url_without_scheme_is_http(raw: str, url: str) -> None:
+    assert http_url(raw) == url
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ("ftp://exporter", "expected http(s)://HOST:PORT, got 'ftp://exporter'"),
+        ("exporter:port", "not a valid URL: 'exporter:port'"),
+        ("http://", "expected http(s)://HOST:PORT, got 'http://'"),
+    ],
+)
+def test_a_url_that_is_no_http_url_is_refused(raw: str, error: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        http_url(raw)
+    assert str(caught.value) == error
+
+
+def test_a_bad_url_option_is_a_usage_error() -> None:
+    from celery_vitals.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["doctor", "--exporter-url", "ftp://exporter"],
+        env={"CELERY_VITALS_BROKER_URL": "redis://127.0.0.1:1/0"},
+        standalone_mode=False,
+    )
+    assert isinstance(result.exception, click.BadParameter)
+    assert result.exception.format_message() == (
+        "Invalid value for '--exporter-url': expected http(s)://HOST:PORT, got 'ftp://exporter'"
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["doctor", "--selector", 'job="x"'],
+        env={"CELERY_VITALS_BROKER_URL": "redis://127.0.0.1:1/0"},
+        standalone_mode=False,
+    )
+    assert isinstance(result.exception, click.UsageError)
+    assert result.exception.format_message() == "--selector needs --prometheus-url"
+
+
+def test_an_unreachable_exporter_url_without_scheme_is_one_clear_failure() -> None:
+    port = free_port()
+    seen = observation()
+    seen.exporter = _scrape(http_url(f"127.0.0.1:{port}"))
+    found = [f for f in diagnose(seen) if f.check.startswith("exporter")]
+    assert [(f.check, f.status, f.detail, f.fix) for f in found] == [
+        (
+            "exporter",
+            "fail",
+            f"cannot reach http://127.0.0.1:{port}/metrics: connection refused: nothing "
+            "listens on that port",
+            EXPORTER_FIX,
+        )
+    ]
+    assert exit_code(found) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ((404, "text/plain", "404 page not found"), "{url}/metrics answered HTTP 404"),
+        (
+            (401, "text/plain", "Unauthorized"),
+            "{url}/metrics answered HTTP 401: it needs credentials "
+            "(http://user:password@host:9808)",
+        ),
+        (
+            (200, "text/html", "<html><body>Grafana</body></html>"),
+            "{url}/metrics answered, but not with Prometheus metrics (text/html)",
+        ),
+        (
+            (200, "text/plain; version=0.0.4", "# TYPE node_load1 gauge\nnode_load1 0.5\n"),
+            "{url}/metrics serves 1 series, none of celery-vitals (no "
+            "celery_vitals_build_info): another program listens there",
+        ),
+    ],
+    ids=["404", "401", "html", "another-exporter"],
+)
+def test_an_url_that_is_not_celery_vitals_is_one_clear_failure(answer: Answer, error: str) -> None:
+    with serving({"/metrics": answer}) as (url, _):
+        view = _scrape(url)
+    assert (view.error, view.before) == (error.format(url=url), {})
+
+
+def test_celery_vitals_metrics_are_read() -> None:
+    body = (
+        "# TYPE celery_vitals_build_info gauge\n"
+        'celery_vitals_build_info{version="1.0"} 1.0\n'
+        "# TYPE celery_vitals_event_stream_up gauge\n"
+        "celery_vitals_event_stream_up 1.0\n"
+    )
+    with serving({"/metrics": (200, "text/plain; version=0.0.4", body)}) as (url, asked):
+        view = _scrape(url.replace("http://", "http://monitor:pw@"))
+    assert view.error is None
+    assert view.before == {
+        'celery_vitals_build_info{version="1.0"}': 1.0,
+        "celery_vitals_event_stream_up{}": 1.0,
+    }
+    token = base64.b64encode(b"monitor:pw").decode()
+    assert asked == [("/metrics", f"Basic {token}")]
