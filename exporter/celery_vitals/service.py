@@ -14,6 +14,7 @@ from kombu.pidbox import Mailbox
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
+from celery_vitals.brokers import BROKER_LABEL
 from celery_vitals.collectors import (
     ExporterCollector,
     QueueCollector,
@@ -274,7 +275,13 @@ class Pipeline:
                 render_durations=lambda: self.exposition.durations,
             ),
         ]
-        self.exposition = Exposition(self.collectors, errors=self.scrape_errors)
+        # every series names the broker (label ``broker``): the rules join the exporter's
+        # queues and the agents' workers on it, whatever jobs Prometheus puts them in
+        self.exposition = Exposition(
+            self.collectors,
+            errors=self.scrape_errors,
+            constant_labels={BROKER_LABEL: config.broker_label},
+        )
         if registry is not None:
             for collector in self.collectors:
                 registry.register(collector)
