@@ -178,7 +178,8 @@ def test_doctor_names_each_problem(
         served: tuple[str, ...] = ()
         if transport == "redis":
             exporter = harness.exporter(right_url)
-            served = ("--exporter-url", f"http://{LOOPBACK}:{exporter.port}")
+            # as users type it: host:port, http:// assumed
+            served = ("--exporter-url", f"{LOOPBACK}:{exporter.port}")
         runs = {
             (setup, form): doctor(
                 url,
