@@ -18,11 +18,15 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
+from click.testing import CliRunner
 
+from celery_vitals import dlq, logs
+from celery_vitals.cli import cli
 from tests.support import dlq_cli
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
@@ -151,10 +155,14 @@ def test_list_counts_tasks_origins_reasons_and_ages_exactly(db: tuple[str, redis
     assert text.returncode == 0
     assert "billing.charge 7, mail.send 3" in text.stdout
 
+    before = time.time()
     shown = dlq_cli.run_json(url, "show", "dead_letter", "--task", "mail.*", "--limit", "2")
+    after = time.time()
     assert [m["task"] for m in shown] == ["mail.send", "mail.send"]
     assert shown[0]["args"] == "(0,)" and len(shown[0]["kwargs"]) <= 80
-    assert shown[0]["age_seconds"] == pytest.approx(time.time() - (NOW - 10), abs=5)
+    # dead-lettered at NOW - 10, its age taken while the command ran (rounded to 1 ms)
+    dead_at = NOW - 10
+    assert before - dead_at - 0.001 <= shown[0]["age_seconds"] <= after - dead_at + 0.001
 
 
 def test_a_glob_matches_queues_and_never_other_keys(db: tuple[str, redis.Redis]) -> None:
@@ -293,13 +301,20 @@ def test_concurrent_replays_do_not_duplicate(db: tuple[str, redis.Redis], tmp_pa
     assert sum(counts) == 600
 
 
-def test_replay_is_paced_and_filtered_by_task_and_limit(db: tuple[str, redis.Redis]) -> None:
+def test_replay_is_paced_and_filtered_by_task_and_limit(
+    db: tuple[str, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command in this process, its RateLimit recorded: one wait at --rate before each
+    message moved, and none for the ones filtered out. That a wait keeps the pace is
+    tests/unit/test_dlq.py's, on a fake clock (no stopwatch here)."""
     url, client = db
     app = publisher(url)
     charges = dead_letter(app, "dead_letter", "billing.charge", 60)
     dead_letter(app, "dead_letter", "mail.send", 5)
-    started = time.monotonic()
-    done = dlq_cli.run_json(
+    limits: list[RecordedRateLimit] = []
+    monkeypatch.setattr(dlq, "RateLimit", lambda rate: RecordedRateLimit(rate, limits))
+    monkeypatch.setattr(logs, "setup", lambda *_, **__: None)  # pytest's log capture stays
+    done = run_in_process(
         url,
         "replay",
         "dead_letter",
@@ -312,11 +327,34 @@ def test_replay_is_paced_and_filtered_by_task_and_limit(db: tuple[str, redis.Red
         "--rate",
         "100/s",
     )
-    assert time.monotonic() - started >= 0.49  # 50 messages at 100/s
     assert (done["replayed"], done["targets"]) == (50, {"work": 50})
+    [limit] = limits
+    assert (limit.interval, limit.waits) == (pytest.approx(0.01), 50)  # 100/s, one per message
     assert sorted(ids_in(client, "work")) == sorted(charges[:50])  # the oldest first
     [summary] = dlq_cli.run_json(url, "list", "dead_letter")
     assert summary["tasks"] == {"billing.charge": 10, "mail.send": 5}
+
+
+class RecordedRateLimit(dlq.RateLimit):
+    """dlq.RateLimit that counts its waits."""
+
+    def __init__(self, rate: float | None, made: list[RecordedRateLimit]) -> None:
+        super().__init__(rate)
+        self.waits = 0
+        made.append(self)
+
+    def wait(self) -> None:
+        self.waits += 1
+        super().wait()
+
+
+def run_in_process(broker_url: str, *args: str) -> Any:
+    """``celery-vitals dlq ARGS --json`` in this process (click's runner), as dlq_cli runs it."""
+    result = CliRunner().invoke(
+        cli, ["dlq", *args, "--json"], env=dlq_cli.env(broker_url), catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def test_huge_messages_are_cut_down_by_the_server_when_only_read(

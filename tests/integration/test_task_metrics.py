@@ -195,6 +195,8 @@ def test_duration_histograms(scenario: Scenario) -> None:
     ):
         assert s.series(f"{metric}_count") == per_task(counts), metric
     assert s.get("celery_task_runtime_seconds_count", name="demo.add", queue_name=QUEUE) == 3
+    # every observation lies between the first send and the last count seen
+    longest = scenario.reached - scenario.began
     for metric in (
         "celery_task_runtime_seconds",
         "celery_task_queue_wait_seconds",
@@ -203,7 +205,7 @@ def test_duration_histograms(scenario: Scenario) -> None:
         for series in s.series(f"{metric}_count"):
             count = s.samples[(f"{metric}_count", series)]
             assert s.samples[(f"{metric}_bucket", series | {("le", "+Inf")})] == count
-            assert 0 <= s.samples[(f"{metric}_sum", series)] < 30
+            assert 0 <= s.samples[(f"{metric}_sum", series)] <= count * longest, (metric, series)
 
     # queue wait: observed at every start, retries included (a retry's task-sent can
     # overtake the task-started of the attempt that retried; see TaskTracker.on_sent)
@@ -240,8 +242,10 @@ def test_exporter_health_after_the_scenario(scenario: Scenario) -> None:
     assert s.get("celery_vitals_enable_events_requests_total", result="error") == 0
     (build,) = s.series("celery_vitals_build_info")
     assert dict(build)["version"] == __version__
+    # the latest event was sent after `began` and received before this moment (one host,
+    # one clock): no lag can exceed that, however slow the host
     lag = s.get("celery_vitals_event_lag_seconds")
-    assert lag is not None and -1 < lag < 5
+    assert lag is not None and -1 < lag <= time.time() - scenario.began
 
 
 def test_promtool_accepts_metrics(scenario: Scenario) -> None:

@@ -6,7 +6,8 @@ deploy/alertmanager.yml pointing at the script's webhook receiver), with rules w
 by `celery-vitals rules --config` from an overrides file that shortens the rate window
 and the alert's `for:`, and a 5 s group_wait. The intended alert must reach the
 receiver, after the onset, and nothing else may. Figures come from the full run
-(docs/runbooks.md, docs/benchmarks.md), not from here.
+(docs/runbooks.md, docs/benchmarks.md), not from here: the run's RUN_MINUTES after the
+onset are only the deadline for the page (about 0.35 min on a quiet 2-core host).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from benchmarks.time_to_page import main
 from tests.support.processes import venv_executable
 
 pytestmark = pytest.mark.integration
+
+RUN_MINUTES = 1.0  # after the onset; a generous deadline for the page, not a target
 
 OVERRIDES = """\
 thresholds:
@@ -47,7 +50,7 @@ def shortened_rules(directory: Path) -> Path:
     return rules
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(180)
 def test_failure_burst_pages_its_own_alert_and_nothing_else(tmp_path: Path) -> None:
     result = main(
         [
@@ -62,7 +65,7 @@ def test_failure_burst_pages_its_own_alert_and_nothing_else(tmp_path: Path) -> N
             "--warmup",
             "0.25",
             "--minutes",
-            "0.75",
+            str(RUN_MINUTES),
             "--workdir",
             str(tmp_path / "run"),
             "--no-write",
@@ -71,6 +74,11 @@ def test_failure_burst_pages_its_own_alert_and_nothing_else(tmp_path: Path) -> N
     )
 
     burst = result["incidents"]["failure-burst"]
+    assert burst["time_to_page_minutes"] is not None, (
+        f"no page within the run's {RUN_MINUTES:g} min after the onset; Prometheus: "
+        f"{burst['alerts_transitions']}; receiver: {burst['notifications']}"
+    )
+    assert burst["time_to_page_minutes"] > 0  # after the onset
     assert burst["extra_pages"] == []
     assert {
         (n["alertname"], n["labels"]["name"], n["labels"]["queue_name"])
@@ -79,7 +87,6 @@ def test_failure_burst_pages_its_own_alert_and_nothing_else(tmp_path: Path) -> N
     # the ratio passes 0.1 before 0.5: the ticket comes first
     assert burst["paged_as"] == "warning"
     assert burst["notifications"][0]["receiver"] == "ticket"
-    assert 0 < burst["time_to_page_minutes"] < 0.75
-    assert burst["met_target"] is True
+    assert burst["met_target"] is True  # the target is 10 min: any page in the run meets it
     assert 0 < burst["prometheus_firing_minutes"] <= burst["time_to_page_minutes"]
     assert burst["resolved_by_itself"] is False

@@ -222,3 +222,21 @@ def test_concurrent_scrapes_benchmark_smoke_answers_every_scrape() -> None:
         assert results[case]["samples"] > 1500  # the ~2,000-series exporter, rendered
     assert results["backlog_128"]["failed"] == 0
     assert (results["backlog_5"]["backlog"], results["backlog_128"]["backlog"]) == (5, 128)
+
+
+def test_recovery_benchmark_smoke_sees_every_probe_give_up() -> None:
+    from benchmarks.recovery import main as recovery_main
+
+    results = recovery_main(["--smoke", "--runs", "1", "--timeout", "0.2", "--no-write", "--quiet"])
+    assert [(row["probe"], row["fault"], row["raised"]) for row in results["give_up"]] == [
+        (probe, fault, ["OperationalError"])
+        for probe, fault in [
+            ("redis", "closed port"),
+            ("redis", "silent listener"),
+            ("amqp", "closed port"),
+            ("amqp+management", "closed port"),
+            ("amqp", "silent listener"),
+            ("amqp+management", "silent listener"),
+        ]
+    ]
+    assert results["broker_return"] == []  # the full run only: it needs servers

@@ -154,6 +154,43 @@ def test_durations_and_rates() -> None:
         dlq.parse_duration("soon")
 
 
+class FakeClock:
+    """time.monotonic and time.sleep for dlq.RateLimit: time passes only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_rate_limit_keeps_the_pace_without_banking_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(dlq, "time", clock)
+    limit = dlq.RateLimit(100)
+    for _ in range(50):  # each operation takes 1 ms of the clock
+        limit.wait()
+        clock.now += 0.001
+    assert clock.now == pytest.approx(1000.0 + 0.49 + 0.001)  # the 50th began at 0.49 s
+    assert clock.slept == pytest.approx([0.009] * 49)
+    clock.now += 1.0  # a stall: the 100 waits it missed are not made up for at once
+    clock.slept.clear()
+    for _ in range(3):
+        limit.wait()
+    assert clock.slept == pytest.approx([0.01, 0.01])
+    unbounded = dlq.RateLimit(None)
+    for _ in range(1000):
+        unbounded.wait()
+    assert len(clock.slept) == 2
+
+
 def test_the_gauge_comes_from_the_poller_thread_samples() -> None:
     harness = Harness()
     calls: list[str] = []

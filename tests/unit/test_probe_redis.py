@@ -25,6 +25,7 @@ from kombu.message import Message
 
 from celery_vitals.probes import ProbeResult, QueueStats
 from celery_vitals.probes.redis import RedisProbe
+from tests.support.bounded import bounded_call
 from tests.support.net import LOOPBACK, wait_until
 from tests.support.servers import RedisServer
 
@@ -495,10 +496,8 @@ def test_raises_while_the_broker_is_down_and_recovers_with_the_same_probe(
 
     server.kill()
     for call in (lambda: tested.poll(["work"]), tested.discover):
-        started = time.monotonic()
         with pytest.raises(BROKER_ERRORS):
-            call()
-        assert time.monotonic() - started < 2.0 + 1.0
+            bounded_call(call, what="a call to a killed redis-server")
 
     server.start()  # same port, empty
     assert by_name(tested.poll(["work"]))["work"] == QueueStats("work", exists=False)
@@ -510,16 +509,17 @@ def test_raises_while_the_broker_is_down_and_recovers_with_the_same_probe(
 def test_a_hung_broker_fails_the_poll_within_the_timeout(
     server: RedisServer, probe: Callable[..., RedisProbe]
 ) -> None:
-    """A broker that accepts but never answers (SIGSTOP): no call outlives ``timeout``."""
+    """A broker that accepts but never answers (SIGSTOP): every call gives up by itself.
+
+    How long that takes against ``timeout``: benchmarks/recovery.py.
+    """
     tested = probe(server.url(), timeout=0.5)
     assert tested.poll(["work"]).queues == (QueueStats("work", exists=False),)
     os.kill(server.pid, signal.SIGSTOP)
     try:
         for call in (lambda: tested.poll(["work"]), tested.discover, lambda: tested.poll(["work"])):
-            started = time.monotonic()
             with pytest.raises(BROKER_ERRORS):
-                call()
-            assert time.monotonic() - started < 0.5 + 1.0  # slack for a loaded CI host
+                bounded_call(call, what="a call to a stopped redis-server")
     finally:
         os.kill(server.pid, signal.SIGCONT)
     assert tested.poll(["work"]).queues == (QueueStats("work", exists=False),)
