@@ -23,7 +23,7 @@ SUBSTITUTIONS = {
     "$__rate_interval": "1m",
     "$__interval": "1m",
     "$__range": "1h",
-    "$job": ".*",
+    "$broker": ".*",
     "$queue": ".*",
     "$task": ".*",
     "$worker": ".*",
@@ -65,6 +65,7 @@ class Expr:
     title: str  # the panel's title, "annotation: NAME" or "variable: NAME"
     ref: str
     expr: str
+    no_value: str = ""  # the panel's text for no data (Grafana's "No data" when empty)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -102,8 +103,9 @@ def panel_exprs(uid: str) -> Iterator[Expr]:
     """The PromQL of every panel target and every Prometheus annotation."""
     dashboard = load(uid)
     for panel in panels(dashboard):
+        no_value = panel["fieldConfig"]["defaults"].get("noValue", "")
         for target in panel["targets"]:
-            yield Expr(uid, panel["title"], target["refId"], target["expr"])
+            yield Expr(uid, panel["title"], target["refId"], target["expr"], no_value)
     for annotation in dashboard["annotations"]["list"]:
         if "expr" in annotation:
             yield Expr(uid, f"annotation: {annotation['name']}", "A", annotation["expr"])
@@ -122,12 +124,21 @@ def all_exprs() -> list[Expr]:
     return [expr for uid in UIDS for expr in (*panel_exprs(uid), *variable_exprs(uid))]
 
 
-def substitute(expr: str) -> str:
-    """The query as Grafana would send it with every variable at All."""
-    for variable in sorted(SUBSTITUTIONS, key=len, reverse=True):  # $__range after $__rate...
-        expr = expr.replace(variable, SUBSTITUTIONS[variable])
+def substitute(expr: str, **values: str) -> str:
+    """The query as Grafana would send it with every variable at All (``values``: a
+    variable's value instead, by name without the $)."""
+    substitutions = SUBSTITUTIONS | {f"${name}": value for name, value in values.items()}
+    for variable in sorted(substitutions, key=len, reverse=True):  # $__range after $__rate...
+        expr = expr.replace(variable, substitutions[variable])
     assert "$" not in expr, f"unsubstituted variable in {expr}"
     return expr
+
+
+def regex_all(values: list[str]) -> str:
+    """A multi-value variable at All, as Grafana's Prometheus data source writes it inside
+    a regex matcher's string: each value regex-escaped, the escapes doubled for PromQL."""
+    escaped = [re.escape(value).replace("\\", "\\\\") for value in sorted(values)]
+    return "(" + "|".join(escaped) + ")"
 
 
 def metric_names(expr: str) -> set[str]:

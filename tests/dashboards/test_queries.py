@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_vitals.catalogue import SPECS, all_series_names
+from tests.alerts.rules import rules
 from tests.dashboards.queries import (
     UIDS,
     Expr,
@@ -15,9 +16,11 @@ from tests.dashboards.queries import (
 )
 from tests.support.prometheus import PrometheusServer
 
-# Not from the exporter: Prometheus' own series. No recording rules are used,
-# so the dashboards work without alerts/ loaded.
+# Not from the exporter: Prometheus' own series, and the one recorded series (CeleryWorkerDown's
+# condition, so that Workers down agrees with the alert); every other panel works without
+# alerts/ loaded.
 PROMETHEUS_SERIES = {"ALERTS", "up"}
+RECORDED = {"hostname:celery_worker_down:bool"}
 EXPRS = all_exprs()
 
 
@@ -27,7 +30,7 @@ def _ids(exprs: list[Expr]) -> list[str]:
 
 def test_metric_name_extraction() -> None:
     expr = (
-        'histogram_quantile(0.95, sum by (le, name) (rate(a_bucket{job=~"$job", '
+        'histogram_quantile(0.95, sum by (le, name) (rate(a_bucket{broker=~"$broker", '
         'name="x y"}[$__rate_interval]))) / on (name) group_left b_total * 1e-3 '
         '+ count(c{d="rate(e)"} == 0) or vector(0) > bool 2 unless '
         "time() - max without (x) (f_timestamp_seconds offset $__rate_interval)"
@@ -48,7 +51,14 @@ def test_every_dashboard_has_queries() -> None:
 def test_only_catalogue_metrics(expr: Expr) -> None:
     names = metric_names(expr.expr)
     assert names, f"no metric found in {expr}"
-    assert names - all_series_names() - PROMETHEUS_SERIES == set(), str(expr)
+    assert names - all_series_names() - PROMETHEUS_SERIES - RECORDED == set(), str(expr)
+
+
+def test_the_recorded_series_used_are_the_shipped_rules_own() -> None:
+    used = {name for expr in EXPRS for name in metric_names(expr.expr) if ":" in name}
+    assert used == RECORDED
+    recorded = {rule.name for rule in rules() if not rule.is_alert}
+    assert RECORDED - recorded == set()
 
 
 def test_rate_and_increase_only_over_counters_and_histograms() -> None:

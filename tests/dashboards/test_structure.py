@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from celery_vitals.catalogue import SPECS
+from celery_vitals.rules import dashboards
+from celery_vitals.rules.config import RulesConfig
 from tests.dashboards.queries import (
     RANGE,
     RANGE_FUNCTIONS,
@@ -23,7 +28,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 UNITS = {"s", "short", "bytes", "percentunit", "ops"}
 TAG = "celery-vitals"
 # variable -> the label its values come from
-VARIABLE_LABELS = {"job": "job", "queue": "queue_name", "task": "name", "worker": "hostname"}
+VARIABLE_LABELS = {"broker": "broker", "queue": "queue_name", "task": "name", "worker": "hostname"}
 
 
 def _variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -55,7 +60,7 @@ def test_no_inputs_and_no_ds_placeholders(uid: str) -> None:
 @pytest.mark.parametrize("uid", UIDS)
 def test_datasource_and_filter_variables(uid: str) -> None:
     variables = _variables(load(uid))
-    assert list(variables) == ["datasource", "job", "queue", "task", "worker"]
+    assert list(variables) == ["datasource", "broker", "queue", "task", "worker"]
     datasource = variables["datasource"]
     assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
     for name, label in VARIABLE_LABELS.items():
@@ -68,8 +73,12 @@ def test_datasource_and_filter_variables(uid: str) -> None:
         selector, values_of = label_values(variable["query"])
         assert values_of == label
         assert metric_names(selector), selector
-    # job's All lists the celery-vitals jobs; the others match anything (labels absent too)
-    assert "allValue" not in variables["job"]
+    # broker's All lists the brokers of the celery-vitals targets; the others match anything
+    # (labels absent too)
+    assert (
+        variables["broker"]["query"] == 'label_values(celery_vitals_build_info{broker!=""}, broker)'
+    )
+    assert "allValue" not in variables["broker"]
     assert [variables[name]["allValue"] for name in ("queue", "task", "worker")] == [".*"] * 3
 
 
@@ -101,9 +110,30 @@ def test_panels_with_derived_values_are_described(uid: str) -> None:
             assert panel.get("description", "").strip(), f"{uid}: {panel['title']}"
 
 
+# The one range that is no rate window: how long a target that exported celery_broker_up
+# still counts as an exporter (CeleryExporterDown's exporter_remembered), for its up.
+REMEMBERED = re.compile(
+    r"max_over_time\(celery_broker_up\{[^}]*\}\["
+    + re.escape(RulesConfig().text("exporter_remembered"))
+    + r"\]\)"
+)
+
+
+def test_the_only_other_range_remembers_the_exporters() -> None:
+    found = [
+        (e.uid, e.title, e.ref) for uid in UIDS for e in panel_exprs(uid) if "_over_time" in e.expr
+    ]
+    assert found == [("celery-vitals-overview", "Exporter scraped", "A")]
+    (expr,) = (
+        e.expr for e in panel_exprs("celery-vitals-overview") if e.title == "Exporter scraped"
+    )
+    assert len(REMEMBERED.findall(expr)) == 1, expr
+
+
 @pytest.mark.parametrize("uid", UIDS)
 def test_every_range_is_rate_interval(uid: str) -> None:
-    for expr in panel_exprs(uid):
+    for found in panel_exprs(uid):
+        expr = replace(found, expr=REMEMBERED.sub("", found.expr))
         ranges = RANGE.findall(expr.expr)
         assert ranges == ["$__rate_interval"] * len(ranges), str(expr)
         # one range per rate/irate/increase, and no range anywhere else (no subqueries)
@@ -148,14 +178,20 @@ def test_links_to_the_other_dashboards(uid: str) -> None:
     )
     for panel in panels(dashboard):
         for panel_link in panel.get("links", []):
+            if panel_link["title"] == "Runbook":
+                assert panel_link["url"] == RUNBOOKS + "#celeryexportermissing"
+                assert panel_link["targetBlank"] is True
+                continue
             match = re.fullmatch(
                 r"/d/([a-z-]+)\?\$\{__url_time_range\}&\$\{__all_variables\}", panel_link["url"]
             )
             assert match is not None and match.group(1) in UIDS, panel_link["url"]
             assert match.group(1) != uid
         for data_link in panel["fieldConfig"]["defaults"].get("links", []):
-            assert data_link["url"].startswith("/d/celery-vitals-tasks?"), data_link
-            assert "var-task=${__field.labels.name}" in data_link["url"]
+            assert data_link["url"] == (
+                "/d/celery-vitals-tasks?${__url_time_range}&${datasource:queryparam}"
+                "&${broker:queryparam}&var-task=${__field.labels.name}"
+            )
 
 
 def test_overview_links_to_every_other_dashboard() -> None:
@@ -163,6 +199,7 @@ def test_overview_links_to_every_other_dashboard() -> None:
         re.match(r"/d/([a-z-]+)\?", link["url"]).group(1)  # type: ignore[union-attr]
         for panel in panels(load("celery-vitals-overview"))
         for link in panel.get("links", [])
+        if link["title"] != "Runbook"
     }
     assert targets == set(UIDS) - {"celery-vitals-overview"}
 
@@ -301,3 +338,80 @@ def test_slow_dashboard_follows_the_diagnosis_tree() -> None:
     assert "celery_task_prefetch_wait_seconds_bucket" in prefetch
     assert {name.split("_")[1] for name in broker} == {"broker"}
     assert all(name.startswith("celery_vitals_") for name in blind)
+
+
+RUNBOOKS = "https://github.com/celery-vitals/celery-vitals/blob/main/docs/runbooks.md"
+
+
+def _no_values() -> dict[tuple[str, str], str]:
+    """(uid, panel title) -> the panel's text for no data, for each panel that has one."""
+    return {
+        (uid, panel["title"]): panel["fieldConfig"]["defaults"]["noValue"]
+        for uid in UIDS
+        for panel in panels(load(uid))
+        if "noValue" in panel["fieldConfig"]["defaults"]
+    }
+
+
+def test_panels_a_setup_cannot_fill_say_why() -> None:
+    """The exact list; each says it in its noValue text and ends its description with why."""
+    agent_setup = dashboards.NO_EVENT_STREAM.text
+    sent = dashboards.NO_TASK_SENT.text
+    no_agent = dashboards.NO_AGENT.text
+    assert _no_values() == {
+        ("celery-vitals-overview", "celery-vitals targets by broker"): (
+            "No celery-vitals target is scraped: Prometheus has no "
+            'celery_vitals_build_info{broker!=""}. Check the scrape configuration and the '
+            "selector (runbook: CeleryExporterMissing)."
+        ),
+        ("celery-vitals-overview", "Queue wait p95"): sent,
+        ("celery-vitals-overview", "Oldest waiting message"): sent,
+        ("celery-vitals-overview", "Event stream up"): agent_setup,
+        ("celery-vitals-overview", "Event lag"): agent_setup,
+        ("celery-vitals-overview", "Queue wait p95 by queue"): sent,
+        ("celery-vitals-overview", "Oldest waiting message by queue"): sent,
+        ("celery-vitals-queues", "Oldest waiting message by queue"): sent,
+        ("celery-vitals-queues", "Consumers by queue"): "RabbitMQ only",
+        ("celery-vitals-workers", "Pool utilisation by worker"): no_agent,
+        ("celery-vitals-workers", "Resident memory by process"): no_agent,
+        ("celery-vitals-workers", "Pool process exits by reason"): no_agent,
+        ("celery-vitals-slow", "Queue wait p50 / p95 / p99"): sent,
+        ("celery-vitals-slow", "Queue wait p95 by queue"): sent,
+        ("celery-vitals-slow", "Oldest waiting message by queue"): sent,
+        ("celery-vitals-slow", "Event lag"): agent_setup,
+        ("celery-vitals-slow", "Event stream up and reconnects"): agent_setup,
+    }
+    whys = {
+        empty.text: empty.why
+        for empty in (
+            dashboards.NO_EVENT_STREAM,
+            dashboards.NO_TASK_SENT,
+            dashboards.NO_AGENT,
+            dashboards.RABBITMQ_ONLY,
+        )
+    }
+    for uid in UIDS:
+        for panel in panels(load(uid)):
+            text = panel["fieldConfig"]["defaults"].get("noValue")
+            if text in whys:
+                assert panel["description"].endswith(" " + whys[text]), (uid, panel["title"])
+
+
+def test_a_panel_of_agent_metrics_only_says_it_needs_the_agent() -> None:
+    """From the catalogue's source column: a panel each query of which reads a metric only
+    the agent exports is empty where the exporter alone runs, and says so."""
+    agent_only = {
+        series for spec in SPECS if spec.source == "agent" for series in spec.series_names
+    }
+    for uid in UIDS:
+        for panel in panels(load(uid)):
+            needs_agent = all(
+                metric_names(target["expr"]) & agent_only for target in panel["targets"]
+            )
+            no_value = panel["fieldConfig"]["defaults"].get("noValue")
+            assert (no_value == dashboards.NO_AGENT.text) == needs_agent, (uid, panel["title"])
+
+
+def test_the_runbook_the_targets_panel_links_to_exists() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "runbooks.md").read_text()
+    assert "\n## CeleryExporterMissing\n" in text

@@ -4,16 +4,24 @@
 JSON text, one per dashboard; with the default RulesConfig they are the
 shipped ``dashboards/*.json``. Every panel queries the ``datasource``
 variable (no ``__inputs``/``${DS_...}``, which break file provisioning),
-filters by the job, queue, task and worker variables, and uses
+filters by the broker, queue, task and worker variables, and uses
 ``$__rate_interval`` in every rate() and increase(); ``promql.scope`` adds
-the config's selector to every series of every query. Panel ids are written
+the config's selector to every series of every query. ``broker`` (the label
+the exporter and the agents put on every series) identifies a Celery cluster
+whatever jobs Prometheus scrapes them in; Prometheus' own ``up`` has no such
+label and gets it from a join on (job, instance). Panel ids are written
 here by hand so that links to a panel (``viewPanel=``) stay valid when panels
 are added. Colour steps of panels an alert watches are the alert's
-thresholds. Output is deterministic: sorted keys, fixed ids.
+thresholds. A panel whose metric one setup cannot fill (the agent setup has
+no event stream, the exporter alone no agent) says so in its noValue text and
+description instead of "No data" (``Empty``). Output is deterministic: sorted
+keys, fixed ids.
 
 Metric names come from the exporter's catalogue (``celery_vitals.catalogue``);
-tests/dashboards checks every query against it and runs every query through a
-real Prometheus.
+the one recorded series used, ``hostname:celery_worker_down:bool``, is
+CeleryWorkerDown's own condition (``rules.alerts``). tests/dashboards checks
+every query against them and runs every query through a real Prometheus, in
+both setups.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
 from celery_vitals.rules import promql
+from celery_vitals.rules.alerts import WORKER_DOWN
 from celery_vitals.rules.config import RulesConfig
 from celery_vitals.rules.promql import OVERVIEW, QUEUES, SLOW, TASKS, WORKERS
 
@@ -40,10 +49,10 @@ DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 # -- PromQL --------------------------------------------------------------------
 
-TASK = 'job=~"$job", queue_name=~"$queue", name=~"$task"'
-QUEUE = 'job=~"$job", queue_name=~"$queue"'
-WORKER = 'job=~"$job", hostname=~"$worker"'
-JOB = 'job=~"$job"'
+TASK = 'broker=~"$broker", queue_name=~"$queue", name=~"$task"'
+QUEUE = 'broker=~"$broker", queue_name=~"$queue"'
+WORKER = 'broker=~"$broker", hostname=~"$worker"'
+BROKER = 'broker=~"$broker"'
 ALERTS_FIRING = 'ALERTS{alertstate="firing", alertname=~"Celery.*"}'
 
 
@@ -105,6 +114,15 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Empty:
+    """Why a panel can have no data at all in a setup that works: Grafana shows ``text``
+    instead of "No data", and the description ends with ``why``."""
+
+    text: str
+    why: str = ""
+
+
+@dataclass(frozen=True)
 class Link:
     """A link from a panel to another dashboard (time range and variables kept)."""
 
@@ -130,6 +148,9 @@ class Panel:
     up_down: bool = False  # 1/0 as UP/DOWN
     min: float | None = None
     stack: bool = False
+    empty: Empty | None = None
+    runbook_url: str = ""  # a panel link to the runbook section that explains it
+    named: bool = False  # stat: each value under its series' name
 
 
 @dataclass(frozen=True)
@@ -248,23 +269,35 @@ def render_panel(panel: Panel) -> PanelBuilder:
         .span(panel.width)
         .height(panel.height)
     )
-    if panel.description:
-        builder = builder.description(panel.description)
+    why = panel.empty.why if panel.empty is not None else ""
+    description = " ".join(part for part in (panel.description, why) if part)
+    if description:
+        builder = builder.description(description)
+    if panel.empty is not None:
+        builder = builder.no_value(panel.empty.text)
+    if panel.named and isinstance(builder, stat.Panel):
+        builder = builder.text_mode(common.BigValueTextMode.VALUE_AND_NAME)
     for number, query in enumerate(panel.queries):
         builder = builder.with_target(_target(query, chr(ord("A") + number)))
     if panel.min is not None:
         builder = builder.min(panel.min)
-    if panel.links:
-        # The SDK has one link type for dashboard and panel links; Grafana reads
-        # title/url/targetBlank of a panel link and ignores the other fields.
-        builder = builder.links(
-            [
-                builders.DashboardLink(link.title)
-                .type(model.DashboardLinkType.LINK)
-                .url(_dashboard_url(link.uid))
-                for link in panel.links
-            ]
+    # The SDK has one link type for dashboard and panel links; Grafana reads
+    # title/url/targetBlank of a panel link and ignores the other fields.
+    links: list[cog.Builder[model.DashboardLink]] = [
+        builders.DashboardLink(link.title)
+        .type(model.DashboardLinkType.LINK)
+        .url(_dashboard_url(link.uid))
+        for link in panel.links
+    ]
+    if panel.runbook_url:
+        links.append(
+            builders.DashboardLink("Runbook")
+            .type(model.DashboardLinkType.LINK)
+            .url(panel.runbook_url)
+            .target_blank(True)
         )
+    if links:
+        builder = builder.links(links)
     if panel.task_link:
         builder = builder.data_links(
             [
@@ -272,7 +305,7 @@ def render_panel(panel: Panel) -> PanelBuilder:
                 .type(model.DashboardLinkType.LINK)
                 .url(
                     f"/d/{TASKS}?${{__url_time_range}}&${{datasource:queryparam}}"
-                    "&${job:queryparam}&var-task=${__field.labels.name}"
+                    "&${broker:queryparam}&var-task=${__field.labels.name}"
                 )
             ]
         )
@@ -323,36 +356,40 @@ def _label_values(series: str, label: str, selector: str) -> str:
 
 
 def variables(selector: str) -> list[cog.Builder[model.VariableModel]]:
-    """datasource, then job, queue, task and worker, each multi-select with All.
+    """datasource, then broker, queue, task and worker, each multi-select with All.
 
-    job's All is the list of jobs that run celery-vitals (so ``up{job=~"$job"}``
-    means the exporters); queue, task and worker use ``.*`` for All, which
-    keeps the regex short and also matches series without the label.
+    broker's values are the brokers of the targets that export celery_vitals_build_info
+    (the exporters and the agents), its All their list; queue, task and worker use
+    ``.*`` for All, which keeps the regex short and also matches series without the
+    label.
     """
     queue_metrics = "celery_queue_length|celery_dlq_length|celery_task_received_total"
     return [
         builders.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         _query_variable(
-            "job", "Job", _label_values("celery_vitals_build_info", "job", selector), all_value=None
+            "broker",
+            "Broker",
+            _label_values("celery_vitals_build_info", "broker", selector),
+            all_value=None,
         ),
         _query_variable(
             "queue",
             "Queue",
-            _label_values(f'{{__name__=~"{queue_metrics}", job=~"$job"}}', "queue_name", selector),
+            _label_values(f'{{__name__=~"{queue_metrics}", {BROKER}}}', "queue_name", selector),
             all_value=".*",
         ),
         _query_variable(
             "task",
             "Task",
             _label_values(
-                'celery_task_received_total{job=~"$job", queue_name=~"$queue"}', "name", selector
+                f'celery_task_received_total{{{BROKER}, queue_name=~"$queue"}}', "name", selector
             ),
             all_value=".*",
         ),
         _query_variable(
             "worker",
             "Worker",
-            _label_values('celery_worker_up{job=~"$job"}', "hostname", selector),
+            _label_values(f"celery_worker_up{{{BROKER}}}", "hostname", selector),
             all_value=".*",
         ),
     ]
@@ -426,10 +463,7 @@ QUEUE_WAIT_HELP = (
     "Time from publication (or ETA) to the start of execution, from "
     "celery_task_queue_wait_seconds. High here but not in runtime: not enough workers."
 )
-OLDEST_HELP = (
-    "Age of the oldest task sent to the queue and not yet received by a worker (from "
-    "task-sent events: needs task_send_sent_event in the publishing app)."
-)
+OLDEST_HELP = "Age of the oldest task sent to the queue and not yet received by a worker."
 DLQ_HELP = (
     "Messages in the dead-letter queues the exporter polls (--dlq names or globs; on "
     "RabbitMQ also the queues others dead-letter into)."
@@ -445,6 +479,12 @@ PREFETCH_HELP = (
     "when long tasks block short ones prefetched behind them; lower "
     "worker_prefetch_multiplier or use -O fair."
 )
+WORKERS_DOWN_HELP = (
+    "Workers CeleryWorkerDown counts as down (its recording rule "
+    f"{WORKER_DOWN}, from the shipped rules): offline or silent for the worker timeout, "
+    "purged since while their broker has fewer workers up, or a worker whose agent "
+    "Prometheus cannot scrape. Needs the rules loaded (without them: 0)."
+)
 COUNT_HELP = (
     " Counted per $__rate_interval window (a series' first increment included, "
     "which rate() would miss)."
@@ -454,10 +494,33 @@ STARTS_HELP = (
     "max-tasks-per-child recycling."
 )
 
+# What a setup that works cannot show (docs/metrics.md, column source): said, not "No data".
+NO_EVENT_STREAM = Empty(
+    "no event stream (agent setup)",
+    "Only the exporter's event stream makes this metric: in the agent setup (`celery-vitals "
+    "serve --no-event-stream`, the agents in the workers count tasks and workers) it does "
+    "not exist, by design.",
+)
+NO_TASK_SENT = Empty(
+    "no task-sent events (agent setup)",
+    "Task-sent events tell when a task was published, and only the exporter's event stream "
+    "receives them: empty in the agent setup (`celery-vitals serve --no-event-stream`), and "
+    "wherever the publishing app does not set task_send_sent_event=True.",
+)
+NO_AGENT = Empty(
+    "needs the agent in the workers",
+    "Only the agent inside the worker (celery_vitals.agent.install) measures this: empty "
+    "where the exporter alone watches the workers.",
+)
+RABBITMQ_ONLY = Empty(
+    "RabbitMQ only",
+    "Only RabbitMQ counts a queue's consumers: empty on Redis and SQS, which cannot tell.",
+)
+
 FAILED = "celery_task_failed_total"
 SUCCEEDED = "celery_task_succeeded_total"
 RETRIED = "celery_task_retried_total"
-DLQ = 'job=~"$job", queue_name=~"$queue"'
+DLQ = QUEUE
 
 
 def percentiles(histogram: str, matchers: str) -> tuple[Query, ...]:
@@ -499,8 +562,53 @@ def _oldest_by_queue(c: RulesConfig, pid: int, **options: Any) -> Panel:
         description=OLDEST_HELP,
         width=8,
         thresholds=_oldest_steps(c),
+        empty=NO_TASK_SENT,
         **options,
     )
+
+
+def _targets(c: RulesConfig) -> Panel:
+    """The celery-vitals targets Prometheus scrapes, by broker: none says why every other
+    panel is empty (the broker variable has no value then)."""
+    series = promql.scope("celery_vitals_build_info", c.selector)
+    return single(
+        22,
+        "celery-vitals targets by broker",
+        "short",
+        Query("count by (broker) (celery_vitals_build_info)", "{{broker}}"),
+        description="Targets (the exporter and the workers' agents) that export "
+        "celery_vitals_build_info, by the broker they watch: the values of the broker "
+        "variable. None: Prometheus scrapes no celery-vitals target that the selector "
+        "matches, and every other panel is empty (CeleryExporterMissing).",
+        width=24,
+        height=3,
+        named=True,
+        empty=Empty(
+            f"No celery-vitals target is scraped: Prometheus has no {series}. Check the "
+            "scrape configuration and the selector (runbook: CeleryExporterMissing)."
+        ),
+        runbook_url=f"{c.runbook_url}#celeryexportermissing",
+    )
+
+
+def _exporters_up(c: RulesConfig) -> Query:
+    """Prometheus' up of the selected brokers' exporters: the targets that exported
+    celery_broker_up within exporter_remembered, as CeleryExporterDown counts them (a target
+    that is down exports nothing, so its broker comes from before). up has no broker label
+    (promql.scope leaves it alone): the join picks the targets."""
+    remembered = c.text("exporter_remembered")
+    return Query(
+        "min(up and on (job, instance) max by (job, instance) "
+        f"(max_over_time(celery_broker_up{{{BROKER}}}[{remembered}])))",
+        "up",
+    )
+
+
+def _workers_down() -> Query:
+    """How many workers are down, from CeleryWorkerDown's own condition (the recording rule):
+    the exporter's view, the workers it purged since, and agents whose target is down (their
+    series are gone, so celery_worker_up == 0 cannot count them)."""
+    return Query(f"count({WORKER_DOWN}{{{WORKER}}}) or vector(0)", "down")
 
 
 def overview(c: RulesConfig) -> Board:
@@ -509,6 +617,7 @@ def overview(c: RulesConfig) -> Board:
         100,
         "Right now",
         (
+            _targets(c),
             single(
                 1,
                 "Failure ratio",
@@ -524,6 +633,7 @@ def overview(c: RulesConfig) -> Board:
                 "s",
                 Query(quantile(0.95, "celery_task_queue_wait_seconds", TASK), "p95"),
                 description=QUEUE_WAIT_HELP,
+                empty=NO_TASK_SENT,
                 thresholds=((10, "orange"), (60, "red")),
                 links=(Link("Celery is slow", SLOW),),
             ),
@@ -535,6 +645,7 @@ def overview(c: RulesConfig) -> Board:
                 description=OLDEST_HELP,
                 thresholds=_oldest_steps(c),
                 links=(Link("Queues & DLQ", QUEUES),),
+                empty=NO_TASK_SENT,
             ),
             single(
                 4,
@@ -575,9 +686,8 @@ def overview(c: RulesConfig) -> Board:
                 8,
                 "Workers down",
                 "short",
-                Query(f"count(celery_worker_up{{{WORKER}}} == 0) or vector(0)", "down"),
-                description="Workers that went offline or missed heartbeats for the worker "
-                "timeout; their series go away after --worker-purge-after.",
+                _workers_down(),
+                description=WORKERS_DOWN_HELP,
                 thresholds=((1, "red"),),
                 links=(Link("Workers", WORKERS),),
             ),
@@ -585,7 +695,7 @@ def overview(c: RulesConfig) -> Board:
                 9,
                 "Broker up",
                 "short",
-                Query(f"min(celery_broker_up{{{JOB}}})", "broker"),
+                Query(f"min(celery_broker_up{{{BROKER}}})", "broker"),
                 description="1 when the exporter's last queue poll reached the broker.",
                 up_down=True,
                 thresholds=((1, "green"),),
@@ -594,28 +704,34 @@ def overview(c: RulesConfig) -> Board:
                 10,
                 "Event stream up",
                 "short",
-                Query(f"min(celery_vitals_event_stream_up{{{JOB}}})", "stream"),
+                Query(f"min(celery_vitals_event_stream_up{{{BROKER}}})", "stream"),
                 description="1 while the exporter's event stream is connected: with 0 every "
                 "task and worker metric is frozen.",
                 up_down=True,
                 links=(Link("Celery is slow (exporter blind spots)", SLOW),),
+                empty=NO_EVENT_STREAM,
             ),
             single(
                 11,
                 "Exporter scraped",
                 "short",
-                Query('min(up{job=~"$job"})', "up"),
-                description="Prometheus' up for the celery-vitals jobs: 0 means no metrics at all.",
+                _exporters_up(c),
+                description="Prometheus' up for the exporters of the selected brokers, whatever "
+                "their job (the targets that exported celery_broker_up within "
+                f"{c.text('exporter_remembered')}, as CeleryExporterDown counts them): DOWN "
+                "means no queue, dead-letter or broker metrics. A worker's agent that cannot be "
+                "scraped counts under Workers down.",
                 up_down=True,
             ),
             single(
                 12,
                 "Event lag",
                 "s",
-                Query(f"max(celery_vitals_event_lag_seconds{{{JOB}}})", "lag"),
+                Query(f"max(celery_vitals_event_lag_seconds{{{BROKER}}})", "lag"),
                 description="Exporter receive time minus the newest event's timestamp: a "
                 "growing lag means the exporter falls behind (or clocks are skewed).",
                 thresholds=((5, "orange"), (30, "red")),
+                empty=NO_EVENT_STREAM,
             ),
         ),
     )
@@ -662,6 +778,7 @@ def overview(c: RulesConfig) -> Board:
                     "{{queue_name}}",
                 ),
                 description=QUEUE_WAIT_HELP,
+                empty=NO_TASK_SENT,
                 width=8,
                 links=(Link("Celery is slow", SLOW),),
             ),
@@ -704,8 +821,13 @@ def overview(c: RulesConfig) -> Board:
                 "Workers up vs known",
                 "short",
                 Query(f"sum(celery_worker_up{{{WORKER}}})", "up"),
-                Query(f"count(celery_worker_up{{{WORKER}}})", "known"),
-                description="Workers sending heartbeats, and every worker the exporter knows.",
+                Query(
+                    f"count(max by (broker, hostname) (celery_worker_up{{{WORKER}}}) "
+                    f"or max by (broker, hostname) ({WORKER_DOWN}{{{WORKER}}}))",
+                    "known",
+                ),
+                description="Workers sending heartbeats, and every worker known: up, or down "
+                "as CeleryWorkerDown sees it (dead agents and purged workers included).",
                 width=6,
                 min=0,
                 links=(Link("Workers", WORKERS),),
@@ -994,8 +1116,9 @@ def queues(c: RulesConfig) -> Board:
                     "{{queue_name}} out",
                 ),
                 description="In: tasks published to the queue (task-sent events, needs "
-                "task_send_sent_event). Out: tasks workers received from it. In above "
-                "out for long: the queue climbs; add workers.",
+                "task_send_sent_event, and the exporter's event stream: absent in the agent "
+                "setup, `serve --no-event-stream`). Out: tasks workers received from it. In "
+                "above out for long: the queue climbs; add workers.",
                 width=12,
             ),
             ts(
@@ -1003,11 +1126,11 @@ def queues(c: RulesConfig) -> Board:
                 "Consumers by queue",
                 "short",
                 Query(f"sum by (queue_name) (celery_queue_consumers{{{QUEUE}}})", "{{queue_name}}"),
-                description="Consumers of the queue (RabbitMQ; Redis cannot tell). 0 with "
-                "messages waiting: nobody consumes the queue (a misspelled queue name "
-                "or no worker started with -Q for it).",
+                description="Consumers of the queue. 0 with messages waiting: nobody consumes "
+                "the queue (a misspelled queue name or no worker started with -Q for it).",
                 width=6,
                 min=0,
+                empty=RABBITMQ_ONLY,
             ),
             Panel(
                 6,
@@ -1045,7 +1168,8 @@ def queues(c: RulesConfig) -> Board:
                     "{{queue_name}}",
                 ),
                 Query(
-                    f"max(celery_queue_visibility_timeout_seconds{{{JOB}}})", "visibility timeout"
+                    f"max(celery_queue_visibility_timeout_seconds{{{BROKER}}})",
+                    "visibility timeout",
                 ),
                 description="On Redis an unacked message is handed to another worker once its "
                 "age passes visibility_timeout: a long task with acks_late or an ETA "
@@ -1144,8 +1268,8 @@ def workers(c: RulesConfig) -> Board:
                 2,
                 "Workers down",
                 "short",
-                Query(f"count(celery_worker_up{{{WORKER}}} == 0) or vector(0)", "down"),
-                description="Workers offline or silent for the worker timeout.",
+                _workers_down(),
+                description=WORKERS_DOWN_HELP,
                 thresholds=((1, "red"),),
             ),
             single(
@@ -1162,9 +1286,16 @@ def workers(c: RulesConfig) -> Board:
                 "state-timeline",
                 "Up by worker",
                 "short",
-                (Query(f"max by (hostname) (celery_worker_up{{{WORKER}}})", "{{hostname}}"),),
+                (
+                    Query(
+                        f"max by (hostname) (celery_worker_up{{{WORKER}}})\n"
+                        f"or max by (hostname) ({WORKER_DOWN}{{{WORKER}}}) * 0",
+                        "{{hostname}}",
+                    ),
+                ),
                 description="UP while heartbeats arrive; DOWN after worker-offline or the "
-                "worker timeout.",
+                "worker timeout, and while CeleryWorkerDown counts the worker as down (an "
+                "agent Prometheus cannot scrape, a purged worker; from the shipped rules).",
                 width=12,
                 height=4,
                 up_down=True,
@@ -1232,15 +1363,16 @@ def workers(c: RulesConfig) -> Board:
                     "{{hostname}}",
                 ),
                 Query(
-                    f"max(celery_vitals_task_sent_events_missing{{{JOB}}})",
+                    f"max(celery_vitals_task_sent_events_missing{{{BROKER}}})",
                     "publishers without task-sent events",
                 ),
                 description="1: the worker processes tasks but sends no task events, so none of "
                 "its tasks is counted (start it with -E). Publishers without task-sent "
                 "events: tasks were received last minute that no task-sent announced "
                 "(set task_send_sent_event=True where tasks are published), so their "
-                "queue is the default one and they have no queue wait. "
-                "`celery-vitals doctor` names both.",
+                "queue is the default one and they have no queue wait; the exporter's event "
+                "stream tells, so it is absent in the agent setup (`serve "
+                "--no-event-stream`). `celery-vitals doctor` names both.",
                 min=0,
                 width=24,
                 height=6,
@@ -1263,8 +1395,9 @@ def workers(c: RulesConfig) -> Board:
                 ),
                 description="Busy pool processes / pool processes. At 100 % with a backlog "
                 "waiting (CeleryWorkerPoolSaturated) the pool is too small, or its "
-                "tasks hang. Needs the agent (celery_vitals.agent.install).",
+                "tasks hang.",
                 min=0,
+                empty=NO_AGENT,
                 thresholds=((c.number("pool_saturation_ratio"), "red"),),
             ),
             ts(
@@ -1280,6 +1413,7 @@ def workers(c: RulesConfig) -> Board:
                 "child takes its slot's series). Red: the per-process limit of "
                 "CeleryWorkerMemoryGrowing.",
                 min=0,
+                empty=NO_AGENT,
                 thresholds=((c.number("worker_process_memory_bytes"), "red"),),
             ),
             ts(
@@ -1296,6 +1430,7 @@ def workers(c: RulesConfig) -> Board:
                 "by a signal, the OOM killer's SIGKILL among them; failed: another "
                 "non-zero exit." + COUNT_HELP,
                 min=0,
+                empty=NO_AGENT,
             ),
             ts(
                 13,
@@ -1315,7 +1450,8 @@ def workers(c: RulesConfig) -> Board:
                 ),
                 description="Tasks the worker holds and has not started (ETA tasks among them, "
                 "which a deploy loses unless acks_late), against the consumer's "
-                "prefetch count.",
+                "prefetch count. ETA/countdown: from the agent only, absent where the exporter "
+                "alone watches the workers.",
                 min=0,
             ),
         ),
@@ -1357,6 +1493,7 @@ def slow(c: RulesConfig) -> Board:
                 "s",
                 *percentiles("celery_task_queue_wait_seconds", TASK),
                 description=QUEUE_WAIT_HELP,
+                empty=NO_TASK_SENT,
                 width=8,
             ),
             ts(
@@ -1368,6 +1505,7 @@ def slow(c: RulesConfig) -> Board:
                     "{{queue_name}}",
                 ),
                 description=QUEUE_WAIT_HELP,
+                empty=NO_TASK_SENT,
                 width=8,
             ),
             _oldest_by_queue(c, 5, links=(Link("Queues & DLQ", QUEUES),)),
@@ -1418,7 +1556,7 @@ def slow(c: RulesConfig) -> Board:
                 9,
                 "Broker poll duration p50 / p95 / p99",
                 "s",
-                *percentiles("celery_broker_probe_duration_seconds", JOB),
+                *percentiles("celery_broker_probe_duration_seconds", BROKER),
                 description="Time one queue poll of the broker took (a few round trips): the "
                 "broker's latency as a client sees it.",
                 width=6,
@@ -1427,7 +1565,7 @@ def slow(c: RulesConfig) -> Board:
                 10,
                 "Broker up",
                 "short",
-                Query(f"min by (job) (celery_broker_up{{{JOB}}})", "{{job}}"),
+                Query(f"min by (broker) (celery_broker_up{{{BROKER}}})", "{{broker}}"),
                 description="1 when the last queue poll reached the broker.",
                 width=6,
                 min=0,
@@ -1436,8 +1574,14 @@ def slow(c: RulesConfig) -> Board:
                 11,
                 "Broker memory used vs limit",
                 "bytes",
-                Query(f"max by (job) (celery_broker_memory_used_bytes{{{JOB}}})", "used"),
-                Query(f"max by (job) (celery_broker_memory_limit_bytes{{{JOB}}})", "limit"),
+                Query(
+                    f"max by (broker) (celery_broker_memory_used_bytes{{{BROKER}}})",
+                    "{{broker}} used",
+                ),
+                Query(
+                    f"max by (broker) (celery_broker_memory_limit_bytes{{{BROKER}}})",
+                    "{{broker}} limit",
+                ),
                 description="Redis: used_memory and maxmemory (limit 0 = unlimited); RabbitMQ: "
                 "memory used and the high watermark.",
                 width=6,
@@ -1447,7 +1591,9 @@ def slow(c: RulesConfig) -> Board:
                 12,
                 "Broker poll errors by error",
                 "short",
-                Query(occurrences("celery_broker_probe_errors_total", JOB, "error"), "{{error}}"),
+                Query(
+                    occurrences("celery_broker_probe_errors_total", BROKER, "error"), "{{error}}"
+                ),
                 description="Failed queue polls by error class." + COUNT_HELP,
                 width=6,
             ),
@@ -1462,36 +1608,40 @@ def slow(c: RulesConfig) -> Board:
                 "Event lag",
                 "s",
                 Query(
-                    f"max by (instance) (celery_vitals_event_lag_seconds{{{JOB}}})", "{{instance}}"
+                    f"max by (instance) (celery_vitals_event_lag_seconds{{{BROKER}}})",
+                    "{{instance}}",
                 ),
                 description="Exporter receive time minus the newest event's timestamp. Growing: "
                 "the exporter falls behind the event stream; constant offset: clock "
                 "skew between workers and exporter.",
                 width=8,
+                empty=NO_EVENT_STREAM,
             ),
             ts(
                 14,
                 "Event stream up and reconnects",
                 "short",
                 Query(
-                    f"min by (instance) (celery_vitals_event_stream_up{{{JOB}}})", "{{instance}} up"
+                    f"min by (instance) (celery_vitals_event_stream_up{{{BROKER}}})",
+                    "{{instance}} up",
                 ),
                 Query(
                     f"sum by (instance) (increase(celery_vitals_event_stream_reconnects_total"
-                    f"{{{JOB}}}[$__rate_interval]))",
+                    f"{{{BROKER}}}[$__rate_interval]))",
                     "{{instance}} reconnects",
                 ),
                 description="Up: connected to the broker's event exchange. Reconnects: lost and "
                 "regained connections (events in between are lost).",
                 width=8,
                 min=0,
+                empty=NO_EVENT_STREAM,
             ),
             ts(
                 15,
                 "Heartbeats missed per second",
                 "ops",
                 Query(
-                    sum_rate("celery_vitals_heartbeats_missed_total", JOB, "instance"),
+                    sum_rate("celery_vitals_heartbeats_missed_total", BROKER, "instance"),
                     "{{instance}}",
                 ),
                 description="Worker heartbeats that never arrived while the worker stayed online: "
@@ -1503,7 +1653,8 @@ def slow(c: RulesConfig) -> Board:
                 "Tracker evictions per second by reason",
                 "ops",
                 Query(
-                    sum_rate("celery_vitals_tracker_evictions_total", JOB, "reason"), "{{reason}}"
+                    sum_rate("celery_vitals_tracker_evictions_total", BROKER, "reason"),
+                    "{{reason}}",
                 ),
                 description="Unfinished tasks dropped from the uuid map (capacity: raise "
                 "--max-tracked-tasks; age: raise --max-task-age for long ETAs). Their "
@@ -1515,7 +1666,8 @@ def slow(c: RulesConfig) -> Board:
                 "Events with an unknown uuid by type",
                 "short",
                 Query(
-                    occurrences("celery_vitals_unknown_uuid_events_total", JOB, "type"), "{{type}}"
+                    occurrences("celery_vitals_unknown_uuid_events_total", BROKER, "type"),
+                    "{{type}}",
                 ),
                 description="Task events for a uuid the exporter never saw sent or received: it "
                 "started late, or lost or evicted the first events." + COUNT_HELP,
@@ -1526,7 +1678,9 @@ def slow(c: RulesConfig) -> Board:
                 "Label values folded into other",
                 "short",
                 Query(
-                    occurrences("celery_vitals_label_values_folded_total", JOB, "label", "reason"),
+                    occurrences(
+                        "celery_vitals_label_values_folded_total", BROKER, "label", "reason"
+                    ),
                     "{{label}} {{reason}}",
                 ),
                 description="The cardinality guard replaced label values by 'other': raise the "
@@ -1538,7 +1692,8 @@ def slow(c: RulesConfig) -> Board:
                 "Events skipped by reason",
                 "short",
                 Query(
-                    occurrences("celery_vitals_events_skipped_total", JOB, "reason"), "{{reason}}"
+                    occurrences("celery_vitals_events_skipped_total", BROKER, "reason"),
+                    "{{reason}}",
                 ),
                 description="Events or message bodies the exporter could not use." + COUNT_HELP,
                 width=6,
@@ -1547,7 +1702,7 @@ def slow(c: RulesConfig) -> Board:
                 20,
                 "Events received per second by type",
                 "ops",
-                Query(sum_rate("celery_vitals_events_total", JOB, "type"), "{{type}}"),
+                Query(sum_rate("celery_vitals_events_total", BROKER, "type"), "{{type}}"),
                 description="No task-* types while workers are busy: task events are off.",
                 stack=True,
             ),
@@ -1555,7 +1710,9 @@ def slow(c: RulesConfig) -> Board:
                 21,
                 "Tasks tracked by uuid",
                 "short",
-                Query(f"sum by (instance) (celery_vitals_tracked_tasks{{{JOB}}})", "{{instance}}"),
+                Query(
+                    f"sum by (instance) (celery_vitals_tracked_tasks{{{BROKER}}})", "{{instance}}"
+                ),
                 description="Sent or received and not finished; evictions start at "
                 "--max-tracked-tasks.",
                 min=0,
