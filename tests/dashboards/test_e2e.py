@@ -38,7 +38,15 @@ from kombu import Connection, Exchange, Queue
 
 from celery_vitals.rules import dashboards
 from tests.alerts.rules import alerts
-from tests.dashboards.queries import Expr, all_exprs, load, panels, regex_all, substitute
+from tests.dashboards.queries import (
+    UIDS,
+    Expr,
+    all_exprs,
+    load,
+    panels,
+    regex_all,
+    substitute,
+)
 from tests.support.harness import Harness
 from tests.support.net import LOOPBACK, free_port, wait_until
 from tests.support.processes import CeleryWorker, ExporterProcess
@@ -264,20 +272,24 @@ def _check_every_query(
 
 
 def _explained(cannot: frozenset[Key], empties: tuple[dashboards.Empty, ...]) -> list[str]:
-    """The panels of ``cannot`` that do not say why: a panel with no query left shows one of
-    ``empties``' texts instead of No data; a query beside others is named in the description
+    """The panels of ``cannot`` that do not say why, and the panels that say so but are
+    not empty here. A panel with no query left shows one of ``empties``' texts instead of
+    No data, and no other panel does; a query beside others is named in the description
     (by the same words as the empties': "agent setup", "the exporter alone")."""
     words = ("agent setup", "the exporter alone")
+    texts = {empty.text for empty in empties}
     unexplained = []
-    for uid, title, _ in sorted(cannot):
-        (panel,) = (p for p in panels(load(uid)) if p["title"] == title)
-        refs = {target["refId"] for target in panel["targets"]}
-        no_value = panel["fieldConfig"]["defaults"].get("noValue")
-        if {(uid, title, ref) for ref in refs} <= cannot:
-            if no_value not in {empty.text for empty in empties}:
-                unexplained.append(f"{uid} / {title}: noValue {no_value!r}")
-        elif not any(word in panel.get("description", "") for word in words):
-            unexplained.append(f"{uid} / {title}: the description does not say")
+    for uid in UIDS:
+        for panel in panels(load(uid)):
+            keys = {(uid, panel["title"], target["refId"]) for target in panel["targets"]}
+            where = f"{uid} / {panel['title']}"
+            says = panel["fieldConfig"]["defaults"].get("noValue") in texts
+            if keys <= cannot and not says:
+                unexplained.append(f"{where}: empty here, without one of {sorted(texts)}")
+            elif says and not keys <= cannot:
+                unexplained.append(f"{where}: says it is empty here, but has data")
+            elif keys & cannot and not any(word in panel["description"] for word in words):
+                unexplained.append(f"{where}: the description does not say")
     return unexplained
 
 
