@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from celery_vitals.brokers import identity
+from celery_vitals.rules import alerts
+from celery_vitals.rules.config import from_mapping
 from tests.alerts.rules import RULES_PATH
 from tests.alerts.test_alerts_e2e import Expressions, labels, shortened
 from tests.support.harness import Harness
@@ -134,3 +136,43 @@ def test_exporter_beside_an_agent_counts_and_pages_once(
             what="the dead worker's agent down as CeleryWorkerDown",
         )
         expressions.quiet("CeleryExporterDown")
+
+
+@pytest.mark.parametrize(
+    ("selector", "missing"),
+    [('job="celery-vitals"', True), (None, False)],
+    ids=["selector-matches-no-job", "shipped-selector"],
+)
+def test_a_selector_that_matches_no_exporter_pages(
+    harness: Harness, tmp_path: Path, selector: str | None, missing: bool
+) -> None:
+    """The exporter scraped as job "celery": rules selecting job="celery-vitals" see no
+    exporter, and CeleryExporterMissing's expression holds (it pages after its for:);
+    with the shipped selector (broker!="", any job) nothing is missing."""
+    config = alerts.alert_names()
+    overrides = {"selector": selector} if selector else {}
+    rules_path = tmp_path / "celery-vitals.rules.yml"
+    rules_path.write_text(
+        shortened(alerts.render(from_mapping(overrides, config))), encoding="utf-8"
+    )
+    url = harness.redis().url()
+    exporter = harness.exporter(url, "--queue", QUEUE, "--queue-poll-interval", "1")
+    targets = {"celery": [f"{LOOPBACK}:{exporter.port}"]}
+    with PrometheusServer(tmp_path / "prometheus", targets, [rules_path]) as prometheus:
+        prometheus.wait_scraped("celery")
+        prometheus.wait_rules_evaluated()
+        expressions = Expressions(prometheus, rules_path)
+        # the exporter is scraped and answers in either case
+        prometheus.wait_nonempty(
+            'celery_broker_up{job="celery"} == 1', timeout=20, what="the exporter scraped"
+        )
+        if missing:
+            prometheus.wait_for(
+                expressions.expr("CeleryExporterMissing"),
+                # absent() keeps the selector's equality matchers: the job it looked for
+                {frozenset({("job", "celery-vitals")})},
+                timeout=20,
+                what="CeleryExporterMissing for a selector that matches no exporter",
+            )
+        else:
+            expressions.quiet("CeleryExporterMissing", "CeleryExporterDown")
