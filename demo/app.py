@@ -126,9 +126,9 @@ def charge(declined: bool = False) -> str:
 @app.task(name="demo.sync", bind=True, max_retries=None)
 def sync(self: Task, until: float = 0.0) -> str:
     """Syncs with a dependency that is down until ``until`` (a Unix time): till then it
-    retries every 10 s without limit (max_retries=None), as a retry storm does."""
+    retries every 5 s without limit (max_retries=None), as a retry storm does."""
     if time.time() < until:
-        raise self.retry(exc=ConnectionError("dependency down"), countdown=10)
+        raise self.retry(exc=ConnectionError("dependency down"), countdown=5)
     return "synced"
 
 

@@ -57,7 +57,7 @@ INCIDENTS: dict[str, Incident] = {
         ),
         Incident(
             "retry-storm",
-            "demo.sync's dependency is down: every demo.sync retries every 10 s, without limit",
+            "demo.sync's dependency is down: every demo.sync retries every 5 s, without limit",
             "the dependency is back: the retrying demo.sync succeed",
             ("CeleryTaskRetryStorm/warning",),
             2.0,

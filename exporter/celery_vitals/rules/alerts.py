@@ -292,20 +292,16 @@ def _failure_ratio_above(c: RulesConfig, ratio_series: str, key: str) -> str:
 
 
 def _retry_storm(c: RulesConfig) -> str:
-    """Tasks retrying themselves into a storm: many retries per new task, and the
-    retrying tasks do not finish. Bounded retries (max_retries=2, then success or a
-    dead letter) finish every task, so they are no storm however many retries they take."""
+    """Tasks retrying themselves into a storm: many retries per new task. The load is the
+    new tasks times their retries, whether the retries are bounded (max_retries=50 with a
+    short countdown: every task ends, failed, after fifty runs) or not; a task that retries
+    twice and then dead-letters is no storm, CeleryTaskRetriesExhausted reports it."""
     w = c.text("rate_window")
     t = f"name_queue_name:celery_task_{{}}:rate{w}"
-    new = f"clamp_min({t.format('received')} - {t.format('retried')}, 0)"
     return (
         f"name_queue_name:celery_task_retry_amplification:rate{w}"
-        f" > {c.text('retry_amplification')}\n"
-        f"and {t.format('retried')} > {_per_second(c, 'retry_min_per_minute')}\n"
-        f"unless on ({TASK}) (\n"
-        f"  {t.format('finished')}\n"
-        f"  > on ({TASK}) {new} * {c.text('retry_storm_finished_ratio')}\n"
-        ")"
+        f" >= {c.text('retry_amplification')}\n"
+        f"and {t.format('retried')} > {_per_second(c, 'retry_min_per_minute')}"
     )
 
 
@@ -546,7 +542,10 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             "Messages entered dead-letter queue {{ $labels.queue_name }} "
             "({{ $value | humanize }} in the last " + c.text("event_window") + ").",
             _queue_dashboard(with_queue=False),
-        ),
+        )
+        # the dead letters of tasks whose retries ran out are that alert's incident; one
+        # task more in the DLQ, and it pages again
+        .unless(QUEUE, _dead_letters_explained(c), "CeleryTaskRetriesExhausted"),
         Alert(
             "CeleryDeadLetterQueueNotDrained",
             "warning",
@@ -561,6 +560,32 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             _queue_dashboard(with_queue=False),
         ),
     ]
+
+
+def _retries_exhausted(c: RulesConfig) -> str:
+    """CeleryTaskRetriesExhausted's condition, by broker and task name."""
+    return (
+        f"{occurrences('celery_task_failed_after_retries_total', TASK, c.text('event_window'))}"
+        f" >= {c.text('retries_exhausted_min')}"
+    )
+
+
+def _dead_letters_explained(c: RulesConfig) -> str:
+    """Dead-letter queues where every task whose dead letters grew in the event window
+    (``celery_dlq_messages`` by name, sampled by the exporter) exhausted its retries: the
+    growth is CeleryTaskRetriesExhausted's incident. A DLQ without that sample (foreign
+    messages, no --dlq-sample), or with a task that did not exhaust retries, is not."""
+    ew = c.text("event_window")
+    by = "broker, queue_name, name"
+    now = f"max by ({by}) (celery_dlq_messages)"
+    then = f"max by ({by}) (celery_dlq_messages offset {ew})"
+    grown = f"(\n  {now} > {then}\n  or ({now} unless {then})\n)"
+    exhausted = f"max by (broker, name) (\n{_indent(_retries_exhausted(c))}\n)"
+    return (
+        f"count by ({QUEUE}) {grown}\n"
+        f"== count by ({QUEUE}) (\n{_indent(grown)}\n  and on (broker, name) "
+        f"{exhausted.replace(chr(10), chr(10) + '  ')}\n)"
+    )
 
 
 def _agent_targets(c: RulesConfig) -> str:

@@ -59,16 +59,12 @@ THRESHOLDS: dict[str, Threshold] = {
         "a rare task is not an incident.",
     ),
     "retry_amplification": Threshold(
-        1,
+        4,
         "retries per new task",
-        "Retries per newly received task above which a task is in a retry storm.",
-    ),
-    "retry_storm_finished_ratio": Threshold(
-        0.5,
-        "ratio",
-        "Finished runs (succeeded or failed for good) per new task below which "
-        "the retrying tasks pile up: a storm. Bounded retries finish every task (ratio 1) and "
-        "are no storm, however many retries each takes.",
+        "Retries per newly received task at or above which a task is in a retry storm, "
+        "bounded retries or not: each retry is another message and another run. A few "
+        "retries with backoff (max_retries=3) stay under it; fifty immediate retries, or an "
+        "unbounded loop, are far above it.",
     ),
     "retry_min_per_minute": Threshold(
         1, "retries/min", "Fewer retries than this per minute are no storm."
