@@ -288,6 +288,7 @@ def test_queue_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> 
         exporter.wait_for(
             lambda s: (
                 s.get("celery_dlq_length", queue_name="dead") == 3
+                and s.get("celery_dlq_messages", queue_name="dead", name="alerts.hopeless") == 3
                 and s.get("celery_queue_length", queue_name="typo") == 5
                 and s.value("celery_task_succeeded_total", name="demo.add", queue_name="celery")
                 == 3
@@ -296,6 +297,19 @@ def test_queue_incidents(harness: Harness, tmp_path: Path, rules_path: Path) -> 
             what="3 dead letters, 5 tasks in typo, 3 done from celery",
         )
         instance = f"{LOOPBACK}:{exporter.port}"
+        # the dead letters are those of a task whose retries ran out: that alert's incident
+        alerts_.fires(
+            "CeleryTaskRetriesExhausted", labels(name="alerts.hopeless", queue_name="celery")
+        )
+        alerts_.quiet("CeleryDeadLetterQueueGrowing")
+        # another task's dead letters: news, the DLQ pages
+        for _ in range(2):
+            client.send_task("alerts.refuse")
+        exporter.wait_for(
+            lambda s: s.get("celery_dlq_length", queue_name="dead") == 5,
+            timeout=30,
+            what="2 more dead letters, of alerts.refuse",
+        )
         alerts_.fires("CeleryDeadLetterQueueGrowing", labels(queue_name="dead"))
         alerts_.fires("CeleryQueueNoConsumers", labels(queue_name="typo"))
         # the fixture's redis-server runs with --save "" --appendonly no

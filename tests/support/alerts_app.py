@@ -2,7 +2,8 @@
 
 ``alerts.hopeless`` retries until its retries are exhausted and then, as many
 Redis deployments do by hand (Redis has no dead-lettering), publishes the
-failed message to the dead-letter queue ``dead``. ``alerts.crash`` kills its
+failed message to the dead-letter queue ``dead``; ``alerts.refuse`` fails at once, without
+retrying, and is dead-lettered the same way. ``alerts.crash`` kills its
 own pool process, as the OOM killer would: Celery reports WorkerLostError.
 ``alerts.storm`` retries forever: a retry storm (``hopeless`` and the demo's
 ``flaky`` retry a bounded few times, which is none). For benchmarks/time_to_page.py:
@@ -57,6 +58,13 @@ class DeadLettering(Task):  # type: ignore[misc]  # celery is untyped
 def hopeless(self: Task) -> None:
     """Retries twice, then fails with TimeoutError and is dead-lettered."""
     raise self.retry(exc=TimeoutError("dependency never answers"), countdown=0)
+
+
+@app.task(name="alerts.refuse", base=DeadLettering)
+def refuse() -> None:
+    """Fails at once, without retrying (a message it cannot use), and is dead-lettered:
+    dead letters that no exhausted retries explain."""
+    raise ValueError("malformed order")
 
 
 @app.task(name="alerts.storm", bind=True, max_retries=None)
