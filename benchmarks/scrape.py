@@ -226,6 +226,20 @@ CASES = (
         "http-prometheus",
         True,
     ),
+    # last: it takes the broker label off the exposition (what every series carries
+    # since the rules join exporter and agents on it), to show what the label costs
+    (
+        "render_unchanged_no_broker_label",
+        "Exposition.render, series unchanged, without the broker label",
+        "direct-no-broker-label",
+        False,
+    ),
+    (
+        "render_changed_no_broker_label",
+        "Exposition.render, every pair changed, without the broker label",
+        "direct-no-broker-label",
+        True,
+    ),
 )
 
 
@@ -289,6 +303,9 @@ def measure(names: int, queues: int, workers: int, runs: int) -> dict[str, Any]:
                 once: Callable[[], bytes] = lambda: generate_latest(registry)  # noqa: E731
                 n = min(runs, 5)  # over a second a run at full size
             elif kind == "direct":
+                once, n = pipeline.exposition.render, runs
+            elif kind == "direct-no-broker-label":
+                pipeline.exposition.constant = ()
                 once, n = pipeline.exposition.render, runs
             else:
                 once, n = how[kind], runs

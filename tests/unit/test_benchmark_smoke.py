@@ -62,8 +62,16 @@ def test_scrape_benchmark_smoke_renders_every_series() -> None:
         "http_text_unchanged",
         "http_prometheus_unchanged",
         "http_prometheus_changed",
+        "render_unchanged_no_broker_label",
+        "render_changed_no_broker_label",
     )
     assert [results[case]["runs"] for case in cases] == [3] * len(cases)
+    # every sample line carries broker="redis://localhost:6379/0" (33 characters and a
+    # comma or braces): the body without it is that much shorter (``samples`` counts
+    # prometheus_client's lines, _created ones too, which the exposition leaves out)
+    with_label = results["render_unchanged"]["bytes"]
+    saved = with_label - results["render_unchanged_no_broker_label"]["bytes"]
+    assert 0.9 * 34 * results["samples"] <= saved <= 35 * results["samples"]
     # the same body but for celery_vitals_scrape_duration_seconds, which counts the renders
     # in between (a few hundred bytes of buckets)
     assert abs(results["prometheus_client"]["bytes"] - results["bytes"]) < 1000
