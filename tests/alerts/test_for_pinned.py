@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
 from typing import Any
 
 import pytest
@@ -46,15 +45,7 @@ def cases() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def test_promtool_runs_the_for_cases() -> None:
-    promtool = tools.require_tool("promtool", tools.PROMTOOL)
-    result = subprocess.run(
-        [promtool, "test", "rules", str(FOR_TESTS)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    tools.promtool_test_rules(FOR_TESTS, timeout=100)
 
 
 def test_every_case_is_for_a_rule() -> None:

@@ -629,12 +629,4 @@ def test_chart_rules_join_exporter_and_agents_in_their_two_jobs(helm: str, tmp_p
         ),
         encoding="utf-8",
     )
-    promtool = tools.require_tool("promtool", tools.PROMTOOL)
-    checked = subprocess.run(
-        [promtool, "test", "rules", str(test_file)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tools.promtool_test_rules(test_file)

@@ -82,3 +82,18 @@ def require_tool(
     if tried:
         missing_tool(name, how, f"does not run ({', '.join(tried)} failed)")
     missing_tool(name, how)
+
+
+def promtool_test_rules(*test_files: Path | str, timeout: float = 120) -> str:
+    """Runs ``promtool test rules`` on ``test_files``; fails the test with promtool's
+    report when a case fails, else returns its output."""
+    promtool = require_tool("promtool", PROMTOOL)
+    result = subprocess.run(
+        [promtool, "test", "rules", *map(str, test_files)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
