@@ -442,7 +442,7 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
     # messages wait and nothing took one for the no-drain window (CeleryQueueNotDraining's
     # and CeleryQueueNoConsumers' incident)
     stuck = f"{length} > 0\nunless on ({QUEUE}) (\n{_indent(received)} > 0\n)"
-    all_down = _all_workers_down()  # every worker of the job is down: CeleryWorkerDown pages
+    all_down = _all_workers_down()  # every worker of the broker is down: CeleryWorkerDown pages
     oldest = [
         Alert(
             "CeleryQueueOldestMessageTooOld",
@@ -598,7 +598,7 @@ def _agent_targets(c: RulesConfig) -> str:
 
 def _purged_worker_down(c: RulesConfig) -> str:
     """Workers that went down and whose series the exporter has purged since, while their
-    job has fewer workers up than it had: nothing recovered (a replacement under another
+    broker has fewer workers up than it had: nothing recovered (a replacement under another
     hostname brings the count back and ends it)."""
     remembered = c.text("worker_down_remembered")
     up = "sum by (broker) (celery_worker_up)"
@@ -626,7 +626,7 @@ def _worker_down(c: RulesConfig) -> str:
 
 
 def _all_workers_down() -> str:
-    """Down workers of a job that has no worker up while tasks wait in its queues: nothing
+    """Down workers of a broker that has no worker up while tasks wait in its queues: nothing
     will run them. The queues' own alerts yield to it (one incident, one page)."""
     return (
         f"{WORKER_DOWN} == 1\n"

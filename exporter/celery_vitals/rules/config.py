@@ -137,7 +137,7 @@ THRESHOLDS: dict[str, Threshold] = {
         "1h",
         DURATION,
         "How long CeleryWorkerDown keeps firing for a down worker whose "
-        "series the exporter purged (--worker-purge-after), while its job has fewer workers "
+        "series the exporter purged (--worker-purge-after), while its broker has fewer workers "
         "up than during that time.",
     ),
     "worker_flap_window": Threshold("30m", DURATION, "Window in which worker starts count."),
@@ -163,7 +163,7 @@ THRESHOLDS: dict[str, Threshold] = {
         1,
         "tasks",
         "Tasks a saturated worker holds prefetched (not ETA tasks) while another "
-        "worker of the job has idle pool processes.",
+        "worker of the broker has idle pool processes.",
     ),
     "worker_process_memory_bytes": Threshold(
         2147483648,
