@@ -355,3 +355,15 @@ def test_unreadable_files(tmp_path: Path, content: str, problem: str) -> None:
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
     missing = rules_cli("rules", "--config", str(tmp_path / "missing.yml"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr, missing.stderr
+
+
+def test_an_ignored_tasks_exhausted_retries_never_silence_its_dead_letters() -> None:
+    """CeleryDeadLetterQueueGrowing yields to CeleryTaskRetriesExhausted task by task; a task
+    the config ignores has no such alert, so its exhaustion explains none of the DLQ."""
+    config = from_mapping({"tasks": [{"pattern": r"scratch\..*", "ignore": True}]}, NAMES)
+    dlq = str(rule_file(config)["CeleryDeadLetterQueueGrowing/warning"]["expr"])
+    ignored = 'celery_task_failed_after_retries_total{name!~"scratch\\\\..*"'
+    # the series (twice, for the new-series case) and the increase()
+    assert dlq.count(ignored) == 3, dlq
+    shipped = str(rule_file(RulesConfig())["CeleryDeadLetterQueueGrowing/warning"]["expr"])
+    assert "name!~" not in shipped

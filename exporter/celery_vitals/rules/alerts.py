@@ -580,7 +580,9 @@ def _dead_letters_explained(c: RulesConfig) -> str:
     now = f"max by ({by}) (celery_dlq_messages)"
     then = f"max by ({by}) (celery_dlq_messages offset {ew})"
     grown = f"(\n  {now} > {then}\n  or ({now} unless {then})\n)"
+    # a task the config ignores has no CeleryTaskRetriesExhausted: its dead letters page
     exhausted = f"max by (broker, name) (\n{_indent(_retries_exhausted(c))}\n)"
+    exhausted = _without_ignored_tasks(c, exhausted)
     return (
         f"count by ({QUEUE}) {grown}\n"
         f"== count by ({QUEUE}) (\n{_indent(grown)}\n  and on (broker, name) "
@@ -870,13 +872,17 @@ def _broker_exporter_alerts(c: RulesConfig) -> list[Alert]:
     ]
 
 
-def _ignoring_tasks(c: RulesConfig, alerts: list[Alert]) -> list[Alert]:
-    """The task alerts without the tasks the config ignores."""
+def _without_ignored_tasks(c: RulesConfig, expr: str) -> str:
+    """``expr`` without the tasks the config ignores."""
     ignored = [override.pattern for override in c.tasks if override.ignore]
     if not ignored:
-        return alerts
-    matcher = f'name!~"{regex_text("|".join(ignored))}"'
-    return [replace(alert, expr=scope(alert.expr, matcher, recorded=True)) for alert in alerts]
+        return expr
+    return scope(expr, f'name!~"{regex_text("|".join(ignored))}"', recorded=True)
+
+
+def _ignoring_tasks(c: RulesConfig, alerts: list[Alert]) -> list[Alert]:
+    """The task alerts without the tasks the config ignores."""
+    return [replace(alert, expr=_without_ignored_tasks(c, alert.expr)) for alert in alerts]
 
 
 def all_alerts(c: RulesConfig) -> list[Alert]:
