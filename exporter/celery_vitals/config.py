@@ -243,18 +243,23 @@ def _names(values: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name.strip() for name in names))
 
 
-def _http_url(raw: str) -> str | None:
-    url = raw.strip()
-    if not url:
-        return None
+def http_url(raw: str, *, assume_http: bool = False) -> str:
+    """An http(s) URL with a host, checked (ValueError with the reason, no password);
+    with ``assume_http``, ``host:9808`` is ``http://host:9808``."""
+    given = raw.strip()
+    url = given if "://" in given or not assume_http else "http://" + given
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  # raises ValueError on a non-numeric port
     except ValueError:
-        raise ValueError(f"not a valid URL: {safe_url(url)!r}") from None
+        raise ValueError(f"not a valid URL: {safe_url(given)!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s):// URL, got {safe_url(url)!r}")
+        raise ValueError(f"expected http(s)://HOST:PORT, got {safe_url(given)!r}")
     return url
+
+
+def _http_url(raw: str) -> str | None:
+    return http_url(raw) if raw.strip() else None
 
 
 def _transport_options(pairs: Sequence[str]) -> Mapping[str, Any]:

@@ -35,6 +35,7 @@ import click
 
 from celery_vitals import AGENT_CONF_KEY, installation, logs
 from celery_vitals.config import Config, build
+from celery_vitals.config import http_url as config_http_url
 from celery_vitals.logs import safe_url, url_passwords
 from celery_vitals.probes import ProbeResult, QueueStats, is_plumbing
 
@@ -427,17 +428,7 @@ HTTP_TIMEOUT = 5.0
 def http_url(raw: str) -> str:
     """An exporter's or Prometheus' URL as a user may write it: ``host:9808`` is
     ``http://host:9808``; ValueError when it is no http(s) URL."""
-    url = raw.strip()
-    if "://" not in url:
-        url = "http://" + url
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  # raises ValueError on a non-numeric port
-    except ValueError:
-        raise ValueError(f"not a valid URL: {safe_url(raw)!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected http(s)://HOST:PORT, got {safe_url(raw)!r}")
-    return url
+    return config_http_url(raw, assume_http=True)
 
 
 @dataclass(frozen=True)
