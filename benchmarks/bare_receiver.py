@@ -3,7 +3,7 @@
 Why: it is the ceiling the exporter is measured against. It consumes the
 ``celeryev`` exchange exactly the way celery-vitals' EventStream does (same
 queue arguments, kombu Consumer with ``no_ack``, ``message.decode()``, and on
-RabbitMQ the same buffered socket reads, celery_vitals.stream.ReadAhead), so
+RabbitMQ the same buffered socket reads, celery_vitals.brokers.amqp.events.ReadAhead), so
 the difference between the two is the exporter's own work per event.
 
 Run by benchmarks/throughput.py, one per broker run:
@@ -33,7 +33,7 @@ from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
-from celery_vitals.stream import ReadAhead
+from celery_vitals.brokers.amqp.events import ReadAhead
 
 PING_TYPE = "bench-ping"
 

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from celery_vitals import http
 from celery_vitals.config import build
-from celery_vitals.service import Pipeline
+from celery_vitals.pipeline import Pipeline
 
 try:
     from benchmarks.report import publish, table

@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from celery import Celery  # noqa: E402
 from kombu import Connection  # noqa: E402
-from tests.support.servers import RabbitMQServer, RedisServer  # noqa: E402
+
+from stack.rabbitmq import RabbitMQServer  # noqa: E402
+from stack.redis import RedisServer  # noqa: E402
 
 TASKS = ("billing.charge", "mail.send", "report.build", "sync.pull", "image.resize")
 CLI = str(Path(sys.executable).parent / "celery-vitals")

@@ -239,7 +239,7 @@ def run_case(
     the allocator keeping freed memory (about 3x slower).
     """
     from celery_vitals.config import build
-    from celery_vitals.service import Pipeline
+    from celery_vitals.pipeline import Pipeline
 
     raw: dict[str, Any] = {"broker_url": "redis://localhost:6379/0"}
     if max_tracked is not None:

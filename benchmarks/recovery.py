@@ -14,8 +14,8 @@ no fault of the code. How long it takes is measured here, in one run:
 - broker return: `celery-vitals serve` consuming events, its broker SIGKILLed for
   --outage seconds (30) and restarted on the same port; the seconds from the broker
   accepting connections again to the exporter showing a heartbeat published after that,
-  as a ratio to stream.BACKOFF_MAX (3 s, the longest retry delay). README: "consumes
-  again within seconds of the broker's return however long the outage was".
+  as a ratio to stream.BACKOFF_MAX (3 s, the longest retry delay). docs/metrics-overview.md:
+  "consumes again within seconds of the broker's return however long the outage was".
 
     python benchmarks/recovery.py
     python benchmarks/recovery.py --brokers redis --outage 10 --runs 5
@@ -44,12 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.harness import Harness  # noqa: E402
-from tests.support.net import LOOPBACK, free_port  # noqa: E402
-from tests.support.servers import RabbitMQServer, RedisServer  # noqa: E402
 
-from celery_vitals.probes.amqp import AmqpProbe  # noqa: E402
-from celery_vitals.probes.redis import RedisProbe  # noqa: E402
+from celery_vitals.brokers.amqp.probe import AmqpProbe  # noqa: E402
+from celery_vitals.brokers.redis.probe import RedisProbe  # noqa: E402
 from celery_vitals.stream import BACKOFF_MAX  # noqa: E402
+from stack.net import LOOPBACK, free_port  # noqa: E402
+from stack.rabbitmq import RabbitMQServer  # noqa: E402
+from stack.redis import RedisServer  # noqa: E402
 
 try:
     from benchmarks.report import publish, table

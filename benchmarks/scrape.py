@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from celery_vitals.config import build
 from celery_vitals.http import HttpServer, make_app
-from celery_vitals.service import Pipeline
+from celery_vitals.pipeline import Pipeline
 
 try:
     from benchmarks.report import publish, table

@@ -23,7 +23,7 @@ heartbeats one per message), and checks that every event was counted.
 Each run prints a table and writes JSON to
 benchmarks/results/throughput-<mode>.json. A count that does not match what
 was sent raises VerificationError (exit status 1). The RabbitMQ node is
-started with the test suite's fixture code (tests/support/servers.py).
+started with the test suite's fixture code (stack/rabbitmq.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from typing import Any
 import kombu.utils.json
 
 from celery_vitals.config import Config, build
-from celery_vitals.service import Pipeline  # guards, trackers and router, no I/O
+from celery_vitals.pipeline import Pipeline  # guards, trackers and router, no I/O
 
 try:
     from benchmarks.report import publish, table
@@ -66,6 +65,14 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     from report import publish, table  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # run as `python benchmarks/throughput.py`
+    sys.path.insert(0, str(HERE.parent))
+
+from stack.net import free_port, wait_until  # noqa: E402
+from stack.processes import ManagedProcess  # noqa: E402
+from stack.rabbitmq import RabbitMQServer  # noqa: E402
+from stack.redis import RedisServer  # noqa: E402
+
 RESULTS = HERE / "results"
 PING_TYPE = "bench-ping"  # control message: an unknown type, counted as "other" by the exporter
 
@@ -590,85 +597,27 @@ def profile_in_process(load: Workload, config: Config, top: int, out: Path | Non
 # -- broker mode ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a whole process (all its threads) from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with suppress(Exception):
-            if check():
-                return
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process we started, then SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @contextmanager
 def _redis_server(workdir: Path, unlimited_pubsub: bool) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port; yields its URL."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = _free_port()
-    command = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-        "--protected-mode",
-        "no",
-    ]
+    """A throwaway redis-server on a free loopback port (its log: workdir/redis.log)."""
+    extra = ["--protected-mode", "no"]
     if unlimited_pubsub:
         # measure how fast the consumers drain, not Redis' slow-subscriber policy
         # (default: disconnect a subscriber 32 MB behind, which loses events)
-        command += ["--client-output-buffer-limit", "pubsub 0 0 0"]
-    log = (workdir / "redis.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port)
-        _wait_for("redis-server", lambda: bool(client.ping()), 10)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        _stop(process)
-        log.close()
+        extra += ["--client-output-buffer-limit", "pubsub 0 0 0"]
+    with RedisServer(workdir, extra_args=extra) as server:
+        yield server.url()
 
 
 @contextmanager
 def _rabbitmq_server(workdir: Path) -> Iterator[str]:
-    """A private RabbitMQ node, started by the test suite's fixture code; yields its URL."""
-    if str(HERE.parent) not in sys.path:
-        sys.path.insert(0, str(HERE.parent))
-    from tests.support.servers import RabbitMQServer
-
+    """A private RabbitMQ node (stack/rabbitmq.py, as in the tests); yields its URL."""
     with RabbitMQServer(workdir / "rabbitmq", management=False) as server:
         yield server.url
 
@@ -1142,10 +1091,10 @@ def run_broker(
             if full_speed and broker == "amqp"
             else []
         )
-        http_port = _free_port()
+        http_port = free_port()
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
-        exporter_log = stack.enter_context((workdir / "exporter.log").open("wb"))
-        exporter = subprocess.Popen(
+        exporter = ManagedProcess(
+            "exporter",
             [
                 *(exporter_command or _exporter_command()),
                 "serve",
@@ -1158,15 +1107,15 @@ def run_broker(
                 "warning",
                 *queue_ttl,
             ],
-            stdout=exporter_log,
-            stderr=subprocess.STDOUT,
+            workdir / "exporter.log",
         )
-        stack.callback(_stop, exporter)
+        stack.callback(exporter.stop)
+        exporter.spawn()
         processes = {"exporter": exporter}
         status = workdir / "bare"
         if bare:
-            bare_log = stack.enter_context((workdir / "bare.log").open("wb"))
-            processes["bare"] = subprocess.Popen(
+            processes["bare"] = ManagedProcess(
+                "bare receiver",
                 [
                     sys.executable,
                     str(HERE / "bare_receiver.py"),
@@ -1180,16 +1129,18 @@ def run_broker(
                     str(idle),
                     *(["--queue-ttl", "3600"] if queue_ttl else []),
                 ],
-                stdout=bare_log,
-                stderr=subprocess.STDOUT,
+                workdir / "bare.log",
             )
-            stack.callback(_stop, processes["bare"])
+            stack.callback(processes["bare"].stop)
+            processes["bare"].spawn()
 
         def ready() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as r:
                 return bool(r.status == 200)
 
-        _wait_for("the exporter's /readyz", ready, 30, 0.1)
+        wait_until(
+            ready, timeout=30, what="the exporter's /readyz", interval=0.1, ignore=(Exception,)
+        )
 
         def bound() -> bool:  # a ping reached every consumer: their queues are bound
             _ping(url)
@@ -1198,10 +1149,16 @@ def run_broker(
                 not bare or Path(f"{status}.ping").exists()
             )
 
-        _wait_for("the consumers to receive a ping", bound, 30, 0.1)
+        wait_until(
+            bound,
+            timeout=30,
+            what="the consumers to receive a ping",
+            interval=0.1,
+            ignore=(Exception,),
+        )
         time.sleep(1.0)  # let stray pings land before the baseline
         for process in processes.values():
-            if process.poll() is not None:
+            if not process.running:
                 raise RuntimeError(f"a consumer exited early; see {workdir}")
         baseline = _scrape(metrics_url)
         # the exporter's idle cost: its tick thread, no scrapes

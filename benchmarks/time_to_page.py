@@ -51,17 +51,18 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run as `python benchmarks/time_to_page.py`
     sys.path.insert(0, str(ROOT))
 
-from tests.support.alertmanager import (  # noqa: E402
+from tests.support.harness import Harness  # noqa: E402
+from tests.support.processes import ExporterProcess  # noqa: E402
+
+from benchmarks.report import publish, table  # noqa: E402
+from stack.alertmanager import (  # noqa: E402
     AlertmanagerServer,
     Notification,
     WebhookReceiver,
 )
-from tests.support.harness import Harness  # noqa: E402
-from tests.support.net import LOOPBACK  # noqa: E402
-from tests.support.processes import CeleryWorker, ExporterProcess  # noqa: E402
-from tests.support.prometheus import PrometheusServer  # noqa: E402
-
-from benchmarks.report import publish, table  # noqa: E402
+from stack.net import LOOPBACK  # noqa: E402
+from stack.prometheus import PrometheusServer  # noqa: E402
+from stack.workers import CeleryWorker  # noqa: E402
 
 RESULTS = HERE / "results"
 RULES = ROOT / "alerts" / "celery-vitals.rules.yml"

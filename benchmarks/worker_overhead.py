@@ -27,16 +27,13 @@ import argparse
 import os
 import platform
 import resource
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,64 +47,16 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # run as `python benchmarks/worker_overhead.py`
+    sys.path.insert(0, str(ROOT))
+
+from stack.net import free_port, wait_until  # noqa: E402
+from stack.redis import RedisServer  # noqa: E402
+
 RESULTS = HERE / "results"
 MODES = ("nothing", "events", "agent", "agent+events")
 POOLS = {"prefork": ["--pool", "prefork", "-c", "2"], "solo": ["--pool", "solo"]}
 COUNTER = "overhead:done"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
-
-
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, no persistence; yields its URL."""
-    port = free_port()
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis(port=port)
-        wait_for("redis-server", lambda: _pings(client), 10)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def fill(url: str, tasks: int) -> None:
@@ -174,7 +123,7 @@ def run_worker(url: str, pool: str, mode: str, tasks: int) -> dict[str, Any]:
                 )  # type: ignore[union-attr]
             return int(client.get(COUNTER) or 0) >= tasks
 
-        wait_for(f"{tasks} tasks done ({pool}, {mode})", done, timeout=600)
+        wait_until(done, timeout=600, what=f"{tasks} tasks done ({pool}, {mode})", interval=0.02)
         wall = time.perf_counter() - start
         # the task counts itself before Celery reports its success: give the last
         # success a moment to reach the agent, then the count must be exact
@@ -226,8 +175,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="worker-overhead-") as workdir,
-        redis_server(Path(workdir)) as url,
+        RedisServer(Path(workdir)) as server,
     ):
+        url = server.url()
         for pool in args.pools:
             rounds: list[dict[str, dict[str, Any]]] = []
             for number in range(args.rounds):

@@ -13,7 +13,7 @@ import yaml
 
 from celery_vitals.rules import alerts
 from celery_vitals.rules.config import THRESHOLDS, RulesConfig, number_text
-from demo.stack.processes import venv_executable
+from stack.processes import venv_executable
 
 OVERRIDES = Path(__file__).resolve().parent / "rules-overrides.yml"
 

@@ -28,11 +28,11 @@ import yaml
 
 from demo import rules, timeline
 from demo.console import say
-from demo.stack.alertmanager import Alertmanager
-from demo.stack.net import LOOPBACK, free_port, http_get, wait_until
-from demo.stack.processes import REPO_ROOT, ManagedProcess, venv_executable
-from demo.stack.prometheus import PrometheusServer
-from demo.stack.redis_server import RedisServer
+from stack.alertmanager import AlertmanagerServer
+from stack.net import LOOPBACK, free_port, http_get, wait_until
+from stack.processes import REPO_ROOT, ManagedProcess, venv_executable
+from stack.prometheus import PrometheusServer
+from stack.redis import RedisServer
 
 JOB = "celery-vitals"  # exporter and agents under one job: the rules join them by job
 INTERVAL = "5s"  # scrape and rule evaluation (the compose stack: 15s)
@@ -154,7 +154,7 @@ class Demo:
         _wait_http(exporter, port, "/readyz", "the exporter")
         return port
 
-    def alerting(self, targets: list[str]) -> tuple[PrometheusServer, Alertmanager]:
+    def alerting(self, targets: list[str]) -> tuple[PrometheusServer, AlertmanagerServer]:
         """Receiver, Alertmanager and Prometheus with the demo's rules."""
         from demo import receiver
 
@@ -166,7 +166,7 @@ class Demo:
         config.write_text(
             alertmanager_config(f"http://{LOOPBACK}:{server.server_port}"), encoding="utf-8"
         )
-        manager = Alertmanager(self.directory / "alertmanager", config)
+        manager = AlertmanagerServer(self.directory / "alertmanager", config)
         self.stack.callback(manager.stop)
         manager.start()
         prometheus = PrometheusServer(
@@ -241,11 +241,11 @@ def run(settings: Settings, directory: Path) -> None:
         demo.close()
 
 
-def _announce(prometheus: PrometheusServer, manager: Alertmanager) -> None:
+def _announce(prometheus: PrometheusServer, manager: AlertmanagerServer) -> None:
     say(
         f"demo: Prometheus alerts  {prometheus.url}/alerts\n"
         f"demo: Alertmanager  {manager.url}/#/alerts\n"
-        "demo: Grafana dashboards: docker compose up (README, Deploy), http://localhost:3000\n"
+        "demo: Grafana dashboards: docker compose up (docs/deploy.md), http://localhost:3000\n"
         "demo: rules shortened for the demo, so that alerts fire and resolve within minutes "
         "(demo/rules-overrides.yml):\n"
         + "\n".join(f"  {line}" for line in rules.shortened())

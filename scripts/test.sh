@@ -13,9 +13,11 @@ echo "== mypy (strict, package)"
 mypy
 echo "== imports (every third-party import declared in pyproject.toml, with a range)"
 python scripts/check_imports.py
+echo "== links (README.md and docs/)"
+python scripts/check_links.py
 echo "== generated files (scripts/generate.sh --check)"
 bash scripts/generate.sh --check
 echo "== Celery 5.3-5.6 venvs for the agent's version matrix (scripts/celery_versions.sh)"
 bash scripts/celery_versions.sh
-echo "== pytest"
-pytest "$@"
+echo "== pytest (two processes: the suite mostly waits on real brokers and Prometheus)"
+pytest -n 2 --dist loadfile --durations=15 "$@"

@@ -1,6 +1,6 @@
 """Fixtures shared by every test directory that starts real processes.
 
-Real redis-server, Celery workers and the exporter process (tests.support).
+Real redis-server, Celery workers (stack/) and the exporter process (tests.support).
 
 A failing test gets the logs of every process that lived during it attached
 to its report, so a CI failure can be diagnosed without rerunning.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stack.processes import STARTED
 from tests.support.harness import Harness
-from tests.support.processes import STARTED
 
 
 @pytest.hookimpl(wrapper=True)

@@ -239,8 +239,11 @@ SPECS: tuple[MetricSpec, ...] = (
         "celery_worker_pool_process_exits_total",
         "counter",
         "Pool processes that exited while the worker ran, by reason: recycled (exit "
-        "code 0: max tasks or max memory per child), killed (by a signal, e.g. the "
-        "OOM killer's SIGKILL), failed (another exit code).",
+        "code 0: max tasks or max memory per child), time_limit (ended by the pool "
+        "itself, SIGTERM then SIGKILL, because its task exceeded its hard time limit; "
+        "that task failed with TimeLimitExceeded), killed (by any other signal: the "
+        "OOM killer's SIGKILL, kill -9; a task it ran failed with WorkerLostError), "
+        "failed (another exit code).",
         ("hostname", "reason"),
         source="agent",
     ),

@@ -131,7 +131,7 @@ def serve(**options: Any) -> None:
     """Consume the Celery event stream and serve Prometheus metrics."""
     config = build(options)
     logs.setup(config.log_level, config.log_format, secrets=config.secrets)
-    from celery_vitals.service import Exporter  # imports celery: keep --help fast
+    from celery_vitals.exporter import Exporter  # imports celery: keep --help fast
 
     registry = CollectorRegistry()
     try:

@@ -8,27 +8,21 @@ a message an operator can act on. The broker password never appears in it.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from celery_vitals.brokers import check_name
-from celery_vitals.logs import safe_url, url_passwords
+from celery_vitals.brokers import Broker, broker_name, check_name, for_url
+from celery_vitals.credentials import safe_url, url_passwords
 
 if TYPE_CHECKING:
     from celery_vitals.webconfig import WebConfig
 
 BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "sqs")
-#: Where AWS credentials may come from besides the URL: what the logs must not show either
-AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-#: Keys of kombu's SQS transport options (predefined_queues entries) that hold secrets
-SECRET_OPTION_KEYS = ("secret_access_key", "session_token")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -86,8 +80,6 @@ class Config:
     @property
     def broker_label(self) -> str:
         """The value of the ``broker`` label on every series this process exports."""
-        from celery_vitals.brokers import broker_name
-
         return broker_name(self.broker_url, self.broker_transport_options, self.broker_name)
 
     @property
@@ -98,31 +90,12 @@ class Config:
     def secrets(self) -> list[str]:
         """What the logs must never show."""
         found = url_passwords(self.broker_url) + url_passwords(self.rabbitmq_management_url or "")
-        if self.transport == "sqs":
-            found += _option_secrets(self.broker_transport_options)
-            found += [os.environ[name] for name in AWS_SECRET_VARIABLES if os.environ.get(name)]
-        return found
+        return found + self.broker.secrets(self.broker_transport_options)
 
     @property
-    def transport(self) -> str:
-        """redis, amqp or sqs: which queue probe applies."""
-        scheme = urlsplit(self.broker_url).scheme.split("+")[-1]
-        if scheme == "sqs":
-            return "sqs"
-        return "redis" if scheme in ("redis", "rediss", "sentinel") else "amqp"
-
-
-def _option_secrets(value: Any) -> list[str]:
-    """Secret values anywhere in transport options (predefined_queues credentials)."""
-    if isinstance(value, Mapping):
-        return [
-            secret
-            for key, item in value.items()
-            for secret in (
-                [str(item)] if key in SECRET_OPTION_KEYS and item else _option_secrets(item)
-            )
-        ]
-    return []
+    def broker(self) -> Broker:
+        """What the broker's transport can do, and its probe, dead letters and hooks."""
+        return for_url(self.broker_url)
 
 
 T = TypeVar("T")
@@ -185,7 +158,7 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
-def _buckets(raw: str) -> tuple[float, ...]:
+def parse_buckets(raw: str) -> tuple[float, ...]:
     parts = [part.strip() for part in raw.split(",") if part.strip()]
     if not parts:
         raise ValueError("expected comma-separated bucket upper bounds, got nothing")
@@ -200,7 +173,7 @@ def _buckets(raw: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _listen_address(raw: str) -> tuple[str, int]:
+def parse_listen_address(raw: str) -> tuple[str, int]:
     host, sep, port_text = raw.strip().rpartition(":")
     if not sep:
         raise ValueError(f"expected HOST:PORT, got {raw!r}")
@@ -289,7 +262,7 @@ def _web_config(raw: str) -> WebConfig | None:
 
 # -- the options: each declared once --------------------------------------------------
 # The CLI builds its flags from OPTIONS (cli.with_options), build() parses with them, and
-# the README's configuration table is written from them (scripts/options_table.py).
+# the options table of docs/install.md is written from them (scripts/generate.sh).
 # A new option is one entry here (and a field of Config).
 
 Kind = Literal["value", "multiple", "switch"]
@@ -301,7 +274,7 @@ class Option:
     metavar: str
     parse: Callable[[Any], Any]  # raw value -> typed value; ValueError with the reason
     help: str  # --help
-    readme: str = ""  # the README's meaning (markdown), when it says more than help
+    readme: str = ""  # the docs' meaning (markdown, docs/install.md), when it says more than help
     default: str | None = None  # raw default; None: the Config field's own default
     kind: Kind = "value"  # multiple: repeatable (space-separated in the environment)
     fields: tuple[str, ...] = ()  # the Config fields it sets; default: its own name
@@ -377,7 +350,7 @@ OPTIONS: tuple[Option, ...] = (
         lambda raw: _broker_url(str(raw or "")),
         "Celery broker URL, e.g. redis://host:6379/0, amqp://user:pw@host// or sqs://.",
         "Celery broker URL: `redis://`, `rediss://`, `sentinel://`, `amqp://`, `amqps://`, "
-        "`pyamqp://`, `sqs://` (see [Amazon SQS](#amazon-sqs)); failover lists with `;`",
+        "`pyamqp://`, `sqs://` (see [Amazon SQS](brokers.md#amazon-sqs)); failover lists with `;`",
     ),
     Option(
         "--broker-transport-option",
@@ -402,12 +375,12 @@ OPTIONS: tuple[Option, ...] = (
         "the value of the `broker` label on every series; set the same in the exporter and "
         "the workers' agents when they reach the broker under different host names (the "
         "rules join them on it). Default: `transport://host:port/db-or-vhost` from the "
-        "broker URL, without credentials (see [docs/setups.md](docs/setups.md))",
+        "broker URL, without credentials (see [setups.md](setups.md))",
     ),
     Option(
         "--listen-address",
         "HOST:PORT",
-        _listen_address,
+        parse_listen_address,
         "Where to serve /metrics, /healthz and /readyz.",
         "HTTP address (`[::]:9808` for IPv6)",
         default="0.0.0.0:9808",
@@ -430,7 +403,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--runtime-buckets",
         "SECONDS,...",
-        _buckets,
+        parse_buckets,
         "Upper bounds of celery_task_runtime_seconds.",
         "buckets of `celery_task_runtime_seconds`",
         default=DEFAULT_RUNTIME_BUCKETS,
@@ -438,7 +411,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--wait-buckets",
         "SECONDS,...",
-        _buckets,
+        parse_buckets,
         "Upper bounds of the queue-wait and prefetch-wait histograms.",
         "buckets of the queue-wait and prefetch-wait histograms",
         default=DEFAULT_WAIT_BUCKETS,
@@ -531,7 +504,7 @@ OPTIONS: tuple[Option, ...] = (
         "then polls queues, dead-letter queues and the broker only, and asks no worker "
         "for events.",
         "consume Celery's event stream; turn it off when the "
-        "[agent](#the-agent-inside-the-worker) runs in every worker and owns the task and "
+        "[agent](agent.md) runs in every worker and owns the task and "
         "worker metrics: the exporter then polls queues, DLQs and the broker only, sends "
         'no `enable_events`, and `/readyz` means "the last broker poll succeeded"',
         kind="switch",
@@ -621,7 +594,7 @@ OPTIONS: tuple[Option, ...] = (
         "celery_dlq_messages; 0 turns it off.",
         "messages read per dead-letter queue and poll, never consumed, for "
         "`celery_dlq_messages{queue_name, name}` (see "
-        "[Dead-letter triage](#dead-letter-triage)); `0` turns it off",
+        "[Dead-letter triage](dlq.md)); `0` turns it off",
     ),
     Option(
         "--probe-timeout",
@@ -647,7 +620,7 @@ OPTIONS: tuple[Option, ...] = (
         "(tls_server_config, basic_auth_users with bcrypt hashes).",
         "TLS and basic auth for the HTTP endpoint: a Prometheus exporter web config file "
         "(`tls_server_config`, `basic_auth_users` with bcrypt hashes); see "
-        "[Deploy](#deploy)",
+        "[Deploy](deploy.md#tls-and-basic-auth---web-config-file)",
         fields=("web_config",),
     ),
 )
@@ -674,10 +647,12 @@ def build(raw: Mapping[str, Any]) -> Config:
             zip(option.targets, parsed if len(option.targets) > 1 else (parsed,), strict=True)
         )
     config = Config(**values)
-    if config.transport == "sqs":  # no events, no remote control on SQS: the agents count
+    broker = config.broker
+    missing = broker.missing_requirement()
+    if missing is not None:
+        c.problems.append(f"--broker-url: {missing}")
+    if not broker.supports_events:  # SQS: no events, no remote control; the agents count
         config = replace(config, event_stream=False, enable_events=False)
-        if importlib.util.find_spec("boto3") is None:
-            c.problems.append("--broker-url: sqs:// needs boto3: pip install 'celery-vitals[sqs]'")
         if config.queue_poll_interval == 0:
             c.problems.append(
                 "--queue-poll-interval: must be above 0 on SQS (no event "
@@ -700,7 +675,7 @@ def build(raw: Mapping[str, Any]) -> Config:
     return config
 
 
-# -- the README's configuration table ------------------------------------------------------
+# -- the options table of docs/install.md --------------------------------------------------
 
 
 def _cell(option: Option) -> str:
@@ -720,7 +695,7 @@ def _default_cell(option: Option) -> str:
 
 
 def options_table() -> str:
-    """The README's table of options (markdown), generated from OPTIONS."""
+    """docs/install.md's table of options (markdown), generated from OPTIONS."""
     lines = ["| option | environment variable | default | meaning |", "|---|---|---|---|"]
     lines += [
         f"| {_cell(o)} | `{o.envvar}` | {_default_cell(o)} | {o.readme or o.help} |"

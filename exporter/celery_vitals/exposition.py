@@ -40,7 +40,7 @@ Pairs = tuple[tuple[str, str], ...]
 floatToGoString: Callable[[float], str] = _untyped_go_float
 generate_openmetrics: Callable[[Any], bytes] = openmetrics_exposition.generate_latest
 OM_EOF = b"# EOF\n"
-skip_log = RateLimitedLogger(logging.getLogger(__name__))
+rate_limited = RateLimitedLogger(logging.getLogger(__name__))
 RENDER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -153,7 +153,7 @@ class Exposition:
 
     def _error(self, family: str) -> None:
         self.errors[family] = self.errors.get(family, 0) + 1
-        skip_log.warn_every(
+        rate_limited.warn_every(
             family, "scrape: left out %s, which could not be rendered", family, exc_info=True
         )
 

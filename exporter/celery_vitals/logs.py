@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 import time
 from collections.abc import Iterable
 from typing import IO, Any
-from urllib.parse import unquote
+
+from celery_vitals.credentials import mask
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces every known secret in a record's final message with ``***``.
+    """Replaces every known secret in a record's final message with ``***`` (credentials.MASK).
 
     Library errors sometimes echo the broker URL; the password must never
     reach a log line, whatever logger the message came from.
@@ -25,9 +25,7 @@ class RedactingFilter(logging.Filter):
         self.secrets = [secret for secret in secrets if secret]
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return mask(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -64,24 +62,6 @@ def setup(level: str, fmt: str, secrets: Iterable[str] = (), stream: IO[str] | N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@;]*):([^;]*)@")
-
-
-def safe_url(url: str) -> str:
-    """The broker URL as it may be shown: password replaced by ``**``.
-
-    A regex rather than a URL parser, so that a malformed URL is masked too.
-    Handles failover lists (``url1;url2``).
-    """
-    return _URL_PASSWORD.sub(r"\1:**@", url)
-
-
-def url_passwords(url: str) -> list[str]:
-    """Every password in a broker URL (failover lists too), as written and percent-decoded."""
-    found = [match.group(2) for match in _URL_PASSWORD.finditer(url) if match.group(2)]
-    return sorted({*found, *(unquote(secret) for secret in found)})
 
 
 class RateLimitedLogger:

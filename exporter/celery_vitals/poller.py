@@ -9,19 +9,24 @@ broker shows (discovery, every few minutes), and those workers consume from
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from celery_vitals.brokers.probe import (
+    ProbeResult,
+    QueueProbe,
+    is_plumbing,
+    matches_any,
+    split_patterns,
+)
 from celery_vitals.histogram import Histograms
 from celery_vitals.installation import explain
 from celery_vitals.labels import OTHER, LabelGuard
 from celery_vitals.logs import RateLimitedLogger
-from celery_vitals.probes import ProbeResult, QueueProbe, is_plumbing
 
-log = RateLimitedLogger(logging.getLogger(__name__))
+rate_limited = RateLimitedLogger(logging.getLogger(__name__))
 
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -32,7 +37,7 @@ class QueuePoller:
         probe: QueueProbe,
         *,
         queues: Sequence[str],
-        dlq_patterns: Sequence[str],
+        dlqs: Sequence[str],
         interval: float,
         discovery_interval: float,
         queue_names: LabelGuard,
@@ -43,7 +48,7 @@ class QueuePoller:
     ) -> None:
         self.probe = probe
         self.configured = tuple(queues)
-        self.dlq_patterns = tuple(dlq_patterns)
+        self.dlqs = tuple(dlqs)
         self.interval = interval
         self.discovery_interval = discovery_interval
         self.queue_names = queue_names
@@ -68,7 +73,7 @@ class QueuePoller:
     # -- the queue set -----------------------------------------------------------
 
     def queue_set(self) -> list[str]:
-        named_dlqs = {p for p in self.dlq_patterns if not any(c in p for c in "*?[")}
+        named_dlqs, _ = split_patterns(self.dlqs)
         # the DLQs RabbitMQ showed other queues dead-lettering into: polled from the next
         # poll on, not only after the next discovery (minutes later)
         targets = self.latest.dead_letter_targets if self.latest is not None else ()
@@ -76,9 +81,7 @@ class QueuePoller:
         return sorted(name for name in names if name and not is_plumbing(name))
 
     def is_dlq(self, name: str, targets: Iterable[str] = ()) -> bool:
-        return name in targets or any(
-            fnmatch.fnmatchcase(name, pattern) for pattern in self.dlq_patterns
-        )
+        return name in targets or matches_any(name, self.dlqs)
 
     def _discover(self, now: float) -> None:
         if now < self._next_discovery:
@@ -92,7 +95,7 @@ class QueuePoller:
             try:
                 self._from_workers = self.worker_queues()
             except Exception as error:  # a broadcast: workers may not answer
-                log.warn_every(
+                rate_limited.warn_every(
                     "active_queues",
                     "asking workers for their queues failed (%s)",
                     explain(error),
@@ -104,7 +107,7 @@ class QueuePoller:
         try:
             self.worker_stats()
         except Exception as error:  # a broadcast: workers may not answer
-            log.warn_every(
+            rate_limited.warn_every(
                 "stats",
                 "asking workers for their stats failed (%s)",
                 explain(error),
@@ -143,7 +146,7 @@ class QueuePoller:
     def _count_error(self, error: Exception, what: str) -> None:
         kind = type(error).__name__
         self.errors[kind] = self.errors.get(kind, 0) + 1
-        log.warn_every(what, "%s failed (%s)", what, explain(error))
+        rate_limited.warn_every(what, "%s failed (%s)", what, explain(error))
 
     def _count_dlq_ingress(self, result: ProbeResult) -> None:
         """Ingress from the broker's publish counter where it has one, else depth growth."""

@@ -31,7 +31,7 @@ WORKER_TASK_EVENTS = frozenset(
 )
 OTHER_TYPE = "other"
 
-log = RateLimitedLogger(logging.getLogger(__name__))
+rate_limited = RateLimitedLogger(logging.getLogger(__name__))
 
 
 class EventRouter:
@@ -125,7 +125,7 @@ class EventRouter:
 
     def skip(self, reason: str, message: str, *args: object, exc_info: bool = False) -> None:
         self.count_skip(reason)
-        log.warn_every(reason, "skipped: " + message, *args, exc_info=exc_info)
+        rate_limited.warn_every(reason, "skipped: " + message, *args, exc_info=exc_info)
 
     def _on_worker_offline(self, event: Event, now: float) -> None:
         host = self.workers.on_offline(event, now)

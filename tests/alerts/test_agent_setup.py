@@ -24,11 +24,11 @@ import pytest
 from celery_vitals.brokers import identity
 from celery_vitals.rules import alerts
 from celery_vitals.rules.config import from_mapping
-from tests.alerts.rules import RULES_PATH
-from tests.alerts.test_alerts_e2e import Expressions, labels, shortened
+from stack.net import LOOPBACK
+from stack.prometheus import PrometheusServer
+from tests.support.expressions import Expressions, labels, shortened
 from tests.support.harness import Harness
-from tests.support.net import LOOPBACK
-from tests.support.prometheus import PrometheusServer
+from tests.support.rules import RULES_PATH
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from demo.stack import alertmanager as stack
 
-from tests.alerts.rules import ALERTMANAGER_CONFIG, alert_names
+from stack.alertmanager import AlertmanagerServer
+from stack.net import wait_until
 from tests.support import tools
-from tests.support.net import wait_until
+from tests.support.rules import ALERTMANAGER_CONFIG, alert_names
 
 JOB = "celery-vitals"
 BROKER = "redis://redis:6379/0"
@@ -62,7 +62,7 @@ def test_inhibitions_name_real_alerts() -> None:
                 assert name in alert_names(), name
 
 
-class Alertmanager(stack.Alertmanager):
+class Alertmanager(AlertmanagerServer):
     """deploy/alertmanager.yml in a real Alertmanager; alerts posted for the job JOB and the
     broker BROKER (the label the inhibitions match on)."""
 

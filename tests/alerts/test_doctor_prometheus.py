@@ -24,12 +24,13 @@ from celery import Celery
 
 from celery_vitals.rules.alerts import render
 from celery_vitals.rules.config import RulesConfig
-from tests.alerts.rules import RULES_PATH, alert_names, rules
+from stack.net import LOOPBACK, free_port, wait_until
+from stack.processes import REPO_ROOT, venv_executable
+from stack.prometheus import PrometheusServer
 from tests.support.dlq_cli import env
 from tests.support.harness import Harness
-from tests.support.net import LOOPBACK, free_port, wait_until
-from tests.support.processes import REPO_ROOT, AgentWorker, ExporterProcess, venv_executable
-from tests.support.prometheus import PrometheusServer
+from tests.support.processes import AgentWorker, ExporterProcess
+from tests.support.rules import RULES_PATH, alert_names, rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

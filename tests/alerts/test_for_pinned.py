@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.alerts.rules import ALERTS_DIR, Rule, alerts, load_yaml
 from tests.support import tools
+from tests.support.rules import ALERTS_DIR, Rule, alerts, load_yaml
 
 FOR_TESTS = ALERTS_DIR / "tests" / "for.yml"
 CASE_NAME = re.compile(

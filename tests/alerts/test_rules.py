@@ -17,7 +17,8 @@ from celery_vitals.brokers import BROKER_LABEL
 from celery_vitals.catalogue import SPECS, all_series_names
 from celery_vitals.rules import alerts as build
 from celery_vitals.rules.config import DEFAULT_RUNBOOK_URL, THRESHOLDS, RulesConfig
-from tests.alerts.rules import (
+from tests.support import tools
+from tests.support.rules import (
     PROMTOOL_TESTS,
     RULES_PATH,
     RUNBOOKS_PATH,
@@ -27,7 +28,6 @@ from tests.alerts.rules import (
     load_yaml,
     rules,
 )
-from tests.support import tools
 
 SEVERITIES = {"critical", "warning", "info"}
 DASHBOARD_UIDS = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.prometheus import PrometheusServer
+from stack.prometheus import PrometheusServer
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.dashboards.queries import UIDS, load
+from tests.support.dashboards import UIDS, load
 
 ALERTS = Path(__file__).resolve().parents[2] / "alerts"
 DASHBOARD_PATH = re.compile(r"/d/(?P<uid>[A-Za-z0-9_-]+)/?(?:[A-Za-z0-9_-]+)?(?:\?(?P<query>.*))?$")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from celery_vitals.rules import dashboards
 from celery_vitals.rules.config import RulesConfig
-from tests.dashboards.queries import DASHBOARDS, UIDS
+from tests.support.dashboards import DASHBOARDS, UIDS
 
 
 def test_committed_json_is_what_the_command_writes(tmp_path: Path) -> None:

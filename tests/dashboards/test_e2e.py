@@ -37,8 +37,10 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from celery_vitals.rules import dashboards
-from tests.alerts.rules import alerts
-from tests.dashboards.queries import (
+from stack.net import LOOPBACK, free_port, wait_until
+from stack.prometheus import Labels, PrometheusServer, Sample
+from stack.workers import CeleryWorker
+from tests.support.dashboards import (
     UIDS,
     Expr,
     all_exprs,
@@ -48,9 +50,8 @@ from tests.dashboards.queries import (
     substitute,
 )
 from tests.support.harness import Harness
-from tests.support.net import LOOPBACK, free_port, wait_until
-from tests.support.processes import CeleryWorker, ExporterProcess
-from tests.support.prometheus import Labels, PrometheusServer, Sample
+from tests.support.processes import ExporterProcess
+from tests.support.rules import alerts
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from celery_vitals.catalogue import SPECS, all_series_names
-from tests.alerts.rules import rules
-from tests.dashboards.queries import (
+from stack.prometheus import PrometheusServer
+from tests.support.dashboards import (
     UIDS,
     Expr,
     all_exprs,
@@ -14,7 +14,7 @@ from tests.dashboards.queries import (
     range_function_arguments,
     substitute,
 )
-from tests.support.prometheus import PrometheusServer
+from tests.support.rules import rules
 
 # Not from the exporter: Prometheus' own series, and the one recorded series (CeleryWorkerDown's
 # condition, so that Workers down agrees with the alert); every other panel works without

@@ -13,7 +13,7 @@ import pytest
 from celery_vitals.catalogue import SPECS
 from celery_vitals.rules import dashboards
 from celery_vitals.rules.config import RulesConfig
-from tests.dashboards.queries import (
+from tests.support.dashboards import (
     RANGE,
     RANGE_FUNCTIONS,
     UIDS,

@@ -14,8 +14,8 @@ from demo.run import alertmanager_config
 from demo.timeline import INCIDENTS, schedule
 
 from demo import receiver, rules
-from tests.alerts.rules import alerts
-from tests.support.processes import REPO_ROOT
+from stack.processes import REPO_ROOT
+from tests.support.rules import alerts
 
 VALID = "valid names: task-failing, retry-storm, not-registered, no-consumers, worker-killed"
 

@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from demo.stack.processes import executable
 from demo.timeline import INCIDENTS
 
-from tests.support.net import http_get, port_open, wait_until
-from tests.support.processes import REPO_ROOT, ManagedProcess
+from stack.net import http_get, port_open, wait_until
+from stack.processes import REPO_ROOT, ManagedProcess, executable
 
 pytestmark = pytest.mark.integration
 

@@ -6,17 +6,12 @@ and how to install it, on a developer machine (tests/support/tools.py).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tests.support import tools
-
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "celery-vitals"
+from tests.support.deploy import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -38,16 +33,3 @@ def compose() -> str:
     return tools.require_tool(
         "docker-compose", tools.COMPOSE, binary, on_path=False, check=("version",)
     )
-
-
-def helm_template(helm: str, *args: str) -> list[dict[str, Any]]:
-    """The chart rendered with `args`, as the list of its objects."""
-    result = subprocess.run(
-        [helm, "template", "test", str(CHART), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

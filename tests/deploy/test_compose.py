@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.conftest import ROOT
 from tests.support import tools
+from tests.support.deploy import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 

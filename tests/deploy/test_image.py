@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from tests.deploy.conftest import ROOT
+from stack.net import free_port, wait_until
+from tests.support.deploy import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 BIN = Path(sys.executable).parent
@@ -28,13 +27,6 @@ def _exec_form(instruction: str) -> list[str]:
     assert match, f"no exec-form {instruction} in the Dockerfile"
     command: list[str] = json.loads(match.group(1))
     return command
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _healthcheck(port: int) -> subprocess.CompletedProcess[str]:
@@ -63,7 +55,7 @@ def test_image_shape() -> None:
 def test_entrypoint_serves_and_the_healthcheck_passes() -> None:
     entrypoint = _exec_form("ENTRYPOINT")
     assert entrypoint == ["celery-vitals", "serve"]
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CELERY_VITALS_BROKER_URL": "redis://127.0.0.1:1/0",
@@ -79,15 +71,15 @@ def test_entrypoint_serves_and_the_healthcheck_passes() -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
-                    break
-            except OSError:
-                assert process.poll() is None, "the exporter exited"
-                assert time.monotonic() < deadline, "the exporter never listened"
-                time.sleep(0.1)
+
+        def listening() -> bool:
+            assert process.poll() is None, "the exporter exited"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                return True
+
+        wait_until(
+            listening, timeout=30, what="the exporter to listen", interval=0.1, ignore=(OSError,)
+        )
         result = _healthcheck(port)
         assert result.returncode == 0, result.stderr
     finally:
@@ -97,7 +89,7 @@ def test_entrypoint_serves_and_the_healthcheck_passes() -> None:
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:
-    result = _healthcheck(_free_port())
+    result = _healthcheck(free_port())
     assert result.returncode != 0
     assert "Connection refused" in result.stderr
 

@@ -42,11 +42,14 @@ import pytest
 import redis
 from celery import Celery
 
+from stack.moto import MotoServer
+from stack.net import free_port, wait_until
+from stack.processes import REPO_ROOT, ManagedProcess
+from stack.rabbitmq import RabbitMQServer
+from stack.redis import RedisServer
 from tests.support.dlq_cli import env as cli_env
 from tests.support.metrics import Scrape
-from tests.support.net import free_port, wait_until
-from tests.support.processes import REPO_ROOT, AgentWorker, ExporterProcess, ManagedProcess
-from tests.support.servers import MotoServer, RabbitMQServer, RedisServer
+from tests.support.processes import AgentWorker, ExporterProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -9,7 +9,8 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from tests.support.servers import MotoServer, RabbitMQServer
+from stack.moto import MotoServer
+from stack.rabbitmq import RabbitMQServer
 
 
 class _Server(Protocol):

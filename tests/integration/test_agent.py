@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from stack.net import LOOPBACK, free_port, http_get, port_open, wait_until
+from stack.processes import REPO_ROOT, ManagedProcess, venv_executable
+from stack.rabbitmq import RabbitMQServer
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
-from tests.support.net import LOOPBACK, free_port, http_get, port_open, wait_until
-from tests.support.processes import REPO_ROOT, ManagedProcess, venv_executable
-from tests.support.servers import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,10 @@ Real ``celery worker`` processes of tests/support/agent_app.py run with that ven
 ``celery``, on real Redis and RabbitMQ, without task events; every part of the agent
 is asserted with exact values: the start check (celery_vitals_agent_feature_up 1 for
 every feature), the tap's task counts, pool processes, busy processes, memory per
-slot, a SIGKILLed pool process, ETA tasks, prefetch. Prefork on both brokers; the
-threads and gevent pools (their own timers and process counts) on Redis.
+slot, a SIGKILLed pool process, one the pool ends for its hard time limit (billiard's
+TimeoutHandler._trywaitkill, which the agent wraps), ETA tasks, prefetch. Prefork on
+both brokers; the threads and gevent pools (their own timers and process counts) on
+Redis.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import Any
 import pytest
 
 from celery_vitals.agent.features import FEATURES
+from stack.rabbitmq import RabbitMQServer
 from tests.support import celery_versions
 from tests.support.agent_workers import AgentWorkers, AppWorker
 from tests.support.celery_versions import CeleryVenv
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
-from tests.support.servers import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 
@@ -122,12 +124,14 @@ def test_every_part_of_the_agent_on_prefork(
     assert s.get("celery_worker_tasks_reserved", hostname=host) == 2  # the ETA tasks
     gate.touch()
 
-    # successes, a failure, an unknown task name, and a pool process SIGKILLed
+    # successes, a failure, an unknown task name, a pool process SIGKILLed, and one the
+    # pool ends because its task ran past its hard time limit
     for _ in range(3):
         client.send_task("agent.add", args=(2, 3), queue=jobs)
     client.send_task("agent.fail", queue=jobs)
     client.send_task("agent.renamed", queue=jobs)
     client.send_task("agent.suicide", queue=jobs)
+    client.send_task("agent.sleep", args=(60,), queue=jobs, time_limit=1)
 
     def failed(name: str, exception: str) -> float:
         return s.value("celery_task_failed_total", name=name, queue_name=jobs, exception=exception)
@@ -142,25 +146,34 @@ def test_every_part_of_the_agent_on_prefork(
             and failed("agent.fail", "ValueError") == 1
             and failed("agent.renamed", "NotRegistered") == 1
             and failed("agent.suicide", "WorkerLostError") == 1
+            and failed("agent.sleep", "TimeLimitExceeded") == 1
             and s.value("celery_worker_pool_process_exits_total", hostname=host, reason="killed")
+            == 1
+            and s.value(
+                "celery_worker_pool_process_exits_total", hostname=host, reason="time_limit"
+            )
             == 1
             and s.value("celery_worker_pool_busy_processes", hostname=host) == 0
         )
 
-    worker.wait_for(done, timeout=45, what="every task counted, one pool process killed")
+    worker.wait_for(
+        done, timeout=45, what="every task counted, one pool process killed, one timed out"
+    )
     assert s.series("celery_task_received_total") == {
         frozenset({("name", "agent.add"), ("queue_name", jobs)}): 3 + 2,
         frozenset({("name", "agent.wait_for_file"), ("queue_name", jobs)}): 2,
         frozenset({("name", "agent.fail"), ("queue_name", jobs)}): 1,
         frozenset({("name", "agent.suicide"), ("queue_name", jobs)}): 1,
+        frozenset({("name", "agent.sleep"), ("queue_name", jobs)}): 1,
     }
     assert s.series("celery_task_started_total") == {
         frozenset({("name", "agent.add"), ("queue_name", jobs)}): 3,
         frozenset({("name", "agent.wait_for_file"), ("queue_name", jobs)}): 2,
         frozenset({("name", "agent.fail"), ("queue_name", jobs)}): 1,
         frozenset({("name", "agent.suicide"), ("queue_name", jobs)}): 1,
+        frozenset({("name", "agent.sleep"), ("queue_name", jobs)}): 1,
     }
-    assert len(s.series("celery_task_failed_total")) == 3
+    assert len(s.series("celery_task_failed_total")) == 4
     assert s.get("celery_task_runtime_seconds_count", name="agent.add", queue_name=jobs) == 3
     assert s.series("celery_task_redelivered_total") == {}
     assert s.series("celery_vitals_unknown_uuid_events_total") == {}
@@ -183,9 +196,9 @@ def test_every_part_of_the_agent_on_prefork(
     s = worker.wait_for(
         lambda s: (
             set(memory(s)) == {"main", "0", "1"}
-            and s.value("celery_worker_tasks_processed", hostname=host) == 7
+            and s.value("celery_worker_tasks_processed", hostname=host) == 8
         ),
-        what="the memory of main, 0 and 1, and 7 tasks processed",
+        what="the memory of main, 0 and 1, and 8 tasks processed",
     )
     assert all(value > 1_000_000 for value in memory(s).values()), memory(s)
     assert s.series("celery_vitals_agent_feature_up") == ALL_UP

@@ -19,9 +19,9 @@ import celery
 import pytest
 
 from celery_vitals.agent.features import FEATURES
+from stack.net import LOOPBACK, free_port, http_get, port_open, wait_until
 from tests.support.agent_workers import AgentWorkers
 from tests.support.harness import Harness
-from tests.support.net import LOOPBACK, free_port, http_get, port_open, wait_until
 
 pytestmark = pytest.mark.integration
 

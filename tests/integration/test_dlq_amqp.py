@@ -20,13 +20,14 @@ import redis
 from celery import Celery
 from kombu import Connection
 
+from stack.net import wait_until
+from stack.rabbitmq import RabbitMQServer
+from stack.redis import RedisServer
+from stack.workers import CeleryWorker
 from tests.support import dlq_cli
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
-from tests.support.net import wait_until
-from tests.support.processes import CeleryWorker
 from tests.support.replay_app import DEAD, MAXLEN, TTL, WORK, declare
-from tests.support.servers import RabbitMQServer, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -373,4 +374,4 @@ def test_unknown_queue_and_unreachable_broker(rabbit: RabbitMQServer) -> None:
     )
     down = dlq_cli.run("amqp://guest:hunter2-secret@127.0.0.1:1//", "list", "work.dead")
     assert down.returncode == 1 and len(down.stderr.splitlines()) == 1
-    assert "hunter2" not in down.stderr and "amqp://guest:**@127.0.0.1:1//" in down.stderr
+    assert "hunter2" not in down.stderr and "amqp://guest:***@127.0.0.1:1//" in down.stderr

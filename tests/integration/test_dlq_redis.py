@@ -27,12 +27,12 @@ from click.testing import CliRunner
 
 from celery_vitals import dlq, logs
 from celery_vitals.cli import cli
+from stack.net import wait_until
+from stack.redis import RedisServer
+from stack.workers import CeleryWorker
 from tests.support import dlq_cli
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
-from tests.support.net import wait_until
-from tests.support.processes import CeleryWorker
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +163,46 @@ def test_list_counts_tasks_origins_reasons_and_ages_exactly(db: tuple[str, redis
     # dead-lettered at NOW - 10, its age taken while the command ran (rounded to 1 ms)
     dead_at = NOW - 10
     assert before - dead_at - 0.001 <= shown[0]["age_seconds"] <= after - dead_at + 0.001
+
+
+def test_a_bzip2_compressed_dead_letter_is_listed_and_shown_as_its_task(
+    db: tuple[str, redis.Redis],
+) -> None:
+    """Celery's ``compression='bzip2'`` (header ``compression: application/x-bz2``): the
+    dead letters are inflated by the events' decoder (decode.py), not listed as broken JSON."""
+    url, client = db
+    app = publisher(url)
+    with app.producer_or_acquire() as producer:
+        for n in range(2):
+            app.send_task(
+                "billing.charge",
+                args=(n,),
+                kwargs={"note": "bz"},
+                queue="dead_letter",
+                producer=producer,
+                compression="bzip2",
+                headers={
+                    "x-origin-queue": "work",
+                    "x-dead-letter-reason": "retries-exhausted",
+                    "x-dead-lettered-at": NOW - 50 - n,
+                },
+            )
+    [stored, _] = client.lrange("dead_letter", 0, -1)
+    assert json.loads(stored)["headers"]["compression"] == "application/x-bz2"
+
+    [summary] = dlq_cli.run_json(url, "list", "dead_letter")
+    assert (summary["depth"], summary["sample_size"]) == (2, 2)
+    assert summary["tasks"] == {"billing.charge": 2}
+    assert summary["not_tasks"] == {}
+    assert summary["origins"] == {"work": 2}
+    assert summary["reasons"] == {"retries-exhausted": 2}
+    assert summary["oldest_dead_lettered_at"] == pytest.approx(NOW - 51)
+
+    shown = dlq_cli.run_json(url, "show", "dead_letter")
+    assert [(m["kind"], m["task"], m["args"], m["kwargs"]) for m in shown] == [
+        ("task", "billing.charge", "(0,)", "{'note': 'bz'}"),
+        ("task", "billing.charge", "(1,)", "{'note': 'bz'}"),
+    ]
 
 
 def test_a_glob_matches_queues_and_never_other_keys(db: tuple[str, redis.Redis]) -> None:
@@ -533,7 +573,7 @@ def test_unknown_queue_and_unreachable_broker_are_one_line_errors(
     down = dlq_cli.run("redis://:hunter2-secret@127.0.0.1:1/0", "list", "dead_letter")
     assert down.returncode == 1
     assert down.stderr.startswith(
-        "celery-vitals: error: cannot reach the broker at redis://:**@127.0.0.1:1/0"
+        "celery-vitals: error: cannot reach the broker at redis://:***@127.0.0.1:1/0"
     )
     assert len(down.stderr.splitlines()) == 1 and "hunter2" not in down.stderr + down.stdout
 

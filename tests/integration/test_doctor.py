@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 import redis
 
+from stack.net import LOOPBACK
+from stack.processes import REPO_ROOT, venv_executable
+from stack.rabbitmq import RabbitMQServer
 from tests.support.dlq_cli import env
 from tests.support.doctor_app import make_app
 from tests.support.harness import Harness
-from tests.support.net import LOOPBACK
-from tests.support.processes import REPO_ROOT, venv_executable
-from tests.support.servers import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 
@@ -278,7 +278,7 @@ def test_broker_down_is_one_failure(url: str) -> None:
             [finding] = json.loads(out)
             assert (finding["check"], finding["status"]) == ("broker", "fail")
             assert finding["detail"].startswith("cannot reach the broker at ")
-            assert ":**@127.0.0.1:1" in finding["detail"]
+            assert ":***@127.0.0.1:1" in finding["detail"]
         else:
             [line] = out.splitlines()
             assert line.startswith("FAIL  broker ")
@@ -294,7 +294,7 @@ def test_declared_queues_are_exclusive_on_rabbitmq(rabbit: RabbitMQServer) -> No
     broadcast reply queue of the exporter and the doctor (service.celery_app, EventStream)
     are exclusive, as the broker itself reports them."""
     from celery_vitals.config import build
-    from celery_vitals.service import celery_app
+    from celery_vitals.control import celery_app
     from celery_vitals.stream import EventStream
 
     vhost = "exclusive"

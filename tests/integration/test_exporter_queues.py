@@ -18,28 +18,14 @@ import pytest
 from demo.app import use_dead_letter_route
 from kombu import Connection, Exchange, Queue
 
+from stack.rabbitmq import RabbitMQServer
 from tests.support.harness import Harness
+from tests.support.messages import push
 from tests.support.metrics import Scrape
-from tests.support.servers import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 
 POLL = ("--queue-poll-interval", "0.5", "--queue-discovery-interval", "1")
-
-
-def push(broker_url: str, queue: str, count: int, **queue_options: object) -> None:
-    """Plain messages into a queue, as a producer whose consumer is missing would leave them."""
-    with Connection(broker_url) as connection:
-        target = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, **queue_options)  # type: ignore[arg-type]
-        producer = connection.Producer()
-        for number in range(count):
-            producer.publish(
-                {"n": number},
-                exchange=target.exchange,
-                routing_key=queue,
-                declare=[target],
-                retry=True,
-            )
 
 
 def test_redis_queues_dlq_and_broker_facts(harness: Harness) -> None:

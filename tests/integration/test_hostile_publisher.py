@@ -30,10 +30,10 @@ from kombu import Connection
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
 from celery_vitals.stream import BACKOFF_MAX
+from stack.rabbitmq import RabbitMQServer
 from tests.support import events
 from tests.support.harness import Harness
 from tests.support.processes import ExporterProcess
-from tests.support.servers import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from redis import Redis
 
-from tests.integration.test_exporter_queues import push
 from tests.support.harness import Harness
+from tests.support.messages import push
 
 pytestmark = pytest.mark.integration
 

@@ -25,12 +25,13 @@ from amqp.exceptions import AccessRefused
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from celery_vitals.probes import ProbeResult, QueueStats
-from celery_vitals.probes.amqp import AmqpProbe, ManagementError, is_plumbing
+from celery_vitals.brokers.amqp.management import ManagementError
+from celery_vitals.brokers.amqp.probe import AmqpProbe
+from celery_vitals.brokers.probe import ProbeResult, QueueStats, is_plumbing
+from stack.net import LOOPBACK, free_port, http_get, wait_until
+from stack.rabbitmq import RabbitMQServer
+from stack.workers import CeleryWorker
 from tests.support.bounded import bounded_call
-from tests.support.net import LOOPBACK, free_port, http_get, wait_until
-from tests.support.processes import CeleryWorker
-from tests.support.servers import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 
@@ -370,7 +371,7 @@ def test_a_failing_management_api_falls_back_to_passive_declares(
     ):
         caplog.clear()
         probe = probes(rabbit.url, management_url=management_url)
-        with caplog.at_level(logging.WARNING, logger="celery_vitals.probes.amqp"):
+        with caplog.at_level(logging.WARNING, logger="celery_vitals.brokers.amqp.probe"):
             result = probe.poll([queue, f"{uid}.missing"])
         assert by_name(result)[queue] == QueueStats(queue, exists=True, ready=4, consumers=0)
         assert by_name(result)[f"{uid}.missing"] == QueueStats(f"{uid}.missing", exists=False)

@@ -14,13 +14,13 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_vitals.probes import QueueStats
-from celery_vitals.probes.redis import RedisProbe
+from celery_vitals.brokers.probe import QueueStats
+from celery_vitals.brokers.redis.probe import RedisProbe
+from stack.net import LOOPBACK, wait_until
+from stack.redis import RedisServer
+from stack.workers import CeleryWorker
 from tests.support.harness import WORKER_START_TIMEOUT, Harness
-from tests.support.net import LOOPBACK, wait_until
-from tests.support.processes import CeleryWorker
 from tests.support.queues_app import TRANSPORT_OPTIONS, VISIBILITY_TIMEOUT, make_app
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 

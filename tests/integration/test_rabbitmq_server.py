@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from tests.support.net import http_get, port_open
-from tests.support.servers import RabbitMQServer
+from stack.net import http_get, port_open
+from stack.rabbitmq import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
+from stack.net import free_port
+from stack.processes import REPO_ROOT, venv_executable
 from tests.support.harness import Harness
-from tests.support.net import free_port
-from tests.support.processes import REPO_ROOT, venv_executable
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_password_stays_out_of_logs_and_metrics_while_broker_is_unreachable(
     exporter.stop()
     output = exporter.output()
     assert SECRET not in output
-    assert "redis://:**@127.0.0.1" in output  # the URL is shown, masked
+    assert "redis://:***@127.0.0.1" in output  # the URL is shown, masked
 
 
 def test_bad_broker_url_is_a_one_line_error_without_the_password() -> None:

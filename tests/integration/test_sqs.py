@@ -14,12 +14,13 @@ from typing import Any
 import boto3
 import pytest
 
+from stack.moto import MotoServer
+from stack.net import LOOPBACK, wait_until
+from stack.processes import REPO_ROOT, venv_executable
 from tests.support import dlq_cli
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
-from tests.support.net import LOOPBACK, wait_until
-from tests.support.processes import REPO_ROOT, ExporterProcess, venv_executable
-from tests.support.servers import MotoServer
+from tests.support.processes import ExporterProcess
 
 pytestmark = pytest.mark.integration
 
@@ -310,7 +311,7 @@ def test_the_exporter_survives_the_servers_restart(harness: Harness, moto: MotoS
     jobs = unique("jobs")
     make_queue(moto, jobs)
     url = broker_url(moto)
-    exporter = harness.exporter(url, *POLL, "--queue", jobs, "--probe-timeout", "1")
+    exporter = harness.exporter(url, *POLL, "--queue", jobs, "--probe-timeout", "3")
     exporter.wait_for(
         lambda s: s.get("celery_queue_length", queue_name=jobs) == 0,
         timeout=20,

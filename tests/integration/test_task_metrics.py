@@ -19,10 +19,11 @@ from prometheus_client.openmetrics.parser import (
 )
 
 from celery_vitals import __version__
+from stack.workers import CeleryWorker
 from tests.support import tools
 from tests.support.harness import Harness
 from tests.support.metrics import Labels, Scrape
-from tests.support.processes import CeleryWorker, ExporterProcess
+from tests.support.processes import ExporterProcess
 
 pytestmark = pytest.mark.integration
 

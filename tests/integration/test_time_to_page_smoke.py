@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from benchmarks.time_to_page import main
 
-from tests.support.processes import venv_executable
+from stack.processes import venv_executable
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from stack.net import free_port, wait_until
 from tests.support.harness import WORKER_START_TIMEOUT
-from tests.support.net import free_port, wait_until
 from tests.support.processes import AgentWorker
 
 LISTEN_ADDRESS_ENV = "CELERY_VITALS_AGENT_LISTEN_ADDRESS"

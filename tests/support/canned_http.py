@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.support.net import LOOPBACK
+from stack.net import LOOPBACK
 
 Answer = tuple[int, str, str]  # status, Content-Type ("" for none), body
 

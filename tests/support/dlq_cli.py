@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import REPO_ROOT, ManagedProcess, venv_executable
+from stack.processes import REPO_ROOT, ManagedProcess, venv_executable
 
 
 def env(broker_url: str, **extra: str) -> dict[str, str]:

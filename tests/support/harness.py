@@ -9,11 +9,12 @@ from pathlib import Path
 
 from celery import Celery
 
+from stack.net import free_port, wait_until
+from stack.redis import RedisServer
+from stack.workers import CeleryWorker
 from tests.support import events
 from tests.support.metrics import Scrape
-from tests.support.net import free_port, wait_until
-from tests.support.processes import AgentWorker, CeleryWorker, ExporterProcess
-from tests.support.servers import RedisServer
+from tests.support.processes import AgentWorker, ExporterProcess
 
 WORKER_START_TIMEOUT = 45.0
 

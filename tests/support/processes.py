@@ -1,30 +1,20 @@
-"""Subprocesses the tests own: the exporter, Celery workers, agents (started and stopped by
-pid with demo/stack/processes.py, which the demo uses too).
+"""Processes under test that serve /metrics: the exporter and agent workers (started and
+stopped by pid with stack/, which the demo and the benchmarks use too), scraped into
+tests.support.metrics' Scrape.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from demo.stack.processes import REPO_ROOT, STARTED, VENV_BIN, ManagedProcess, venv_executable
-
+from stack.net import LOOPBACK, Response, free_port, http_get, wait_until
+from stack.processes import REPO_ROOT, ManagedProcess, venv_executable
+from stack.workers import CeleryWorker
 from tests.support.metrics import Scrape, parse
-from tests.support.net import LOOPBACK, Response, free_port, http_get, wait_until
 
-__all__ = [
-    "REPO_ROOT",
-    "STARTED",
-    "VENV_BIN",
-    "AgentWorker",
-    "CeleryWorker",
-    "ExporterProcess",
-    "ManagedProcess",
-    "Scraped",
-    "venv_executable",
-]
+__all__ = ["AgentWorker", "ExporterProcess", "Scraped"]
 
 
 class Scraped(ManagedProcess):
@@ -63,61 +53,6 @@ class Scraped(ManagedProcess):
         )
         assert result is not None
         return result
-
-
-class CeleryWorker(ManagedProcess):
-    """``celery worker`` for the demo app, as a production worker would run it."""
-
-    def __init__(
-        self,
-        name: str,
-        broker_url: str,
-        log_dir: Path,
-        *,
-        app: str = "demo.app",
-        task_events: bool = True,
-        concurrency: int = 2,
-        queues: str | None = None,
-        extra_env: Mapping[str, str] | None = None,
-        pool: str = "prefork",
-        extra_args: Sequence[str] = (),
-    ) -> None:
-        self.hostname = f"{name}@test"
-        argv = [
-            venv_executable("celery"),
-            "-A",
-            app,
-            "worker",
-            "-c",
-            str(concurrency),
-            f"--pool={pool}",
-            "-n",
-            self.hostname,
-            "--loglevel=info",
-        ]
-        if task_events:
-            argv.insert(4, "-E")
-        if queues is not None:
-            argv += ["-Q", queues]
-        argv += extra_args
-        env = dict(os.environ)
-        env.update(extra_env or {})
-        env["CELERY_BROKER_URL"] = broker_url
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        )
-        env.pop("CELERY_RESULT_BACKEND", None)
-        super().__init__(
-            f"worker {self.hostname}", argv, log_dir / f"worker-{name}.log", env=env, cwd=REPO_ROOT
-        )
-
-    def start(self) -> CeleryWorker:
-        self.spawn()
-        return self
-
-    def stop_gracefully(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM: warm shutdown, the worker says goodbye (worker-offline)."""
-        return self.stop(timeout=timeout, signum=signal.SIGTERM)
 
 
 class ExporterProcess(Scraped):

@@ -7,7 +7,7 @@ a green run then means every test ran. Elsewhere the test skips with the same wo
 prefixed "missing tool", and ``-ra`` (pyproject.toml) lists it in the summary.
 
 The servers the fixtures start (redis-server, rabbitmq-server, prometheus,
-alertmanager, moto_server) never skip: demo/stack raises FileNotFoundError with the
+alertmanager, moto_server) never skip: stack/ raises FileNotFoundError with the
 package to install, which errors the test everywhere.
 """
 

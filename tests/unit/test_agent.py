@@ -36,9 +36,9 @@ from celery_vitals.agent.tap import (
     untapped_tasks,
 )
 from celery_vitals.config import Config
-from celery_vitals.service import Pipeline
+from celery_vitals.pipeline import Pipeline
+from stack.net import LOOPBACK, free_port, free_ports, http_get
 from tests.support.metrics import Scrape, parse
-from tests.support.net import LOOPBACK, free_port, http_get
 
 HOST = "w1@host"
 
@@ -115,12 +115,12 @@ class Clock:
 
 
 def config(**overrides: Any) -> Config:
-    from celery_vitals.config import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, _buckets
+    from celery_vitals.config import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, parse_buckets
 
     return Config(
         broker_url="",
-        runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
-        wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS),
+        runtime_buckets=parse_buckets(DEFAULT_RUNTIME_BUCKETS),
+        wait_buckets=parse_buckets(DEFAULT_WAIT_BUCKETS),
         **overrides,
     )
 
@@ -361,11 +361,27 @@ def test_resident_bytes_is_vmrss() -> None:
     assert resident_bytes(2**22 + 12345) is None  # no such process
 
 
+class FakeTimeoutHandler:
+    """billiard's TimeoutHandler as far as the agent touches it: on_hard_timeout kills the
+    job's process with self._trywaitkill (looked up at each call)."""
+
+    def __init__(self, pool: FakeBilliardPool) -> None:
+        self.pool = pool
+        self.killed: list[Any] = []
+
+    def on_hard_timeout(self, process: Any) -> None:
+        self._trywaitkill(process)
+
+    def _trywaitkill(self, worker: Any) -> None:
+        self.killed.append(worker)
+
+
 class FakeBilliardPool:
     def __init__(self, processes: list[SimpleNamespace]) -> None:
         self._pool = processes
         self.downs: list[Any] = []
         self.on_process_down = self.downs.append
+        self._timeout_handler = FakeTimeoutHandler(self)
 
 
 def strategy_for(request_cls: type) -> Any:
@@ -405,7 +421,7 @@ def test_pool_sample_and_exits_by_slot() -> None:
     down = worker.pool._pool.on_process_down
     for code in (0, EX_RECYCLE, -9, 1):
         down(SimpleNamespace(exitcode=code))
-    assert watch.sample().exits == {"recycled": 2, "killed": 1, "failed": 1}
+    assert watch.sample().exits == {"recycled": 2, "time_limit": 0, "killed": 1, "failed": 1}
     assert len(worker.pool._pool.downs) == 4  # Celery's own hook still runs
     watch.hook()  # idempotent: not wrapped twice
     worker.pool._pool.on_process_down(SimpleNamespace(exitcode=0))
@@ -413,6 +429,38 @@ def test_pool_sample_and_exits_by_slot() -> None:
     watch.counting = False  # shutdown: the pool stops its children
     worker.pool._pool.on_process_down(SimpleNamespace(exitcode=-15))
     assert watch.exits["killed"] == 1
+
+
+@pytest.mark.parametrize("code", [-15, -9])
+def test_a_child_ended_for_its_hard_time_limit_is_no_killed_child(code: int) -> None:
+    """billiard's TimeoutHandler.on_hard_timeout ends the job's process with
+    _trywaitkill (SIGTERM, SIGKILL 0.1 s later): that pid's exit is time_limit, once; a
+    signal from outside (another pid, or the same pid again later) stays killed."""
+    worker = fake_worker([SimpleNamespace(index=0, pid=101), SimpleNamespace(index=1, pid=102)])
+    watch = PoolWatch(worker, prefork=True)
+    watch.sample()
+    inner = worker.pool._pool
+    inner._timeout_handler.on_hard_timeout(SimpleNamespace(pid=101))
+    assert [process.pid for process in inner._timeout_handler.killed] == [101]  # still killed
+    inner.on_process_down(SimpleNamespace(pid=101, exitcode=code))
+    inner.on_process_down(SimpleNamespace(pid=102, exitcode=-9))  # the OOM killer
+    inner.on_process_down(SimpleNamespace(pid=101, exitcode=-9))  # the pid reused, killed
+    assert watch.sample().exits == {"recycled": 0, "time_limit": 1, "killed": 2, "failed": 0}
+    assert watch.time_limited == {}
+    assert len(inner.downs) == 3  # Celery's own hook still runs
+    watch.hook()  # idempotent: not wrapped twice
+    inner._timeout_handler.on_hard_timeout(SimpleNamespace(pid=103))
+    assert len(inner._timeout_handler.killed) == 2
+    inner.on_process_down(SimpleNamespace(pid=103, exitcode=-15))
+    assert watch.exits["time_limit"] == 2
+
+
+def test_time_limited_pids_are_bounded() -> None:
+    watch = PoolWatch(fake_worker([]), prefork=True)
+    for pid in range(pool_module.MAX_TIME_LIMITED + 5):
+        watch.time_limit_kill(SimpleNamespace(pid=pid))
+    assert len(watch.time_limited) == pool_module.MAX_TIME_LIMITED
+    assert min(watch.time_limited) == 5  # the oldest went first
 
 
 def test_pool_hook_is_rewrapped_when_celery_replaces_it() -> None:
@@ -437,7 +485,7 @@ def test_threads_and_solo_pools_have_only_the_main_process() -> None:
     stats = PoolWatch(worker, features).sample()
     assert stats.processes == 4
     assert set(stats.memory) == {"main"}
-    assert stats.exits == {"recycled": 0, "killed": 0, "failed": 0}  # no process can exit
+    assert stats.exits == {"recycled": 0, "time_limit": 0, "killed": 0, "failed": 0}
     assert stats.prefetch_limit is None  # no consumer
     assert stats.eta_tasks == 0  # celery.worker.state.scheduled_requests (5.7)
     assert features.failing() == {
@@ -960,25 +1008,6 @@ def test_a_request_class_of_another_shape_is_left_untapped(
 # -- listen addresses: a port range for celery multi ------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` consecutive loopback ports, free when returned."""
-    for _ in range(50):
-        first = free_port()
-        held: list[socket.socket] = []
-        try:
-            for port in range(first, first + count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind((LOOPBACK, port))
-            return list(range(first, first + count))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise AssertionError(f"no {count} consecutive free ports")
-
-
 @pytest.mark.parametrize(
     ("address", "parsed"),
     [
@@ -1067,3 +1096,16 @@ def test_the_serving_line_waits_for_worker_ready(
     assert caplog.records[0].getMessage() == (
         f"celery-vitals agent: serving http://{LOOPBACK}:{agent_env}/metrics for {HOST}"
     )
+
+
+def test_exits_need_the_time_limit_kill_too() -> None:
+    """Without billiard's _trywaitkill a time-limit kill would count, and page, as a kill
+    from outside: the exits are not exported then, and the feature says why."""
+    worker = fake_worker([])
+    del worker.pool._pool._timeout_handler
+    features = Features("5.7.0")
+    assert PoolWatch(worker, features, prefork=True).sample().exits == {}
+    assert features.failing() == {
+        "exits": "the pool's time-limit kill (worker.pool._pool._timeout_handler._trywaitkill) "
+        "cannot be wrapped: time-limit exits would count as killed"
+    }

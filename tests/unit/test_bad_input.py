@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from tests.unit.conftest import Harness, event
+from tests.support.pipeline import PipelineHarness, event
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ from tests.unit.conftest import Harness, event
     ],
 )
 def test_unusable_bodies_are_counted_skips(body: object, reason: str) -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(body)
     assert h.value("celery_vitals_events_skipped_total", reason=reason) == (
         2 if reason == "malformed_event" else 1
@@ -30,13 +30,13 @@ def test_unusable_bodies_are_counted_skips(body: object, reason: str) -> None:
 
 
 def test_unknown_event_types_are_counted_as_other() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(event("worker-custom"), event("x" * 10_000))
     assert h.value("celery_vitals_events_total", type="other") == 2
 
 
 def test_hostile_label_values_are_folded() -> None:
-    h = Harness(max_task_names=2)
+    h = PipelineHarness(max_task_names=2)
     h.feed(
         event("task-received", uuid="u1", name="n" * 10_000),
         event("task-received", uuid="u2", name={"not": "hashable"}),
@@ -55,7 +55,7 @@ def test_hostile_label_values_are_folded() -> None:
 
 
 def test_non_numeric_fields_skip_only_the_observation() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="t", retries="two", timestamp="soon"),
         event("task-started", uuid="u1", timestamp=None),
@@ -77,7 +77,7 @@ def test_non_numeric_fields_skip_only_the_observation() -> None:
 
 
 def test_a_handler_bug_is_a_counted_skip(monkeypatch: pytest.MonkeyPatch) -> None:
-    h = Harness()
+    h = PipelineHarness()
 
     def explode(event: object, now: float) -> None:
         raise RuntimeError("bug")
@@ -89,7 +89,7 @@ def test_a_handler_bug_is_a_counted_skip(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_exception_messages_never_become_labels() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="t"),
         event("task-failed", uuid="u1", exception="password=hunter2 leaked"),
@@ -101,6 +101,6 @@ def test_exception_messages_never_become_labels() -> None:
 
 
 def test_lag_is_exporter_time_minus_event_time() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(event("worker-heartbeat", ts=h.clock.now - 2.5))
     assert h.value("celery_vitals_event_lag_seconds") == 2.5

@@ -7,9 +7,9 @@ import pytest
 
 from celery_vitals.brokers import BROKER_LABEL, broker_name, check_name, identity
 from celery_vitals.config import build
-from celery_vitals.service import Pipeline
+from celery_vitals.pipeline import Pipeline
 from tests.support.metrics import brokers
-from tests.unit.conftest import Harness, lifecycle
+from tests.support.pipeline import PipelineHarness, lifecycle
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_a_bad_broker_name_is_an_option_error() -> None:
 
 def test_every_series_carries_the_broker_and_no_credential() -> None:
     """Series written from the trackers' caches and through prometheus_client alike."""
-    h = Harness(broker_url="redis://:s3cret@Redis.local:6379/0")
+    h = PipelineHarness(broker_url="redis://:s3cret@Redis.local:6379/0")
     h.feed(*lifecycle("u1", "t"))
     text = h.pipeline.exposition.render().decode()
     seen = brokers(text)

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import base64
+import bz2
 import datetime as dt
 import json
+import lzma
 import pickle
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import click
 import pytest
 
 from celery_vitals import dlq
-from celery_vitals.dlq import Entry, Selection, Summary, classify, parse_redis, sample_ranges
-from tests.unit.conftest import Harness
-from tests.unit.test_poller import ScriptedProbe, redis_result, with_poller
+from celery_vitals.brokers import dead_letters
+from celery_vitals.brokers.dead_letters import (
+    Entry,
+    Selection,
+    Summary,
+    classify,
+    parse_envelope,
+    sample_ranges,
+)
+from tests.support.pipeline import PipelineHarness, ScriptedProbe, redis_result, with_poller
 
 HEADERS = {
     "task": "billing.charge",
@@ -45,7 +56,7 @@ def envelope(
 
 
 def test_a_protocol_2_task_is_a_task_with_its_name_id_and_retries() -> None:
-    entry = parse_redis(envelope(json.dumps([[1], {}, {}]).encode()))
+    entry = parse_envelope(envelope(json.dumps([[1], {}, {}]).encode()))
     assert (entry.kind, entry.task, entry.id, entry.retries, entry.args) == (
         "task",
         "billing.charge",
@@ -53,6 +64,29 @@ def test_a_protocol_2_task_is_a_task_with_its_name_id_and_retries() -> None:
         3,
         "(1,)",
     )
+
+
+@pytest.mark.parametrize(
+    ("compression", "compress"),
+    [
+        ("application/x-gzip", zlib.compress),  # kombu's "gzip" is a zlib stream
+        ("application/x-bz2", bz2.compress),
+        ("application/x-lzma", lzma.compress),
+    ],
+)
+def test_a_compressed_task_is_inflated_by_the_events_decoder(
+    compression: str, compress: Callable[[bytes], bytes]
+) -> None:
+    body = compress(json.dumps([[1], {}, {}]).encode())
+    entry = parse_envelope(envelope(body, headers={**HEADERS, "compression": compression}))
+    assert (entry.kind, entry.task, entry.id, entry.args) == (
+        "task",
+        "billing.charge",
+        "abc",
+        "(1,)",
+    )
+    broken = parse_envelope(envelope(b"not bz2", headers={**HEADERS, "compression": compression}))
+    assert broken.kind == "broken-json"
 
 
 @pytest.mark.parametrize(
@@ -67,7 +101,7 @@ def test_a_protocol_2_task_is_a_task_with_its_name_id_and_retries() -> None:
     ],
 )
 def test_what_is_not_a_celery_task_says_why(raw: bytes, kind: str) -> None:
-    entry = parse_redis(raw)
+    entry = parse_envelope(raw)
     assert entry.kind == kind
     assert not Selection().matches(entry, 0.0)  # replayed only when asked for by id
 
@@ -77,7 +111,7 @@ def test_pickle_is_never_unpickled(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("unpickled")
 
     monkeypatch.setattr(pickle, "loads", refuse)
-    entry = parse_redis(envelope(b"\x80\x04K\x01.", "application/x-python-serialize"))
+    entry = parse_envelope(envelope(b"\x80\x04K\x01.", "application/x-python-serialize"))
     assert (entry.kind, entry.task, entry.id) == ("pickle", "billing.charge", "abc")
     assert Selection(ids=frozenset({"abc"})).matches(entry, 0.0)
 
@@ -173,7 +207,7 @@ def test_rate_limit_keeps_the_pace_without_banking_a_burst(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(dlq, "time", clock)
+    monkeypatch.setattr(dead_letters, "time", clock)
     limit = dlq.RateLimit(100)
     for _ in range(50):  # each operation takes 1 ms of the clock
         limit.wait()
@@ -192,7 +226,7 @@ def test_rate_limit_keeps_the_pace_without_banking_a_burst(
 
 
 def test_the_gauge_comes_from_the_poller_thread_samples() -> None:
-    harness = Harness()
+    harness = PipelineHarness()
     calls: list[str] = []
 
     def sampler(queue: str) -> dict[str, int]:
@@ -211,7 +245,7 @@ def test_the_gauge_comes_from_the_poller_thread_samples() -> None:
 
 
 def test_a_failing_sample_is_counted_and_drops_only_that_series() -> None:
-    harness = Harness()
+    harness = PipelineHarness()
 
     def sampler(queue: str) -> dict[str, int]:
         raise ConnectionError("gone")

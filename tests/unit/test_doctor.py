@@ -10,22 +10,22 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from celery_vitals.brokers.probe import ProbeResult, QueueStats
 from celery_vitals.config import Config
 from celery_vitals.doctor import (
     ExporterView,
     Finding,
     Observation,
     WorkerView,
-    _scrape,
     diagnose,
     exit_code,
     http_url,
     parse_registered,
+    scrape,
     text,
 )
-from celery_vitals.probes import ProbeResult, QueueStats
+from stack.net import free_port
 from tests.support.canned_http import Answer, serving
-from tests.support.net import free_port
 
 HOST = "w1@test"
 PREFORK = {
@@ -178,8 +178,8 @@ def test_a_queue_poll_that_fails_is_one_failure() -> None:
 
 
 def test_exporter_url_credentials_are_never_shown() -> None:
-    view = _scrape(f"http://monitor:s3cret@127.0.0.1:{free_port()}")
-    assert view.url.startswith("http://monitor:**@127.0.0.1:")
+    view = scrape(f"http://monitor:s3cret@127.0.0.1:{free_port()}")
+    assert view.url.startswith("http://monitor:***@127.0.0.1:")
     assert view.error is not None and "refused" in view.error.lower()
     assert "s3cret" not in view.url + view.error
 
@@ -245,7 +245,7 @@ def test_a_bad_url_option_is_a_usage_error() -> None:
 def test_an_unreachable_exporter_url_without_scheme_is_one_clear_failure() -> None:
     port = free_port()
     seen = observation()
-    seen.exporter = _scrape(http_url(f"127.0.0.1:{port}"))
+    seen.exporter = scrape(http_url(f"127.0.0.1:{port}"))
     found = [f for f in diagnose(seen) if f.check.startswith("exporter")]
     assert [(f.check, f.status, f.detail, f.fix) for f in found] == [
         (
@@ -282,7 +282,7 @@ def test_an_unreachable_exporter_url_without_scheme_is_one_clear_failure() -> No
 )
 def test_an_url_that_is_not_celery_vitals_is_one_clear_failure(answer: Answer, error: str) -> None:
     with serving({"/metrics": answer}) as (url, _):
-        view = _scrape(url)
+        view = scrape(url)
     assert (view.error, view.before) == (error.format(url=url), {})
 
 
@@ -294,7 +294,7 @@ def test_celery_vitals_metrics_are_read() -> None:
         "celery_vitals_event_stream_up 1.0\n"
     )
     with serving({"/metrics": (200, "text/plain; version=0.0.4", body)}) as (url, asked):
-        view = _scrape(url.replace("http://", "http://monitor:pw@"))
+        view = scrape(url.replace("http://", "http://monitor:pw@"))
     assert view.error is None
     assert view.before == {
         'celery_vitals_build_info{version="1.0"}': 1.0,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from celery_vitals.doctor import FAIL, OK, WARN
-from celery_vitals.doctor_prometheus import (
+from celery_vitals.doctor.prometheus import (
     ApiError,
     api,
     diagnose,
@@ -20,9 +20,9 @@ from celery_vitals.doctor_prometheus import (
     recorded_series,
     selector_of,
 )
-from tests.alerts.rules import alert_names
+from stack.net import free_port
 from tests.support.canned_http import Answer, serving
-from tests.support.net import free_port
+from tests.support.rules import alert_names
 
 URL = "http://prometheus:9090"
 FILE = "/etc/prometheus/rules/celery-vitals.rules.yml"

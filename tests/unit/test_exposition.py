@@ -4,104 +4,16 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import generate_latest
-from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from celery_vitals import catalogue
 from celery_vitals.http import HttpServer, make_app
-from celery_vitals.probes import QueueStats
-from celery_vitals.workers import pool_from_stats
-from tests.unit.conftest import Harness, event, lifecycle
-from tests.unit.test_poller import ScriptedProbe, redis_result, with_poller
+from tests.support.pipeline import busy_harness
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def busy_harness() -> Harness:
-    h = Harness()
-    h.feed(
-        event(
-            "worker-online",
-            freq=2.0,
-            active=0,
-            processed=0,
-            loadavg=[0.1, 0.1, 0.1],
-            sw_ver="5.7.0",
-        )
-    )
-    # the poller's stats broadcast (celery_worker_info, pool processes, prefetch limit)
-    h.pipeline.workers.on_stats(
-        "w1@host",
-        *pool_from_stats(
-            {
-                "pool": {
-                    "implementation": "celery.concurrency.prefork:TaskPool",
-                    "max-concurrency": 2,
-                },
-                "prefetch_count": 8,
-            }
-        ),
-    )
-    h.feed(*lifecycle("u1", "t"))
-    h.feed(
-        event("task-received", uuid="u2", name="t"),
-        event("task-failed", uuid="u2", exception="ValueError()"),
-        event("task-received", uuid="u3", name="t"),
-        event("task-rejected", uuid="u3", requeue=False),
-        event("task-received", uuid="u4", name="t"),
-        event("task-revoked", uuid="u4", expired=True),
-        event("task-received", uuid="u5", name="t", retries=0),
-        event("task-retried", uuid="u5"),
-        event("task-received", uuid="u5", name="t", retries=0),
-    )
-    h.feed(
-        "garbage",
-        event("task-started", uuid="never-seen"),
-        event("task-received", uuid="u6", name="x" * 1000),
-        event("task-sent", 2e9, uuid="u7", name="t", queue="celery"),
-        event("task-started", uuid="u7"),
-    )
-    h.pipeline.enable_events = lambda: {"ok": 1, "error": 0}
-    h.feed(
-        event("task-sent", uuid="u8", name="t", queue="celery"),  # still in its queue
-        event("task-received", uuid="u9", name="t", retries=1),
-        event("task-failed", uuid="u9", exception="TimeoutError()"),
-        event("worker-heartbeat", ts=h.clock.now + 60, freq=2.0, active=0, processed=1),
-    )
-    last = redis_result(2)
-    sqs = QueueStats(
-        "sqs-work",
-        True,
-        ready=1,
-        unacked=2,
-        delayed=3,
-        visibility_timeout=30.0,
-        max_receive_count=5,
-    )  # what only the SQS probe tells
-    last = replace(last, queues=(*last.queues, QueueStats("work", True, ready=0, consumers=2), sqs))
-    poller = with_poller(
-        h,
-        ScriptedProbe(redis_result(1), ConnectionError(), last),
-        dlq_sampler=lambda queue: {"billing.charge": 3},
-    )
-    for _ in range(3):
-        poller.poll_once()
-    # one scrape that had to leave a broken collector out (celery_vitals_scrape_errors_total)
-    h.pipeline.exposition.collectors.append(BrokenCollector())
-    h.pipeline.exposition.render()
-    h.pipeline.exposition.collectors.pop()
-    return h
-
-
-class BrokenCollector(Collector):
-    def collect(self) -> Iterator[Metric]:
-        raise RuntimeError("a collector bug")
 
 
 def test_every_exported_metric_is_in_the_catalogue_with_its_type_and_help() -> None:
@@ -183,7 +95,7 @@ def test_exporter_metrics_carry_process_python_and_render_duration() -> None:
     from prometheus_client import CollectorRegistry
 
     from celery_vitals.config import build
-    from celery_vitals.service import Exporter
+    from celery_vitals.exporter import Exporter
 
     config = build({"broker_url": "redis://127.0.0.1:1/0", "listen_address": "127.0.0.1:0"})
     exporter = Exporter(config, CollectorRegistry())  # never started: nothing connects

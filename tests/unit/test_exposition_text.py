@@ -16,8 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from celery_vitals.exposition import Exposition, SeriesLines, value_text
 from celery_vitals.http import HttpServer, make_app
-from tests.unit.conftest import Harness, event, lifecycle
-from tests.unit.test_exposition import busy_harness
+from tests.support.pipeline import PipelineHarness, busy_harness, event, lifecycle
 
 HOSTILE = ['quote" back\\slash', "new\nline", "100%d.0 %s %%", "ünïcødé ✓", '{le="x"}']
 
@@ -66,7 +65,7 @@ def same(a: Parsed, b: Parsed) -> bool:
     return key(a) == key(b)
 
 
-def hostile_harness() -> Harness:
+def hostile_harness() -> PipelineHarness:
     h = busy_harness()
     for i, name in enumerate(HOSTILE):
         h.feed(*lifecycle(f"h{i}", name, queue=name, runtime=0.25 * i))
@@ -99,7 +98,7 @@ def test_same_families_series_and_values_as_prometheus_client(openmetrics: bool)
 
 
 def test_small_numbers_are_byte_for_byte_prometheus_client() -> None:
-    h = Harness()
+    h = PipelineHarness()
     for i in range(3):
         h.feed(*lifecycle(f"u{i}", "t", runtime=0.5))
         h.feed(
@@ -125,7 +124,7 @@ class _Registry:
 
 
 def test_a_changed_series_is_rerendered_and_the_rest_reused() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(*lifecycle("u1", "a"), *lifecycle("u2", "b"))
     first = h.pipeline.exposition.render()
     h.feed(*lifecycle("u3", "a", runtime=7.0))

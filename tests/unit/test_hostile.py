@@ -26,13 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from celery_vitals import decode
+from celery_vitals.brokers.amqp.events import FrameGuard
 from celery_vitals.decode import MAX_BODY_BYTES, Skip
 from celery_vitals.exposition import Exposition
-from celery_vitals.stream import FrameGuard
 from celery_vitals.tasks import number
+from stack.net import wait_until
 from tests.support.events import zeros_bomb
-from tests.support.net import wait_until
-from tests.unit.conftest import T0, Harness, event, lifecycle
+from tests.support.pipeline import T0, PipelineHarness, event, lifecycle
 
 MiB = 1024 * 1024
 
@@ -248,7 +248,7 @@ def test_numbers_beyond_what_a_float_holds_exactly_are_not_numbers() -> None:
 
 
 def test_hostile_heartbeat_values_are_skipped_observations() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         *(
             event("worker-heartbeat", T0 + 2 * i, freq=1e-300, active=0, processed=i)
@@ -282,7 +282,7 @@ def test_hostile_heartbeat_values_are_skipped_observations() -> None:
 
 
 def test_a_long_gap_is_a_restart_not_millions_of_lost_heartbeats() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("worker-heartbeat", T0, freq=0.1),
         event("worker-heartbeat", T0 + 9e10, freq=0.1),
@@ -293,7 +293,7 @@ def test_a_long_gap_is_a_restart_not_millions_of_lost_heartbeats() -> None:
 
 @pytest.mark.parametrize("stamp", [10**400, -1.0, 1e12, float("nan"), "soon", [1], True])
 def test_an_implausible_timestamp_is_dropped_and_the_event_still_counts(stamp: object) -> None:
-    h = Harness()
+    h = PipelineHarness()
     received, started, succeeded = lifecycle("u1", "t")[1:]
     h.feed(received, {**started, "timestamp": stamp}, {**succeeded, "timestamp": stamp})
     assert h.task("celery_task_succeeded_total", "t") == 1
@@ -307,7 +307,7 @@ def test_an_implausible_timestamp_is_dropped_and_the_event_still_counts(stamp: o
 
 
 def test_retries_outside_an_int32_count_as_none() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="t", retries=10**400),
         event("task-failed", uuid="u1", exception="ValueError()"),
@@ -339,7 +339,7 @@ HOSTILE_NUMBERS: list[object] = [
 def test_every_numeric_field_with_every_hostile_value_renders_parseable_metrics() -> None:
     """Each number an event carries, each hostile value: Prometheus' own parser (promtool)
     reads the text, prometheus_client's the OpenMetrics, and no family is left out."""
-    h = Harness()
+    h = PipelineHarness()
     fields = {
         "task-sent": ("timestamp", "retries", "eta"),
         "task-received": ("timestamp", "retries"),
@@ -406,7 +406,7 @@ class FailsMidway(Collector):
 
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_a_family_that_cannot_be_rendered_is_left_out_and_counted(openmetrics: bool) -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(*lifecycle("u1", "t"))
     exposition = h.pipeline.exposition
     exposition.collectors[1:1] = [Unrenderable(), FailsMidway()]
@@ -429,7 +429,7 @@ def test_a_family_that_cannot_be_rendered_is_left_out_and_counted(openmetrics: b
 
 
 def test_a_name_filter_renders_only_the_asked_families() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(*lifecycle("u1", "t"))
     text = h.pipeline.exposition.render(
         names={

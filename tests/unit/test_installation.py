@@ -17,12 +17,13 @@ from collections.abc import Iterator
 import pytest
 
 from celery_vitals import dlq, doctor, installation, poller, stream
+from celery_vitals.brokers.redis.probe import RedisProbe
 from celery_vitals.config import Config, build
+from celery_vitals.control import celery_app
+from celery_vitals.exporter import EventsEnabler, WorkerBroadcasts
 from celery_vitals.labels import LabelGuard
 from celery_vitals.logs import RateLimitedLogger
-from celery_vitals.probes.redis import RedisProbe
-from celery_vitals.service import EventsEnabler, WorkerBroadcasts, celery_app
-from tests.support.net import wait_until
+from stack.net import wait_until
 
 BROKER = "redis://:s3cret@127.0.0.1:1/0"  # nothing listens: the import fails first
 DETAIL = (
@@ -80,14 +81,14 @@ def test_an_import_error_behind_another_error_is_found(without_packaging: Config
 
 
 def test_a_package_of_an_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from celery_vitals.probes.sqs import SqsSettings
+    from celery_vitals.brokers.sqs.probe import SqsSettings
 
     monkeypatch.setitem(sys.modules, "boto3", None)  # an install without the sqs extra
     with pytest.raises(ImportError) as raised:
         SqsSettings(region="us-east-1").client(timeout=1.0)
     assert installation.problem(raised.value) == installation.Problem(
         "installation problem: Python package 'boto3' is missing (needed by "
-        "celery_vitals.probes.sqs); celery-vitals installs it with its 'sqs' extra",
+        "celery_vitals.brokers.sqs.probe); celery-vitals installs it with its 'sqs' extra",
         "pip install 'celery-vitals[sqs]'",
     )
 
@@ -120,7 +121,7 @@ def test_other_errors_are_described_as_before() -> None:
 def test_event_stream(
     without_packaging: Config, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stream, "skip_log", RateLimitedLogger(stream.log))  # not rate-limited
+    monkeypatch.setattr(stream, "rate_limited", RateLimitedLogger(stream.log))  # not rate-limited
     events = stream.EventStream(
         celery_app(without_packaging),
         lambda _body: None,
@@ -150,7 +151,9 @@ def test_event_stream(
 def test_queue_poller_probe_discovery_and_worker_broadcasts(
     without_packaging: Config, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(poller, "log", RateLimitedLogger(logging.getLogger(poller.__name__)))
+    monkeypatch.setattr(
+        poller, "rate_limited", RateLimitedLogger(logging.getLogger(poller.__name__))
+    )
     config = without_packaging
     app = celery_app(config)
     asks = WorkerBroadcasts(app, None, timeout=0.5)
@@ -162,7 +165,7 @@ def test_queue_poller_probe_discovery_and_worker_broadcasts(
     polls = poller.QueuePoller(
         RedisProbe(config.broker_url, config.broker_transport_options, timeout=0.5),
         queues=("celery",),
-        dlq_patterns=(),
+        dlqs=(),
         interval=15,
         discovery_interval=300,
         queue_names=LabelGuard("queue_name", 10, 100),
@@ -194,7 +197,9 @@ def test_enable_events_broadcast(
             enabler.stop()
             thread.join(timeout=10)
     assert enabler.results == {"ok": 0, "error": 1}
-    assert messages(caplog, "celery_vitals.service") == [f"enable_events broadcast failed ({LINE})"]
+    assert messages(caplog, "celery_vitals.exporter") == [
+        f"enable_events broadcast failed ({LINE})"
+    ]
 
 
 def test_doctor_says_installation_problem_not_network(without_packaging: Config) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from celery_vitals import logs
+from celery_vitals import credentials, logs
 
 
 @pytest.fixture
@@ -21,13 +21,15 @@ def captured() -> Iterator[io.StringIO]:
 
 def test_url_passwords_and_safe_url_cover_failover_lists() -> None:
     url = "amqp://u:p%40ss@a//;amqp://v:other@b//"
-    assert logs.url_passwords(url) == ["other", "p%40ss", "p@ss"]
-    assert logs.safe_url(url) == "amqp://u:**@a//;amqp://v:**@b//"
+    assert credentials.url_passwords(url) == ["other", "p%40ss", "p@ss"]
+    assert credentials.safe_url(url) == "amqp://u:***@a//;amqp://v:***@b//"
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_secrets_are_redacted_from_messages_and_tracebacks(captured: io.StringIO, fmt: str) -> None:
-    logs.setup("info", fmt, secrets=logs.url_passwords("redis://:hunter2@h/0"), stream=captured)
+    logs.setup(
+        "info", fmt, secrets=credentials.url_passwords("redis://:hunter2@h/0"), stream=captured
+    )
     log = logging.getLogger("kombu.somewhere")
     log.warning("cannot connect to %s", "redis://:hunter2@h/0")
     try:

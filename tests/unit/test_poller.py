@@ -2,67 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
+from celery_vitals.brokers.probe import ProbeResult, QueueStats
 from celery_vitals.poller import QueuePoller
-from celery_vitals.probes import ProbeResult, QueueStats
-from tests.unit.conftest import Harness, event
-
-
-class ScriptedProbe:
-    """Answers each poll with the next scripted result; an exception instance is raised."""
-
-    def __init__(self, *answers: ProbeResult | Exception, discovered: Iterable[str] = ()) -> None:
-        self.answers = list(answers)
-        self.discovered = set(discovered)
-        self.polled: list[list[str]] = []
-        self.closed = False
-
-    def discover(self) -> set[str]:
-        return set(self.discovered)
-
-    def poll(self, queues: Iterable[str]) -> ProbeResult:
-        self.polled.append(list(queues))
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def with_poller(h: Harness, probe: ScriptedProbe, **options: object) -> QueuePoller:
-    poller = QueuePoller(
-        probe,
-        queues=("billing", "missing"),
-        dlq_patterns=("*.dead",),
-        interval=15,
-        discovery_interval=300,
-        queue_names=h.pipeline.guards["queue_name"],
-        worker_queues=lambda: {"from-worker"},
-        **options,
-    )  # type: ignore[arg-type]
-    h.pipeline.queue_collector.poller = poller
-    return poller
-
-
-def redis_result(dead: int, billing: int = 7) -> ProbeResult:
-    return ProbeResult(
-        queues=(
-            QueueStats("billing", True, ready=billing, unacked=2, oldest_unacked_age=42.0),
-            QueueStats("billing.dead", True, ready=dead),
-            QueueStats("missing", False),
-        ),
-        facts={"celery_broker_memory_used_bytes": 1e6, "celery_broker_memory_limit_bytes": 0},
-        info={"transport": "redis", "version": "7.0.15", "eviction_policy": "noeviction"},
-        persistence={"rdb": False, "aof": True},
-        visibility_timeout=3600.0,
-    )
+from tests.support.pipeline import PipelineHarness, ScriptedProbe, event, redis_result, with_poller
 
 
 def test_queue_set_is_configured_plus_discovered_plus_workers_without_plumbing() -> None:
-    h = Harness()
+    h = PipelineHarness()
     probe = ScriptedProbe(
         redis_result(0),
         discovered={
@@ -79,12 +25,12 @@ def test_queue_set_is_configured_plus_discovered_plus_workers_without_plumbing()
 
 
 def test_dlqs_named_without_a_glob_are_polled_without_being_configured_as_queues() -> None:
-    h = Harness()
+    h = PipelineHarness()
     probe = ScriptedProbe(redis_result(0))
     QueuePoller(
         probe,
         queues=(),
-        dlq_patterns=("orders.dead", "*.dlq"),
+        dlqs=("orders.dead", "*.dlq"),
         interval=15,
         discovery_interval=300,
         queue_names=h.pipeline.guards["queue_name"],
@@ -93,7 +39,7 @@ def test_dlqs_named_without_a_glob_are_polled_without_being_configured_as_queues
 
 
 def test_queue_and_broker_metrics_from_the_latest_poll() -> None:
-    h = Harness()
+    h = PipelineHarness()
     with_poller(h, ScriptedProbe(redis_result(0))).poll_once()
     q = {"queue_name": "billing"}
     assert h.value("celery_queue_length", **q) == 7
@@ -124,7 +70,7 @@ def test_queue_and_broker_metrics_from_the_latest_poll() -> None:
 
 
 def test_dlq_ingress_from_depth_increases_and_from_publish_counters() -> None:
-    h = Harness()
+    h = PipelineHarness()
     poller = with_poller(
         h, ScriptedProbe(redis_result(3), redis_result(5), redis_result(1), redis_result(4))
     )
@@ -133,7 +79,7 @@ def test_dlq_ingress_from_depth_increases_and_from_publish_counters() -> None:
     # baseline 3, then +2, drained to 1 (no ingress seen), then +3: a lower bound
     assert h.value("celery_dlq_ingress_total", queue_name="billing.dead") == 5
 
-    counted = Harness()
+    counted = PipelineHarness()
     amqp = [
         ProbeResult(
             queues=(
@@ -153,7 +99,7 @@ def test_dlq_ingress_from_depth_increases_and_from_publish_counters() -> None:
 
 
 def test_a_failing_poll_reports_the_broker_down_and_keeps_counting() -> None:
-    h = Harness()
+    h = PipelineHarness()
     poller = with_poller(
         h,
         ScriptedProbe(
@@ -171,7 +117,7 @@ def test_a_failing_poll_reports_the_broker_down_and_keeps_counting() -> None:
 
 
 def test_oldest_message_age_from_task_sent_events() -> None:
-    h = Harness()
+    h = PipelineHarness()
     now = h.clock.now
     h.feed(
         event("task-sent", now - 30, uuid="u1", name="t", queue="billing"),
@@ -189,7 +135,7 @@ def test_oldest_message_age_from_task_sent_events() -> None:
 def test_a_dlq_has_no_oldest_message_age_even_when_tasks_are_sent_to_it() -> None:
     # a task that re-publishes itself to a DLQ by name (Redis has no dead-lettering),
     # and a queue RabbitMQ says another queue dead-letters into: both hold by design
-    h = Harness()
+    h = PipelineHarness()
     amqp = ProbeResult(
         queues=(
             QueueStats("work", True, ready=0, consumers=1),
@@ -211,7 +157,7 @@ def test_a_dlq_has_no_oldest_message_age_even_when_tasks_are_sent_to_it() -> Non
 
 
 def test_a_dead_letter_target_is_polled_from_the_next_poll_not_the_next_discovery() -> None:
-    h = Harness()
+    h = PipelineHarness()
     first = ProbeResult(
         queues=(QueueStats("billing", True, ready=0),),
         dead_letter_targets=frozenset({"billing.parked"}),
@@ -233,7 +179,7 @@ def test_a_dead_letter_target_is_polled_from_the_next_poll_not_the_next_discover
 
 def test_queue_label_cap_applies_to_polled_queues() -> None:
     # "celery" (the default queue) takes one slot, the DLQ one at poll time, billing one
-    h = Harness(max_queue_names=3)
+    h = PipelineHarness(max_queue_names=3)
     with_poller(h, ScriptedProbe(redis_result(0))).poll_once()
     assert h.value("celery_queue_length", queue_name="billing") == 7
     assert h.value("celery_queue_exists", queue_name="missing") is None
@@ -241,7 +187,7 @@ def test_queue_label_cap_applies_to_polled_queues() -> None:
 
 
 def test_each_poll_asks_new_workers_and_a_failed_broadcast_costs_nothing_else() -> None:
-    h = Harness()
+    h = PipelineHarness()
     calls: list[int] = []
 
     def worker_stats() -> None:

@@ -17,22 +17,21 @@ from urllib.parse import quote
 
 import pytest
 
-from celery_vitals.probes import QueueStats
-from celery_vitals.probes.amqp import (
-    AmqpProbe,
+from celery_vitals.brokers.amqp.management import (
     Binding,
     ExchangeInfo,
     ManagementError,
     dead_letter_route,
     dead_letter_targets,
     ingress_counter,
-    is_plumbing,
     memory_facts,
     parse_bindings,
     queue_stats,
     routed_queues,
     topic_matches,
 )
+from celery_vitals.brokers.amqp.probe import AmqpProbe
+from celery_vitals.brokers.probe import QueueStats, is_plumbing
 
 PASSWORD = "pa55:w@rd/%"
 QUOTED = quote(PASSWORD, safe="")

@@ -23,11 +23,11 @@ from kombu import Connection, Consumer, Exchange, Queue
 from kombu.exceptions import OperationalError
 from kombu.message import Message
 
-from celery_vitals.probes import ProbeResult, QueueStats
-from celery_vitals.probes.redis import RedisProbe
+from celery_vitals.brokers.probe import ProbeResult, QueueStats
+from celery_vitals.brokers.redis.probe import RedisProbe
+from stack.net import LOOPBACK, wait_until
+from stack.redis import RedisServer
 from tests.support.bounded import bounded_call
-from tests.support.net import LOOPBACK, wait_until
-from tests.support.servers import RedisServer
 
 # what a call raises when the broker is gone or hangs (kombu wraps some of redis-py's)
 BROKER_ERRORS = (redis.RedisError, OperationalError)

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from celery_vitals.brokers.sqs.probe import SqsSettings, is_sqs_plumbing, parse_redrive, sqs_name
 from celery_vitals.config import ConfigError, build
-from celery_vitals.probes.sqs import SqsSettings, is_sqs_plumbing, parse_redrive, sqs_name
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_an_sqs_broker_gets_no_event_stream_and_its_secrets_are_known(
             "broker_transport_option": (f"predefined_queues={json.dumps(predefined)}",),
         }
     )
-    assert config.transport == "sqs"
+    assert config.broker.name == "sqs"
     assert (config.event_stream, config.enable_events) == (False, False)
     assert sorted(config.secrets) == ["from-the-environment", "per-queue", "url-secret"]
     with pytest.raises(ConfigError, match="--queue-poll-interval: must be above 0 on SQS"):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,15 +12,10 @@ from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Connection, Producer
 
-from celery_vitals.stream import EventStream, ReadAhead, backoff_delay
-from tests.unit.conftest import Harness, event
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.01)
+from celery_vitals.brokers.amqp.events import ReadAhead
+from celery_vitals.stream import EventStream, backoff_delay
+from stack.net import wait_until
+from tests.support.pipeline import PipelineHarness, event
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
@@ -34,7 +27,7 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 
 
 def test_stream_decodes_bodies_and_counts_undecodable_ones() -> None:
-    h = Harness()
+    h = PipelineHarness()
     app = Celery("t", broker="memory://", set_as_current=False)
     stream = EventStream(
         app, h.router.handle, h.router.tick, h.router.count_skip, queue_ttl=5, queue_expires=60
@@ -42,7 +35,7 @@ def test_stream_decodes_bodies_and_counts_undecodable_ones() -> None:
     thread = threading.Thread(target=stream.run, daemon=True)
     thread.start()
     try:
-        wait_until(stream.connected.is_set)
+        wait_until(stream.connected.is_set, timeout=10, what="the stream connected", interval=0.01)
         with Connection("memory://") as connection:
             producer = Producer(connection.default_channel, exchange=get_exchange(connection))
             producer.publish(
@@ -62,7 +55,10 @@ def test_stream_decodes_bodies_and_counts_undecodable_ones() -> None:
                 content_encoding="binary",
             )
         wait_until(
-            lambda: h.value("celery_vitals_events_skipped_total", reason="undecodable_body") == 2
+            lambda: h.value("celery_vitals_events_skipped_total", reason="undecodable_body") == 2,
+            timeout=10,
+            what="2 undecodable bodies skipped",
+            interval=0.01,
         )
         assert h.task("celery_task_started_total", "t") == 1
     finally:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tests.unit.conftest import T0, Harness, event, lifecycle
+from tests.support.pipeline import T0, PipelineHarness, event, lifecycle
 
 
 def test_lifecycle_counts_and_durations() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(*lifecycle("u1", "orders.charge", queue="billing", runtime=0.2))
     for metric in ("sent", "received", "started", "succeeded"):
         assert h.task(f"celery_task_{metric}_total", "orders.charge", "billing") == 1
@@ -24,7 +24,7 @@ def test_lifecycle_counts_and_durations() -> None:
 
 
 def test_batched_bodies_are_routed_like_single_events() -> None:
-    single, batched = Harness(), Harness()
+    single, batched = PipelineHarness(), PipelineHarness()
     events = lifecycle("u1", "a") + lifecycle("u2", "a")
     single.feed(*events)
     batched.feed(events[:3], events[3:])
@@ -34,7 +34,7 @@ def test_batched_bodies_are_routed_like_single_events() -> None:
 
 
 def test_queue_learned_from_task_sent_applies_when_sent_events_are_missing() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(*lifecycle("u1", "reports.build", queue="reports"))
     # a later task of the same name arrives without task-sent
     h.feed(
@@ -46,13 +46,13 @@ def test_queue_learned_from_task_sent_applies_when_sent_events_are_missing() -> 
 
 
 def test_default_queue_is_configurable() -> None:
-    h = Harness(default_queue="main")
+    h = PipelineHarness(default_queue="main")
     h.feed(event("task-received", uuid="u1", name="t"))
     assert h.task("celery_task_received_total", "t", "main") == 1
 
 
 def test_failure_by_exception_class_never_message() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="t"),
         event("task-failed", uuid="u1", exception="KeyError('customer 42 secret')"),
@@ -70,7 +70,7 @@ def test_failure_by_exception_class_never_message() -> None:
 
 
 def test_not_registered_failure_is_counted_under_the_unknown_tasks_name() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(event("task-failed", uuid="u1", exception="NotRegistered('billing.refund')"))
     assert h.task("celery_task_failed_total", "billing.refund", exception="NotRegistered") == 1
     assert h.value("celery_vitals_unknown_uuid_events_total", type="task-failed") is None
@@ -79,7 +79,7 @@ def test_not_registered_failure_is_counted_under_the_unknown_tasks_name() -> Non
 def test_a_task_sent_arriving_after_its_task_failed_never_waits_in_the_queue() -> None:
     # a worker discarding an unregistered task can report task-failed before the
     # client's task-sent reaches the exporter: the task is over, no message waits
-    h = Harness()
+    h = PipelineHarness()
     now = h.clock.now
     h.feed(
         event(
@@ -101,7 +101,7 @@ def test_a_task_sent_arriving_after_its_task_failed_never_waits_in_the_queue() -
 
 
 def test_duplicate_terminal_events_count_once() -> None:
-    h = Harness()
+    h = PipelineHarness()
     failed = event("task-failed", uuid="u1", exception="ExceptionWithTraceback()")
     h.feed(event("task-received", uuid="u1", name="t"), failed, dict(failed))
     h.feed(*lifecycle("u2", "t"))
@@ -112,7 +112,7 @@ def test_duplicate_terminal_events_count_once() -> None:
 
 
 def test_retry_is_not_a_redelivery_but_a_second_receive_is() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="t", retries=0),
         event("task-started", uuid="u1"),
@@ -128,7 +128,7 @@ def test_retry_is_not_a_redelivery_but_a_second_receive_is() -> None:
 
 
 def test_rejected_split_by_requeue_and_revoked_expired() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="t"),
         event("task-rejected", uuid="u1", requeue=True),
@@ -146,7 +146,7 @@ def test_rejected_split_by_requeue_and_revoked_expired() -> None:
 
 
 def test_events_for_unknown_uuids_are_counted_under_unknown() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(event("task-started", uuid="late"), event("task-succeeded", uuid="late", runtime=1))
     assert h.task("celery_task_started_total", "unknown") == 1
     assert h.task("celery_task_succeeded_total", "unknown") == 1
@@ -155,7 +155,7 @@ def test_events_for_unknown_uuids_are_counted_under_unknown() -> None:
 
 
 def test_eta_delays_the_start_of_queue_wait() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event(
             "task-sent", T0, uuid="u1", name="t", queue="celery", eta="2027-01-15T08:00:10+00:00"
@@ -168,7 +168,7 @@ def test_eta_delays_the_start_of_queue_wait() -> None:
 
 
 def test_tracker_bounded_by_entries_and_age_with_counted_evictions() -> None:
-    h = Harness(max_tracked_tasks=3, max_task_age=60)
+    h = PipelineHarness(max_tracked_tasks=3, max_task_age=60)
     for i in range(5):
         h.feed(event("task-received", uuid=f"u{i}", name="t"))
     assert h.value("celery_vitals_tracked_tasks") == 3
@@ -181,7 +181,7 @@ def test_tracker_bounded_by_entries_and_age_with_counted_evictions() -> None:
 
 
 def test_finished_tasks_do_not_occupy_the_tracker() -> None:
-    h = Harness(max_tracked_tasks=10)
+    h = PipelineHarness(max_tracked_tasks=10)
     for i in range(100):
         h.feed(*lifecycle(f"u{i}", "t"))
     assert h.value("celery_vitals_tracked_tasks") == 0
@@ -190,7 +190,7 @@ def test_finished_tasks_do_not_occupy_the_tracker() -> None:
 
 
 def test_negative_durations_from_clock_skew_are_skipped_and_counted() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-sent", T0 + 10, uuid="u1", name="t", queue="celery"),
         event("task-received", T0, uuid="u1", name="t"),
@@ -209,15 +209,15 @@ def test_negative_durations_from_clock_skew_are_skipped_and_counted() -> None:
 
 
 def test_hostname_label_is_opt_in() -> None:
-    h = Harness(task_hostname_label=True)
+    h = PipelineHarness(task_hostname_label=True)
     h.feed(*lifecycle("u1", "t", hostname="w9@host"))
     assert h.task("celery_task_succeeded_total", "t", hostname="w9@host") == 1
-    assert Harness().task("celery_task_succeeded_total", "t", hostname="w9@host") is None
+    assert PipelineHarness().task("celery_task_succeeded_total", "t", hostname="w9@host") is None
 
 
 def test_task_retried_reported_after_the_retry_finished_keeps_its_name() -> None:
     """Prefork: the retried message can run and finish before task-retried of attempt 0."""
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="flaky", retries=0),
         event("task-started", uuid="u1"),
@@ -235,7 +235,7 @@ def test_task_retried_reported_after_the_retry_finished_keeps_its_name() -> None
 def test_retry_sent_before_the_running_attempt_started_keeps_both_queue_waits() -> None:
     """Prefork publishes the retry's task-sent at once, while the main process still
     buffers the first attempt's task-started."""
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-sent", T0, uuid="u1", name="flaky", queue="celery", retries=0),
         event("task-received", T0 + 1, uuid="u1", name="flaky", retries=0),
@@ -259,7 +259,7 @@ def test_retry_sent_before_the_running_attempt_started_keeps_both_queue_waits() 
 
 def test_reject_without_requeue_after_task_failed_counts_both() -> None:
     """Celery 5.7: a task raising Reject(requeue=False) sends task-failed, then task-rejected."""
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         event("task-received", uuid="u1", name="poison"),
         event("task-started", uuid="u1"),

@@ -14,7 +14,7 @@ from benchmarks.time_to_page import (
     transitions,
 )
 
-from tests.support.alertmanager import Notification, WebhookReceiver
+from stack.alertmanager import Notification, WebhookReceiver
 
 
 @pytest.mark.parametrize("rate", [0.5, 1.0, 2.3, 2.6])

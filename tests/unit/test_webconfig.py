@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from celery_vitals.http import HttpServer, make_app
 from celery_vitals.webconfig import BasicAuth, load
+from stack.net import free_port, wait_until
 
 PASSWORD = "s3cret-scrape"
 
@@ -248,9 +248,7 @@ def test_malformed_web_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_serve_uses_the_web_config(web_config: Path, certs: Path) -> None:
     """The option reaches the server: the real command, configured by its variable."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "CELERY_VITALS_WEB_CONFIG_FILE": str(web_config),
@@ -267,14 +265,18 @@ def test_serve_uses_the_web_config(web_config: Path, certs: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status = _get(f"https://127.0.0.1:{port}/healthz", certs)[0]
-                break
-            except urllib.error.URLError:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+
+        def healthz() -> int:
+            assert process.poll() is None, "the exporter exited"
+            return _get(f"https://127.0.0.1:{port}/healthz", certs)[0]
+
+        status = wait_until(
+            healthz,
+            timeout=30,
+            what="the exporter to answer /healthz",
+            interval=0.1,
+            ignore=(urllib.error.URLError,),
+        )
         assert status == 200
         assert _get(f"https://127.0.0.1:{port}/metrics", certs)[0] == 401
         status, body = _get(f"https://127.0.0.1:{port}/metrics", certs, "prometheus")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery_vitals.tasks import SENT_WINDOW
 from celery_vitals.workers import PoolStats, pool_from_stats
-from tests.unit.conftest import Harness, event, lifecycle
+from tests.support.pipeline import PipelineHarness, event, lifecycle
 
 
 def heartbeat(
@@ -23,7 +23,7 @@ def heartbeat(
 
 
 def test_heartbeat_gauges_and_starts() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(heartbeat(0, type_="worker-online"), heartbeat(7, active=2))
     w = {"hostname": "w1@host"}
     assert h.value("celery_worker_up", **w) == 1
@@ -35,7 +35,7 @@ def test_heartbeat_gauges_and_starts() -> None:
 
 
 def test_silent_worker_goes_down_then_is_purged() -> None:
-    h = Harness(worker_timeout=30, worker_purge_after=300)
+    h = PipelineHarness(worker_timeout=30, worker_purge_after=300)
     h.feed(heartbeat(0, type_="worker-online"))
     h.clock.now += 29
     assert h.value("celery_worker_up", hostname="w1@host") == 1
@@ -48,7 +48,7 @@ def test_silent_worker_goes_down_then_is_purged() -> None:
 
 
 def test_offline_worker_is_down_at_once_and_releases_its_prefetch() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(
         heartbeat(0, type_="worker-online"),
         event("task-received", uuid="u1", name="t"),
@@ -65,7 +65,7 @@ def test_offline_worker_is_down_at_once_and_releases_its_prefetch() -> None:
 
 
 def test_task_events_missing_when_heartbeats_show_work_but_no_task_event_came() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(heartbeat(0, type_="worker-online"), heartbeat(5), heartbeat(9))
     assert h.value("celery_worker_task_events_missing", hostname="w1@host") == 1
     h.feed(event("task-received", uuid="u1", name="t"), heartbeat(10), heartbeat(10))
@@ -73,7 +73,7 @@ def test_task_events_missing_when_heartbeats_show_work_but_no_task_event_came() 
 
 
 def test_task_events_buffered_past_one_heartbeat_are_not_missing() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(heartbeat(0, type_="worker-online"), heartbeat(0), heartbeat(3))
     # the batch of task events arrives just after the heartbeat that counted them
     h.feed([event("task-received", uuid="u1", name="t"), event("task-started", uuid="u1")])
@@ -82,13 +82,13 @@ def test_task_events_buffered_past_one_heartbeat_are_not_missing() -> None:
 
 
 def test_idle_worker_is_not_flagged() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(heartbeat(0, type_="worker-online"), heartbeat(0), heartbeat(0), heartbeat(0))
     assert h.value("celery_worker_task_events_missing", hostname="w1@host") == 0
 
 
 def test_gaps_between_heartbeats_count_as_missed_heartbeats() -> None:
-    h = Harness()
+    h = PipelineHarness()
     t = h.clock.now
     h.feed({**heartbeat(0, type_="worker-online"), "timestamp": t})
     for sent in (t + 2, t + 4, t + 10, t + 12.9, t + 14.9):  # 6, 8 lost; 12.9 is jitter
@@ -106,7 +106,7 @@ PREFORK_STATS = {
 
 
 def test_stats_polls_give_worker_info_pool_processes_and_prefetch_limit() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.feed(heartbeat(0, type_="worker-online"))
     assert h.pipeline.workers.without_stats() == ["w1@host"]
     assert (
@@ -137,7 +137,7 @@ def test_stats_replies_that_are_not_celerys_give_nothing() -> None:
 
 
 def test_task_sent_events_missing_per_window() -> None:
-    h = Harness()
+    h = PipelineHarness()
     h.router.tick()  # the first window starts
     h.feed(*lifecycle("u1", "t"))  # announced by its task-sent
     h.clock.now += SENT_WINDOW
@@ -167,9 +167,9 @@ class FakeInspect:
 def test_the_exporter_asks_each_new_worker_for_its_stats_once() -> None:
     from types import SimpleNamespace
 
-    from celery_vitals.service import WorkerBroadcasts
+    from celery_vitals.exporter import WorkerBroadcasts
 
-    h = Harness()
+    h = PipelineHarness()
     h.feed(heartbeat(0, type_="worker-online"), heartbeat(0, hostname="mute@host"))
     asked: list[object] = []
 

@@ -16,7 +16,7 @@ A process that imports the app without being a worker (a web server, beat,
 ``celery inspect``) serves nothing: the agent starts from the ``worker_init``
 signal, which only a WorkController sends, in the worker's main process.
 
-It feeds the same pipeline as the exporter (service.Pipeline: guards,
+It feeds the same pipeline as the exporter (pipeline.Pipeline: guards,
 trackers, router, collectors, exposition) with event dicts of the shape the
 event stream delivers, taken from the worker's own request handling (see
 tap.py), plus synthetic heartbeats and pool samples from its own thread
@@ -62,8 +62,8 @@ from celery_vitals.config import (
     DEFAULT_RUNTIME_BUCKETS,
     DEFAULT_WAIT_BUCKETS,
     Config,
-    _buckets,
-    _listen_address,
+    parse_buckets,
+    parse_listen_address,
 )
 from celery_vitals.http import Environ, HttpServer, StartResponse, WsgiApp, make_app
 from celery_vitals.logs import RateLimitedLogger
@@ -80,12 +80,12 @@ class Setting:
     """One setting of the agent: an environment variable (the worker has no flags of ours)."""
 
     envvar: str
-    default: str  # as the README says it
+    default: str  # as docs/agent.md says it
     readme: str  # its meaning (markdown)
 
 
 #: The agent's settings, declared once: from_environment() reads them, and
-#: scripts/generate.sh writes the README's table of them.
+#: scripts/generate.sh writes docs/agent.md's table of them.
 SETTINGS = (
     Setting(
         LISTEN_ADDRESS_ENV,
@@ -98,13 +98,13 @@ SETTINGS = (
         WEB_CONFIG_ENV,
         "none",
         "TLS and basic auth, a file in the format of `--web-config-file` (see "
-        "[below](#tls-and-basic-auth---web-config-file)), parsed by the same code",
+        "[Deploy](deploy.md#tls-and-basic-auth---web-config-file)), parsed by the same code",
     ),
 )
 
 
 def settings_table() -> str:
-    """The README's table of the agent's settings (markdown), generated from SETTINGS."""
+    """docs/agent.md's table of the agent's settings (markdown), generated from SETTINGS."""
     lines = ["| environment variable | default | meaning |", "|---|---|---|"]
     lines += [f"| `{s.envvar}` | {s.default} | {s.readme} |" for s in SETTINGS]
     return "\n".join(lines) + "\n"
@@ -305,7 +305,7 @@ class Agent:
         """``last_port``: the end of the port range that starts at config.listen_port."""
         import celery
 
-        from celery_vitals.service import Pipeline
+        from celery_vitals.pipeline import Pipeline
 
         self.worker = worker
         self.config = config
@@ -360,8 +360,8 @@ class Agent:
             broker_name=_broker_name_setting(),
             listen_host=host,
             listen_port=port,
-            runtime_buckets=_buckets(DEFAULT_RUNTIME_BUCKETS),
-            wait_buckets=_buckets(DEFAULT_WAIT_BUCKETS),
+            runtime_buckets=parse_buckets(DEFAULT_RUNTIME_BUCKETS),
+            wait_buckets=parse_buckets(DEFAULT_WAIT_BUCKETS),
             web_config=web_config,
         )
         return cls(worker, config, last_port=last_port)
@@ -535,10 +535,10 @@ def _listen_range(address: str) -> tuple[str, int, int]:
     head, sep, ports = address.strip().rpartition(":")
     first_text, dash, last_text = ports.partition("-")
     if not (sep and dash):
-        host, port = _listen_address(address)
+        host, port = parse_listen_address(address)
         return host, port, port
-    host, first = _listen_address(f"{head}:{first_text}")
-    _, last = _listen_address(f"{head}:{last_text}")
+    host, first = parse_listen_address(f"{head}:{first_text}")
+    _, last = parse_listen_address(f"{head}:{last_text}")
     if not 0 < first <= last:
         raise ValueError(f"a port range runs from a low port to a higher one, got {ports!r}")
     return host, first, last

@@ -13,6 +13,19 @@ known then). Celery's prefork pool sets that hook when it registers with the
 event loop, so the agent wraps whatever is there and re-checks at every
 sample.
 
+A child the pool itself ends for its hard time limit dies by a signal too
+(SIGTERM, then SIGKILL after 0.1 s), like one the OOM killer ends: the exit
+code cannot tell them apart. The pool's own kill can: billiard's
+``TimeoutHandler.on_hard_timeout(job)`` fails the job with TimeLimitExceeded,
+runs Celery's ``Request.on_timeout`` and then calls
+``self._trywaitkill(process)`` on the process running the job, and nothing
+else calls ``_trywaitkill``. Both ways to a hard time limit go through it:
+Celery's event loop (``AsynPool._on_hard_timeout`` -> ``pool.on_hard_timeout``,
+the handler's bound method) and the handler's thread without one. It is looked
+up on the handler at each call, so the agent wraps it on the pool's
+``_timeout_handler`` (Celery's prefork pool always enables it) and notes the
+pid; that pid's exit is then counted as ``time_limit``, not ``killed``.
+
 Each part of a sample (pool processes, busy processes, memory, exits, ETA
 tasks, prefetch) is read on its own through ``Features.read``: a part that
 fails is left out of that sample (its series absent, its feature 0) and the
@@ -37,10 +50,11 @@ from celery_vitals.agent.features import Features, Unavailable
 from celery_vitals.logs import RateLimitedLogger
 from celery_vitals.workers import EXIT_REASONS, PoolStats
 
-log = RateLimitedLogger(logging.getLogger(__name__))
+rate_limited = RateLimitedLogger(logging.getLogger(__name__))
 
 EX_RECYCLE = 0x9B  # billiard's exit code for a child that reached its max tasks
 MARK = "_celery_vitals_hook"
+MAX_TIME_LIMITED = 1024  # pids ended for a time limit whose exit was not seen yet (bounded)
 
 try:
     PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -49,7 +63,10 @@ except (AttributeError, ValueError, OSError):  # not Linux
 
 
 def exit_reason(exitcode: object) -> str | None:
-    """recycled (0, or billiard's recycle code), killed (a signal), failed (other codes)."""
+    """recycled (0, or billiard's recycle code), killed (a signal), failed (other codes).
+
+    The exit code alone: a child the pool ended for its hard time limit is told apart
+    by its pid (PoolWatch.time_limited), not here."""
     if type(exitcode) is not int:
         return None
     if exitcode in (0, EX_RECYCLE):
@@ -85,6 +102,8 @@ class PoolWatch:
         self.pid = os.getpid()
         self.exits = dict.fromkeys(EXIT_REASONS, 0)
         self.counting = True  # off once the worker shuts down: its children are stopped then
+        # pids the pool is ending for their hard time limit, until their exit is seen
+        self.time_limited: dict[int, bool] = {}
 
     def billiard_pool(self) -> Any:
         """The prefork pool's billiard Pool, or None (threads, solo, not started yet)."""
@@ -94,10 +113,12 @@ class PoolWatch:
         return inner if hasattr(inner, "on_process_down") else None
 
     def hook(self) -> None:
-        """Wraps the pool's on_process_down (again, if Celery replaced it meanwhile)."""
+        """Wraps the pool's on_process_down (again, if Celery replaced it meanwhile) and
+        its time-limit kill."""
         inner = self.billiard_pool()
         if inner is None:
             return
+        self.hook_time_limit(inner)
         original = inner.on_process_down
         if getattr(original, MARK, False):
             return
@@ -106,7 +127,7 @@ class PoolWatch:
             try:
                 self.process_exited(process)
             except Exception:
-                log.warn_every(
+                rate_limited.warn_every(
                     "exit", "celery-vitals agent: could not record a process exit", exc_info=True
                 )
             if original is not None:
@@ -116,8 +137,43 @@ class PoolWatch:
         setattr(on_process_down, MARK, True)
         inner.on_process_down = on_process_down
 
+    def hook_time_limit(self, inner: Any) -> None:
+        """Wraps the timeout handler's ``_trywaitkill(process)``: billiard's kill of a
+        process whose job exceeded its hard time limit (its only caller is
+        ``TimeoutHandler.on_hard_timeout``)."""
+        handler: Any = getattr(inner, "_timeout_handler", None)
+        original = getattr(handler, "_trywaitkill", None)
+        if original is None or getattr(original, MARK, False):
+            return
+
+        def _trywaitkill(process: Any) -> Any:
+            try:  # noted before the signal: the exit can only come after it
+                self.time_limit_kill(process)
+            except Exception:
+                rate_limited.warn_every(
+                    "time_limit",
+                    "celery-vitals agent: could not record a time-limit kill",
+                    exc_info=True,
+                )
+            return original(process)
+
+        setattr(_trywaitkill, MARK, True)
+        handler._trywaitkill = _trywaitkill
+
+    def time_limit_kill(self, process: Any) -> None:
+        pid = getattr(process, "pid", None)
+        if type(pid) is not int:
+            return
+        self.time_limited[pid] = True
+        while len(self.time_limited) > MAX_TIME_LIMITED:  # exits never seen: oldest out
+            del self.time_limited[next(iter(self.time_limited))]
+
     def process_exited(self, process: Any) -> None:
         reason = exit_reason(getattr(process, "exitcode", None))
+        pid = getattr(process, "pid", None)
+        ended = type(pid) is int and self.time_limited.pop(pid, False)
+        if reason is not None and ended:
+            reason = "time_limit"  # whatever its signal (SIGTERM, or SIGKILL 0.1 s later)
         if reason is not None and self.counting:
             self.exits[reason] += 1
 
@@ -179,8 +235,16 @@ class PoolWatch:
     def exit_counts(self) -> dict[str, int]:
         if self.prefork:
             self.hook()
-            if not getattr(self._prefork_pool().on_process_down, MARK, False):
+            inner = self._prefork_pool()
+            if not getattr(inner.on_process_down, MARK, False):
                 raise Unavailable("the pool's on_process_down hook cannot be wrapped")
+            # without it a time-limit kill would count as killed (and page as one)
+            kill = getattr(getattr(inner, "_timeout_handler", None), "_trywaitkill", None)
+            if not getattr(kill, MARK, False):
+                raise Unavailable(
+                    "the pool's time-limit kill (worker.pool._pool._timeout_handler."
+                    "_trywaitkill) cannot be wrapped: time-limit exits would count as killed"
+                )
         return dict(self.exits)  # other pools have no processes that could exit
 
     def eta_tasks(self) -> int:

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from celery_vitals.logs import RateLimitedLogger
 from celery_vitals.router import EventRouter
 
-log = RateLimitedLogger(logging.getLogger(__name__))
+rate_limited = RateLimitedLogger(logging.getLogger(__name__))
 
 Event = dict[str, Any]
 # fields of Request.send_event the trackers use (never the result: it can be large)
@@ -146,7 +146,7 @@ class Tap:
                 try:  # the event's time is the tap's clock, read when it was built
                     self.router.handle(event, event["timestamp"])
                 except Exception:
-                    log.warn_every(
+                    rate_limited.warn_every(
                         "tap-feed",
                         "celery-vitals agent: could not record a %s event",
                         event.get("type"),
@@ -159,7 +159,7 @@ class Tap:
         try:
             event = self._received_event(request, consumer or self.consumer())
         except Exception:
-            log.warn_every(
+            rate_limited.warn_every(
                 "tap-received", "celery-vitals agent: could not read a received task", exc_info=True
             )
             return
@@ -228,7 +228,7 @@ class Tap:
                 "queue": delivery_queue(delivery, consumer),
             }
         except Exception:
-            log.warn_every(
+            rate_limited.warn_every(
                 "tap-unknown", "celery-vitals agent: could not read an unknown task", exc_info=True
             )
             return
@@ -251,7 +251,7 @@ class Tap:
                     if key in fields:
                         event[key] = fields[key]
         except Exception:
-            log.warn_every(
+            rate_limited.warn_every(
                 "tap-event",
                 "celery-vitals agent: could not read a %s event",
                 event_type,
@@ -274,7 +274,7 @@ class Tap:
                 "runtime": runtime,
             }
         except Exception:
-            log.warn_every(
+            rate_limited.warn_every(
                 "tap-success", "celery-vitals agent: could not read a success", exc_info=True
             )
             return False

@@ -43,8 +43,10 @@ from celery_vitals.rules.promql import (
     finished,
     occurrences,
     or_zero,
+    pool_busy_ratio,
     retry_amplification,
     scope,
+    seconds_until,
     sum_rate,
 )
 
@@ -393,7 +395,8 @@ def _task_alerts(c: RulesConfig) -> list[Alert]:
             "time_limit_min",
             "Celery tasks hit their time limit.",
             happened="failed with {{ $labels.exception }}",
-            consequence="the task ran longer than its time limit allows.",
+            consequence="the task ran longer than its time limit allows (past the hard "
+            "limit the pool also ends the process running it).",
             by=f"{TASK}, exception",
         ),
         event(
@@ -637,10 +640,49 @@ def _all_workers_down() -> str:
     )
 
 
+MEMORY = "celery_worker_process_resident_memory_bytes"
+
+
+def _memory_growing(c: RulesConfig) -> str:
+    """Seconds until a worker process reaches the memory bound, for processes that leak: fast
+    (the short trend reaches it within memory_fast_horizon; a warm-up levels off before
+    that) or slowly (the long trend within memory_slow_horizon, its growth kept: the floor
+    of its last memory_slow_floor_window above its peak of the same span a window earlier,
+    which neither a warm-up that levelled off nor a child recycled by max_memory_per_child
+    shows)."""
+    bound = c.text("worker_process_memory_bytes")
+    slow, floor = c.text("memory_slow_window"), c.text("memory_slow_floor_window")
+    fast_until = seconds_until(MEMORY, c.text("memory_fast_window"), bound)
+    slow_until = seconds_until(MEMORY, slow, bound)
+    return (
+        f"{fast_until} < {c.text('memory_fast_horizon')}\n"
+        "or\n(\n"
+        f"{_indent(slow_until)} < {c.text('memory_slow_horizon')}\n"
+        f"  and min_over_time({MEMORY}[{floor}])"
+        f" > max_over_time({MEMORY}[{floor}] offset {slow})\n"
+        ")"
+    )
+
+
+def _prefetch_hoarding(c: RulesConfig) -> str:
+    """Workers whose pool was saturated over the rate window while they held prefetched
+    tasks (not ETA tasks), on average, and another worker of the broker idled. Averages,
+    so that a task ending at a scrape, or an idle worker's short task, does not restart
+    the for:. The value: the tasks held."""
+    w = c.text("rate_window")
+    return (
+        f"avg_over_time(celery_worker_tasks_reserved[{w}])"
+        f" - avg_over_time(celery_worker_eta_tasks[{w}])"
+        f" >= {c.text('prefetch_held_min')}\n"
+        f"and {pool_busy_ratio(w)} >= {c.text('pool_saturation_ratio')}\n"
+        "and on (broker) (\n"
+        f"  count by (broker) (\n{_indent(pool_busy_ratio(w), 4)}"
+        f" <= {c.text('prefetch_idle_ratio')}\n  )\n)"
+    )
+
+
 def _worker_alerts(c: RulesConfig) -> list[Alert]:
     flap, w, ew = c.text("worker_flap_window"), c.text("rate_window"), c.text("event_window")
-    memory = "celery_worker_process_resident_memory_bytes"
-    trend = c.text("memory_trend_window")
     return [
         Alert(
             "CeleryWorkerDown",
@@ -687,34 +729,35 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             "CeleryWorkerPoolProcessKilled",
             "warning",
             "1m",
+            # killed only: the children the pool itself ends for a hard time limit are
+            # reason="time_limit", and CeleryTaskTimeLimitExceeded pages those
             occurrences('celery_worker_pool_process_exits_total{reason="killed"}', WORKER, ew)
             + f" >= {c.text('worker_killed_min')}",
-            "Celery pool processes were killed (OOM killer or SIGKILL).",
+            "Celery pool processes were killed from outside (OOM killer, kill -9).",
             "{{ $value | humanize }} pool processes of worker {{ $labels.hostname }} were "
-            f"ended by a signal in the last {ew}: the kernel's OOM killer (SIGKILL) is the "
-            "usual cause. The task each was running failed with WorkerLostError.",
+            f"killed by a signal from outside the pool in the last {ew}: the kernel's OOM "
+            "killer (SIGKILL) is the usual cause, else a kill -9 or a crash. A task such a "
+            "process was running failed with WorkerLostError. Children the pool ended for "
+            "a hard time limit are not counted here.",
             _worker_dashboard(),
         ),
         Alert(
             "CeleryWorkerMemoryGrowing",
             "warning",
-            "15m",
-            f"predict_linear({memory}[{trend}], {c.text('memory_horizon')})"
-            f" > {c.text('worker_process_memory_bytes')}\n"
-            f"and deriv({memory}[{trend}]) > 0",
+            "5m",
+            _memory_growing(c),
             "A Celery worker process' memory grows toward its limit.",
-            "Process {{ $labels.process }} of worker {{ $labels.hostname }} grows and is on "
-            "course for {{ $value | humanize1024 }}B within "
-            f"{c.text('memory_horizon')}s: without child recycling the OOM killer ends it.",
+            "Process {{ $labels.process }} of worker {{ $labels.hostname }} grows and, at "
+            "its current growth, reaches the memory bound "
+            f"({c.text('worker_process_memory_bytes')} bytes) in about "
+            "{{ $value | humanizeDuration }}: without child recycling the OOM killer ends it.",
             _worker_dashboard(),
         ),
         Alert(
             "CeleryWorkerPoolSaturated",
             "warning",
             "5m",
-            f"avg_over_time(celery_worker_pool_busy_processes[{w}])\n"
-            f"/ avg_over_time(celery_worker_pool_processes[{w}])"
-            f" >= {c.text('pool_saturation_ratio')}\n"
+            f"{pool_busy_ratio(w)} >= {c.text('pool_saturation_ratio')}\n"
             "and on (broker) (sum by (broker) (queue_name:celery_queue_length:sum)"
             f" >= {c.text('queue_min_backlog')})",
             "A Celery worker's pool is saturated while a backlog waits.",
@@ -722,22 +765,22 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
             f"{{{{ $labels.hostname }}}} were busy over the last {w} while messages wait in "
             "the broker's queues: add workers or concurrency, or look for tasks that hang.",
             _worker_dashboard(),
+        ).unless(
+            # a worker hoarding prefetched tasks while another idles: one incident, one page
+            WORKER,
+            _prefetch_hoarding(c),
+            "CeleryWorkerPrefetchHoarding",
         ),
         Alert(
             "CeleryWorkerPrefetchHoarding",
             "warning",
-            "10m",
-            "(celery_worker_tasks_reserved - celery_worker_eta_tasks)"
-            f" >= {c.text('prefetch_held_min')}\n"
-            "and celery_worker_pool_busy_processes >= celery_worker_pool_processes\n"
-            "and on (broker) (\n"
-            "  sum by (broker) (celery_worker_pool_processes - celery_worker_pool_busy_processes)"
-            " > 0\n)",
+            "2m",
+            _prefetch_hoarding(c),
             "A busy Celery worker holds prefetched tasks other workers could run.",
-            "Worker {{ $labels.hostname }} has every pool process busy and holds "
-            "{{ $value | humanize }} more tasks prefetched while other workers have idle "
-            "processes: lower worker_prefetch_multiplier, or use -O fair / acks_late for "
-            "long tasks.",
+            "Worker {{ $labels.hostname }} had every pool process busy and held "
+            "{{ $value | humanize }} more tasks prefetched on average over the last "
+            f"{w}, while another worker of the broker idled: lower "
+            "worker_prefetch_multiplier, or use -O fair / acks_late for long tasks.",
             _worker_dashboard(),
         ),
     ]

@@ -162,18 +162,56 @@ THRESHOLDS: dict[str, Threshold] = {
     "prefetch_held_min": Threshold(
         1,
         "tasks",
-        "Tasks a saturated worker holds prefetched (not ETA tasks) while another "
-        "worker of the broker has idle pool processes.",
+        "Tasks a saturated worker (pool_saturation_ratio) holds prefetched (not ETA tasks), "
+        "averaged over the rate window, while another worker of the broker idles "
+        "(prefetch_idle_ratio).",
+    ),
+    "prefetch_idle_ratio": Threshold(
+        0.5,
+        "ratio",
+        "Busy pool processes as a share of the pool, averaged over the rate window, at or "
+        "below which a worker idles while another one hoards prefetched tasks. A busy but "
+        "fair cluster has no worker this idle.",
     ),
     "worker_process_memory_bytes": Threshold(
         2147483648,
         "bytes",
-        "Resident memory of one worker process (main or a pool child) "
-        "that its trend must not reach within memory_horizon: set it a little under what "
-        "the container allows one process (its memory limit / (concurrency + 1)).",
+        "The memory bound of one worker process (main or a pool child): "
+        "CeleryWorkerMemoryGrowing pages before a growing process reaches it. Set it a "
+        "little under what the container allows one process (its memory limit / "
+        "(concurrency + 1)), or under the memory the host can spare it.",
     ),
-    "memory_trend_window": Threshold("30m", DURATION, "Window of a worker process' memory trend."),
-    "memory_horizon": Threshold(3600, SECONDS, "How far ahead the memory trend is extrapolated."),
+    "memory_fast_window": Threshold(
+        "10m",
+        DURATION,
+        "Window of a worker process' short memory trend (deriv), which sees fast leaks.",
+    ),
+    "memory_fast_horizon": Threshold(
+        1200,
+        SECONDS,
+        "A process whose short trend reaches the memory bound within this time leaks fast. "
+        "A warm-up that levels off further from the bound than its growth rate times this "
+        "horizon does not page.",
+    ),
+    "memory_slow_window": Threshold(
+        "6h",
+        DURATION,
+        "Window of a worker process' long memory trend (deriv), which sees slow leaks; its "
+        "growth counts only when kept: the process' lowest memory over the last "
+        "memory_slow_floor_window is above its highest in the same span one window earlier "
+        "(a warm-up that levelled off, or a child recycled by max_memory_per_child, is not).",
+    ),
+    "memory_slow_floor_window": Threshold(
+        "1h",
+        DURATION,
+        "Span whose lowest memory must be above the highest of the same span a "
+        "memory_slow_window earlier for the long trend to count.",
+    ),
+    "memory_slow_horizon": Threshold(
+        86400,
+        SECONDS,
+        "A process whose long trend reaches the memory bound within this time leaks slowly.",
+    ),
     "worker_remembered": Threshold(
         "6h",
         DURATION,

@@ -94,6 +94,21 @@ def drain_time(length: str, egress: str) -> str:
     return f"{length}\n/ {or_zero(egress, length)}"
 
 
+def pool_busy_ratio(window: str, matchers: str = "") -> str:
+    """Busy pool processes as a share of the pool, each averaged over ``window``: 1 for a
+    worker whose every process ran a task all along. The same for CeleryWorkerPoolSaturated
+    and CeleryWorkerPrefetchHoarding (the hoarder's saturation, the other worker's idling)."""
+    busy = series("celery_worker_pool_busy_processes", matchers)
+    processes = series("celery_worker_pool_processes", matchers)
+    return f"avg_over_time({busy}[{window}])\n/ avg_over_time({processes}[{window}])"
+
+
+def seconds_until(gauge: str, window: str, bound: str) -> str:
+    """Seconds until ``gauge`` reaches ``bound`` at its growth over ``window`` (deriv: the
+    least-squares slope), 0 once it is there; no result where it does not grow."""
+    return f"clamp_min(\n  ({bound} - {gauge})\n  / (deriv({gauge}[{window}]) > 0),\n  0\n)"
+
+
 # -- scoping ---------------------------------------------------------------------------
 
 #: Words followed by a label list in parentheses, which is not an expression.

@@ -196,9 +196,10 @@ def board(c: RulesConfig) -> Board:
                     ),
                     "{{hostname}} {{reason}}",
                 ),
-                description="recycled: max-tasks or max-memory recycling (healthy); killed: ended "
-                "by a signal, the OOM killer's SIGKILL among them; failed: another "
-                "non-zero exit." + COUNT_HELP,
+                description="recycled: max-tasks or max-memory recycling (healthy); "
+                "time_limit: ended by the pool because its task exceeded its hard time "
+                "limit; killed: ended by another signal, the OOM killer's SIGKILL among "
+                "them; failed: another non-zero exit." + COUNT_HELP,
                 min=0,
                 empty=NO_AGENT,
             ),
