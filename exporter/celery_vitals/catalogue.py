@@ -145,7 +145,18 @@ SPECS: tuple[MetricSpec, ...] = (
     _task(
         "celery_task_queue_wait_seconds",
         "histogram",
-        "Time from publication (or ETA) to start of execution.",
+        "Time from publication (or ETA) to start of execution: from task-sent events "
+        "(exporter), or from the publication stamp of publishers with the agent (agent).",
+    ),
+    MetricSpec(
+        "celery_task_unstamped_total",
+        "counter",
+        "Tasks the worker received without a publication stamp, by the queue it took them "
+        "from: their publisher does not run celery_vitals.agent.install(app), so they have "
+        "no celery_task_queue_wait_seconds in the agent setup.",
+        QUEUE_LABELS,
+        group="task",
+        source="agent",
     ),
     _task(
         "celery_task_prefetch_wait_seconds",
@@ -276,8 +287,10 @@ SPECS: tuple[MetricSpec, ...] = (
     _queue(
         "celery_queue_oldest_message_age_seconds",
         "gauge",
-        "Age of the oldest task sent to the queue and not yet received by a worker "
-        "(from task-sent events); never for a dead-letter queue.",
+        "Age of the oldest message waiting in the queue: from the publication stamp "
+        "(celery_vitals.agent.install in publishers) of the message at its head on Redis "
+        "and RabbitMQ (management API), else from task-sent events (sent, not yet received); "
+        "never for a dead-letter queue.",
     ),
     _queue(
         "celery_queue_oldest_unacked_age_seconds",
@@ -372,10 +385,10 @@ SPECS: tuple[MetricSpec, ...] = (
         "celery_vitals_observations_skipped_total",
         "counter",
         "Values from events not used because they were meaningless (bad_runtime, "
-        "negative_duration) or not a number in range (bad_value: a heartbeat's freq, "
-        "active, processed or load; an event's timestamp), by the metric they would "
-        "have fed (timestamp: an event's own, which feeds several; eta: a task-sent's "
-        "ETA).",
+        "negative_duration: clock skew between hosts) or not a number in range (bad_value: "
+        "a heartbeat's freq, active, processed or load; an event's timestamp; a task's "
+        "publication stamp), by the metric they would have fed (timestamp: an event's "
+        "own, which feeds several; eta: a task's ETA).",
         ("metric", "reason"),
     ),
     MetricSpec(

@@ -87,6 +87,7 @@ class TaskCollector(_CatalogueCollector):
             ("celery_task_revoked_total", labels, t.revoked),
             ("celery_task_expired_total", labels, t.expired),
             ("celery_task_redelivered_total", labels, t.redelivered),
+            ("celery_task_unstamped_total", ("queue_name",), t.unstamped),
             ("celery_task_failed_total", (*labels, "exception"), t.failed),
             ("celery_task_rejected_total", (*labels, "requeue"), t.rejected),
             ("celery_task_failed_after_retries_total", labels, t.failed_after_retries),
@@ -300,7 +301,8 @@ class ExporterCollector(_CatalogueCollector):
 
 
 class QueueCollector(_CatalogueCollector):
-    """Queues, dead-letter queues and the broker, from the poller's latest result.
+    """Queues, dead-letter queues and the broker, from the poller's latest result (and the
+    oldest message's age from task-sent events where the broker tells no publication time).
 
     celery_queue_length{queue_name="billing"} 1520.0
     celery_queue_oldest_message_age_seconds{queue_name="billing"} 312.5
@@ -328,17 +330,32 @@ class QueueCollector(_CatalogueCollector):
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        oldest = gauge("celery_queue_oldest_message_age_seconds")
-        now = self.clock()
-        poller = self.poller
-        targets = poller.latest.dead_letter_targets if poller and poller.latest else ()
-        for queue, sent_at in self.tasks.oldest_pending().items():
-            # a DLQ holds messages by design: its age is no queue waiting for workers
-            if poller is None or not poller.is_dlq(queue, targets):
-                oldest.add_metric([queue], max(now - sent_at, 0.0))
-        yield oldest
+        yield self._oldest_message_age(self.clock())
         if self.poller is not None:
             yield from self._from_broker(self.poller)
+
+    def _oldest_message_age(self, now: float) -> Metric:
+        """One series per queue, one owner each: the broker's head stamp where the last poll
+        read one (what is really waiting, whoever published it and whatever the events
+        missed), else the oldest task-sent event not followed by task-received. A
+        dead-letter queue holds messages by design: it has no age."""
+        poller = self.poller
+        result = poller.latest if poller is not None else None
+        targets = result.dead_letter_targets if result is not None else ()
+        published: dict[str, float] = {}
+        if poller is not None and result is not None:
+            for stats in result.queues:
+                at, name = stats.oldest_published, self.queue_names(stats.name)
+                if at is None or name == OTHER or poller.is_dlq(stats.name, targets):
+                    continue
+                published[name] = min(published.get(name, at), at)
+        for queue, sent_at in self.tasks.oldest_pending().items():
+            if queue not in published and (poller is None or not poller.is_dlq(queue, targets)):
+                published[queue] = sent_at
+        oldest = gauge("celery_queue_oldest_message_age_seconds")
+        for queue, at in published.items():
+            oldest.add_metric([queue], max(now - at, 0.0))
+        return oldest
 
     def _dlq_messages(self, poller: QueuePoller) -> Metric:
         family = gauge("celery_dlq_messages")

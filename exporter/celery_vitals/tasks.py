@@ -157,6 +157,7 @@ class TaskTracker:
         self.revoked: dict[Key, int] = {}
         self.expired: dict[Key, int] = {}
         self.redelivered: dict[Key, int] = {}
+        self.unstamped: dict[tuple[str], int] = {}  # per queue: received without a stamp
         self.last_success: dict[Key, float] = {}
         self.runtime = Histograms(runtime_buckets)
         self.queue_wait = Histograms(wait_buckets)
@@ -344,6 +345,8 @@ class TaskTracker:
         if upcoming is not None and upcoming[0] == retries:
             task.queued_retries, task.queued_at = upcoming
             task.next_queued = None
+        if "published" in event:  # the agent's: the message's publication stamp, or None
+            self._stamped(task, event, retries)
         host = self.hostnames(event.get("hostname"))
         task.received = True
         task.retries = retries
@@ -355,6 +358,29 @@ class TaskTracker:
         self.received[key] = self.received.get(key, 0) + 1
         if redelivered:
             self.redelivered[key] = self.redelivered.get(key, 0) + 1
+
+    def _stamped(self, task: Task, event: Event, retries: int) -> None:
+        """The agent's task-received carries the publication stamp of the message (the
+        agent's publishers write it; no task-sent exists in the agent setup): this
+        attempt became runnable then, or at its ETA if later. None: a publisher without
+        the agent, counted per queue."""
+        published = event.get("published")
+        if published is None:
+            key = (task.queue,)
+            self.unstamped[key] = self.unstamped.get(key, 0) + 1
+            return
+        queued_at = number(published)
+        if queued_at is None or bad_timestamp(queued_at):
+            self.skip_observation("celery_task_queue_wait_seconds", "bad_value")
+            return
+        eta = event.get("eta")  # None unless countdown/eta: most tasks
+        if eta is not None:
+            runnable_at = _eta_timestamp(eta)
+            if runnable_at is not None:
+                queued_at = max(queued_at, runnable_at)
+            else:
+                self.skip_observation("eta", "bad_value")
+        task.queued_at, task.queued_retries = queued_at, retries
 
     def on_started(self, event: Event, now: float) -> None:
         uuid = self._uuid(event)

@@ -356,8 +356,9 @@ def _no_values() -> dict[tuple[str, str], str]:
 def test_panels_a_setup_cannot_fill_say_why() -> None:
     """The exact list; each says it in its noValue text and ends its description with why."""
     agent_setup = dashboards.NO_EVENT_STREAM.text
-    sent = dashboards.NO_TASK_SENT.text
+    sent = dashboards.NO_QUEUE_WAIT.text
     no_agent = dashboards.NO_AGENT.text
+    published = dashboards.NO_PUBLICATION_TIME.text
     assert _no_values() == {
         ("celery-vitals-overview", "celery-vitals targets by broker"): (
             "No celery-vitals target is scraped: Prometheus has no "
@@ -365,19 +366,19 @@ def test_panels_a_setup_cannot_fill_say_why() -> None:
             "selector (runbook: CeleryExporterMissing)."
         ),
         ("celery-vitals-overview", "Queue wait p95"): sent,
-        ("celery-vitals-overview", "Oldest waiting message"): sent,
+        ("celery-vitals-overview", "Oldest waiting message"): published,
         ("celery-vitals-overview", "Event stream up"): agent_setup,
         ("celery-vitals-overview", "Event lag"): agent_setup,
         ("celery-vitals-overview", "Queue wait p95 by queue"): sent,
-        ("celery-vitals-overview", "Oldest waiting message by queue"): sent,
-        ("celery-vitals-queues", "Oldest waiting message by queue"): sent,
+        ("celery-vitals-overview", "Oldest waiting message by queue"): published,
+        ("celery-vitals-queues", "Oldest waiting message by queue"): published,
         ("celery-vitals-queues", "Consumers by queue"): "RabbitMQ only",
         ("celery-vitals-workers", "Pool utilisation by worker"): no_agent,
         ("celery-vitals-workers", "Resident memory by process"): no_agent,
         ("celery-vitals-workers", "Pool process exits by reason"): no_agent,
         ("celery-vitals-slow", "Queue wait p50 / p95 / p99"): sent,
         ("celery-vitals-slow", "Queue wait p95 by queue"): sent,
-        ("celery-vitals-slow", "Oldest waiting message by queue"): sent,
+        ("celery-vitals-slow", "Oldest waiting message by queue"): published,
         ("celery-vitals-slow", "Event lag"): agent_setup,
         ("celery-vitals-slow", "Event stream up and reconnects"): agent_setup,
     }
@@ -385,7 +386,8 @@ def test_panels_a_setup_cannot_fill_say_why() -> None:
         empty.text: empty.why
         for empty in (
             dashboards.NO_EVENT_STREAM,
-            dashboards.NO_TASK_SENT,
+            dashboards.NO_QUEUE_WAIT,
+            dashboards.NO_PUBLICATION_TIME,
             dashboards.NO_AGENT,
             dashboards.RABBITMQ_ONLY,
         )

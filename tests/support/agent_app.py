@@ -93,3 +93,11 @@ def late_sleep(seconds: float) -> None:
 def reject() -> None:
     """Rejected without requeue: SQS redelivers it until its redrive policy dead-letters it."""
     raise Reject("agent test rejection", requeue=False)
+
+
+@app.task(name="agent.record_start")
+def record_start(path: str) -> None:
+    """Writes the time it started: the queue wait tests' own measure of its start."""
+    started = time.time()
+    with open(path, "w") as out:
+        out.write(repr(started))

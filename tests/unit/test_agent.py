@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import amqp
 import bcrypt
 import celery
 import pytest
@@ -28,6 +29,7 @@ from celery_vitals import catalogue
 from celery_vitals.agent import Agent
 from celery_vitals.agent.features import FEATURES, Features
 from celery_vitals.agent.pool import EX_RECYCLE, PoolWatch, exit_reason, resident_bytes
+from celery_vitals.agent.publish import Stamper
 from celery_vitals.agent.tap import (
     TAPPED_CLASS,
     Tap,
@@ -37,6 +39,7 @@ from celery_vitals.agent.tap import (
 )
 from celery_vitals.config import Config
 from celery_vitals.pipeline import Pipeline
+from celery_vitals.stamp import HEADER
 from stack.net import LOOPBACK, free_port, free_ports, http_get
 from tests.support.metrics import Scrape, parse
 
@@ -70,6 +73,8 @@ class FakeRequest:
         delivery_info: dict[str, Any] | None = None,
         retries: int = 0,
         eta: datetime | None = None,
+        *,
+        published: object = None,
     ) -> None:
         self.id = uuid
         self.name = name
@@ -79,7 +84,9 @@ class FakeRequest:
             "routing_key": (delivery_info or {}).get("routing_key"),
             "redelivered": (delivery_info or {}).get("redelivered", False),
         }
-        self.request_dict = {"retries": retries}
+        self.request_dict: dict[str, Any] = {"retries": retries}
+        if published is not None:  # the stamp of a publisher with the agent
+            self.request_dict[HEADER] = published
         self.eta = eta
         self.expires = None
 
@@ -1109,3 +1116,188 @@ def test_exits_need_the_time_limit_kill_too() -> None:
         "exits": "the pool's time-limit kill (worker.pool._pool._timeout_handler._trywaitkill) "
         "cannot be wrapped: time-limit exits would count as killed"
     }
+
+
+# -- the publish stamp and the queue wait it gives ------------------------------------
+
+
+def wait_of(s: Scrape, name: str = "t", queue_name: str = "q") -> tuple[float | None, ...]:
+    """(sum, count) of celery_task_queue_wait_seconds."""
+    return (
+        s.get("celery_task_queue_wait_seconds_sum", name=name, queue_name=queue_name),
+        s.get("celery_task_queue_wait_seconds_count", name=name, queue_name=queue_name),
+    )
+
+
+def test_queue_wait_runs_from_the_stamp_to_the_start() -> None:
+    h = TapHarness()
+    # published 2.5 s before the worker received it; started 0.5 s after (run())
+    run(h, h.cls("u1", "t", {"routing_key": "q"}, published=h.clock.now - 2.5))
+    run(h, h.cls("u2", "t", {"routing_key": "q"}, published=h.clock.now - 0.25))
+    s = h.scrape()
+    assert wait_of(s) == (3.0 + 0.75, 2)
+    assert s.get("celery_task_queue_wait_seconds_bucket", name="t", queue_name="q", le="1.0") == 1
+    assert s.series("celery_task_unstamped_total") == {}
+    assert s.series("celery_vitals_observations_skipped_total") == {}
+
+
+def test_a_task_without_a_stamp_is_counted_per_queue_and_has_no_wait() -> None:
+    h = TapHarness()
+    run(h, h.cls("u1", "t", {"routing_key": "q"}))
+    run(h, h.cls("u2", "t", {"routing_key": "q"}))
+    run(h, h.cls("u3", "t", {"routing_key": "other"}))
+    run(h, h.cls("u4", "t", {"routing_key": "q"}, published=h.clock.now - 1.0))
+    s = h.scrape()
+    assert s.series("celery_task_unstamped_total") == {
+        frozenset({("queue_name", "q")}): 2,
+        frozenset({("queue_name", "other")}): 1,
+    }
+    assert wait_of(s) == (1.5, 1)
+    assert wait_of(s, queue_name="other") == (None, None)
+
+
+def test_an_eta_task_waits_from_its_eta_not_from_its_publication() -> None:
+    h = TapHarness()
+    eta = datetime.fromtimestamp(h.clock.now + 10.0, UTC)  # countdown=12 published 2 s ago
+    request = h.cls("u1", "t", {"routing_key": "q"}, eta=eta, published=h.clock.now - 2.0)
+    h.tap.received(request)
+    h.clock.now += 10.25  # the worker holds it until its ETA, starts it 0.25 s later
+    request.send_event("task-started")
+    request.on_success((False, None, 0.1))
+    # an ETA earlier than the stamp (a late publish of a past ETA): from the stamp
+    late = datetime.fromtimestamp(h.clock.now - 60.0, UTC)
+    run(h, h.cls("u2", "t", {"routing_key": "q"}, eta=late, published=h.clock.now - 1.0))
+    assert wait_of(h.scrape()) == (0.25 + 1.5, 2)
+
+
+def test_clock_skew_and_a_bad_stamp_are_counted_skips_never_a_wait() -> None:
+    h = TapHarness()
+    # the publisher's clock runs 3 s ahead of the worker's: the wait would be -2.5 s
+    run(h, h.cls("u1", "t", {"routing_key": "q"}, published=h.clock.now + 3.0))
+    for bad in ("yesterday", float("nan"), -1.0, 1e12, True):
+        run(h, h.cls(f"bad-{bad}", "t", {"routing_key": "q"}, published=bad))
+    s = h.scrape()
+    assert wait_of(s) == (None, None)
+    assert s.series("celery_vitals_observations_skipped_total") == {
+        frozenset(
+            {("metric", "celery_task_queue_wait_seconds"), ("reason", "negative_duration")}
+        ): 1,
+        frozenset({("metric", "celery_task_queue_wait_seconds"), ("reason", "bad_value")}): 5,
+    }
+    assert s.series("celery_task_unstamped_total") == {}  # stamped, if badly
+    assert s.get("celery_task_succeeded_total", name="t", queue_name="q") == 6
+
+
+def test_a_retry_waits_from_its_republication() -> None:
+    h = TapHarness()
+    first = h.cls("u1", "t", {"routing_key": "q"}, published=h.clock.now - 1.0)
+    h.tap.received(first)
+    h.clock.now += 0.5
+    first.send_event("task-started")  # waited 1.5 s
+    h.clock.now += 0.25
+    republished = h.clock.now  # Task.retry() publishes the retry, stamped anew
+    first.send_event("task-retried", exception="Retry()")
+    h.clock.now += 4.0
+    again = h.cls("u1", "t", {"routing_key": "q"}, retries=1, published=republished)
+    run(h, again)  # received 4 s after its republication, started 0.5 s later
+    assert wait_of(h.scrape()) == (1.5 + 4.5, 2)
+
+
+def test_the_event_stream_s_task_received_is_neither_stamped_nor_unstamped() -> None:
+    """Only the agent's task-received carries ``published``: the exporter's tracker, fed by
+    Celery's events, never counts a task as unstamped."""
+    h = TapHarness()
+    h.pipeline.router.handle(
+        {"type": "task-received", "uuid": "u1", "name": "t", "hostname": HOST, "timestamp": 1.0},
+        1.0,
+    )
+    assert h.pipeline.tasks.unstamped == {}
+
+
+@pytest.fixture
+def stamper() -> Stamper:
+    return Stamper(lambda: agent_module._installed, lambda: 1_700_000_123.75)
+
+
+@pytest.mark.parametrize(
+    ("url", "timestamp"),
+    [
+        ("redis://localhost:6379/0", None),
+        ("sqs://", None),
+        ("amqp://guest@localhost//", 1_700_000_123),
+        ("pyamqp://h;pyamqp://g", 1_700_000_123),
+        (None, 1_700_000_123),  # Celery's default: amqp
+    ],
+)
+def test_a_publish_is_stamped_header_always_amqp_timestamp_on_rabbitmq(
+    installed: Celery, stamper: Stamper, url: str | None, timestamp: int | None
+) -> None:
+    installed.conf.broker_url = url
+    headers: dict[str, Any] = {"id": "u1", HEADER: 1.0}  # a retry carries its old stamp
+    properties: dict[str, Any] = {"correlation_id": "u1"}
+    stamper(sender="t", body=(), headers=headers, properties=properties)
+    assert headers == {"id": "u1", HEADER: 1_700_000_123.75}  # restamped
+    assert properties.get("timestamp") == timestamp
+    assert type(properties.get("timestamp", 0)) is int
+    assert stamper.failures == 0
+    # what py-amqp makes of them: its serializer takes the AMQP timestamp (an unsigned
+    # 64-bit int; a float or a datetime fails the publish) and reads it back
+    message = amqp.Message(b"{}", application_headers=headers, **properties)
+    again = amqp.Message()
+    again._load_properties(60, message._serialize_properties(), 0)
+    assert again.properties.get("timestamp") == timestamp
+    assert again.properties["application_headers"][HEADER] == 1_700_000_123.75
+
+
+def test_with_several_apps_the_current_one_decides_the_timestamp_property(
+    installed: Celery, stamper: Stamper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed.conf.broker_url = "amqp://h//"
+    other = Celery("unit-other", broker="redis://h", set_as_current=False)
+    agent_module.install(other)
+    properties: dict[str, Any] = {}
+    current = other
+    monkeypatch.setattr(celery.app, "app_or_default", lambda: current)  # Celery's current app
+    stamper(headers={}, properties=properties)
+    assert "timestamp" not in properties
+    current = installed
+    stamper(headers={}, properties=properties)
+    assert properties["timestamp"] == 1_700_000_123
+    current = Celery("unit-stranger", broker="amqp://h//", set_as_current=False)
+    properties = {}
+    stamper(headers={}, properties=properties)  # not installed: no guess, the header only
+    assert properties == {}
+
+
+def test_a_stamp_that_cannot_be_written_never_fails_the_publish_and_is_logged_once(
+    installed: Celery, stamper: Stamper, caplog: pytest.LogCaptureFixture
+) -> None:
+    installed.conf.broker_url = "amqp://h//"
+    with caplog.at_level(logging.WARNING, logger="celery_vitals"):
+        stamper(headers=None, properties={})
+        stamper(headers={}, properties=())  # type: ignore[arg-type]  # not a mapping
+        stamper(headers=(), properties={})  # type: ignore[arg-type]
+    assert stamper.failures == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "celery-vitals: could not stamp a published task with its publication time (the "
+        "task is published unstamped; this is logged once)"
+    ]
+
+
+def test_celery_publishes_what_the_signal_receiver_wrote(installed: Celery) -> None:
+    """Through Celery's own send_task_message: the header and the AMQP timestamp property
+    the receiver sets reach the message (memory:// keeps its properties as they are)."""
+    installed.conf.broker_url = "memory://"
+    agent_module.stamper.assume(installed, True)  # as on RabbitMQ
+    try:
+        before = time.time()
+        installed.send_task("t.add", (1, 2), queue="stamped")
+        after = time.time()
+        with installed.connection_for_read() as connection:
+            message = connection.SimpleQueue("stamped").get(timeout=5)
+        published = message.headers[HEADER]
+        assert before <= published <= after
+        assert message.properties["timestamp"] == int(published)
+        message.ack()
+    finally:
+        agent_module.stamper.assume(installed, False)

@@ -248,3 +248,20 @@ def test_recovery_benchmark_smoke_sees_every_probe_give_up() -> None:
         ]
     ]
     assert results["broker_return"] == []  # the full run only: it needs servers
+
+
+def test_publish_stamp_benchmark_smoke_publishes_each_mode_as_it_says() -> None:
+    from benchmarks.publish_stamp import MODES
+    from benchmarks.publish_stamp import main as stamp_main
+
+    # main() raises VerificationError unless each mode's message carries what it says
+    results = stamp_main(["--smoke", "--no-write", "--quiet"])
+    assert results["tasks_per_mode"] == 2_000
+    assert results["broker"] == "memory://"
+    assert results["none"]["cpu_ratio"] == 1.0
+    assert results["none"]["cpu_us_over_none"] == 0.0
+    assert MODES == ("none", "noop-receiver", "header", "header+timestamp")
+    for mode in MODES:
+        assert results[mode]["batches"] == 4  # 2,000 by 500
+        assert results[mode]["cpu_us_per_publish"] > 0
+        assert results["dispatch"][mode] > 0

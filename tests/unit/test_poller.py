@@ -156,6 +156,58 @@ def test_a_dlq_has_no_oldest_message_age_even_when_tasks_are_sent_to_it() -> Non
     assert h.task("celery_task_sent_total", "t", "billing.dead") == 1
 
 
+def oldest_ages(h: PipelineHarness) -> dict[str, float]:
+    """Every celery_queue_oldest_message_age_seconds sample by queue (a duplicate fails)."""
+    ages: dict[str, float] = {}
+    for family in h.registry.collect():
+        for sample in family.samples:
+            if sample.name == "celery_queue_oldest_message_age_seconds":
+                queue = sample.labels["queue_name"]
+                assert queue not in ages, f"two series for queue {queue}"
+                ages[queue] = sample.value
+    return ages
+
+
+def test_oldest_message_age_from_the_stamp_at_the_queue_head_without_events() -> None:
+    # the agent setup: no event stream, the broker probe read the heads' stamps
+    h = PipelineHarness()
+    now = h.clock.now
+    result = ProbeResult(
+        queues=(
+            QueueStats("billing", True, ready=3, oldest_published=now - 30.5),
+            QueueStats("reports", True, ready=2),  # its head has no stamp
+            QueueStats("empty", True, ready=0),
+            QueueStats("billing.dead", True, ready=4, oldest_published=now - 900),
+            QueueStats("skewed", True, ready=1, oldest_published=now + 2),  # publisher ahead
+        )
+    )
+    with_poller(h, ScriptedProbe(result)).poll_once()
+    assert oldest_ages(h) == {"billing": 30.5, "skewed": 0.0}
+    h.clock.now += 10  # the age grows between polls: it is taken at scrape time
+    assert oldest_ages(h) == {"billing": 40.5, "skewed": 8.0}
+
+
+def test_the_broker_stamp_owns_a_queue_series_task_sent_events_the_others() -> None:
+    h = PipelineHarness()
+    now = h.clock.now
+    h.feed(
+        event("task-sent", now - 100, uuid="u1", name="t", queue="billing"),
+        event("task-sent", now - 50, uuid="u2", name="t", queue="reports"),
+        event("task-sent", now - 20, uuid="u3", name="t", queue="mail"),
+    )
+    result = ProbeResult(
+        queues=(
+            # the broker's head is older than any task-sent event the exporter saw (a
+            # publisher without task_send_sent_event, or an exporter restarted since)
+            QueueStats("billing", True, ready=5, oldest_published=now - 400),
+            QueueStats("reports", True, ready=1),  # unstamped head: the events tell
+            QueueStats("mail", True, ready=1, oldest_published=now - 10),
+        )
+    )
+    with_poller(h, ScriptedProbe(result)).poll_once()
+    assert oldest_ages(h) == {"billing": 400, "reports": 50, "mail": 10}
+
+
 def test_a_dead_letter_target_is_polled_from_the_next_poll_not_the_next_discovery() -> None:
     h = PipelineHarness()
     first = ProbeResult(

@@ -23,6 +23,7 @@ from celery_vitals.brokers.amqp.management import (
     ManagementError,
     dead_letter_route,
     dead_letter_targets,
+    head_timestamp,
     ingress_counter,
     memory_facts,
     parse_bindings,
@@ -287,6 +288,39 @@ def test_a_queue_without_sequence_numbers_counts_publishes_unless_it_is_a_dlq() 
     )
 
 
+# a classic queue whose first ready message was published at 1_800_000_000 by a publisher
+# with the agent (AMQP timestamp property, whole seconds)
+STAMPED = {
+    "name": "stamped",
+    "type": "classic",
+    "node": "rabbit@a",
+    "arguments": {},
+    "effective_policy_definition": {},
+    "consumers": 0,
+    "messages_ready": 2,
+    "messages_unacknowledged": 0,
+    "backing_queue_status": {"next_seq_id": 2},
+    "head_message_timestamp": 1_800_000_000,
+}
+
+
+def test_the_head_message_timestamp_is_the_oldest_publication_time() -> None:
+    assert head_timestamp(STAMPED) == 1_800_000_000.0
+    assert queue_stats(STAMPED, dead_letter_target=False) == QueueStats(
+        "stamped",
+        exists=True,
+        ready=2,
+        unacked=0,
+        consumers=0,
+        published_total=2,
+        oldest_published=1_800_000_000.0,
+    )
+    # no timestamp at the head, an empty queue, a quorum queue: nothing to tell
+    for value in ("", None, 0, -1, True, "1800000000", float("nan"), float("inf")):
+        assert head_timestamp({**STAMPED, "head_message_timestamp": value}) is None, value
+    assert head_timestamp(QUORUM) is None
+
+
 def test_memory_of_the_node_nearest_its_watermark() -> None:
     nodes = [
         {"name": "a", "running": True, "mem_used": 600, "mem_limit": 1000},
@@ -376,7 +410,7 @@ def api() -> Iterator[FakeManagementApi]:
 QUEUES_PATH = (
     "/api/queues/%2F?columns=name,type,node,arguments,effective_policy_definition,"
     "messages_ready,messages_unacknowledged,consumers,message_stats.publish,"
-    "backing_queue_status.next_seq_id"
+    "backing_queue_status.next_seq_id,head_message_timestamp"
 )
 NODES_PATH = "/api/nodes?columns=name,running,uptime,mem_used,mem_limit"
 OVERVIEW_PATH = "/api/overview?columns=rabbitmq_version"
@@ -432,6 +466,24 @@ def test_a_management_poll_from_the_api_alone(api: FakeManagementApi) -> None:
     assert result.persistence == {}
     assert {auth for _, auth in api.requests} == {basic("guest", "guest")}
     probe.close()  # never connected over AMQP: nothing to close
+
+
+def test_a_management_poll_carries_the_head_message_timestamp(api: FakeManagementApi) -> None:
+    serve_broker(api, listing=[WORK, WORK_DEAD, STAMPED])
+    probe = AmqpProbe("amqp://127.0.0.1:1//", {}, timeout=2, management_url=api.url())
+    assert probe.poll(["stamped", "work"]).queues == (
+        QueueStats(
+            "stamped",
+            exists=True,
+            ready=2,
+            unacked=0,
+            consumers=0,
+            published_total=2,
+            oldest_published=1_800_000_000.0,
+        ),
+        QueueStats("work", exists=True, ready=0, unacked=0, consumers=1, published_total=3),
+    )
+    probe.close()
 
 
 def test_no_counter_right_after_the_node_restarted(api: FakeManagementApi) -> None:

@@ -12,6 +12,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,9 @@ def test_celery_priority_tasks_are_counted_in_every_priority_list(
     }
 
     queues = by_name(probe(server.url(), PRIORITY_OPTIONS).poll(["prio", "plain"]))
+    # depths only: whether this process stamps what it publishes (a test installed the
+    # agent before) does not matter here; test_probe_redis_head.py tests the stamps
+    queues = {name: replace(stats, oldest_published=None) for name, stats in queues.items()}
     assert queues["prio"] == QueueStats("prio", exists=True, ready=10, unacked=0)
     assert queues["plain"] == QueueStats("plain", exists=True, ready=3, unacked=0)
     assert queues["prio"].consumers is None  # Redis cannot tell

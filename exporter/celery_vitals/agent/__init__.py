@@ -15,6 +15,9 @@ file in the format of the exporter's ``--web-config-file``.
 A process that imports the app without being a worker (a web server, beat,
 ``celery inspect``) serves nothing: the agent starts from the ``worker_init``
 signal, which only a WorkController sends, in the worker's main process.
+Every process that installed it, workers included, stamps each task it
+publishes with its publication time (publish.py), from which the worker's
+agent observes the queue wait (tap.py).
 
 It feeds the same pipeline as the exporter (pipeline.Pipeline: guards,
 trackers, router, collectors, exposition) with event dicts of the shape the
@@ -50,6 +53,8 @@ from prometheus_client import CollectorRegistry
 from celery_vitals import AGENT_CONF_KEY
 from celery_vitals.agent.features import FeatureCollector, Features
 from celery_vitals.agent.pool import PoolWatch
+from celery_vitals.agent.publish import DISPATCH_UID as STAMP_DISPATCH_UID
+from celery_vitals.agent.publish import Stamper
 from celery_vitals.agent.tap import (
     DRAIN_INTERVAL,
     Tap,
@@ -116,6 +121,8 @@ log = logging.getLogger(__name__)
 rate_limited = RateLimitedLogger(log)
 
 _installed: list[tuple[Celery, str | None]] = []  # (app, listen_address) per install()
+#: the before_task_publish receiver: stamps what this process publishes
+stamper = Stamper(lambda: _installed)
 
 
 class _Process:
@@ -130,7 +137,8 @@ _process = _Process()
 
 
 def install(app: Celery, listen_address: str | None = None) -> None:
-    """Serve this app's worker metrics from every ``celery worker`` of it.
+    """Serve this app's worker metrics from every ``celery worker`` of it, and stamp
+    every task this process publishes with its publication time.
 
     ``listen_address`` is ``HOST:PORT`` (``[::]:9809`` for IPv6); the
     environment variable CELERY_VITALS_AGENT_LISTEN_ADDRESS overrides it.
@@ -147,6 +155,7 @@ def install(app: Celery, listen_address: str | None = None) -> None:
 
 def _connect_signals() -> None:
     """Receivers for every installed app (dispatch_uid: connected once per process)."""
+    signals.before_task_publish.connect(stamper, weak=False, dispatch_uid=STAMP_DISPATCH_UID)
     signals.worker_init.connect(
         _on_worker_init, weak=False, dispatch_uid="celery-vitals-agent-worker-init"
     )

@@ -10,7 +10,9 @@ The tap sits in front of it, so it sees every step with or without ``-E``:
 
 - task-received: the ``task_received`` signal (main process, whatever the event
   settings), with the message's delivery info: the exact queue, and whether the
-  broker flagged a redelivery;
+  broker flagged a redelivery; and its publication stamp (``published``: the
+  header ``stamp.HEADER`` a publisher with the agent wrote, None when it has none),
+  from which the tracker measures the queue wait;
 - task-started, -failed, -retried, -rejected, -revoked: ``Request.send_event``,
   called before Celery checks whether events are enabled;
 - task-succeeded: ``Request.on_success``, because Celery skips ``send_event``
@@ -38,6 +40,7 @@ from typing import Any, Protocol
 
 from celery_vitals.logs import RateLimitedLogger
 from celery_vitals.router import EventRouter
+from celery_vitals.stamp import HEADER
 
 rate_limited = RateLimitedLogger(logging.getLogger(__name__))
 
@@ -188,6 +191,7 @@ class Tap:
             "expires": None if expires is None else _iso(expires),
             "queue": self._queue(delivery, consumer),
             "redelivered": delivery.get("redelivered") is True,
+            "published": request_dict.get(HEADER),  # None: a publisher without the agent
         }
 
     def _queue(self, delivery: Mapping[str, Any], consumer: Any) -> str | None:

@@ -130,6 +130,10 @@ class Broker(Protocol):
     #: ``visibility_timeout`` says otherwise (Redis); None: the transport has no such
     #: redelivery the doctor checks.
     unacked_redelivery_default: float | None
+    #: Publishers with the agent also set the AMQP ``timestamp`` property (whole seconds)
+    #: beside the stamp's header: RabbitMQ's management API reports it as a queue's
+    #: ``head_message_timestamp``. Other transports would only carry it in the body.
+    stamps_timestamp_property: bool
 
     def discovers_queues(self, config: Config) -> bool:
         """Whether the probe finds queues nobody named (with this configuration)."""

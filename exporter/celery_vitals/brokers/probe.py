@@ -55,6 +55,9 @@ class QueueStats:
     delayed: int | None = None  # sent with a delay that has not passed yet (SQS)
     visibility_timeout: float | None = None  # the queue's own (SQS queue attribute)
     max_receive_count: int | None = None  # receives before SQS moves a message to the DLQ
+    # publication time (Unix seconds) of the oldest waiting message, from the stamp of
+    # celery_vitals.stamp at the queue's head (Redis; RabbitMQ's head_message_timestamp)
+    oldest_published: float | None = None
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "oldest_message_warning": Threshold(
         600,
         SECONDS,
-        "Age of the oldest task waiting in a queue (from task-sent events) that opens a ticket.",
+        "Age of the oldest task waiting in a queue that opens a ticket.",
     ),
     "oldest_message_critical": Threshold(3600, SECONDS, "The same age that pages."),
     "visibility_timeout_ratio": Threshold(

@@ -25,6 +25,7 @@ class Amqp:
     tells_version = True
     persistence = "durable-queues"
     unacked_redelivery_default: float | None = None  # redelivered when the channel closes
+    stamps_timestamp_property = True  # head_message_timestamp (management API)
 
     def discovers_queues(self, config: Config) -> bool:
         return bool(config.rabbitmq_management_url)  # AMQP alone cannot list queues

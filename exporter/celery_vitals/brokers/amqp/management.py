@@ -29,6 +29,12 @@ What RabbitMQ 3.10 counts (checked on 3.10.8, see tests/integration/test_queues_
   ``collect_statistics_interval`` did not change it): a queue declared a
   moment ago is listed without any numbers, and the probe asks AMQP for those.
   Counters of the management database (publish) restart at zero with the node.
+- ``head_message_timestamp``: the AMQP ``timestamp`` property (whole Unix seconds) of
+  the queue's first ready message, which ``celery_vitals.agent.install(app)`` sets in
+  publishers (celery_vitals.stamp): an integer; ``null`` for an empty classic queue
+  (and a head without the property), left out for quorum queues (and streams). Refreshed
+  with the rest of the listing, which does not matter for a time (the age is taken at
+  scrape time).
 - ``?columns=`` works on 3.10, also for nested keys (``message_stats.publish``);
   an unknown column yields ``[]`` per item, older servers ignore the parameter.
 
@@ -62,7 +68,9 @@ QUEUE_COLUMNS = (
     "consumers",
     "message_stats.publish",
     "backing_queue_status.next_seq_id",
+    "head_message_timestamp",
 )
+INFINITY = float("inf")
 NODE_COLUMNS = ("name", "running", "uptime", "mem_used", "mem_limit")
 
 
@@ -242,7 +250,17 @@ def queue_stats(
         published_total=(
             ingress_counter(queue, dead_letter_target=dead_letter_target) if counter_valid else None
         ),
+        oldest_published=head_timestamp(queue),
     )
+
+
+def head_timestamp(queue: Mapping[str, Any]) -> float | None:
+    """When the queue's first ready message was published (its AMQP timestamp property,
+    Unix seconds), or None: no such message, or one without a timestamp."""
+    stamp = queue.get("head_message_timestamp")
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not 0 < stamp < INFINITY:
+        return None  # null, left out (quorum queues), or "" (older servers): no timestamp
+    return float(stamp)
 
 
 def memory_facts(nodes: Any) -> dict[str, float]:

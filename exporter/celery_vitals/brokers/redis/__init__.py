@@ -26,6 +26,7 @@ class Redis:
     persistence = "disk"
     #: kombu's Redis transport re-delivers an unacked message after this long by default.
     unacked_redelivery_default: float | None = 3600.0
+    stamps_timestamp_property = False
 
     def discovers_queues(self, config: Config) -> bool:
         return True  # the binding sets name every queue a worker declared

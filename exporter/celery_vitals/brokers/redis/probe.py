@@ -1,14 +1,23 @@
-"""RedisProbe: queue depth, unacked deliveries and broker facts of a Redis broker.
+"""RedisProbe: queue depth, unacked deliveries, the oldest waiting message's publication
+time and broker facts of a Redis broker.
 
 Keys are named as kombu names them (keys.py). Round trips per poll: the SCAN
 for binding keys, one pipeline for everything else, one more for the unacked
 hash.
+
+kombu LPUSHes messages and workers (B)RPOP them, so each list's oldest message is at
+its right end: ``LINDEX key -1`` reads it without consuming anything, O(1), in the
+same pipeline as the LLENs. Its JSON envelope's headers carry the publication stamp
+(celery_vitals.stamp) when a publisher runs ``celery_vitals.agent.install(app)``; the
+oldest stamp of a queue's heads (one per priority list) is its ``oldest_published``.
+A head without a stamp tells nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -21,6 +30,7 @@ from celery_vitals.brokers.probe import ProbeResult, QueueStats
 from celery_vitals.brokers.redis import keys
 from celery_vitals.brokers.redis.keys import Binding
 from celery_vitals.logs import RateLimitedLogger
+from celery_vitals.stamp import HEADER
 
 rate_limited = RateLimitedLogger(logging.getLogger(__name__))
 
@@ -90,7 +100,8 @@ class RedisProbe:
                 raise
 
     def poll(self, queues: Iterable[str]) -> ProbeResult:
-        """Depth, unacked count and age per queue, and the broker's facts.
+        """Depth, unacked count and age, the oldest waiting message's publication stamp per
+        queue, and the broker's facts.
 
         Round trips: the SCAN for binding keys (one per SCAN_COUNT keys),
         one pipeline for everything else, one more for the unacked hash.
@@ -200,7 +211,8 @@ class RedisProbe:
         exchanges = self._scan_exchanges(channel, time.monotonic() + self.timeout / 2)
         ack_emulation = bool(channel.ack_emulation)
 
-        # One round trip: bindings, INFO, CONFIG GET save, every list, the unacked index.
+        # One round trip: bindings, INFO, CONFIG GET save, every list's length and oldest
+        # message (its right end: kombu LPUSHes, workers BRPOP), the unacked index.
         pipe = channel.client.pipeline(transaction=False)
         ordered = self._pipe_bindings(channel, pipe, exchanges)
         pipe.info()
@@ -209,6 +221,7 @@ class RedisProbe:
         for queue_keys in lists.values():
             for key in queue_keys:
                 pipe.llen(key)
+                pipe.lindex(keys.command_key(channel, "LINDEX", key), -1)
         read_unacked = ack_emulation and bool(queues)
         if read_unacked:
             index = channel.unacked_index_key
@@ -231,10 +244,18 @@ class RedisProbe:
         bindings = self._parse_bindings(channel, ordered, binding_replies)
 
         lengths: dict[str, int] = {}
+        published: dict[str, float] = {}
         position = 0
         for queue, queue_keys in lists.items():
-            end = position + len(queue_keys)
-            lengths[queue] = sum(int(length) for length in rest[position:end])
+            end = position + 2 * len(queue_keys)
+            lengths[queue] = sum(int(length) for length in rest[position:end:2])
+            stamps = [
+                stamp
+                for stamp in map(head_published, rest[position + 1 : end : 2])
+                if stamp is not None
+            ]
+            if stamps:
+                published[queue] = min(stamps)
             position = end
 
         unacked: dict[str, _Unacked] = {}
@@ -265,6 +286,7 @@ class RedisProbe:
                     unacked=in_flight.count if exists and ack_emulation else None,
                     consumers=None,  # Redis cannot tell who is blocked in BRPOP on a list
                     oldest_unacked_age=age,
+                    oldest_published=published.get(queue),
                 )
             )
 
@@ -366,3 +388,23 @@ class RedisProbe:
             # startup shows RDB at work. No snapshot yet: unknown, not "off".
             persistence["rdb"] = True
         return facts, labels, persistence
+
+
+def head_published(message: bytes | str | None) -> float | None:
+    """The publication stamp of a message as kombu stores it in a list (its JSON envelope's
+    ``headers``), or None: no message, not kombu's envelope, no stamp or not a time."""
+    if message is None:
+        return None
+    try:
+        envelope = json.loads(message)
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; hostile nesting
+        return None
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    stamp = headers.get(HEADER) if isinstance(headers, dict) else None
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+        return None
+    try:
+        published = float(stamp)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return published if math.isfinite(published) and published > 0 else None

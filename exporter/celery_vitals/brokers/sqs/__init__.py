@@ -46,6 +46,7 @@ class Sqs:
     tells_version = False
     persistence = "retention"
     unacked_redelivery_default: float | None = None  # per queue: the probe reads it
+    stamps_timestamp_property = False
 
     def discovers_queues(self, config: Config) -> bool:
         return True  # ListQueues under queue_name_prefix, or the predefined queues

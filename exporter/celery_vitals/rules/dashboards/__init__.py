@@ -48,7 +48,8 @@ from celery_vitals.rules.dashboards.panels import Board, Empty, render_panel
 from celery_vitals.rules.dashboards.shared import (
     NO_AGENT,
     NO_EVENT_STREAM,
-    NO_TASK_SENT,
+    NO_PUBLICATION_TIME,
+    NO_QUEUE_WAIT,
     RABBITMQ_ONLY,
 )
 from celery_vitals.rules.dashboards.templating import annotation_queries, dashboards_link, variables
@@ -57,7 +58,8 @@ __all__ = [
     "BOARDS",
     "NO_AGENT",
     "NO_EVENT_STREAM",
-    "NO_TASK_SENT",
+    "NO_PUBLICATION_TIME",
+    "NO_QUEUE_WAIT",
     "RABBITMQ_ONLY",
     "Empty",
     "build",

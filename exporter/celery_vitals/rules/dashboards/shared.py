@@ -16,9 +16,16 @@ FAILURE_RATIO_HELP = (
 )
 QUEUE_WAIT_HELP = (
     "Time from publication (or ETA) to the start of execution, from "
-    "celery_task_queue_wait_seconds. High here but not in runtime: not enough workers."
+    "celery_task_queue_wait_seconds: task-sent events (event setup), or the publication "
+    "stamp of publishers running celery_vitals.agent.install(app) (agent setup; tasks of "
+    "other publishers: celery_task_unstamped_total). High here but not in runtime: not "
+    "enough workers."
 )
-OLDEST_HELP = "Age of the oldest task sent to the queue and not yet received by a worker."
+OLDEST_HELP = (
+    "Age of the oldest task waiting in the queue: from the publication stamp of the "
+    "message at its head (Redis; RabbitMQ with the management API), else from task-sent "
+    "events (sent, not received yet)."
+)
 DLQ_HELP = (
     "Messages in the dead-letter queues the exporter polls (--dlq names or globs; on "
     "RabbitMQ also the queues others dead-letter into)."
@@ -56,11 +63,20 @@ NO_EVENT_STREAM = Empty(
     "serve --no-event-stream`, the agents in the workers count tasks and workers) it does "
     "not exist, by design.",
 )
-NO_TASK_SENT = Empty(
-    "no task-sent events (agent setup)",
-    "Task-sent events tell when a task was published, and only the exporter's event stream "
-    "receives them: empty in the agent setup (`celery-vitals serve --no-event-stream`), and "
-    "wherever the publishing app does not set task_send_sent_event=True.",
+NO_QUEUE_WAIT = Empty(
+    "no publication times",
+    "Queue wait needs when each task was published: the stamp that "
+    "celery_vitals.agent.install(app) adds in publishers (read by the workers' agents), or "
+    "task-sent events (the event stream, task_send_sent_event=True). Empty where publishers "
+    "send neither; celery_task_unstamped_total counts the agent setup's unstamped tasks.",
+)
+NO_PUBLICATION_TIME = Empty(
+    "no waiting message with a publication time",
+    "The age needs when the oldest waiting message was published: the stamp that "
+    "celery_vitals.agent.install(app) adds in publishers, which the exporter reads at each "
+    "queue's head (Redis; RabbitMQ with --rabbitmq-management-url), or task-sent events "
+    "(the event stream, task_send_sent_event=True). Empty while no message waits, on SQS, "
+    "and where publishers send neither.",
 )
 NO_AGENT = Empty(
     "needs the agent in the workers",
@@ -102,6 +118,6 @@ def oldest_by_queue(c: RulesConfig, pid: int, **options: Any) -> Panel:
         description=OLDEST_HELP,
         width=8,
         thresholds=oldest_steps(c),
-        empty=NO_TASK_SENT,
+        empty=NO_PUBLICATION_TIME,
         **options,
     )

@@ -18,7 +18,7 @@ from celery_vitals.rules.dashboards.queries import (
 from celery_vitals.rules.dashboards.shared import (
     COUNT_HELP,
     NO_EVENT_STREAM,
-    NO_TASK_SENT,
+    NO_QUEUE_WAIT,
     PREFETCH_HELP,
     QUEUE_WAIT_HELP,
     RUNTIME_HELP,
@@ -54,7 +54,7 @@ def board(c: RulesConfig) -> Board:
                 "s",
                 *percentiles("celery_task_queue_wait_seconds", TASK),
                 description=QUEUE_WAIT_HELP,
-                empty=NO_TASK_SENT,
+                empty=NO_QUEUE_WAIT,
                 width=8,
             ),
             ts(
@@ -66,7 +66,7 @@ def board(c: RulesConfig) -> Board:
                     "{{queue_name}}",
                 ),
                 description=QUEUE_WAIT_HELP,
-                empty=NO_TASK_SENT,
+                empty=NO_QUEUE_WAIT,
                 width=8,
             ),
             oldest_by_queue(c, 5, links=(Link("Queues & DLQ", QUEUES),)),
