@@ -11,7 +11,7 @@ ruff check .
 ruff format --check .
 echo "== mypy (strict, package)"
 mypy
-echo "== imports (every third-party import declared in pyproject.toml, with a range)"
+echo "== imports (declared in pyproject.toml with a range; the package's layout rules)"
 python scripts/check_imports.py
 echo "== links (README.md and docs/)"
 python scripts/check_links.py
