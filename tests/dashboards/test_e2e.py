@@ -35,7 +35,6 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from kombu import Connection, Exchange, Queue
 
 from celery_vitals.rules import dashboards
 from celery_vitals.stamp import HEADER
@@ -52,6 +51,7 @@ from tests.support.dashboards import (
     substitute,
 )
 from tests.support.harness import Harness
+from tests.support.messages import push
 from tests.support.processes import ExporterProcess
 from tests.support.rules import alerts
 
@@ -134,21 +134,6 @@ WITHOUT_EVENT_STREAM: frozenset[Key] = frozenset(
         ("celery-vitals-slow", "Event stream up and reconnects", "B"),
     }
 )
-
-
-def push(broker_url: str, queue: str, count: int) -> None:
-    """Plain messages into a queue (kombu declares it, so the broker binds it)."""
-    with Connection(broker_url) as connection:
-        target = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
-        producer = connection.Producer()
-        for number in range(count):
-            producer.publish(
-                {"n": number},
-                exchange=target.exchange,
-                routing_key=queue,
-                declare=[target],
-                retry=True,
-            )
 
 
 def wave(client: Celery) -> None:

@@ -33,6 +33,7 @@ from celery_vitals.rules.dashboards.shared import (
     failure_steps,
     oldest_by_queue,
     oldest_steps,
+    queue_wait_by_queue,
 )
 from celery_vitals.rules.promql import OVERVIEW, QUEUES, SLOW, TASKS, WORKERS
 
@@ -232,19 +233,7 @@ def board(c: RulesConfig) -> Board:
         102,
         "Queues",
         (
-            ts(
-                15,
-                "Queue wait p95 by queue",
-                "s",
-                Query(
-                    quantile(0.95, "celery_task_queue_wait_seconds", TASK, "queue_name"),
-                    "{{queue_name}}",
-                ),
-                description=QUEUE_WAIT_HELP,
-                empty=NO_QUEUE_WAIT,
-                width=8,
-                links=(Link("Celery is slow", SLOW),),
-            ),
+            queue_wait_by_queue(15, links=(Link("Celery is slow", SLOW),)),
             ts(
                 16,
                 "Messages waiting by queue",

@@ -8,7 +8,7 @@ from typing import Any
 from celery_vitals.rules.alerts import WORKER_DOWN
 from celery_vitals.rules.config import RulesConfig
 from celery_vitals.rules.dashboards.panels import Empty, Panel, Query, ts
-from celery_vitals.rules.dashboards.queries import QUEUE
+from celery_vitals.rules.dashboards.queries import QUEUE, TASK, quantile
 
 FAILURE_RATIO_HELP = (
     "failed / (succeeded + failed) over $__rate_interval. Retries are not "
@@ -119,5 +119,22 @@ def oldest_by_queue(c: RulesConfig, pid: int, **options: Any) -> Panel:
         width=8,
         thresholds=oldest_steps(c),
         empty=NO_PUBLICATION_TIME,
+        **options,
+    )
+
+
+def queue_wait_by_queue(pid: int, **options: Any) -> Panel:
+    """The p95 queue wait of each queue (the Overview and "Celery is slow" boards)."""
+    return ts(
+        pid,
+        "Queue wait p95 by queue",
+        "s",
+        Query(
+            quantile(0.95, "celery_task_queue_wait_seconds", TASK, "queue_name"),
+            "{{queue_name}}",
+        ),
+        description=QUEUE_WAIT_HELP,
+        empty=NO_QUEUE_WAIT,
+        width=8,
         **options,
     )

@@ -23,6 +23,7 @@ from celery_vitals.rules.dashboards.shared import (
     QUEUE_WAIT_HELP,
     RUNTIME_HELP,
     oldest_by_queue,
+    queue_wait_by_queue,
 )
 from celery_vitals.rules.promql import QUEUES, SLOW, WORKERS
 
@@ -57,18 +58,7 @@ def board(c: RulesConfig) -> Board:
                 empty=NO_QUEUE_WAIT,
                 width=8,
             ),
-            ts(
-                4,
-                "Queue wait p95 by queue",
-                "s",
-                Query(
-                    quantile(0.95, "celery_task_queue_wait_seconds", TASK, "queue_name"),
-                    "{{queue_name}}",
-                ),
-                description=QUEUE_WAIT_HELP,
-                empty=NO_QUEUE_WAIT,
-                width=8,
-            ),
+            queue_wait_by_queue(4),
             oldest_by_queue(c, 5, links=(Link("Queues & DLQ", QUEUES),)),
         ),
     )
