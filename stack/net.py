@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -29,10 +31,28 @@ def free_port(*, below: int = 65536) -> int:
     raise RuntimeError(f"no free loopback port below {below}")
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports chosen by ``bind(0)`` (Linux's default if unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` consecutive loopback ports, free when returned (a port range to listen on)."""
-    for _ in range(50):
-        first = free_port(below=65536 - count)
+    """``count`` consecutive loopback ports, free when returned (a port range to listen on).
+
+    Drawn from below the kernel's ephemeral range: every other test process
+    gets its ports from ``bind(0)`` (inside that range), and a range there
+    could be half taken by one of them between this check and its use.
+    """
+    low, high = ephemeral_range()
+    # below the range; on a kernel whose ephemeral range starts low, above it
+    first_choices = (10000, low - count) if low - count > 10000 else (high + 1, 65536 - count)
+    pick = random.Random()
+    for _ in range(200):
+        first = pick.randrange(*first_choices)
         held: list[socket.socket] = []
         try:
             for port in range(first, first + count):

@@ -19,7 +19,7 @@ import celery
 import pytest
 
 from celery_vitals.agent.features import FEATURES
-from stack.net import LOOPBACK, free_port, http_get, port_open, wait_until
+from stack.net import LOOPBACK, free_ports, http_get, wait_until
 from tests.support.agent_workers import AgentWorkers
 from tests.support.harness import Harness
 
@@ -86,11 +86,8 @@ def test_a_task_the_tap_cannot_see_is_one_warning_and_tap_feature_0(
 
 def free_range(count: int) -> tuple[int, int]:
     """``count`` consecutive free loopback ports: (first, last)."""
-    for _ in range(50):
-        first = free_port()
-        if all(not port_open(port) for port in range(first, first + count)):
-            return first, first + count - 1
-    raise AssertionError(f"no {count} consecutive free ports")
+    ports = free_ports(count)
+    return ports[0], ports[-1]
 
 
 def test_celery_multi_nodes_share_a_port_range_each_on_its_first_free_port(

@@ -52,6 +52,14 @@ class AppWorker(AgentWorker):
         except FileNotFoundError:
             return ""
 
+    def tail(self, lines: int = 60) -> str:
+        """Its output's tail and, with a --logfile, that file's tail (where Celery logs)."""
+        text = super().tail(lines)
+        if self.logfile is not None:
+            logged = self.log().splitlines()[-lines:]
+            text += f"\n--- last {len(logged)} lines of {self.logfile}:\n" + "\n".join(logged)
+        return text
+
     def serving_port(self) -> int | None:
         """The port its serving line names (the worker's log, at worker_ready)."""
         for match in SERVING.finditer(self.log()):
