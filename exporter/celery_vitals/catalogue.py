@@ -92,7 +92,9 @@ SPECS: tuple[MetricSpec, ...] = (
     _task(
         "celery_task_sent_total",
         "counter",
-        "Tasks published by a client (task-sent events; needs task_send_sent_event).",
+        "Tasks published by a client (task-sent events; needs task_send_sent_event). None "
+        "in the agent setup, where the rules derive a queue's ingress from the received "
+        "counts and the queue's depth.",
         source="exporter",
     ),
     _task(
@@ -252,10 +254,72 @@ SPECS: tuple[MetricSpec, ...] = (
         "Pool processes that exited while the worker ran, by reason: recycled (exit "
         "code 0: max tasks or max memory per child), time_limit (ended by the pool "
         "itself, SIGTERM then SIGKILL, because its task exceeded its hard time limit; "
-        "that task failed with TimeLimitExceeded), killed (by any other signal: the "
+        "that task failed with TimeLimitExceeded), terminated (signalled by the pool "
+        "on request: revoke(terminate=True), or a long-running task cancelled when the "
+        "worker lost its broker connection), killed (by any other signal: the "
         "OOM killer's SIGKILL, kill -9; a task it ran failed with WorkerLostError), "
         "failed (another exit code).",
         ("hostname", "reason"),
+        source="agent",
+    ),
+    # -- celery beat, from the agent inside beat (celery_vitals.agent.install) --
+    MetricSpec(
+        "celery_beat_info",
+        "info",
+        "Present (value 1) only on the /metrics of the agent inside a celery beat (or the "
+        "beat of a worker started with -B): one per running beat. hostname: beat's node "
+        "name (celerybeat@host; a -B beat: its worker's hostname); scheduler: the "
+        "scheduler class as module:Class.",
+        ("hostname", "scheduler"),
+        group="beat",
+        source="agent",
+    ),
+    MetricSpec(
+        "celery_beat_entry_interval_seconds",
+        "gauge",
+        "Expected seconds between runs of a schedule entry (entry: its name; name: its "
+        "task): an interval schedule's run_every; a crontab or solar schedule's next run "
+        "minus its last run (minus now before its first run), read at every beat tick.",
+        ("entry", "name"),
+        group="beat",
+        source="agent",
+    ),
+    MetricSpec(
+        "celery_beat_entry_next_run_timestamp_seconds",
+        "gauge",
+        "Unix time at which beat will next send the entry's task.",
+        ("entry", "name"),
+        group="beat",
+        source="agent",
+    ),
+    MetricSpec(
+        "celery_beat_entry_last_run_timestamp_seconds",
+        "gauge",
+        "Unix time at which beat last sent the entry's task (the entry's last_run_at, "
+        "persisted by the scheduler across restarts); absent until it has run once.",
+        ("entry", "name"),
+        group="beat",
+        source="agent",
+    ),
+    MetricSpec(
+        "celery_beat_entry_sent_total",
+        "counter",
+        "Times this beat process sent the entry's task since it started. Entries past "
+        'CELERY_VITALS_AGENT_MAX_BEAT_ENTRIES share entry="other" (the loosest '
+        "interval, the earliest next run, the latest last run, the sum of sends).",
+        ("entry", "name"),
+        group="beat",
+        source="agent",
+    ),
+    MetricSpec(
+        "celery_vitals_beat_agent_errors_total",
+        "counter",
+        "Failures inside the beat agent, which never stop beat, by part: entry (an "
+        "entry's schedule raised when read: its interval and next run are left out), "
+        "snapshot (the schedule could not be read at a tick: the last read is served), "
+        "send (a send could not be counted).",
+        ("part",),
+        group="beat",
         source="agent",
     ),
     # -- queues and dead-letter queues (polled from the broker) -------------
@@ -548,6 +612,7 @@ def markdown() -> str:
         "worker": "Workers",
         "queue": "Queues and dead-letter queues",
         "broker": "The broker",
+        "beat": "Celery beat (the schedule)",
         "exporter": "The exporter itself",
     }
     lines = [
@@ -572,7 +637,10 @@ def markdown() -> str:
         "Source: `exporter` (`celery-vitals serve`: the event stream and broker polls), "
         "`agent` (`celery_vitals.agent.install(app)`, inside each worker), or `both` "
         "(the same name and labels from either; `celery_vitals_agent_info` is only on an "
-        "agent's /metrics).",
+        "agent's /metrics). A queue's ingress, egress and drain time are recorded by the "
+        "rules in both setups (ingress from `celery_task_sent_total` where the queue has it, "
+        "else from the received counts and the queue's depth): "
+        "[metrics-overview.md](metrics-overview.md#queue-flow-ingress-egress-and-drain-time).",
         "",
         "The exporter's /metrics also carries prometheus_client's standard process and "
         "Python metrics: `process_*` (CPU, resident memory, open file descriptors, start "

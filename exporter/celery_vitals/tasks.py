@@ -145,6 +145,9 @@ class TaskTracker:
         self.reserved_by_host: dict[str, int] = {}
         # per queue, tasks sent and not yet received, oldest first: uuid -> sent time
         self.pending: dict[str, OrderedDict[str, float]] = {}
+        # the same for ETA/countdown tasks, uuid -> their ETA: out of sending order, so
+        # kept apart (one at the head of `pending` would hide the age of those after it)
+        self.pending_eta: dict[str, dict[str, float]] = {}
 
         self.sent: dict[Key, int] = {}
         self.received: dict[Key, int] = {}
@@ -236,6 +239,9 @@ class TaskTracker:
             queue = self.pending.get(task.queue)
             if queue is not None:
                 queue.pop(uuid, None)
+            later = self.pending_eta.get(task.queue)
+            if later is not None:
+                later.pop(uuid, None)
 
     def _unreserve(self, task: Task) -> None:
         host = task.reserved_on
@@ -293,9 +299,11 @@ class TaskTracker:
         retries = _retries(event)
         queued_at = number(event.get("timestamp"))
         eta = event.get("eta")  # None unless countdown/eta: most tasks
+        deferred = False
         if eta is not None and queued_at is not None:
             runnable_at = _eta_timestamp(eta)
             if runnable_at is not None:
+                deferred = runnable_at > queued_at
                 queued_at = max(queued_at, runnable_at)
             else:  # not an ISO 8601 time of this or the next millennia
                 self.skip_observation("eta", "bad_value")
@@ -307,10 +315,13 @@ class TaskTracker:
             task.queued_at, task.queued_retries = queued_at, retries
         if queued_at is not None and not (task.received and retries <= task.retries):
             task.pending = True
-            waiting = self.pending.get(queue)
-            if waiting is None:
-                waiting = self.pending[queue] = OrderedDict()
-            waiting[uuid] = queued_at
+            if deferred:
+                self.pending_eta.setdefault(queue, {})[uuid] = queued_at
+            else:
+                waiting = self.pending.get(queue)
+                if waiting is None:
+                    waiting = self.pending[queue] = OrderedDict()
+                waiting[uuid] = queued_at
         key = self._key(task, event)
         self.sent[key] = self.sent.get(key, 0) + 1
 
@@ -538,13 +549,24 @@ class TaskTracker:
         self.reserved_by_host[host] = 0
 
     def oldest_pending(self) -> dict[str, float]:
-        """Per queue, when its oldest task still waiting to be received was sent."""
-        oldest = {}
+        """Per queue, since when its oldest task still waiting to be received has waited:
+        its sending, or for an ETA/countdown task its ETA (a future one: no wait yet).
+
+        Plain tasks are kept in sending order (the first is the oldest, O(1)); ETA
+        tasks apart, their earliest ETA found by a scan of only those."""
+        oldest: dict[str, float] = {}
         for queue, waiting in list(self.pending.items()):
             try:
                 oldest[queue] = next(iter(waiting.values()))
             except (StopIteration, RuntimeError):  # empty, or changed under our feet
                 continue
+        for queue, later in list(self.pending_eta.items()):
+            try:
+                earliest = min(later.values(), default=None)
+            except RuntimeError:  # changed under our feet: the next scrape has it
+                continue
+            if earliest is not None:
+                oldest[queue] = min(oldest.get(queue, earliest), earliest)
         return oldest
 
     def forget_host(self, host: str) -> None:

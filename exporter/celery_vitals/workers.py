@@ -23,7 +23,7 @@ FREQ_RANGE = (0.1, 3600.0)  # seconds between heartbeats (Celery's default: 2)
 MAX_GAP = 86_400.0  # a longer silence is a restart, not heartbeats lost on the way
 MAX_LOAD = 1e6
 
-EXIT_REASONS = ("recycled", "time_limit", "killed", "failed")
+EXIT_REASONS = ("recycled", "time_limit", "terminated", "killed", "failed")
 MAX_VERSION_LENGTH = 40  # a Celery version is "5.4.0rc1" at most: longer is not one
 
 

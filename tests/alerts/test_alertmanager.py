@@ -32,7 +32,7 @@ def test_amtool_check_config() -> None:
     result = amtool("check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert " - 5 inhibit rules" in result.stdout
+    assert " - 6 inhibit rules" in result.stdout
     assert " - 3 receivers" in result.stdout
 
 
@@ -156,6 +156,51 @@ def test_blind_exporter_silences_absence_based_alerts(alertmanager: Alertmanager
             "CeleryQueueNoConsumers/billing": "suppressed",
             "CeleryPeriodicTaskMissed/reports.nightly": "suppressed",
             "CeleryTaskRetryStorm/sync": "active",
+        },
+    )
+
+
+def test_beat_down_silences_the_runs_it_misses(alertmanager: Alertmanager) -> None:
+    """celery beat sends nothing: one page for it, not one ticket per periodic task of its
+    broker. A task of another broker, whose beat runs, keeps its ticket; a broker outage
+    that stalls beat is the broker's page."""
+    other = "redis://other:6379/0"
+    alertmanager.post(
+        {"alertname": "CeleryBeatDown", "severity": "critical", "hostname": "beat@scheduler-1"},
+        {"alertname": "CeleryPeriodicTaskMissed", "severity": "warning", "name": "reports.nightly"},
+        {"alertname": "CeleryPeriodicTaskMissed", "severity": "warning", "name": "orders.sync"},
+    )
+    # posted as they are: another broker's missed run
+    AlertmanagerServer.post(
+        alertmanager,
+        {
+            "alertname": "CeleryPeriodicTaskMissed",
+            "severity": "warning",
+            "name": "billing.close",
+            "job": JOB,
+            "broker": other,
+        },
+    )
+    _settled(
+        alertmanager,
+        {
+            "CeleryBeatDown/critical": "active",
+            "CeleryPeriodicTaskMissed/reports.nightly": "suppressed",
+            "CeleryPeriodicTaskMissed/orders.sync": "suppressed",
+            "CeleryPeriodicTaskMissed/billing.close": "active",
+        },
+    )
+    alertmanager.post(
+        {"alertname": "CeleryBrokerDown", "severity": "critical", "instance": "e:9808"},
+    )
+    _settled(
+        alertmanager,
+        {
+            "CeleryBrokerDown/critical": "active",
+            "CeleryBeatDown/critical": "suppressed",
+            "CeleryPeriodicTaskMissed/reports.nightly": "suppressed",
+            "CeleryPeriodicTaskMissed/orders.sync": "suppressed",
+            "CeleryPeriodicTaskMissed/billing.close": "active",
         },
     )
 

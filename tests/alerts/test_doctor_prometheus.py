@@ -202,6 +202,15 @@ def test_the_right_setup_is_all_ok(cluster: Cluster, tmp_path: Path) -> None:
             "no task is counted by both an exporter's event stream and an agent",
             None,
         ),
+        (
+            "prometheus-beat",
+            "ok",
+            "no celery beat agent within the selector (celery_beat_info): CeleryBeatDown "
+            "cannot page and CeleryPeriodicTaskMissed watches only the tasks of "
+            "periodic_tasks. Where celery beat runs (or a worker with -B), call "
+            "celery_vitals.agent.install(app) in the app module it loads and scrape its agent",
+            None,
+        ),
         ("prometheus-alerts", "ok", "no celery-vitals alert is firing", None),
     ]
     assert (code, failures(findings)) == (0, [])

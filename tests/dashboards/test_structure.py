@@ -130,14 +130,22 @@ def test_the_only_other_range_remembers_the_exporters() -> None:
     assert len(REMEMBERED.findall(expr)) == 1, expr
 
 
+# deriv() of a gauge over the rate window: the change of a queue's depth (the ingress
+# the rules derive where no task-sent counts exist, promql.ingress)
+DERIV = re.compile(r"\bderiv\s*\(\s*celery_queue_length\{")
+
+
 @pytest.mark.parametrize("uid", UIDS)
 def test_every_range_is_rate_interval(uid: str) -> None:
     for found in panel_exprs(uid):
         expr = replace(found, expr=REMEMBERED.sub("", found.expr))
         ranges = RANGE.findall(expr.expr)
         assert ranges == ["$__rate_interval"] * len(ranges), str(expr)
-        # one range per rate/irate/increase, and no range anywhere else (no subqueries)
-        assert len(ranges) == len(RANGE_FUNCTIONS.findall(expr.expr)), str(expr)
+        # one range per rate/irate/increase or deriv of the queue depth, and no range
+        # anywhere else (no subqueries)
+        taking = RANGE_FUNCTIONS.findall(expr.expr) + DERIV.findall(expr.expr)
+        assert len(ranges) == len(taking), str(expr)
+        assert "deriv(" not in DERIV.sub("", expr.expr), str(expr)  # of nothing else
         assert "$__interval" not in expr.expr and "$__range" not in expr.expr, str(expr)
         offsets = re.findall(r"\boffset\s+(\S+?)\)?(?:\s|$)", expr.expr)
         assert offsets == ["$__rate_interval"] * len(offsets), str(expr)
@@ -179,7 +187,7 @@ def test_links_to_the_other_dashboards(uid: str) -> None:
     for panel in panels(dashboard):
         for panel_link in panel.get("links", []):
             if panel_link["title"] == "Runbook":
-                assert panel_link["url"] == RUNBOOKS + "#celeryexportermissing"
+                assert panel_link["url"] in RUNBOOK_LINKS, panel_link["url"]
                 assert panel_link["targetBlank"] is True
                 continue
             match = re.fullmatch(
@@ -341,6 +349,9 @@ def test_slow_dashboard_follows_the_diagnosis_tree() -> None:
 
 
 RUNBOOKS = "https://github.com/celery-vitals/celery-vitals/blob/main/docs/runbooks.md"
+#: The runbook sections panels link to: the targets panel's, and the beat schedule's.
+RUNBOOK_SECTIONS = ("CeleryExporterMissing", "CeleryBeatDown", "CeleryPeriodicTaskMissed")
+RUNBOOK_LINKS = {f"{RUNBOOKS}#{name.lower()}" for name in RUNBOOK_SECTIONS}
 
 
 def _no_values() -> dict[tuple[str, str], str]:
@@ -381,6 +392,8 @@ def test_panels_a_setup_cannot_fill_say_why() -> None:
         ("celery-vitals-slow", "Oldest waiting message by queue"): published,
         ("celery-vitals-slow", "Event lag"): agent_setup,
         ("celery-vitals-slow", "Event stream up and reconnects"): agent_setup,
+        ("celery-vitals-tasks", "celery beat agents"): dashboards.NO_BEAT.text,
+        ("celery-vitals-tasks", "Schedule: every beat entry"): dashboards.NO_BEAT.text,
     }
     whys = {
         empty.text: empty.why
@@ -390,6 +403,7 @@ def test_panels_a_setup_cannot_fill_say_why() -> None:
             dashboards.NO_PUBLICATION_TIME,
             dashboards.NO_AGENT,
             dashboards.RABBITMQ_ONLY,
+            dashboards.NO_BEAT,
         )
     }
     for uid in UIDS:
@@ -401,19 +415,23 @@ def test_panels_a_setup_cannot_fill_say_why() -> None:
 
 def test_a_panel_of_agent_metrics_only_says_it_needs_the_agent() -> None:
     """From the catalogue's source column: a panel each query of which reads a metric only
-    the agent exports is empty where the exporter alone runs, and says so."""
+    the agent exports is empty where the exporter alone runs, and says so: the agent in
+    the workers, or for beat's metrics (group beat) the agent in celery beat."""
     agent_only = {
         series for spec in SPECS if spec.source == "agent" for series in spec.series_names
     }
+    beat_only = {series for spec in SPECS if spec.group == "beat" for series in spec.series_names}
     for uid in UIDS:
         for panel in panels(load(uid)):
-            needs_agent = all(
-                metric_names(target["expr"]) & agent_only for target in panel["targets"]
-            )
+            names = [metric_names(target["expr"]) for target in panel["targets"]]
+            needs_beat = all(found & beat_only for found in names)
+            needs_agent = all(found & agent_only for found in names) and not needs_beat
             no_value = panel["fieldConfig"]["defaults"].get("noValue")
             assert (no_value == dashboards.NO_AGENT.text) == needs_agent, (uid, panel["title"])
+            assert (no_value == dashboards.NO_BEAT.text) == needs_beat, (uid, panel["title"])
 
 
 def test_the_runbook_the_targets_panel_links_to_exists() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "runbooks.md").read_text()
-    assert "\n## CeleryExporterMissing\n" in text
+    for name in RUNBOOK_SECTIONS:
+        assert f"\n## {name}\n" in text, name

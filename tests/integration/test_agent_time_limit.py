@@ -74,7 +74,7 @@ def test_time_limit_exits_are_not_kills_from_outside(
         timeout=45,
         what="one WorkerLostError and one killed pool process",
     )
-    assert exits(s) == {"recycled": 0, "time_limit": 0, "killed": 1, "failed": 0}
+    assert exits(s) == {"recycled": 0, "time_limit": 0, "terminated": 0, "killed": 1, "failed": 0}
     gate.touch()
 
     # two runs past their hard time limit at once: the pool ends both children
@@ -91,7 +91,7 @@ def test_time_limit_exits_are_not_kills_from_outside(
         )
 
     worker.wait_for(ended, timeout=45, what="two TimeLimitExceeded and two time_limit exits")
-    assert exits(s) == {"recycled": 0, "time_limit": 2, "killed": 1, "failed": 0}
+    assert exits(s) == {"recycled": 0, "time_limit": 2, "terminated": 0, "killed": 1, "failed": 0}
 
     # the replacements run tasks; every exit was counted once, by its own reason
     client.send_task("agent.add", args=(1, 2), queue=jobs)
@@ -105,7 +105,7 @@ def test_time_limit_exits_are_not_kills_from_outside(
         timeout=30,
         what="a task on the replaced pool, two pool processes, none busy",
     )
-    assert exits(s) == {"recycled": 0, "time_limit": 2, "killed": 1, "failed": 0}
+    assert exits(s) == {"recycled": 0, "time_limit": 2, "terminated": 0, "killed": 1, "failed": 0}
     assert s.series(FAILED) == {
         frozenset({("name", WAIT), ("queue_name", jobs), ("exception", "WorkerLostError")}): 1,
         frozenset(
@@ -117,4 +117,25 @@ def test_time_limit_exits_are_not_kills_from_outside(
     assert s.series("celery_vitals_agent_feature_up")[frozenset({("feature", "exits")})] == 1
     log = worker.output()
     assert log.count("Hard time limit (2") == 2  # Celery's Request.on_timeout, once per run
-    assert "celery-vitals agent: could not" not in log
+
+    # revoke(terminate=True), by SIGTERM and by SIGKILL: asked for, not an outside killer
+    for signame in ("SIGTERM", "SIGKILL"):
+        before = len(children(worker.pid))
+        task = client.send_task(WAIT, args=(str(tmp_path / f"never-{signame}"),), queue=jobs)
+        worker.wait_for(
+            lambda s: s.value("celery_worker_pool_busy_processes", hostname=host) == 1,
+            what=f"the task to terminate by {signame} running",
+        )
+        client.control.revoke(task.id, terminate=True, signal=signame)
+        worker.wait_for(
+            lambda s, signame=signame, before=before: (
+                s.value(EXITS, hostname=host, reason="terminated")
+                == ("SIGTERM", "SIGKILL").index(signame) + 1
+                and s.value("celery_worker_pool_processes", hostname=host) == before
+            ),
+            timeout=30,
+            what=f"a terminated exit after revoke(terminate=True, signal={signame})",
+        )
+    s = worker.scrape()
+    assert exits(s) == {"recycled": 0, "time_limit": 2, "terminated": 2, "killed": 1, "failed": 0}
+    assert "celery-vitals agent: could not" not in worker.output()

@@ -106,6 +106,7 @@ def expected_wrong(transport: str) -> list[Key]:
         *per_worker("recycling", "warn", *both),
         *per_worker("prefetch", "warn", *both),
         ("max-retries", "warn", None),
+        ("beat", "warn", None),  # no --prometheus-url: celery beat cannot be seen
     ]
     if transport == "redis":
         found += per_worker("visibility-timeout", "fail", *both)
@@ -118,6 +119,7 @@ def expected_right(transport: str) -> list[Key]:
     if transport == "redis":
         checks.append("visibility-timeout")
     found: list[Key] = [(check, "ok", host) for check in checks]
+    found.append(("beat", "warn", None))  # no --prometheus-url: celery beat cannot be seen
     found += [
         (check, "ok", None)
         for check in (
@@ -264,6 +266,45 @@ def test_a_worker_with_the_agent_needs_no_task_events(harness: Harness) -> None:
     )
     assert "task-events" not in {f["check"] for f in findings if f["status"] != "ok"}, out
     assert "Traceback" not in err
+
+
+def test_the_agent_setup_is_told_to_stamp_its_publishers(harness: Harness) -> None:
+    """A worker with the agent, a publisher without it (no stamp, no task-sent events):
+    the doctor reads the agent's /metrics (--exporter-url), names the unstamped tasks and
+    asks for celery_vitals.agent.install(app) in the publishers, not task_send_sent_event."""
+    url = harness.redis().url()
+    worker = harness.agent_worker("agent", url)
+    harness.wait_answering(worker, url)
+    agent_url = f"http://{LOOPBACK}:{worker.port}"
+    client = make_app(url, sent_events=False)
+    try:
+        run = doctor(url, "--json", "--exporter-url", agent_url)
+        while run.poll() is None:
+            client.send_task("agent.add", args=(1, 2))
+            time.sleep(0.2)
+        code, out, err = finish(run)
+    finally:
+        client.close()
+    assert code == 0, out + err
+    [found] = [f for f in json.loads(out) if f["check"] == "task-sent-events"]
+    said = re.fullmatch(
+        rf"the celery-vitals agent runs in {re.escape(worker.hostname)}; "
+        rf"{re.escape(agent_url)} is a worker's agent: task-sent events are not needed; "
+        r"queue wait \(and on Redis and RabbitMQ the oldest waiting message's age\) comes "
+        r"from the publication stamp of publishers that run the agent, and "
+        rf"(\d+) tasks reached {re.escape(agent_url)} "
+        r"without one \(celery_task_unstamped_total by queue: celery (\d+)\): their "
+        "publishers do not run the agent, so those tasks have no queue wait",
+        found["detail"],
+    )
+    assert found["status"] == "warn" and said is not None, found
+    counted = worker.scrape().get("celery_task_unstamped_total", queue_name="celery")
+    assert said.group(1) == said.group(2) and 0 < int(said.group(1)) <= (counted or 0)
+    assert found["fix"] == (
+        "call celery_vitals.agent.install(app) in every process that publishes tasks (web "
+        "servers, scripts, celery beat), not only in the workers: it stamps each task with "
+        "its publication time (docs/agent.md, publishers)"
+    )
 
 
 @pytest.mark.parametrize(

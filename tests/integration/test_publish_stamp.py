@@ -164,6 +164,86 @@ def waits_match(
     assert s.series("celery_vitals_observations_skipped_total") == {}
 
 
+STAMP_APP = "tests.support.stamp_app"  # agent_app and agent.retry_later
+RETRY_QUEUES = ["block", "retry", "countdown"]
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_a_retry_waits_from_its_republication_and_a_countdown_from_its_eta(
+    harness: Harness, pool: str, tmp_path: Path
+) -> None:
+    """Redis, no task events. A task retried with self.retry(countdown=1) is two queue
+    waits: the first attempt's from the publisher's stamp, the second's from the worker's
+    own republication plus the countdown (its ETA), not from the first publication (which
+    would add the first wait, the first run and the countdown: over 2.5 s here). A
+    countdown task waits from its ETA. Both queued behind a blocker for HELD seconds."""
+    url = harness.redis().url()
+    workers = AgentWorkers(harness.directory)
+    try:
+        worker = workers.start(
+            "retry",
+            url,
+            app=STAMP_APP,
+            pool=pool,
+            concurrency=1,
+            queues=",".join(RETRY_QUEUES),
+        )
+        go, prefix, countdown = tmp_path / "go", tmp_path / "retry", tmp_path / "countdown"
+        published = publish(
+            "agent",
+            url,
+            tasks=[
+                ["block", "agent.wait_for_file", [str(go)], None],
+                ["retry", "agent.retry_later", [str(prefix), COUNTDOWN], None],
+                ["countdown", "agent.record_start", [str(countdown)], COUNTDOWN],
+            ],
+        )
+        time.sleep(HELD)
+        go.touch()  # the blocker ends
+        notes = {
+            name: tmp_path / f"retry-{name}" for name in ("started-0", "republished", "started-1")
+        }
+        notes["countdown"] = countdown
+        wait_until(
+            lambda: all(path.exists() and path.read_text() for path in notes.values()),
+            timeout=30,
+            what="both attempts and the countdown task started",
+            details=worker.tail,
+        )
+        at = {name: float(path.read_text()) for name, path in notes.items()}
+        retry_waits = [
+            at["started-0"] - published[1],  # the publisher's stamp
+            at["started-1"] - (at["republished"] + COUNTDOWN),  # republication + countdown
+        ]
+        countdown_wait = at["countdown"] - (published[2] + COUNTDOWN)
+        retry = {"name": "agent.retry_later", "queue_name": "retry"}
+        timed = {"name": "agent.record_start", "queue_name": "countdown"}
+
+        def observed(s: Scrape) -> bool:
+            return (
+                s.get("celery_task_queue_wait_seconds_count", **retry) == 2
+                and s.get("celery_task_queue_wait_seconds_count", **timed) == 1
+            )
+
+        s = worker.wait_for(observed, what="two queue waits of the retried task, one countdown")
+        seen = s.value("celery_task_queue_wait_seconds_sum", **retry)
+        assert abs(seen - sum(retry_waits)) <= 2 * TOLERANCE, (seen, retry_waits)
+        seen_countdown = s.value("celery_task_queue_wait_seconds_sum", **timed)
+        assert abs(seen_countdown - countdown_wait) <= TOLERANCE, (seen_countdown, countdown_wait)
+        # they did wait as staged: the first attempt behind the blocker, the second only
+        # from its ETA on (the slot was free by then)
+        assert retry_waits[0] >= HELD and 0 <= retry_waits[1] < 0.5, retry_waits
+        assert countdown_wait >= 0 and at["countdown"] >= published[2] + HELD, countdown_wait
+        assert s.get("celery_task_retried_total", **retry) == 1
+        assert s.get("celery_task_received_total", **retry) == 2
+        assert s.get("celery_task_succeeded_total", **retry) == 1
+        # the worker stamped its own republication: nothing arrived unstamped, nothing skipped
+        assert s.series("celery_task_unstamped_total") == {}
+        assert s.series("celery_vitals_observations_skipped_total") == {}
+    finally:
+        workers.close()
+
+
 def test_rabbitmq_reports_the_stamp_as_head_message_timestamp(rabbit: RabbitMQServer) -> None:
     """The AMQP timestamp property arrives: the management API's head_message_timestamp of
     a queue holding a stamped message (no consumer); none for an unstamped one."""

@@ -295,9 +295,17 @@ def test_doctor_on_sqs_checks_what_sqs_can_tell(harness: Harness, moto: MotoServ
         "queue-consumers": "ok",
         "exporter": "ok",
         "exporter-stream": "ok",
+        "beat": "warn",  # no --prometheus-url: celery beat cannot be seen
+        "task-sent-events": "warn",  # the agent counted no task: stamps unseen
     }
     assert findings["workers"]["detail"].startswith("SQS has no remote control and no events")
     assert "celery_vitals.agent.install(app)" in findings["workers"]["fix"]
+    assert findings["task-sent-events"]["detail"] == (
+        f"http://{LOOPBACK}:{worker.port} is a worker's agent: task-sent events are not "
+        "needed; queue wait (and on Redis and RabbitMQ the oldest waiting message's age) "
+        "comes from the publication stamp of publishers that run the agent, which the "
+        "doctor cannot see from here"
+    )
     # both queues (ListQueues finds the other tests' queues too: one moto server)
     detail = findings["queue-consumers"]["detail"]
     assert f"{waiting} (3)" in detail and f"{served} (0)" in detail, detail

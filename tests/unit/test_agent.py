@@ -428,7 +428,13 @@ def test_pool_sample_and_exits_by_slot() -> None:
     down = worker.pool._pool.on_process_down
     for code in (0, EX_RECYCLE, -9, 1):
         down(SimpleNamespace(exitcode=code))
-    assert watch.sample().exits == {"recycled": 2, "time_limit": 0, "killed": 1, "failed": 1}
+    assert watch.sample().exits == {
+        "recycled": 2,
+        "time_limit": 0,
+        "terminated": 0,
+        "killed": 1,
+        "failed": 1,
+    }
     assert len(worker.pool._pool.downs) == 4  # Celery's own hook still runs
     watch.hook()  # idempotent: not wrapped twice
     worker.pool._pool.on_process_down(SimpleNamespace(exitcode=0))
@@ -452,7 +458,13 @@ def test_a_child_ended_for_its_hard_time_limit_is_no_killed_child(code: int) -> 
     inner.on_process_down(SimpleNamespace(pid=101, exitcode=code))
     inner.on_process_down(SimpleNamespace(pid=102, exitcode=-9))  # the OOM killer
     inner.on_process_down(SimpleNamespace(pid=101, exitcode=-9))  # the pid reused, killed
-    assert watch.sample().exits == {"recycled": 0, "time_limit": 1, "killed": 2, "failed": 0}
+    assert watch.sample().exits == {
+        "recycled": 0,
+        "time_limit": 1,
+        "terminated": 0,
+        "killed": 2,
+        "failed": 0,
+    }
     assert watch.time_limited == {}
     assert len(inner.downs) == 3  # Celery's own hook still runs
     watch.hook()  # idempotent: not wrapped twice
@@ -460,6 +472,27 @@ def test_a_child_ended_for_its_hard_time_limit_is_no_killed_child(code: int) -> 
     assert len(inner._timeout_handler.killed) == 2
     inner.on_process_down(SimpleNamespace(pid=103, exitcode=-15))
     assert watch.exits["time_limit"] == 2
+
+
+@pytest.mark.parametrize("code", [-15, -9])
+def test_a_child_the_pool_terminated_on_request_is_no_killed_child(code: int) -> None:
+    """revoke(terminate=True) reaches billiard's Pool.terminate_job, which marks the
+    process _job_terminated after signalling it: terminated, whatever the signal; the
+    same exit code without the mark (an outside kill) stays killed."""
+    worker = fake_worker([SimpleNamespace(index=0, pid=101), SimpleNamespace(index=1, pid=102)])
+    watch = PoolWatch(worker, prefork=True)
+    watch.sample()
+    inner = worker.pool._pool
+    inner.on_process_down(SimpleNamespace(pid=101, exitcode=code, _job_terminated=True))
+    inner.on_process_down(SimpleNamespace(pid=102, exitcode=code))
+    inner.on_process_down(SimpleNamespace(pid=103, exitcode=0, _job_terminated=True))
+    assert watch.sample().exits == {
+        "recycled": 1,
+        "time_limit": 0,
+        "terminated": 1,
+        "killed": 1,
+        "failed": 0,
+    }
 
 
 def test_time_limited_pids_are_bounded() -> None:
@@ -492,7 +525,13 @@ def test_threads_and_solo_pools_have_only_the_main_process() -> None:
     stats = PoolWatch(worker, features).sample()
     assert stats.processes == 4
     assert set(stats.memory) == {"main"}
-    assert stats.exits == {"recycled": 0, "time_limit": 0, "killed": 0, "failed": 0}
+    assert stats.exits == {
+        "recycled": 0,
+        "time_limit": 0,
+        "terminated": 0,
+        "killed": 0,
+        "failed": 0,
+    }
     assert stats.prefetch_limit is None  # no consumer
     assert stats.eta_tasks == 0  # celery.worker.state.scheduled_requests (5.7)
     assert features.failing() == {
@@ -542,8 +581,10 @@ def test_agent_exports_every_agent_metric_and_none_of_the_event_stream(agent_env
         for name, _ in s.samples
     }
     # task metrics need the events the busy exporter harness feeds: here the agent's own
-    wanted = {
-        spec.name for spec in catalogue.SPECS if spec.source == "agent" or spec.group == "worker"
+    wanted = {  # the beat agent's (group beat) are tested in test_agent_beat.py
+        spec.name
+        for spec in catalogue.SPECS
+        if (spec.source == "agent" and spec.group != "beat") or spec.group == "worker"
     }
     assert wanted - exported == set()
     assert not any(

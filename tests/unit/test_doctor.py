@@ -302,3 +302,61 @@ def test_celery_vitals_metrics_are_read() -> None:
     }
     token = base64.b64encode(b"monitor:pw").decode()
     assert asked == [("/metrics", f"Basic {token}")]
+
+
+# -- celery beat -----------------------------------------------------------------------------
+
+BEAT_FIX = (
+    "pass --prometheus-url http://prometheus:9090, the Prometheus that scrapes beat's agent "
+    "(celery_vitals.agent.install(app) in the app module beat loads), or --exporter-url "
+    "http://BEAT:9809 to read that agent itself"
+)
+
+
+def test_beat_is_not_visible_from_the_broker_and_the_doctor_says_how_to_see_it() -> None:
+    seen = observation()
+    seen.exporter = ExporterView(
+        "http://exporter:9808",
+        after={'celery_vitals_event_stream_up{broker="redis://r:6379/0"}': 1.0},
+    )
+    [finding] = by_check(diagnose(seen), "beat")
+    assert (finding.status, finding.detail, finding.fix) == (
+        "warn",
+        "celery beat is not visible from the broker: whether none, one or more than one runs, "
+        "and with which scheduler, only the agent inside beat tells (celery_beat_info)",
+        BEAT_FIX,
+    )
+    assert exit_code([finding]) == 0
+
+
+def test_an_exporter_url_that_is_beats_agent_names_that_beat() -> None:
+    labels = 'broker="redis://r:6379/0",entry="{}",name="{}"'
+    seen = observation()
+    seen.exporter = ExporterView(
+        "http://beat:9809",
+        after={
+            'celery_beat_info{broker="redis://r:6379/0",hostname="celerybeat@beat-0",'
+            'scheduler="django_celery_beat.schedulers:DatabaseScheduler"}': 1.0,
+            "celery_beat_entry_interval_seconds{"
+            + labels.format("sync-orders", "orders.sync")
+            + "}": 60.0,
+            "celery_beat_entry_interval_seconds{"
+            + labels.format("nightly", "reports.nightly")
+            + "}": 86400.0,
+        },
+    )
+    [finding] = by_check(diagnose(seen), "beat")
+    assert (finding.status, finding.detail) == (
+        "ok",
+        "http://beat:9809 is celery beat celerybeat@beat-0 (scheduler "
+        "django_celery_beat.schedulers:DatabaseScheduler, 2 entries); other beats, if any, are "
+        "not visible from here",
+    )
+
+
+def test_with_prometheus_the_prometheus_side_reports_beat() -> None:
+    from celery_vitals.doctor.prometheus import PrometheusView
+
+    seen = observation()
+    seen.prometheus = PrometheusView("http://prometheus:9090", error="cannot reach it")
+    assert by_check(diagnose(seen), "beat") == []

@@ -94,6 +94,11 @@ OTHER = {
 
 EXPORTER = {"job": "celery-vitals", "instance": "exporter:9808"}
 AGENT = {"job": "celery-vitals-workers", "instance": "10.0.0.7:9809"}
+BEAT = {"job": "celery-beat", "instance": "10.0.0.5:9809"}
+PERSISTENT = "celery.beat:PersistentScheduler"
+#: The agent inside one celery beat, and the count of its entries.
+ONE_BEAT = ({**BEAT, "broker": BROKER, "hostname": "celerybeat@beat-0", "scheduler": PERSISTENT},)
+ENTRIES = ({**BEAT, "__value__": "3"},)
 
 
 def series(*labels: Labels) -> list[Labels]:
@@ -116,6 +121,9 @@ class Prometheus:
         by_exporters: Iterable[Labels] = (),
         by_agents: Iterable[Labels] = (),
         alerts: Iterable[Mapping[str, Any]] = (),
+        beats: Iterable[Labels] = ONE_BEAT,
+        entries: Iterable[Labels] = ENTRIES,
+        shared: Iterable[Labels] = (),
     ) -> None:
         self.groups = list(groups)
         self.everywhere = list(everywhere)
@@ -124,6 +132,7 @@ class Prometheus:
         self.exporters, self.agents = list(exporters), list(agents)
         self.by_exporters, self.by_agents = list(by_exporters), list(by_agents)
         self.alerts = list(alerts)
+        self.beats, self.entries, self.shared = list(beats), list(entries), list(shared)
         self.asked: list[tuple[str, dict[str, str]]] = []
 
     def __call__(self, path: str, params: Mapping[str, str]) -> Any:
@@ -138,7 +147,10 @@ class Prometheus:
         return {
             "resultType": "vector",
             "result": [
-                {"metric": labels, "value": [1796664600.5, "1"]}
+                {
+                    "metric": {k: v for k, v in labels.items() if k != "__value__"},
+                    "value": [1796664600.5, labels.get("__value__", "1")],
+                }
                 for labels in self.answer(params["query"])
             ],
         }
@@ -154,6 +166,12 @@ class Prometheus:
             return self.exporters
         if query.startswith("celery_vitals_agent_info"):
             return self.agents
+        if query.startswith("celery_beat_info"):
+            return self.beats
+        if query.startswith("count by (job, instance) (celery_beat_entry_interval_seconds"):
+            return self.entries
+        if query.startswith("count by (broker, entry) (count by (broker, entry, instance)"):
+            return self.shared
         if "celery_vitals_event_stream_up" in query:
             return self.by_exporters
         if "celery_vitals_agent_info" in query:
@@ -198,6 +216,12 @@ def test_a_right_setup_is_all_ok() -> None:
             OK,
             "no task is counted by both an exporter's event stream and an agent",
         ),
+        (
+            "prometheus-beat",
+            OK,
+            f'broker="{BROKER}": one celery beat, celerybeat@beat-0 at 10.0.0.5:9809 (job '
+            f"celery-beat; scheduler {PERSISTENT}, 3 entries)",
+        ),
         ("prometheus-alerts", OK, "no celery-vitals alert is firing"),
     ]
 
@@ -220,6 +244,18 @@ def test_the_queries_carry_the_rules_selector() -> None:
         ("targets", {"state": "active"}),
         ("query", {"query": f"celery_broker_up{s}"}),
         ("query", {"query": f"celery_vitals_agent_info{s}"}),
+        ("query", {"query": f"celery_beat_info{s}"}),
+        (
+            "query",
+            {"query": f"count by (job, instance) (celery_beat_entry_interval_seconds{s})"},
+        ),
+        (
+            "query",
+            {
+                "query": "count by (broker, entry) (count by (broker, entry, instance) "
+                f"(celery_beat_entry_interval_seconds{s})) > 1"
+            },
+        ),
         (
             "query",
             {
@@ -593,3 +629,84 @@ def test_recorded_series_are_names_with_a_colon_outside_strings() -> None:
         "name_queue_name:celery_task_failed:ratio_rate5m",
         "queue_name:celery_queue_length:sum",
     }
+
+
+# -- celery beat -----------------------------------------------------------------------------
+
+NO_BEAT = (
+    "no celery beat agent within the selector (celery_beat_info): CeleryBeatDown cannot page "
+    "and CeleryPeriodicTaskMissed watches only the tasks of periodic_tasks. Where celery beat "
+    "runs (or a worker with -B), call celery_vitals.agent.install(app) in the app module it "
+    "loads and scrape its agent"
+)
+
+
+def test_no_beat_agent_is_said_and_its_entries_are_not_asked() -> None:
+    prometheus = Prometheus(beats=[], entries=[])
+    assert of("prometheus-beat", prometheus) == [(OK, NO_BEAT)]
+    asked = [params.get("query", "") for _, params in prometheus.asked]
+    assert not [query for query in asked if "celery_beat_entry" in query]
+
+
+def test_two_beats_of_one_schedule_fail_and_name_their_schedulers() -> None:
+    other = {"job": "workers", "instance": "10.0.0.7:9809"}
+    prometheus = Prometheus(
+        beats=[
+            *ONE_BEAT,
+            {
+                **other,
+                "broker": BROKER,
+                "hostname": "w1@pod-1",
+                "scheduler": "django_celery_beat.schedulers:DatabaseScheduler",
+            },
+        ],
+        entries=[*ENTRIES, {**other, "__value__": "2"}],
+        shared=[{"broker": BROKER, "entry": "sync-orders"}, {"broker": BROKER, "entry": "nightly"}],
+    )
+    view = look(URL, get=prometheus)
+    [finding] = [f for f in diagnose(view) if f.check == "prometheus-beat"]
+    assert (finding.status, finding.detail, finding.fix, finding.subject) == (
+        FAIL,
+        f'broker="{BROKER}": 2 celery beats serve the same entries nightly, sync-orders: '
+        f"celerybeat@beat-0 at 10.0.0.5:9809 (job celery-beat; scheduler {PERSISTENT}, 3 "
+        "entries); w1@pod-1 at 10.0.0.7:9809 (job workers; scheduler "
+        "django_celery_beat.schedulers:DatabaseScheduler, 2 entries); each sends them, so "
+        "their tasks run 2 times (CeleryBeatDuplicate)",
+        "run exactly one beat per schedule: one replica with a Recreate deploy strategy, -B on "
+        "one worker only (never beside a separate celery beat), or a scheduler that takes a "
+        "lock (RedBeat)",
+        BROKER,
+    )
+
+
+def test_two_beats_with_schedules_of_their_own_and_another_brokers_beat() -> None:
+    """Two apps sharing a broker, each with its own beat; a second broker with its own."""
+    mail = {"job": "celery-beat", "instance": "10.0.0.6:9809"}
+    billing = {"job": "billing-beat", "instance": "10.1.0.5:9809"}
+    prometheus = Prometheus(
+        beats=[
+            *ONE_BEAT,
+            {**mail, "broker": BROKER, "hostname": "celerybeat@mail-0", "scheduler": PERSISTENT},
+            {
+                **billing,
+                "broker": "redis://billing:6379/0",
+                "hostname": "celerybeat@billing-0",
+                "scheduler": PERSISTENT,
+            },
+        ],
+        entries=[*ENTRIES, {**mail, "__value__": "1"}, {**billing, "__value__": "12"}],
+    )
+    assert of("prometheus-beat", prometheus) == [
+        (
+            OK,
+            'broker="redis://billing:6379/0": one celery beat, celerybeat@billing-0 at '
+            f"10.1.0.5:9809 (job billing-beat; scheduler {PERSISTENT}, 12 entries)",
+        ),
+        (
+            OK,
+            f'broker="{BROKER}": 2 celery beats, no entry served by two: celerybeat@beat-0 at '
+            f"10.0.0.5:9809 (job celery-beat; scheduler {PERSISTENT}, 3 entries); "
+            f"celerybeat@mail-0 at 10.0.0.6:9809 (job celery-beat; scheduler {PERSISTENT}, 1 "
+            "entry)",
+        ),
+    ]

@@ -49,6 +49,7 @@ def test_catalogue_names_follow_prometheus_conventions() -> None:
                 "celery_queue_",
                 "celery_dlq_",
                 "celery_broker_",
+                "celery_beat_",
                 "celery_vitals_",
             )
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from celery_vitals.brokers.probe import ProbeResult, QueueStats
 from celery_vitals.poller import QueuePoller
 from tests.support.pipeline import PipelineHarness, ScriptedProbe, event, redis_result, with_poller
@@ -130,6 +132,35 @@ def test_oldest_message_age_from_task_sent_events() -> None:
     h.feed(event("task-revoked", uuid="u2"), event("task-received", uuid="u3", name="t"))
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="billing") is None
     assert h.value("celery_queue_oldest_message_age_seconds", queue_name="reports") is None
+
+
+def iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
+
+
+def test_an_eta_task_sent_first_hides_no_older_waiting_task() -> None:
+    """Sent first, a countdown task waits from its ETA; the plain tasks sent after it
+    have waited since their sending, and the oldest of all is what the age says."""
+    h = PipelineHarness()
+    now = h.clock.now
+    age = "celery_queue_oldest_message_age_seconds"
+    h.feed(
+        event("task-sent", now - 40, uuid="later", name="t", queue="billing", eta=iso(now + 3600)),
+        event("task-sent", now - 30, uuid="u1", name="t", queue="billing"),
+        event("task-sent", now - 50, uuid="due", name="t", queue="reports", eta=iso(now - 20)),
+        event("task-sent", now - 10, uuid="u2", name="t", queue="reports"),
+        event("task-sent", now - 5, uuid="soon", name="t", queue="mail", eta=iso(now + 60)),
+    )
+    assert h.value(age, queue_name="billing") == 30  # not 0, the future ETA's
+    assert h.value(age, queue_name="reports") == 20  # the ETA passed 20 s ago
+    assert h.value(age, queue_name="mail") == 0  # runnable in a minute: no wait yet
+    h.feed(
+        event("task-received", uuid="due", name="t"), event("task-received", uuid="u1", name="t")
+    )
+    assert h.value(age, queue_name="reports") == 10
+    assert h.value(age, queue_name="billing") == 0  # only the future ETA left
+    h.feed(event("task-received", uuid="later", name="t"))
+    assert h.value(age, queue_name="billing") is None
 
 
 def test_a_dlq_has_no_oldest_message_age_even_when_tasks_are_sent_to_it() -> None:

@@ -12,9 +12,12 @@ environment, and each node needs a port of its own).
 ``$CELERY_VITALS_AGENT_WEB_CONFIG_FILE`` turns on TLS and basic auth, from a
 file in the format of the exporter's ``--web-config-file``.
 
-A process that imports the app without being a worker (a web server, beat,
-``celery inspect``) serves nothing: the agent starts from the ``worker_init``
-signal, which only a WorkController sends, in the worker's main process.
+``celery beat`` (and the beat a worker embeds with ``-B``) serves its schedule
+on the same kind of endpoint, from the same address or range (beat.py): the
+beat agent starts from the ``beat_init`` signal, on beat's own thread. Any
+other process that imports the app (a web server, ``celery inspect``) serves
+nothing: the worker's agent starts from the ``worker_init`` signal, which only
+a WorkController sends, in the worker's main process.
 Every process that installed it, workers included, stamps each task it
 publishes with its publication time (publish.py), from which the worker's
 agent observes the queue wait (tap.py).
@@ -51,6 +54,7 @@ from celery import Celery, signals
 from prometheus_client import CollectorRegistry
 
 from celery_vitals import AGENT_CONF_KEY
+from celery_vitals.agent import beat
 from celery_vitals.agent.features import FeatureCollector, Features
 from celery_vitals.agent.pool import PoolWatch
 from celery_vitals.agent.publish import DISPATCH_UID as STAMP_DISPATCH_UID
@@ -62,7 +66,7 @@ from celery_vitals.agent.tap import (
     tapped_request_cls,
     untapped_tasks,
 )
-from celery_vitals.brokers import BROKER_NAME_ENV, check_name
+from celery_vitals.brokers import BROKER_LABEL, BROKER_NAME_ENV, check_name
 from celery_vitals.config import (
     DEFAULT_RUNTIME_BUCKETS,
     DEFAULT_WAIT_BUCKETS,
@@ -70,14 +74,17 @@ from celery_vitals.config import (
     parse_buckets,
     parse_listen_address,
 )
+from celery_vitals.exposition import Exposition
 from celery_vitals.http import Environ, HttpServer, StartResponse, WsgiApp, make_app
+from celery_vitals.labels import LabelGuard
 from celery_vitals.logs import RateLimitedLogger
 
-__all__ = ["DEFAULT_LISTEN_ADDRESS", "SETTINGS", "Agent", "install"]
+__all__ = ["DEFAULT_LISTEN_ADDRESS", "SETTINGS", "Agent", "BeatAgent", "install"]
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9809"  # the exporter's is 9808
 LISTEN_ADDRESS_ENV = "CELERY_VITALS_AGENT_LISTEN_ADDRESS"
 WEB_CONFIG_ENV = "CELERY_VITALS_AGENT_WEB_CONFIG_FILE"
+MAX_BEAT_ENTRIES_ENV = "CELERY_VITALS_AGENT_MAX_BEAT_ENTRIES"
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,13 @@ SETTINGS = (
         "TLS and basic auth, a file in the format of `--web-config-file` (see "
         "[Deploy](deploy.md#tls-and-basic-auth---web-config-file)), parsed by the same code",
     ),
+    Setting(
+        MAX_BEAT_ENTRIES_ENV,
+        f"`{beat.DEFAULT_MAX_ENTRIES}`",
+        "`celery beat` only: schedule entries served with their own `entry` label; the "
+        'others share `entry="other"`, counted in '
+        '`celery_vitals_label_values_folded_total{label="entry"}`',
+    ),
 )
 
 
@@ -131,6 +145,11 @@ class _Process:
     agent: Agent | None = None
     # why the agent did not start, logged at worker_ready (see the module's docstring)
     not_started: Exception | None = None
+    # the worker's node name, set at worker_init: a beat the worker embeds (-B) is named
+    # after it, also in the child process it runs in (a fork keeps this copy)
+    worker_hostname: str | None = None
+    # the beat agent of this process (beat_init), if any
+    beat: BeatAgent | None = None
 
 
 _process = _Process()
@@ -177,6 +196,7 @@ def _connect_signals() -> None:
     signals.worker_shutdown.connect(
         _on_worker_shutdown, weak=False, dispatch_uid="celery-vitals-agent-worker-shutdown"
     )
+    signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="celery-vitals-agent-beat")
 
 
 def _active() -> Agent | None:
@@ -200,6 +220,8 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     addresses = [address for known, address in _installed if known is app]
     if app is None or not addresses or _active() is not None:
         return  # another app's worker, or already running
+    with contextlib.suppress(Exception):
+        _process.worker_hostname = str(sender.hostname)
     address = addresses[0]
     _process.not_started = None
     try:
@@ -349,30 +371,7 @@ class Agent:
     @classmethod
     def from_environment(cls, worker: Any, listen_address: str | None = None) -> Agent:
         """Settings from install() and the environment; ValueError names the bad one."""
-        address = os.environ.get(LISTEN_ADDRESS_ENV) or listen_address or DEFAULT_LISTEN_ADDRESS
-        try:
-            host, port, last_port = _listen_range(address)
-        except ValueError as error:
-            raise ValueError(f"{LISTEN_ADDRESS_ENV}/listen_address: {error}") from None
-        web_config = None
-        path = os.environ.get(WEB_CONFIG_ENV, "").strip()
-        if path:
-            from celery_vitals.webconfig import load
-
-            web_config = load(path)  # ValueError with a one-line reason
-        app = getattr(worker, "app", None)
-        config = Config(
-            broker_url=_broker_url(app) if app is not None else "",
-            broker_transport_options=(
-                dict(app.conf.broker_transport_options or {}) if app is not None else {}
-            ),
-            broker_name=_broker_name_setting(),
-            listen_host=host,
-            listen_port=port,
-            runtime_buckets=parse_buckets(DEFAULT_RUNTIME_BUCKETS),
-            wait_buckets=parse_buckets(DEFAULT_WAIT_BUCKETS),
-            web_config=web_config,
-        )
+        config, last_port = _agent_config(getattr(worker, "app", None), listen_address)
         return cls(worker, config, last_port=last_port)
 
     def start(self) -> None:
@@ -397,18 +396,7 @@ class Agent:
         self._thread.start()
 
     def _bind(self, app: WsgiApp) -> HttpServer:
-        host, first, last = self.config.listen_host, self.config.listen_port, self.last_port
-        for port in range(first, last + 1):
-            try:
-                return HttpServer(app, host, port, web_config=self.config.web_config)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE and port < last:
-                    continue  # the range's next port
-                where = _address(host, first if first == last else f"{first}-{last}")
-                if error.errno == errno.EADDRINUSE and first < last:
-                    raise OSError(f"cannot listen on {where}: every port is in use") from None
-                raise OSError(f"cannot listen on {where}: {error}") from None
-        raise AssertionError("unreachable: the range has a port")
+        return _bind(app, self.config, self.last_port)
 
     def serving(self) -> str:
         """The worker's log line: where it serves (which port of a range)."""
@@ -508,6 +496,183 @@ class Agent:
         self.running = False
         if self.http is not None:
             self.http.close_socket()
+
+
+# -- the beat agent ---------------------------------------------------------------
+
+
+def _on_beat_init(sender: Any = None, **_: Any) -> None:
+    """``celery beat`` (or a worker's ``-B``) starts its service, on beat's own thread, its
+    logging set up: its schedule on /metrics. Nothing here may stop beat."""
+    app = getattr(sender, "app", None)
+    addresses = [address for known, address in _installed if known is app]
+    if app is None or not addresses or _process.beat is not None:
+        return  # another app's beat, or already serving
+    try:
+        _process.beat = BeatAgent.start(sender, addresses[0])
+    except Exception as error:
+        log.warning(
+            "celery-vitals beat agent not started, beat runs without its /metrics: %s",
+            error,
+            exc_info=error if not isinstance(error, (OSError, ValueError)) else None,
+        )
+
+
+class BeatAgent:
+    """The agent of one running beat: hooks on its scheduler (beat.hook), served on an
+    HTTP server of its own (``celery beat``, and the child process a worker's ``-B``
+    runs beat in), or on the worker agent's when beat is a thread of that worker."""
+
+    def __init__(
+        self, state: beat.BeatSchedule, collector: beat.BeatCollector, http: HttpServer | None
+    ) -> None:
+        self.state = state
+        self.collector = collector
+        self.http = http
+
+    @classmethod
+    def start(cls, service: Any, listen_address: str | None) -> BeatAgent:
+        """Hooks ``service.scheduler`` and serves it; OSError/ValueError say why it cannot."""
+        scheduler = service.scheduler
+        hostname = _beat_hostname(service)
+        name = beat.scheduler_name(scheduler)
+        max_entries = _max_beat_entries()
+        worker_agent = _active()
+        if worker_agent is not None:  # a threaded beat inside this worker: its endpoint
+            state = beat.BeatSchedule(
+                max_entries,
+                worker_agent.pipeline.guards["name"],
+                worker_agent.config.max_label_length,
+            )
+            collector = beat.BeatCollector(state, hostname, name, own_process=False)
+            beat.hook(scheduler, state)
+            worker_agent.registry.register(collector)
+            # first: its rows are computed before the worker's collectors count folds
+            worker_agent.pipeline.exposition.collectors.insert(0, collector)
+            _fold_counts(worker_agent, state.entries)
+            log.info(
+                "celery-vitals beat agent: serving the schedule of %s (%s) on the worker's agent",
+                hostname,
+                name,
+            )
+            return cls(state, collector, None)
+        config, last_port = _agent_config(service.app, listen_address)
+        state = beat.BeatSchedule(
+            max_entries,
+            LabelGuard("name", config.max_task_names, config.max_label_length),
+            config.max_label_length,
+        )
+        scrape_errors: dict[str, int] = {}
+        collector = beat.BeatCollector(state, hostname, name, scrape_errors=scrape_errors)
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(collector)
+        exposition = Exposition(
+            [collector], errors=scrape_errors, constant_labels={BROKER_LABEL: config.broker_label}
+        )
+        app = make_app(
+            registry,
+            ready=lambda: state.taken is not None,
+            exposition=exposition,
+            ready_means="the beat agent read the schedule",
+        )
+        http = _bind(_guarded(app), config, last_port)
+        try:
+            beat.hook(scheduler, state)  # the first read now: /metrics is never empty
+        except Exception:
+            http.close_socket()
+            raise
+        http.start()
+        scheme = config.web_config.scheme if config.web_config else "http"
+        url = f"{scheme}://{_address(config.listen_host, http.port)}/metrics"
+        rows = len(state.taken.entries) if state.taken is not None else 0
+        line = f"celery-vitals beat agent: serving {url} for {hostname} ({name}, {rows} entries)"
+        if last_port > config.listen_port:
+            line += f" (the first free port of {config.listen_port}-{last_port})"
+        log.info("%s", line)
+        return cls(state, collector, http)
+
+
+def _beat_hostname(service: Any) -> str:
+    """Beat's node name as Celery names it: the worker's hostname for a worker's ``-B``,
+    else ``celerybeat@host`` (``celery beat -n`` on Celery 5.7)."""
+    if _process.worker_hostname is not None:
+        return _process.worker_hostname
+    import celery.beat
+
+    nodename = getattr(celery.beat, "beat_nodename", None)  # Celery 5.7
+    if callable(nodename):
+        return str(nodename(getattr(service, "hostname", None)))
+    from celery.utils.nodenames import gethostname
+    from celery.utils.nodenames import nodename as make_nodename
+
+    return str(make_nodename("celerybeat", gethostname()))
+
+
+def _max_beat_entries() -> int:
+    raw = os.environ.get(MAX_BEAT_ENTRIES_ENV, "").strip()
+    if not raw:
+        return beat.DEFAULT_MAX_ENTRIES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_BEAT_ENTRIES_ENV}: expected a positive whole number, got {raw!r}")
+    return value
+
+
+def _fold_counts(agent: Agent, entries: beat.EntryLabels) -> None:
+    """The worker's celery_vitals_label_values_folded_total also counts folded entries."""
+    from celery_vitals.collectors import ExporterCollector
+
+    for collector in agent.pipeline.collectors:
+        if isinstance(collector, ExporterCollector):
+            collector.guards.append(entries)  # type: ignore[arg-type]  # label and folded
+
+
+def _agent_config(app: Any, listen_address: str | None) -> tuple[Config, int]:
+    """The settings of a worker's or beat's agent, from install() and the environment, and
+    the end of the port range; ValueError names the bad one."""
+    address = os.environ.get(LISTEN_ADDRESS_ENV) or listen_address or DEFAULT_LISTEN_ADDRESS
+    try:
+        host, port, last_port = _listen_range(address)
+    except ValueError as error:
+        raise ValueError(f"{LISTEN_ADDRESS_ENV}/listen_address: {error}") from None
+    web_config = None
+    path = os.environ.get(WEB_CONFIG_ENV, "").strip()
+    if path:
+        from celery_vitals.webconfig import load
+
+        web_config = load(path)  # ValueError with a one-line reason
+    config = Config(
+        broker_url=_broker_url(app) if app is not None else "",
+        broker_transport_options=(
+            dict(app.conf.broker_transport_options or {}) if app is not None else {}
+        ),
+        broker_name=_broker_name_setting(),
+        listen_host=host,
+        listen_port=port,
+        runtime_buckets=parse_buckets(DEFAULT_RUNTIME_BUCKETS),
+        wait_buckets=parse_buckets(DEFAULT_WAIT_BUCKETS),
+        web_config=web_config,
+    )
+    return config, last_port
+
+
+def _bind(app: WsgiApp, config: Config, last: int) -> HttpServer:
+    """Binds config's port, or the first free one up to ``last``; OSError names the address."""
+    host, first = config.listen_host, config.listen_port
+    for port in range(first, last + 1):
+        try:
+            return HttpServer(app, host, port, web_config=config.web_config)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE and port < last:
+                continue  # the range's next port
+            where = _address(host, first if first == last else f"{first}-{last}")
+            if error.errno == errno.EADDRINUSE and first < last:
+                raise OSError(f"cannot listen on {where}: every port is in use") from None
+            raise OSError(f"cannot listen on {where}: {error}") from None
+    raise AssertionError("unreachable: the range has a port")
 
 
 def _broker_name_setting() -> str | None:

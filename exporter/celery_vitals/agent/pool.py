@@ -26,6 +26,14 @@ up on the handler at each call, so the agent wraps it on the pool's
 ``_timeout_handler`` (Celery's prefork pool always enables it) and notes the
 pid; that pid's exit is then counted as ``time_limit``, not ``killed``.
 
+A child whose task was revoked with ``terminate=True`` (or cancelled by the
+worker when it lost its broker connection) is signalled by the pool too:
+Celery's ``Request.terminate`` calls billiard's ``Pool.terminate_job(pid,
+sig)``, which marks that process ``_job_terminated`` once the signal is sent
+(billiard reads the same mark to report the task as terminated rather than
+lost). Its exit is counted as ``terminated``: someone asked for it, no outside
+killer is at work.
+
 Each part of a sample (pool processes, busy processes, memory, exits, ETA
 tasks, prefetch) is read on its own through ``Features.read``: a part that
 fails is left out of that sample (its series absent, its feature 0) and the
@@ -174,6 +182,8 @@ class PoolWatch:
         ended = type(pid) is int and self.time_limited.pop(pid, False)
         if reason is not None and ended:
             reason = "time_limit"  # whatever its signal (SIGTERM, or SIGKILL 0.1 s later)
+        elif reason == "killed" and getattr(process, "_job_terminated", False) is True:
+            reason = "terminated"  # revoke(terminate=True): the pool sent the signal
         if reason is not None and self.counting:
             self.exits[reason] += 1
 

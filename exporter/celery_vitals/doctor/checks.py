@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from celery_vitals import AGENT_CONF_KEY
@@ -207,7 +208,23 @@ def check_task_events(seen: Observation) -> Iterator[Finding]:
             )
 
 
+_STAMP_FIX = (
+    "call celery_vitals.agent.install(app) in every process that publishes tasks (web "
+    "servers, scripts, celery beat), not only in the workers: it stamps each task with its "
+    "publication time (docs/agent.md, publishers)"
+)
+
+
 def check_task_sent(seen: Observation) -> Iterator[Finding]:
+    """Where queue wait comes from: task-sent events in the event setup, the publication
+    stamp in the agent setup (workers with the agent, an exporter without the event stream);
+    a mixed fleet gets both findings."""
+    agent_setup = _agent_setup(seen)
+    if agent_setup:
+        yield _stamp_finding(seen, agent_setup)
+        agents = _agent_hosts(seen)
+        if not any(host not in agents for host in seen.events.task_events):
+            return  # no worker without the agent sends task events: task-sent serves none
     events = seen.events
     if not seen.listening:
         return
@@ -230,6 +247,92 @@ def check_task_sent(seen: Observation) -> Iterator[Finding]:
             "whether publishers send task-sent events",
             "run the doctor while tasks are published (a longer --listen)",
         )
+
+
+def _scraped(seen: Observation) -> Mapping[str, float]:
+    """The series of --exporter-url's /metrics (the last scrape), none where it failed."""
+    view = seen.exporter
+    if view is None or view.error is not None:
+        return {}
+    return view.after or view.before
+
+
+def _label(series: str, label: str) -> str:
+    """A label's value in a series' text (``name{a="x",b="y"}``), "?" where it has none."""
+    found = re.search(rf'[{{,]{label}="((?:[^"\\]|\\.)*)"', series)
+    return found.group(1) if found else "?"
+
+
+def _has(series: Mapping[str, float], name: str) -> bool:
+    return any(key.startswith(name + "{") for key in series)
+
+
+def _agent_hosts(seen: Observation) -> set[str]:
+    """Workers whose `conf` says the celery-vitals agent runs in them."""
+    return {
+        host
+        for host, worker in seen.workers.items()
+        if isinstance(worker.conf.get(AGENT_CONF_KEY), str)
+    }
+
+
+def _agent_setup(seen: Observation) -> str:
+    """Where the doctor saw the agent setup, as the start of a sentence; "" where not."""
+    where = []
+    agents = _agent_hosts(seen)
+    if agents:
+        where.append(f"the celery-vitals agent runs in {names_of(agents)}")
+    view, series = seen.exporter, _scraped(seen)
+    if view is not None and _has(series, "celery_vitals_agent_info"):
+        where.append(f"{view.url} is a worker's agent")
+    elif view is not None and series and not _has(series, "celery_vitals_event_stream_up"):
+        where.append(f"the exporter at {view.url} runs without the event stream")
+    prometheus = seen.prometheus
+    if not agents and prometheus is not None and prometheus.agents:
+        where.append(f"Prometheus scrapes {len(prometheus.agents)} agents")
+    return "; ".join(where)
+
+
+def _stamp_finding(seen: Observation, agent_setup: str) -> Finding:
+    """The agent setup: queue wait, and on Redis and RabbitMQ the oldest waiting message's
+    age, come from the publication stamp, not from task-sent events. An agent's /metrics
+    (--exporter-url) tells how many received tasks carried it."""
+    view, series = seen.exporter, _scraped(seen)
+    is_agent = _has(series, "celery_vitals_agent_info")
+    unstamped = _total(series, "celery_task_unstamped_total") if is_agent else 0.0
+    stamped = _total(series, "celery_task_queue_wait_seconds_count") if is_agent else 0.0
+    needed = (
+        f"{agent_setup}: task-sent events are not needed; queue wait (and on Redis and "
+        "RabbitMQ the oldest waiting message's age) comes from the publication stamp of "
+        "publishers that run the agent"
+    )
+    if view is not None and unstamped:
+        queues = {
+            f"{_label(key, 'queue_name')} {value:g}"
+            for key, value in series.items()
+            if key.startswith("celery_task_unstamped_total{") and value
+        }
+        return Finding(
+            "task-sent-events",
+            WARN,
+            f"{needed}, and {unstamped:g} tasks reached {view.url} without one "
+            f"(celery_task_unstamped_total by queue: {names_of(queues)}): their publishers "
+            "do not run the agent, so those tasks have no queue wait",
+            _STAMP_FIX,
+        )
+    if view is not None and stamped:
+        return Finding(
+            "task-sent-events",
+            OK,
+            f"{needed}: {stamped:g} stamped tasks and none unstamped at {view.url}",
+        )
+    return Finding(
+        "task-sent-events",
+        WARN,
+        f"{needed}, which the doctor cannot see from here",
+        f"{_STAMP_FIX}; celery_task_unstamped_total on the workers' agents counts the tasks "
+        "that arrive without it (--exporter-url http://WORKER:9809 has the doctor read it)",
+    )
 
 
 def check_queues(seen: Observation) -> Iterator[Finding]:
@@ -530,6 +633,36 @@ def _exporter_losses(after: Mapping[str, float]) -> Iterator[Finding]:
         yield Finding("exporter-limits", OK, "no evictions, no folded label values")
 
 
+def check_beat(seen: Observation) -> Iterator[Finding]:
+    """Which celery beat runs is not visible from the broker: with --prometheus-url the
+    Prometheus side tells (prometheus.check_beat); an --exporter-url that is the agent
+    inside beat tells about that beat."""
+    if seen.prometheus is not None:
+        return
+    view, series = seen.exporter, _scraped(seen)
+    beats = [key for key in series if key.startswith("celery_beat_info{")]
+    if view is not None and beats:
+        entries = sum(key.startswith("celery_beat_entry_interval_seconds{") for key in series)
+        yield Finding(
+            "beat",
+            OK,
+            f"{view.url} is celery beat {_label(beats[0], 'hostname')} (scheduler "
+            f"{_label(beats[0], 'scheduler')}, {entries} entries); other beats, if any, "
+            "are not visible from here",
+        )
+        return
+    yield Finding(
+        "beat",
+        WARN,
+        "celery beat is not visible from the broker: whether none, one or more than one "
+        "runs, and with which scheduler, only the agent inside beat tells "
+        "(celery_beat_info)",
+        "pass --prometheus-url http://prometheus:9090, the Prometheus that scrapes beat's "
+        "agent (celery_vitals.agent.install(app) in the app module beat loads), or "
+        "--exporter-url http://BEAT:9809 to read that agent itself",
+    )
+
+
 def check_prometheus(seen: Observation) -> Iterator[Finding]:
     """With --prometheus-url: the Prometheus side (prometheus.py)."""
     if seen.prometheus is not None:
@@ -551,6 +684,7 @@ CHECKS: tuple[Check, ...] = (
     check_prefetch,
     check_max_retries,
     check_exporter,
+    check_beat,
     check_prometheus,
 )
 

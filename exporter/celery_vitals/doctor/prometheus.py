@@ -121,6 +121,10 @@ class PrometheusView:
     down: dict[Target, str] = field(default_factory=dict)  # up 0 -> why (lastError)
     exporters: dict[Target, set[str]] = field(default_factory=dict)  # -> brokers polled
     agents: dict[Target, tuple[str, str]] = field(default_factory=dict)  # -> (broker, host)
+    # the agents inside celery beat -> (broker, hostname, scheduler); their entries
+    beats: dict[Target, tuple[str, str, str]] = field(default_factory=dict)
+    beat_entries: dict[Target, int] = field(default_factory=dict)
+    shared_entries: dict[str, set[str]] = field(default_factory=dict)  # broker -> entries
     # (broker, name, queue_name) -> the exporters / the agents' jobs counting that task
     counted_by_exporters: dict[tuple[str, str, str], set[Target]] = field(default_factory=dict)
     counted_by_agents: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
@@ -282,6 +286,7 @@ def _look_at_targets(ask: Get, view: PrometheusView) -> None:
         view.exporters.setdefault(Target.of(m), set()).add(m.get(BROKER, ""))
     for m in _query(ask, series("celery_vitals_agent_info", s)):
         view.agents[Target.of(m)] = (m.get(BROKER, ""), m.get("hostname", ""))
+    _look_at_beats(ask, view, s)
     received = series("celery_task_received_total", s)
     for m in _query(
         ask,
@@ -295,6 +300,40 @@ def _look_at_targets(ask: Get, view: PrometheusView) -> None:
         f"and on (job, instance) {series('celery_vitals_agent_info', s)})",
     ):
         view.counted_by_agents.setdefault(_task(m), set()).add(m.get("job", ""))
+
+
+def _look_at_beats(ask: Get, view: PrometheusView, s: str) -> None:
+    """The agents inside celery beat, their schedule's size, and the entries that more
+    than one of them serves (CeleryBeatDuplicate's condition)."""
+    for m in _query(ask, series("celery_beat_info", s)):
+        view.beats[Target.of(m)] = (
+            m.get(BROKER, ""),
+            m.get("hostname", ""),
+            m.get("scheduler", ""),
+        )
+    if not view.beats:
+        return
+    entries = series("celery_beat_entry_interval_seconds", s)
+    for m, value in _values(ask, f"count by (job, instance) ({entries})"):
+        view.beat_entries[Target.of(m)] = int(value)
+    for m in _query(
+        ask,
+        f"count by ({BROKER}, entry) (count by ({BROKER}, entry, instance) ({entries})) > 1",
+    ):
+        view.shared_entries.setdefault(m.get(BROKER, ""), set()).add(m.get("entry", ""))
+
+
+def _values(ask: Get, expr: str) -> list[tuple[dict[str, str], float]]:
+    """An instant query's series: their labels and values."""
+    data = ask("query", {"query": expr})
+    found = []
+    for item in (data or {}).get("result") or []:
+        try:
+            value = float((item.get("value") or [0, "nan"])[1])
+        except (TypeError, ValueError):
+            value = float("nan")
+        found.append((dict(item.get("metric") or {}), value))
+    return found
 
 
 def _look_at_alerts(ask: Get, view: PrometheusView) -> None:
@@ -543,6 +582,69 @@ def check_double_count(view: PrometheusView) -> Iterator[Finding]:
         )
 
 
+_ONE_BEAT = (
+    "run exactly one beat per schedule: one replica with a Recreate deploy strategy, -B on "
+    "one worker only (never beside a separate celery beat), or a scheduler that takes a "
+    "lock (RedBeat)"
+)
+
+
+def _beat(view: PrometheusView, target: Target) -> str:
+    _, hostname, scheduler = view.beats[target]
+    entries = view.beat_entries.get(target, 0)
+    return (
+        f"{hostname or '?'} at {target.instance} (job {target.job}; scheduler "
+        f"{scheduler or '?'}, {entries} {'entry' if entries == 1 else 'entries'})"
+    )
+
+
+def check_beat(view: PrometheusView) -> Iterator[Finding]:
+    """The celery beats Prometheus scrapes, per broker: one each, and with which scheduler."""
+    if view.selector is None:
+        return
+    if not view.beats:
+        yield Finding(
+            "prometheus-beat",
+            OK,
+            "no celery beat agent within the selector (celery_beat_info): CeleryBeatDown "
+            "cannot page and CeleryPeriodicTaskMissed watches only the tasks of "
+            "periodic_tasks. Where celery beat runs (or a worker with -B), call "
+            "celery_vitals.agent.install(app) in the app module it loads and scrape its "
+            "agent",
+        )
+        return
+    by_broker: dict[str, list[Target]] = {}
+    for target, (broker, _, _) in sorted(view.beats.items()):
+        by_broker.setdefault(broker, []).append(target)
+    for broker, targets in sorted(by_broker.items()):
+        beats = "; ".join(_beat(view, target) for target in targets)
+        shared = view.shared_entries.get(broker, set())
+        if len(targets) == 1:
+            yield Finding(
+                "prometheus-beat",
+                OK,
+                f"{_broker(broker)}: one celery beat, {beats}",
+                subject=broker,
+            )
+        elif shared:
+            yield Finding(
+                "prometheus-beat",
+                FAIL,
+                f"{_broker(broker)}: {len(targets)} celery beats serve the same entries "
+                f"{names_of(shared)}: {beats}; each sends them, so their tasks run "
+                f"{len(targets)} times (CeleryBeatDuplicate)",
+                _ONE_BEAT,
+                subject=broker,
+            )
+        else:
+            yield Finding(
+                "prometheus-beat",
+                OK,
+                f"{_broker(broker)}: {len(targets)} celery beats, no entry served by two: {beats}",
+                subject=broker,
+            )
+
+
 def check_alerts(view: PrometheusView) -> Iterator[Finding]:
     firing: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for alert in view.firing:
@@ -575,6 +677,7 @@ CHECKS: tuple[Check, ...] = (
     check_targets,
     check_join,
     check_double_count,
+    check_beat,
     check_alerts,
 )
 

@@ -41,8 +41,10 @@ from celery_vitals.rules.promql import (
     drain_time,
     failure_ratio,
     finished,
+    ingress,
     occurrences,
     or_zero,
+    periodic_age,
     pool_busy_ratio,
     retry_amplification,
     scope,
@@ -52,6 +54,18 @@ from celery_vitals.rules.promql import (
 
 #: The series CeleryPeriodicTaskMissed reads the periodic tasks' limits from.
 PERIODIC_CONFIG = "name:celery_periodic_task_max_age_seconds:config"
+#: The last success of each task, kept across exporter and agent restarts.
+LAST_SUCCESS = "name:celery_task_last_success_timestamp_seconds:max"
+#: The longest a task of beat's schedule may go without success: the interval of its most
+#: frequent entry plus slack (periodic_slack_ratio of it, at least periodic_slack_min).
+PERIODIC_BEAT = "name:celery_periodic_task_max_age_seconds:beat"
+#: For a task beat sends that never succeeded (no LAST_SUCCESS): when it was first seen sent.
+PERIODIC_UNSUCCEEDED = "name:celery_beat_entry_last_run_timestamp_seconds:first_without_success"
+BEAT_LAST_RUN = "celery_beat_entry_last_run_timestamp_seconds"
+BEAT_NEXT_RUN = "celery_beat_entry_next_run_timestamp_seconds"
+BEAT_INFO = "celery_beat_info"
+#: A beat agent: one scrape target's beat (several jobs scraping one target count once).
+BEAT = "job, instance, broker"
 
 TASK = "broker, name, queue_name"
 QUEUE = "broker, queue_name"
@@ -181,7 +195,7 @@ def recording_rules(c: RulesConfig) -> list[Record]:
     egress = f"queue_name:celery_queue_egress:rate{w}"
     classified = "|".join(CLASSIFIED_EXCEPTIONS)
     unclassified = f'exception!~"{classified}"'
-    latch = "name:celery_task_last_success_timestamp_seconds:max"
+    latch = LAST_SUCCESS
     rules = [
         Record(received, _rate(c, "celery_task_received_total")),
         Record(succeeded, _rate(c, "celery_task_succeeded_total")),
@@ -221,12 +235,19 @@ def recording_rules(c: RulesConfig) -> list[Record]:
         ),
         # a message leaves the queue when a worker receives it (retries and redeliveries too)
         Record(egress, f"sum by ({QUEUE}) ({received})"),
+        # what arrives: task-sent counts where the queue has them (event setup with
+        # task_send_sent_event), else egress + the depth's change (both setups), >= 0
         Record(
             f"queue_name:celery_queue_ingress:rate{w}",
-            _rate(c, "celery_task_sent_total", labels=QUEUE),
+            ingress(
+                _rate(c, "celery_task_sent_total", labels=QUEUE),
+                egress,
+                f"sum by ({QUEUE}) (deriv(celery_queue_length[{w}]))",
+            ),
         ),
-        # time to work off the backlog at the current egress, new arrivals ignored;
-        # +Inf for a queue with messages that nothing leaves
+        # time to work off the backlog at the current egress, new arrivals ignored (a task
+        # published now waits for the messages ahead of it, promql.drain_time); +Inf for
+        # a queue with messages that nothing leaves
         Record(
             f"queue_name:celery_queue_drain_time_seconds:estimate{w}", drain_time(length, egress)
         ),
@@ -239,6 +260,7 @@ def recording_rules(c: RulesConfig) -> list[Record]:
             f"max by (broker, name) (celery_task_last_success_timestamp_seconds)\nor {latch}",
         ),
     ]
+    rules += _beat_records(c)
     rules += [
         Record(
             PERIODIC_CONFIG,
@@ -247,6 +269,30 @@ def recording_rules(c: RulesConfig) -> list[Record]:
         for name, seconds in sorted(c.periodic_tasks.items())
     ]
     return rules
+
+
+def _beat_records(c: RulesConfig) -> list[Record]:
+    """What CeleryPeriodicTaskMissed reads from beat's own schedule (the beat agent's
+    celery_beat_entry_* series), by broker and task name."""
+    interval = "celery_beat_entry_interval_seconds"
+    ratio, least = c.text("periodic_slack_ratio"), c.text("periodic_slack_min")
+    last_run = f"min by (broker, name) ({BEAT_LAST_RUN})"
+    return [
+        # a task of several entries is due as often as its most frequent one
+        Record(
+            PERIODIC_BEAT,
+            f"min by (broker, name) (\n  {interval}\n"
+            f"  + clamp_min({interval} * {ratio}, {least})\n)",
+        ),
+        # the first send seen of a task beat sends but that has no success at all: the
+        # rule reads its own last value; a success, or the entry gone from beat, ends it
+        Record(
+            PERIODIC_UNSUCCEEDED,
+            f"(\n  {PERIODIC_UNSUCCEEDED}\n  or {last_run}\n)\n"
+            f"unless on (broker, name) {LAST_SUCCESS}\n"
+            f"and on (broker, name) {interval}",
+        ),
+    ]
 
 
 def _task_dashboard() -> str:
@@ -421,13 +467,113 @@ def _task_alerts(c: RulesConfig) -> list[Alert]:
             "CeleryPeriodicTaskMissed",
             "warning",
             "5m",
-            "(time() - name:celery_task_last_success_timestamp_seconds:max)\n"
-            f"  > on (name) group_left () {PERIODIC_CONFIG}\n" + EXPORTER_SEES,
+            f"{_periodic_missed()}\n{EXPORTER_SEES}",
             "A periodic Celery task has not succeeded within its interval.",
-            "{{ $labels.name }} last succeeded {{ $value | humanizeDuration }} ago, longer "
-            "than its configured interval allows.",
+            "{{ $labels.name }} has not succeeded for {{ $value | humanizeDuration }} (since "
+            "its last success, or since beat first sent it), longer than its schedule allows: "
+            "its beat interval plus slack, or its periodic_tasks limit.",
             f"/d/{TASKS}?var-broker={{{{ $labels.broker | urlquery }}}}"
             "&var-task={{ $labels.name | urlquery }}",
+        )
+        # beat sends nothing: one page for every periodic task, CeleryBeatDown's
+        .unless("broker", _beat_down(c), "CeleryBeatDown"),
+    ]
+
+
+def _periodic_missed() -> str:
+    """Periodic tasks without success for longer than they may go: the limit of
+    periodic_tasks where the overrides list the task, else its beat schedule's (the beat
+    agent's entries). Age is the time since the last success, or for a task that never
+    succeeded, since beat was first seen sending it. Where beat has the task, only a task
+    that beat sent after its last success counts (a listed one too): when beat sends
+    nothing, CeleryBeatDown pages, not one alert per task."""
+    age = periodic_age(LAST_SUCCESS, PERIODIC_UNSUCCEEDED)
+    last_run = f"max by (broker, name) ({BEAT_LAST_RUN})"
+    sent_since = f"{last_run} > on (broker, name) {LAST_SUCCESS}"
+    # a listed task that beat sends, not sent since it last succeeded: beat's incident
+    not_sent_since = f"{LAST_SUCCESS} >= on (broker, name) {last_run}"
+    return (
+        "(\n"
+        f"{_indent(age)} > on (name) group_left () {PERIODIC_CONFIG}\n"
+        f"  unless on (broker, name) ({not_sent_since})\n"
+        "  or\n"
+        "  (\n"
+        f"    time() - {LAST_SUCCESS} > on (broker, name) {PERIODIC_BEAT}\n"
+        f"    and on (broker, name) ({sent_since})\n"
+        f"    or time() - {PERIODIC_UNSUCCEEDED} > on (broker, name) {PERIODIC_BEAT}\n"
+        "  )\n"
+        f"  unless on (name) {PERIODIC_CONFIG}\n"
+        ")"
+    )
+
+
+def _beat_down(c: RulesConfig) -> str:
+    """Beats that send nothing, by broker and beat hostname: stuck (an entry overdue by
+    beat_late_slack while the beat sent no entry for as long; its agent still answers from
+    another thread), or gone (a beat agent seen within beat_remembered whose series
+    vanished: process killed, target down or removed, while no beat of its broker is up).
+    Prometheus marks a vanished target's series stale at once, so the absence shows on the
+    next evaluation."""
+    late = c.text("beat_late_slack")
+    stuck = (
+        f"count by ({BEAT}) (time() - {BEAT_NEXT_RUN} > {late})\n"
+        f"unless on ({BEAT}) (\n"
+        f"  time() - max by ({BEAT}) ({BEAT_LAST_RUN}) <= {late}\n"
+        ")"
+    )
+    gone = (
+        f"max by (broker, hostname) (max_over_time({BEAT_INFO}[{c.text('beat_remembered')}]))\n"
+        f"unless on (broker) {BEAT_INFO}"
+    )
+    return (
+        "max by (broker, hostname) (\n"
+        f"  (\n{_indent(stuck, 4)}\n  )\n"
+        f"  * on ({BEAT}) group_left (hostname) {BEAT_INFO}\n"
+        ")\n"
+        f"or\n{gone}"
+    )
+
+
+def _beat_duplicate() -> str:
+    """Brokers with more than one beat agent serving the same schedule entry: each sends
+    it, so its task runs once per beat. The value: the beat agents of the broker. Two
+    beats of different apps on one broker, with schedules of their own, are no duplicate;
+    one target scraped by two jobs is one beat."""
+    entries = (
+        "count by (broker, entry, name) (\n"
+        "  count by (broker, entry, name, instance) (celery_beat_entry_interval_seconds)\n"
+        ") > 1"
+    )
+    return (
+        f"count by (broker) (count by (broker, instance, hostname) ({BEAT_INFO})) > 1\n"
+        f"and on (broker) (\n{_indent(entries)}\n)"
+    )
+
+
+def _beat_alerts(c: RulesConfig) -> list[Alert]:
+    late = c.text("beat_late_slack")
+    return [
+        Alert(
+            "CeleryBeatDown",
+            "critical",
+            "5m",
+            _beat_down(c),
+            "celery beat sends no periodic task.",
+            "celery beat {{ $labels.hostname }} (broker {{ $labels.broker }}) is gone or "
+            f"stuck: its agent vanished, or its schedule's entries are overdue by more than "
+            f"{late}s while it sent none. No periodic task of its schedule is sent.",
+            _job_dashboard(TASKS),
+        ),
+        Alert(
+            "CeleryBeatDuplicate",
+            "warning",
+            "5m",
+            _beat_duplicate(),
+            "More than one celery beat sends the same schedule.",
+            "{{ $value | humanize }} celery beat agents serve the same schedule entries for "
+            "broker {{ $labels.broker }}: each of them sends those entries, so their tasks "
+            "run more than once per interval.",
+            _job_dashboard(TASKS),
         ),
     ]
 
@@ -934,6 +1080,7 @@ def all_alerts(c: RulesConfig) -> list[Alert]:
         *_ignoring_tasks(c, _task_alerts(c)),
         *_queue_alerts(c),
         *_worker_alerts(c),
+        *_beat_alerts(c),
         *_broker_exporter_alerts(c),
     ]
 

@@ -36,7 +36,7 @@ THRESHOLDS: dict[str, Threshold] = {
         "5m",
         DURATION,
         "Window of the per-task and per-queue rates (failure ratio, retry "
-        "amplification, egress, drain-time estimate).",
+        "amplification, ingress, egress, drain-time estimate).",
     ),
     "event_window": Threshold(
         "15m",
@@ -83,6 +83,34 @@ THRESHOLDS: dict[str, Threshold] = {
     ),
     "redelivered_min": Threshold(
         1, "tasks per event window", "Tasks the broker delivered a second time."
+    ),
+    # -- periodic tasks and celery beat ---------------------------------------------
+    "periodic_slack_ratio": Threshold(
+        0.5,
+        "ratio",
+        "Share of a beat entry's interval that its task may be late by: CeleryPeriodicTaskMissed "
+        "fires when the task has not succeeded within interval + max(interval x this, "
+        "periodic_slack_min) (a minutely task 6 min, an hourly one 1.5 h, a daily one 36 h).",
+    ),
+    "periodic_slack_min": Threshold(
+        300,
+        SECONDS,
+        "The least slack of a beat entry: a task sent every few seconds or minutes may wait in "
+        "its queue and run this long before its run counts as missed.",
+    ),
+    "beat_late_slack": Threshold(
+        600,
+        SECONDS,
+        "A beat entry whose next run time is this far in the past, while its beat sent no "
+        "entry for as long, means beat is stuck (CeleryBeatDown). More than beat's "
+        "max_interval (300 s by default), the longest it sleeps between two ticks.",
+    ),
+    "beat_remembered": Threshold(
+        "1d",
+        DURATION,
+        "How long after its last scrape a beat agent that vanished (process gone, target "
+        "down) still counts: CeleryBeatDown fires for its broker while no beat of the broker "
+        "is up.",
     ),
     # -- queues ----------------------------------------------------------------
     "queue_min_backlog": Threshold(

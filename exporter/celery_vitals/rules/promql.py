@@ -2,7 +2,7 @@
 
 One function per concept, so that a page and the panel it links to compute
 the same thing: the share of runs that fail, events of rare counters,
-retry amplification, drain time. Both builders pass their own window
+retry amplification, ingress, drain time. Both builders pass their own window
 (a rule's ``5m``, a panel's ``$__rate_interval``) and label matchers.
 
 ``scope`` puts the user's selector (``broker!=""``, ``job=~"prod-.*"``) into every
@@ -88,9 +88,40 @@ def retry_amplification(retried: str, received: str) -> str:
     return f"{retried}\n/ clamp_min({received} - {retried}, 0)"
 
 
+def ingress(sent: str, egress: str, depth_change: str) -> str:
+    """Messages arriving in a queue per second, in both setups: the task-sent counts
+    (``sent``) where the queue has them (the event setup, with task_send_sent_event in
+    the publishers); elsewhere what left the queue (``egress``, workers' received
+    counts) plus the change of its depth (``depth_change``: deriv() over the same
+    window), never below 0. What arrives either leaves or stays: a queue nothing
+    leaves counts its growth alone."""
+    derived = f"clamp_min(\n  {or_zero(egress, depth_change)}\n  + {depth_change},\n  0\n)"
+    return f"{sent}\nor\n{derived}"
+
+
+def periodic_age(last_success: str, first_unsucceeded: str) -> str:
+    """Seconds a periodic task has gone without success: since its last success, or, for
+    a task that never succeeded, since beat was first seen sending it. The same for
+    CeleryPeriodicTaskMissed and the Tasks dashboard's schedule."""
+    return f"(\n  time() - {last_success}\n  or time() - {first_unsucceeded}\n)"
+
+
+def periodic_limit(beat: str, listed: str) -> str:
+    """The longest a periodic task may go without success: the hand-listed limit
+    (``listed``, by task name only) where there is one, else beat's (``beat``)."""
+    return f"(\n  {beat} * 0 + on (name) group_left () {listed}\n  or {beat}\n)"
+
+
 def drain_time(length: str, egress: str) -> str:
     """Seconds to work off the backlog at the current egress, new arrivals ignored;
-    +Inf for a queue with messages that nothing leaves."""
+    +Inf for a queue with messages that nothing leaves.
+
+    Arrivals are left out on purpose: in a FIFO queue a task published now waits for the
+    messages ahead of it, not for those published after it, so backlog / egress is the
+    wait the backlog causes. backlog / (egress - ingress), the time until the queue is
+    empty, is infinite for a steady backlog that workers keep up with and swings with
+    every wobble of the depth (in the agent setup egress - ingress is -deriv(depth));
+    whether a backlog shrinks at all is the trend's question (CeleryQueueClimbing)."""
     return f"{length}\n/ {or_zero(egress, length)}"
 
 

@@ -47,6 +47,7 @@ from celery_vitals.rules.dashboards import overview, queues, slow, tasks, worker
 from celery_vitals.rules.dashboards.panels import Board, Empty, render_panel
 from celery_vitals.rules.dashboards.shared import (
     NO_AGENT,
+    NO_BEAT,
     NO_EVENT_STREAM,
     NO_PUBLICATION_TIME,
     NO_QUEUE_WAIT,
@@ -57,6 +58,7 @@ from celery_vitals.rules.dashboards.templating import annotation_queries, dashbo
 __all__ = [
     "BOARDS",
     "NO_AGENT",
+    "NO_BEAT",
     "NO_EVENT_STREAM",
     "NO_PUBLICATION_TIME",
     "NO_QUEUE_WAIT",

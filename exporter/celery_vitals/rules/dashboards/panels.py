@@ -48,6 +48,17 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Column:
+    """A table column of its own query (a table of several instant queries, merged on their
+    labels): the query's values under ``title``, in ``unit``; ``flag``: 1/0 as ``flag``'s
+    two words, the first in red (e.g. ("LATE", "on time"))."""
+
+    title: str
+    unit: str
+    flag: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class Panel:
     """What a panel shows; ``render`` turns it into an SDK builder."""
 
@@ -68,6 +79,8 @@ class Panel:
     empty: Empty | None = None
     runbook_url: str = ""  # a panel link to the runbook section that explains it
     named: bool = False  # stat: each value under its series' name
+    columns: tuple[Column, ...] = ()  # table: one per query, rows merged on their labels
+    sort_by: str = ""  # table: the column sorted by at first (descending)
 
 
 @dataclass(frozen=True)
@@ -160,11 +173,7 @@ def _kind_builder(panel: Panel) -> PanelBuilder:
             .color_mode(common.BigValueColorMode.BACKGROUND)
         )
     if panel.kind == "table":
-        return table.Panel().with_transformation(
-            model.DataTransformerConfig(
-                id_val="organize", options={"excludeByName": {"Time": True}}
-            )
-        )
+        return _table(panel)
     if panel.kind == "state-timeline":
         return (
             statetimeline.Panel()
@@ -173,6 +182,48 @@ def _kind_builder(panel: Panel) -> PanelBuilder:
             .fill_opacity(80)
         )
     raise ValueError(f"unknown panel kind {panel.kind!r}")
+
+
+def _flag(words: tuple[str, str]) -> model.ValueMap:
+    return model.ValueMap(
+        {
+            "1": model.ValueMappingResult(text=words[0], color="red", index=0),
+            "0": model.ValueMappingResult(text=words[1], color="green", index=1),
+        }
+    )
+
+
+def _table(panel: Panel) -> table.Panel:
+    """A table; with ``columns``, the queries' rows merged on their labels, each query's
+    value a column of its own title, unit and value mapping."""
+    organize: dict[str, Any] = {"excludeByName": {"Time": True}}
+    builder = table.Panel()
+    if panel.columns:
+        refs = [f"Value #{chr(ord('A') + number)}" for number in range(len(panel.columns))]
+        builder = builder.with_transformation(
+            model.DataTransformerConfig(id_val="merge", options={})
+        )
+        organize["renameByName"] = {
+            ref: column.title for ref, column in zip(refs, panel.columns, strict=True)
+        }
+        for column in panel.columns:
+            properties = [model.DynamicConfigValue(id_val="unit", value=column.unit)]
+            if column.flag is not None:
+                properties += [
+                    model.DynamicConfigValue(id_val="mappings", value=[_flag(column.flag)]),
+                    model.DynamicConfigValue(
+                        id_val="custom.cellOptions", value={"type": "color-text"}
+                    ),
+                ]
+            builder = builder.override_by_name(column.title, properties)
+    builder = builder.with_transformation(
+        model.DataTransformerConfig(id_val="organize", options=organize)
+    )
+    if panel.sort_by:
+        builder = builder.sort_by(
+            [common_builders.TableSortByFieldState().display_name(panel.sort_by).desc(True)]
+        )
+    return builder
 
 
 def render_panel(panel: Panel) -> PanelBuilder:

@@ -11,6 +11,7 @@ from celery_vitals.rules.dashboards.queries import (
     DLQ,
     QUEUE,
     TASK,
+    WINDOW,
     occurrences,
     sum_rate,
 )
@@ -59,14 +60,16 @@ def board(c: RulesConfig) -> Board:
                     "{{queue_name}}",
                 ),
                 description="Messages waiting / messages taken by workers per second: how long "
-                "the backlog lasts at the current egress, ignoring new arrivals "
-                "(CeleryQueueSlowDrain's estimate; red: its objective). +Inf: nothing "
-                "was received from that queue (see consumers).",
+                "the backlog lasts at the current egress, ignoring new arrivals, which wait "
+                "behind it: what a task published now waits (CeleryQueueSlowDrain's "
+                "estimate; red: its objective). Whether the backlog shrinks at all: Ingress "
+                "vs egress. +Inf: nothing was received from that queue (see consumers).",
                 width=8,
                 thresholds=((c.number("queue_drain_slo"), "red"),),
             ),
         ),
     )
+    egress = sum_rate("celery_task_received_total", QUEUE, "queue_name")
     flow = Row(
         101,
         "Flow",
@@ -75,15 +78,23 @@ def board(c: RulesConfig) -> Board:
                 4,
                 "Ingress vs egress by queue",
                 "ops",
-                Query(sum_rate("celery_task_sent_total", QUEUE, "queue_name"), "{{queue_name}} in"),
                 Query(
-                    sum_rate("celery_task_received_total", QUEUE, "queue_name"),
-                    "{{queue_name}} out",
+                    promql.ingress(
+                        sum_rate("celery_task_sent_total", QUEUE, "queue_name"),
+                        egress,
+                        f"sum by (queue_name) (deriv(celery_queue_length{{{QUEUE}}}[{WINDOW}]))",
+                    ),
+                    "{{queue_name}} in",
                 ),
-                description="In: tasks published to the queue (task-sent events, needs "
-                "task_send_sent_event, and the exporter's event stream: absent in the agent "
-                "setup, `serve --no-event-stream`). Out: tasks workers received from it. In "
-                "above out for long: the queue climbs; add workers.",
+                Query(egress, "{{queue_name}} out"),
+                description="In: tasks published to the queue per second. From task-sent "
+                "events where the queue has them (the event setup, with task_send_sent_event "
+                "in the publishers); otherwise, in both setups, out plus the change of the "
+                "queue's depth, never below 0 (the rules' "
+                f"queue_name:celery_queue_ingress:rate{c.text('rate_window')}). Out: tasks "
+                "workers received from "
+                "it (retries and redeliveries too). In above out for long: the queue climbs; "
+                "add workers.",
                 width=12,
             ),
             ts(

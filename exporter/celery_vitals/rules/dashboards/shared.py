@@ -63,6 +63,12 @@ NO_EVENT_STREAM = Empty(
     "serve --no-event-stream`, the agents in the workers count tasks and workers) it does "
     "not exist, by design.",
 )
+NO_BEAT = Empty(
+    "no celery beat agent",
+    "Only the agent inside celery beat serves its schedule: celery_vitals.agent.install(app) "
+    "in the app module beat loads (or a worker started with -B), its /metrics scraped by "
+    "Prometheus. Empty without one, and for a cluster without periodic tasks.",
+)
 NO_QUEUE_WAIT = Empty(
     "no publication times",
     "Queue wait needs when each task was published: the stamp that "

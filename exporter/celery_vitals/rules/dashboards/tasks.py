@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from celery_vitals.rules.alerts import (
+    LAST_SUCCESS,
+    PERIODIC_BEAT,
+    PERIODIC_CONFIG,
+    PERIODIC_UNSUCCEEDED,
+)
 from celery_vitals.rules.config import RulesConfig
-from celery_vitals.rules.dashboards.panels import Board, Link, Query, Row, ts
+from celery_vitals.rules.dashboards.panels import Board, Column, Link, Panel, Query, Row, ts
 from celery_vitals.rules.dashboards.queries import (
     FAILED,
     RETRIED,
@@ -19,10 +25,11 @@ from celery_vitals.rules.dashboards.queries import (
 from celery_vitals.rules.dashboards.shared import (
     COUNT_HELP,
     FAILURE_RATIO_HELP,
+    NO_BEAT,
     RUNTIME_HELP,
     failure_steps,
 )
-from celery_vitals.rules.promql import QUEUES, TASKS
+from celery_vitals.rules.promql import QUEUES, TASKS, periodic_age, periodic_limit, series
 
 
 def board(c: RulesConfig) -> Board:
@@ -226,6 +233,102 @@ def board(c: RulesConfig) -> Board:
     return Board(
         TASKS,
         "Celery / Tasks",
-        "Per-task throughput, failure ratio, exceptions, retries and runtime.",
-        (throughput, failures, retries, runtime, other),
+        "Per-task throughput, failure ratio, exceptions, retries, runtime and celery beat's "
+        "schedule.",
+        (throughput, failures, retries, runtime, other, _schedule(c)),
+    )
+
+
+#: An entry's row of the schedule table: one per (broker, entry, name).
+ENTRY = "broker, entry, name"
+BEAT_TASK = 'broker=~"$broker", name=~"$task"'
+
+
+def _per_entry(expr: str) -> str:
+    """``expr`` (by broker and task name) on each beat entry of the task."""
+    return (
+        f"max by ({ENTRY}) (\n"
+        f"  group by ({ENTRY}) (celery_beat_entry_interval_seconds{{{BEAT_TASK}}})\n"
+        f"  * on (broker, name) group_left () {expr}\n"
+        ")"
+    )
+
+
+def _schedule(c: RulesConfig) -> Row:
+    """celery beat's schedule, from the agent inside beat: the beats, and every entry with
+    its interval, last and next send, its task's last success and whether it is late."""
+    # the agents' and the exporter's, else the rules' latch (it survives their restarts)
+    last_success = (
+        "(\n  max by (broker, name) "
+        f"({series('celery_task_last_success_timestamp_seconds', BEAT_TASK)})\n"
+        f"  or {series(LAST_SUCCESS, BEAT_TASK)}\n)"
+    )
+    late = (
+        f"{periodic_age(series(LAST_SUCCESS, BEAT_TASK), series(PERIODIC_UNSUCCEEDED, BEAT_TASK))}"
+        f"\n> bool {periodic_limit(series(PERIODIC_BEAT, BEAT_TASK), PERIODIC_CONFIG)}"
+    )
+
+    def entry(gauge: str) -> str:
+        return f"max by ({ENTRY}) ({series(f'celery_beat_entry_{gauge}', BEAT_TASK)})"
+
+    return Row(
+        105,
+        "Schedule (celery beat)",
+        (
+            Panel(
+                17,
+                "table",
+                "celery beat agents",
+                "short",
+                (
+                    Query(
+                        "count by (broker, hostname, scheduler, instance) "
+                        '(celery_beat_info{broker=~"$broker"})',
+                        instant=True,
+                    ),
+                ),
+                description="The beats whose agent Prometheus scrapes, with their scheduler "
+                "class: exactly one per broker. Two serving the same entries send each "
+                "twice (CeleryBeatDuplicate); none that was there before pages "
+                "CeleryBeatDown.",
+                width=8,
+                empty=NO_BEAT,
+                runbook_url=f"{c.runbook_url}#celerybeatdown",
+            ),
+            Panel(
+                18,
+                "table",
+                "Schedule: every beat entry",
+                "s",
+                (
+                    Query(entry("interval_seconds"), instant=True),
+                    Query(f"{entry('last_run_timestamp_seconds')} * 1000", instant=True),
+                    Query(f"{entry('next_run_timestamp_seconds')} * 1000", instant=True),
+                    Query(f"{_per_entry(last_success)} * 1000", instant=True),
+                    Query(_per_entry(f"(\n{late}\n)"), instant=True),
+                ),
+                description="Every entry of celery beat's schedule (entry: its name; name: its "
+                "task): how often it runs (a crontab: the gap between its last and next run), "
+                "when beat last sent it and sends it next, when its task last succeeded, and "
+                "whether that success is late: older than the interval plus slack "
+                "(periodic_slack_ratio, periodic_slack_min), or than the task's "
+                "periodic_tasks limit, as CeleryPeriodicTaskMissed counts. A next run in the "
+                "past: beat is stuck (CeleryBeatDown). Sort by any column. Late needs the "
+                "shipped rules loaded (their recording rules "
+                f"{PERIODIC_BEAT} and {PERIODIC_UNSUCCEEDED}, and your periodic_tasks).",
+                width=16,
+                height=10,
+                empty=NO_BEAT,
+                columns=(
+                    Column("Interval", "s"),
+                    Column("Last sent", "dateTimeFromNow"),
+                    Column("Next run", "dateTimeFromNow"),
+                    Column("Last success", "dateTimeFromNow"),
+                    Column("Late", "none", flag=("LATE", "on time")),
+                ),
+                sort_by="Late",
+                task_link=True,
+                runbook_url=f"{c.runbook_url}#celeryperiodictaskmissed",
+            ),
+        ),
     )

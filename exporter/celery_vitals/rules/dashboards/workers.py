@@ -198,7 +198,8 @@ def board(c: RulesConfig) -> Board:
                 ),
                 description="recycled: max-tasks or max-memory recycling (healthy); "
                 "time_limit: ended by the pool because its task exceeded its hard time "
-                "limit; killed: ended by another signal, the OOM killer's SIGKILL among "
+                "limit; terminated: signalled by the pool on request (revoke with "
+                "terminate=True); killed: ended by another signal, the OOM killer's SIGKILL among "
                 "them; failed: another non-zero exit." + COUNT_HELP,
                 min=0,
                 empty=NO_AGENT,
