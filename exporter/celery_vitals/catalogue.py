@@ -588,6 +588,27 @@ def info(name: str) -> InfoMetricFamily:
     return InfoMetricFamily(spec.family_name, spec.help)
 
 
+def build_info() -> InfoMetricFamily:
+    """celery_vitals_build_info, filled: this package's, Celery's and Python's versions
+    (the exporter, a worker's agent and beat's agent serve the same one)."""
+    import platform
+
+    import celery
+
+    from celery_vitals import __version__
+
+    family = info("celery_vitals_build_info")
+    family.add_metric(
+        [],
+        {
+            "version": __version__,
+            "celery_version": celery.__version__,
+            "python_version": platform.python_version(),
+        },
+    )
+    return family
+
+
 def family(name: str) -> Family:
     """An empty family of any type, for describe()."""
     kind = BY_NAME[name].type

@@ -6,12 +6,10 @@ so its cost depends on the number of series, not on the broker's size.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-import celery
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,8 +18,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from celery_vitals import __version__
-from celery_vitals.catalogue import BY_NAME, counter, family, gauge, histogram, info
+from celery_vitals.catalogue import (
+    BY_NAME,
+    build_info,
+    counter,
+    family,
+    gauge,
+    histogram,
+    info,
+)
 from celery_vitals.exposition import FamilyText
 from celery_vitals.histogram import Histograms
 from celery_vitals.labels import OTHER, LabelGuard
@@ -288,16 +293,7 @@ class ExporterCollector(_CatalogueCollector):
         durations = self.render_durations()
         if durations is not None:
             yield _histogram("celery_vitals_scrape_duration_seconds", (), durations)
-        build = info("celery_vitals_build_info")
-        build.add_metric(
-            [],
-            {
-                "version": __version__,
-                "celery_version": celery.__version__,
-                "python_version": platform.python_version(),
-            },
-        )
-        yield build
+        yield build_info()
 
 
 class QueueCollector(_CatalogueCollector):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,8 +38,7 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from celery_vitals import __version__
-from celery_vitals.catalogue import counter, gauge, info
+from celery_vitals.catalogue import build_info, counter, gauge, info
 from celery_vitals.labels import OTHER, LabelGuard
 from celery_vitals.logs import RateLimitedLogger
 
@@ -485,15 +483,4 @@ class BeatCollector(Collector):
         for family, count in list(self.scrape_errors.items()):
             scrape_errors.add_metric([family], count)
         yield scrape_errors
-        import celery
-
-        build = info("celery_vitals_build_info")
-        build.add_metric(
-            [],
-            {
-                "version": __version__,
-                "celery_version": celery.__version__,
-                "python_version": platform.python_version(),
-            },
-        )
-        yield build
+        yield build_info()
