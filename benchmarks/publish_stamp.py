@@ -1,7 +1,7 @@
 """What the publish stamp costs a publisher: N tasks published with and without it.
 
 Why: ``celery_vitals.agent.install(app)`` in a web server or a script stamps every task
-it publishes (a ``before_task_publish`` receiver writes the publication time into the
+the app publishes (its task sender, wrapped, writes the publication time into the
 message's headers, and on RabbitMQ the AMQP ``timestamp`` property too); issue 24 says
 at most 2 us per publish. The publishes go to kombu's ``memory://`` transport, in
 process: no network, no broker, so the difference between the modes is the stamp's
@@ -11,20 +11,20 @@ batches of ``--batch`` publishes (the modes in turn, a different one first each
 cycle), each publishing ``--tasks`` tasks in all with ``app.send_task`` (what
 ``task.delay()`` does: a producer from the pool, the message built and published):
 
-- ``none``: no receiver connected (the app without the agent);
-- ``noop-receiver``: a receiver that does nothing: what Celery's signal dispatch
-  costs once any receiver is connected (before Celery 5.7 it skips the signal
-  without receivers), whoever connects it;
-- ``header``: the stamp as on Redis and SQS (the header only);
+- ``none``: an app without the agent;
+- ``noop-receiver``: an app without the agent and a ``before_task_publish`` receiver
+  that does nothing: what the stamp would cost as a signal receiver, Celery's dispatch
+  of the signal alone (the agent's first design);
+- ``header``: an app with the agent, the stamp as on Redis and SQS (the header only);
 - ``header+timestamp``: the stamp as on RabbitMQ (the header and the AMQP timestamp).
 
 A publish costs a few hundred us here and the machine's noise is tens of us, so each
 mode's figure is the median of its batches, and "over none" the median of the
 differences between a batch and the ``none`` batch of the same cycle. That cannot
-resolve a few us; the second part can: the signal alone, ``before_task_publish.send``
-with the arguments ``send_task_message`` passes, timed per mode (``--dispatches``
-calls, the best of 5 repeats), which is everything the stamp adds to a publish but
-the bytes of one more header.
+resolve a few us; the second part can: the task sender alone, each mode's
+``send_task_message`` around a sender that does nothing, called with a message of
+Celery's shape (``--dispatches`` calls, the best of 5 repeats), which is everything the
+stamp adds to a publish but the bytes of one more header.
 
     python benchmarks/publish_stamp.py                   # 100,000 tasks per mode
     python benchmarks/publish_stamp.py --tasks 20000 --batch 500
@@ -43,15 +43,13 @@ import statistics
 import sys
 import time
 import timeit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import celery
 from celery import Celery, signals
 
-from celery_vitals import agent
-from celery_vitals.agent.publish import DISPATCH_UID as AGENT_DISPATCH_UID
 from celery_vitals.agent.publish import Stamper
 from celery_vitals.stamp import HEADER
 
@@ -68,27 +66,42 @@ DISPATCH_UID = "celery-vitals-benchmark-publish-stamp"
 TARGET_US = 2.0  # issue 24
 
 
-def make_app() -> tuple[Celery, Stamper]:
-    """The app, and the receiver install(app) connects (its own instance here: the
-    benchmark connects and disconnects it per mode, and leaves nothing connected)."""
-    app = Celery("publish-stamp", broker="memory://", set_as_current=False)
-    app.conf.update(task_default_queue=QUEUE, broker_connection_retry_on_startup=True)
-    return app, Stamper(lambda: [(app, None)])
+class FixedStamper(Stamper):
+    """The agent's stamper, with the "RabbitMQ?" decision given (memory:// would count as
+    amqp): one per stamping mode."""
+
+    def __init__(self, timestamp_property: bool) -> None:
+        super().__init__()
+        self.timestamp_property = timestamp_property
+
+    def decide(self, app: Any) -> bool:
+        return self.timestamp_property
+
+
+def make_apps() -> tuple[dict[str, Celery], list[Stamper]]:
+    """One app per mode, the stampers of the two stamping modes."""
+    apps: dict[str, Celery] = {}
+    stampers: list[Stamper] = []
+    for mode in MODES:
+        app = Celery(f"publish-stamp-{mode}", broker="memory://", set_as_current=False)
+        app.conf.update(task_default_queue=QUEUE, broker_connection_retry_on_startup=True)
+        if mode.startswith("header"):
+            stamper = FixedStamper(mode == "header+timestamp")
+            stamper.install(app)
+            stampers.append(stamper)
+        apps[mode] = app
+    return apps, stampers
 
 
 def noop(**_: Any) -> None:
     """A receiver that does nothing: Celery's dispatch alone."""
 
 
-def set_mode(app: Celery, stamper: Stamper, mode: str) -> None:
+def receiver(mode: str) -> None:
+    """The no-op receiver connected for its mode only (the signal is the process's)."""
     signals.before_task_publish.disconnect(dispatch_uid=DISPATCH_UID)
     if mode == "noop-receiver":
         signals.before_task_publish.connect(noop, weak=False, dispatch_uid=DISPATCH_UID)
-    elif mode != "none":
-        signals.before_task_publish.connect(stamper, weak=False, dispatch_uid=DISPATCH_UID)
-        # which transports take the AMQP timestamp is the broker's (memory:// would count
-        # as amqp): set per mode
-        stamper.assume(app, mode == "header+timestamp")
 
 
 def purge(app: Celery) -> None:
@@ -101,10 +114,10 @@ def last_message(app: Celery) -> Any:
         return connection.SimpleQueue(QUEUE).get(timeout=1)
 
 
-def verify(app: Celery, stamper: Stamper, mode: str) -> None:
+def verify(app: Celery, mode: str) -> None:
     """One publish of the mode carries exactly what the mode says (VerificationError)."""
     purge(app)
-    set_mode(app, stamper, mode)
+    receiver(mode)
     app.send_task("bench.noop", (1,))
     message = last_message(app)
     stamped = HEADER in message.headers
@@ -129,16 +142,10 @@ def publish_batch(app: Celery, count: int) -> tuple[float, float]:
 
 
 def measure(tasks: int, batch: int) -> dict[str, Any]:
-    # "none" is no receiver at all: the process's own agent stamper (when something here
-    # ran install(), as the smoke test's neighbours do) is set aside for the run
-    agent_stamper = signals.before_task_publish.disconnect(dispatch_uid=AGENT_DISPATCH_UID)
     try:
         return measure_modes(tasks, batch)
     finally:
-        if agent_stamper:
-            signals.before_task_publish.connect(
-                agent.stamper, weak=False, dispatch_uid=AGENT_DISPATCH_UID
-            )
+        receiver("none")
 
 
 def us(seconds: float, count: int) -> float:
@@ -146,24 +153,27 @@ def us(seconds: float, count: int) -> float:
 
 
 def measure_modes(tasks: int, batch: int) -> dict[str, Any]:
-    app, stamper = make_app()
+    apps, stampers = make_apps()
     for mode in MODES:
-        verify(app, stamper, mode)
-    set_mode(app, stamper, "none")
-    publish_batch(app, batch)  # warm-up: connection, producer pool, caches
-    purge(app)
+        verify(apps[mode], mode)
+    for mode in MODES:  # warm-up: connection, producer pool, caches
+        receiver(mode)
+        publish_batch(apps[mode], batch)
+        purge(apps[mode])
     cycles = max(1, tasks // batch)
     runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
     for cycle in range(cycles):
         first = cycle % len(MODES)
         for mode in MODES[first:] + MODES[:first]:
-            set_mode(app, stamper, mode)
-            runs[mode].append(publish_batch(app, batch))
-            purge(app)  # the memory transport keeps every message
-    set_mode(app, stamper, "none")
-    app.close()
-    if stamper.failures:
-        raise VerificationError(f"{stamper.failures} publishes could not be stamped")
+            receiver(mode)
+            runs[mode].append(publish_batch(apps[mode], batch))
+            purge(apps[mode])  # the memory transport keeps every message
+    receiver("none")
+    for app in apps.values():
+        app.close()
+    failures = sum(stamper.failures for stamper in stampers)
+    if failures:
+        raise VerificationError(f"{failures} publishes could not be stamped")
     result: dict[str, Any] = {"tasks_per_mode": cycles * batch, "batch": batch}
     none_cpu = [c for _, c in runs["none"]]
     base_cpu = statistics.median(none_cpu)
@@ -186,29 +196,55 @@ def measure_modes(tasks: int, batch: int) -> dict[str, Any]:
 
 
 def dispatch_only(calls: int) -> dict[str, float]:
-    """us per before_task_publish.send() as send_task_message calls it, per mode."""
-    app, stamper = make_app()
-    stamper.assume(app, False)
-    headers: dict[str, Any] = {"id": "u", "task": "bench.noop"}
-    properties: dict[str, Any] = {"correlation_id": "u", "reply_to": ""}
-    send = signals.before_task_publish.send
-    arguments = {
-        "sender": "bench.noop",
-        "body": ((1,), {}, {}),
-        "exchange": "",
-        "routing_key": QUEUE,
-        "declare": [],
-        "headers": headers,
-        "properties": properties,
-        "retry_policy": {},
+    """us per call of each mode's task sender around a sender that does nothing, with a
+    message of Celery's shape: none, the sender itself; noop-receiver, the signal sent
+    first as Celery's send_task_message sends it; the stamping modes, the agent's
+    wrapper."""
+    from celery.app.amqp import task_message
+
+    def inner(producer: Any, name: str, message: Any, **kwargs: Any) -> None:
+        """Celery's send_task_message with nothing to do."""
+
+    send_signal = signals.before_task_publish.send
+
+    def signalled(producer: Any, name: str, message: Any, **kwargs: Any) -> None:
+        send_signal(
+            sender=name,
+            body=message.body,
+            exchange="",
+            routing_key=QUEUE,
+            declare=[],
+            headers=message.headers,
+            properties=message.properties,
+            retry_policy={},
+        )
+        inner(producer, name, message, **kwargs)
+
+    app = Celery("publish-stamp-dispatch", broker="memory://", set_as_current=False)
+    senders = {
+        "none": inner,
+        "noop-receiver": signalled,
+        "header": FixedStamper(False).wrap(inner, app),
+        "header+timestamp": FixedStamper(True).wrap(inner, app),
     }
+    message = task_message(
+        {"id": "u", "task": "bench.noop"},
+        {"correlation_id": "u", "reply_to": ""},
+        ((1,), {}, {}),
+        None,
+    )
     timings: dict[str, float] = {}
     for mode in MODES:
-        set_mode(app, stamper, mode)
-        stamper.assume(app, mode == "header+timestamp")
-        best = min(timeit.repeat(lambda: send(**arguments), number=calls, repeat=5))
+        receiver(mode)
+        send = senders[mode]
+
+        def call(send: Callable[..., Any] = send) -> None:
+            send(None, "bench.noop", message)
+
+        best = min(timeit.repeat(call, number=calls, repeat=5))
         timings[mode] = us(best, calls)
-    set_mode(app, stamper, "none")
+    receiver("none")
+    app.close()
     return timings
 
 
@@ -241,8 +277,8 @@ def print_report(result: dict[str, Any]) -> None:
         )
     print(table(rows))
     dispatch = result["dispatch"]
-    print(f"\nthe signal alone: before_task_publish.send(), best of 5 x {result['dispatches']:,}")
-    rows = [["mode", "us per send", "us over none"]]
+    print(f"\nthe task sender alone, best of 5 x {result['dispatches']:,}")
+    rows = [["mode", "us per call", "us over none"]]
     rows += [
         [mode, f"{dispatch[mode]:.2f}", f"{dispatch[mode] - dispatch['none']:+.2f}"]
         for mode in MODES

@@ -12,9 +12,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from celery import signals
 
-from celery_vitals.agent.publish import DISPATCH_UID as STAMP_DISPATCH_UID
 from stack.processes import STARTED
 from tests.support.harness import Harness
 
@@ -29,15 +27,6 @@ def pytest_runtest_makereport(
             if process.lived_during(call.start, call.stop):
                 report.sections.append((f"output of {process.name}", process.tail(200)))
     return report
-
-
-@pytest.fixture(autouse=True)
-def _no_publish_stamp_left_behind() -> Iterator[None]:
-    """agent.install(app) stamps every publish of its process: a test that installs the
-    agent in the pytest process takes the stamp away with it, or every later test's
-    publishes (a probe test's queue contents) would carry it."""
-    yield
-    signals.before_task_publish.disconnect(dispatch_uid=STAMP_DISPATCH_UID)
 
 
 @pytest.fixture

@@ -251,3 +251,57 @@ def test_eta_busy_and_processes_on_the_threads_and_gevent_pools(
     }
     assert s.series("celery_vitals_agent_feature_up") == ALL_UP
     agent_said_nothing_else(worker)
+
+
+STAMP_SCRIPT = """
+import json, time
+from celery import Celery
+from celery_vitals.agent.publish import Stamper
+from celery_vitals.stamp import HEADER
+
+class RabbitStamper(Stamper):
+    def decide(self, app):
+        return True  # memory:// keeps the AMQP properties as they are
+
+out = {}
+for built in ("nothing", "amqp", "sender"):
+    app = Celery("stamp-" + built, broker="memory://", set_as_current=False)
+    if built != "nothing":
+        app.amqp
+    if built == "sender":
+        app.amqp.send_task_message
+    stamper = RabbitStamper()
+    stamper.install(app)
+    before = time.time()
+    app.send_task("t.add", (1, 2), queue="q-" + built)
+    after = time.time()
+    with app.connection_for_read() as connection:
+        message = connection.SimpleQueue("q-" + built).get(timeout=5)
+    published = message.headers.get(HEADER)
+    out[built] = {
+        "in_time": published is not None and before <= published <= after,
+        "timestamp": message.properties.get("timestamp") == int(published or -1),
+        "failures": stamper.failures,
+    }
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def test_the_publication_stamp_on_every_minor(celery_venv: CeleryVenv) -> None:
+    """Celery's task sender (AMQP._create_task_sender's send_task_message) is where the
+    agent stamps, on each minor, whether install() ran before the app's amqp existed,
+    after, or after its sender was built: the header and the AMQP timestamp reach the
+    message."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [celery_venv.executable("python"), "-c", STAMP_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    fine = {"failures": 0, "in_time": True, "timestamp": True}
+    assert json.loads(done.stdout) == {"amqp": fine, "nothing": fine, "sender": fine}

@@ -20,6 +20,7 @@ import bcrypt
 import celery
 import pytest
 from celery import Celery
+from celery.app.amqp import AMQP
 from celery.worker import state
 
 import celery_vitals.agent as agent_module
@@ -27,6 +28,7 @@ import celery_vitals.agent.pool as pool_module
 import celery_vitals.agent.tap as tap_module
 from celery_vitals import catalogue
 from celery_vitals.agent import Agent
+from celery_vitals.agent import publish as publish_module
 from celery_vitals.agent.features import FEATURES, Features
 from celery_vitals.agent.pool import EX_RECYCLE, PoolWatch, exit_reason, resident_bytes
 from celery_vitals.agent.publish import Stamper
@@ -1257,7 +1259,29 @@ def test_the_event_stream_s_task_received_is_neither_stamped_nor_unstamped() -> 
 
 @pytest.fixture
 def stamper() -> Stamper:
-    return Stamper(lambda: agent_module._installed, lambda: 1_700_000_123.75)
+    return Stamper(lambda: 1_700_000_123.75)
+
+
+class Sent:
+    """A task sender that records what it was given (Celery's send_task_message's shape)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __call__(self, producer: Any, name: str, message: Any, *args: Any, **kwargs: Any) -> str:
+        self.calls.append((producer, name, message, args, kwargs))
+        return "published"
+
+
+def task_message(headers: Any = None, properties: Any = None) -> Any:
+    from celery.app.amqp import task_message as shape
+
+    return shape(
+        {"id": "u1"} if headers is None else headers,
+        {"correlation_id": "u1"} if properties is None else properties,
+        (),
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -1271,53 +1295,58 @@ def stamper() -> Stamper:
     ],
 )
 def test_a_publish_is_stamped_header_always_amqp_timestamp_on_rabbitmq(
-    installed: Celery, stamper: Stamper, url: str | None, timestamp: int | None
+    stamper: Stamper, url: str | None, timestamp: int | None
 ) -> None:
-    installed.conf.broker_url = url
-    headers: dict[str, Any] = {"id": "u1", HEADER: 1.0}  # a retry carries its old stamp
-    properties: dict[str, Any] = {"correlation_id": "u1"}
-    stamper(sender="t", body=(), headers=headers, properties=properties)
+    app = Celery("unit-stamp", broker=url, set_as_current=False)
+    sent = Sent()
+    send = stamper.wrap(sent, app)
+    message = task_message({"id": "u1", HEADER: 1.0})  # a retry carries its old stamp
+    assert send("producer", "t", message, exchange="", retry=True) == "published"
+    assert sent.calls == [("producer", "t", message, (), {"exchange": "", "retry": True})]
+    headers, properties = message.headers, message.properties
     assert headers == {"id": "u1", HEADER: 1_700_000_123.75}  # restamped
     assert properties.get("timestamp") == timestamp
     assert type(properties.get("timestamp", 0)) is int
     assert stamper.failures == 0
     # what py-amqp makes of them: its serializer takes the AMQP timestamp (an unsigned
     # 64-bit int; a float or a datetime fails the publish) and reads it back
-    message = amqp.Message(b"{}", application_headers=headers, **properties)
+    packed = amqp.Message(b"{}", application_headers=headers, **properties)
     again = amqp.Message()
-    again._load_properties(60, message._serialize_properties(), 0)
+    again._load_properties(60, packed._serialize_properties(), 0)
     assert again.properties.get("timestamp") == timestamp
     assert again.properties["application_headers"][HEADER] == 1_700_000_123.75
 
 
-def test_with_several_apps_the_current_one_decides_the_timestamp_property(
-    installed: Celery, stamper: Stamper, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    installed.conf.broker_url = "amqp://h//"
-    other = Celery("unit-other", broker="redis://h", set_as_current=False)
-    agent_module.install(other)
-    properties: dict[str, Any] = {}
-    current = other
-    monkeypatch.setattr(celery.app, "app_or_default", lambda: current)  # Celery's current app
-    stamper(headers={}, properties=properties)
-    assert "timestamp" not in properties
-    current = installed
-    stamper(headers={}, properties=properties)
-    assert properties["timestamp"] == 1_700_000_123
-    current = Celery("unit-stranger", broker="amqp://h//", set_as_current=False)
-    properties = {}
-    stamper(headers={}, properties=properties)  # not installed: no guess, the header only
-    assert properties == {}
+def test_each_app_decides_the_timestamp_property_for_itself_once(stamper: Stamper) -> None:
+    rabbit = Celery("unit-rabbit", broker="amqp://h//", set_as_current=False)
+    redis = Celery("unit-redis", broker="redis://h", set_as_current=False)
+    to_rabbit, to_redis = stamper.wrap(Sent(), rabbit), stamper.wrap(Sent(), redis)
+    first, second = task_message(), task_message()
+    to_redis("p", "t", first)
+    to_rabbit("p", "t", second)
+    assert "timestamp" not in first.properties
+    assert second.properties["timestamp"] == 1_700_000_123
+    redis.conf.broker_url = "amqp://h//"  # decided at the first publish: configured by then
+    third = task_message()
+    to_redis("p", "t", third)
+    assert "timestamp" not in third.properties
 
 
 def test_a_stamp_that_cannot_be_written_never_fails_the_publish_and_is_logged_once(
-    installed: Celery, stamper: Stamper, caplog: pytest.LogCaptureFixture
+    stamper: Stamper, caplog: pytest.LogCaptureFixture
 ) -> None:
-    installed.conf.broker_url = "amqp://h//"
+    app = Celery("unit-stamp", broker="amqp://h//", set_as_current=False)
+    sent = Sent()
+    send = stamper.wrap(sent, app)
+    odd = [
+        (None, {}, (), None),  # headers not a dict
+        task_message({}, ()),  # properties not a mapping
+        ("not", "a", "message"),  # too short: no properties
+    ]
     with caplog.at_level(logging.WARNING, logger="celery_vitals"):
-        stamper(headers=None, properties={})
-        stamper(headers={}, properties=())  # type: ignore[arg-type]  # not a mapping
-        stamper(headers=(), properties={})  # type: ignore[arg-type]
+        for message in odd:
+            assert send("p", "t", message) == "published"  # published all the same
+    assert [call[2] for call in sent.calls] == odd
     assert stamper.failures == 3
     assert [r.getMessage() for r in caplog.records] == [
         "celery-vitals: could not stamp a published task with its publication time (the "
@@ -1325,20 +1354,62 @@ def test_a_stamp_that_cannot_be_written_never_fails_the_publish_and_is_logged_on
     ]
 
 
-def test_celery_publishes_what_the_signal_receiver_wrote(installed: Celery) -> None:
-    """Through Celery's own send_task_message: the header and the AMQP timestamp property
-    the receiver sets reach the message (memory:// keeps its properties as they are)."""
+def published_through_celery(app: Celery, queue: str) -> Any:
+    """One task sent through Celery's own send_task_message to memory://, read back."""
+    app.send_task("t.add", (1, 2), queue=queue)
+    with app.connection_for_read() as connection:
+        message = connection.SimpleQueue(queue).get(timeout=5)
+    message.ack()
+    return message
+
+
+@pytest.mark.parametrize("built", ["nothing", "amqp", "sender"])
+def test_install_stamps_what_celery_publishes_however_far_the_app_got(
+    stamper: Stamper, monkeypatch: pytest.MonkeyPatch, built: str
+) -> None:
+    """install() before app.amqp exists (its class derived), after (the instance's class
+    swapped) and after its task sender was built (the sender wrapped): the header and the
+    AMQP timestamp property reach the message (memory:// keeps its properties as they
+    are); a second install() wraps nothing twice; an app without install() publishes
+    unstamped."""
+    monkeypatch.setattr(stamper, "decide", lambda app: True)  # as on RabbitMQ
+    app = Celery("unit-publish", broker="memory://", set_as_current=False)
+    if built in ("amqp", "sender"):
+        assert app.amqp is not None
+    if built == "sender":
+        original = app.amqp.send_task_message
+    stamper.install(app)
+    stamper.install(app)
+    sender = app.amqp.send_task_message
+    assert getattr(sender, publish_module.MARK) is True
+    assert not getattr(sender.__wrapped__, publish_module.MARK, False)  # wrapped once
+    if built == "sender":
+        assert sender.__wrapped__ is original
+    else:
+        assert isinstance(app.amqp, AMQP)
+        assert type(app.amqp).__name__ == "AMQP"
+    message = published_through_celery(app, f"stamped-{built}")
+    assert message.headers[HEADER] == pytest.approx(1_700_000_123.75)
+    assert message.properties["timestamp"] == 1_700_000_123
+    other = Celery("unit-plain", broker="memory://", set_as_current=False)
+    assert HEADER not in published_through_celery(other, f"plain-{built}").headers
+
+
+def test_install_keeps_the_apps_own_amqp_class(stamper: Stamper) -> None:
+    class Custom(AMQP):
+        pass
+
+    app = Celery("unit-custom", broker="memory://", amqp=Custom, set_as_current=False)
+    stamper.install(app)
+    assert isinstance(app.amqp, Custom)
+    assert type(app.amqp) is not Custom  # its stamping subclass
+    message = published_through_celery(app, "custom")
+    assert message.headers[HEADER] == 1_700_000_123.75
+
+
+def test_the_agents_install_stamps_with_the_clock(installed: Celery) -> None:
     installed.conf.broker_url = "memory://"
-    agent_module.stamper.assume(installed, True)  # as on RabbitMQ
-    try:
-        before = time.time()
-        installed.send_task("t.add", (1, 2), queue="stamped")
-        after = time.time()
-        with installed.connection_for_read() as connection:
-            message = connection.SimpleQueue("stamped").get(timeout=5)
-        published = message.headers[HEADER]
-        assert before <= published <= after
-        assert message.properties["timestamp"] == int(published)
-        message.ack()
-    finally:
-        agent_module.stamper.assume(installed, False)
+    before = time.time()
+    message = published_through_celery(installed, "stamped")
+    after = time.time()
+    assert before <= message.headers[HEADER] <= after

@@ -18,7 +18,7 @@ beat agent starts from the ``beat_init`` signal, on beat's own thread. Any
 other process that imports the app (a web server, ``celery inspect``) serves
 nothing: the worker's agent starts from the ``worker_init`` signal, which only
 a WorkController sends, in the worker's main process.
-Every process that installed it, workers included, stamps each task it
+In every process, workers included, an installed app stamps each task it
 publishes with its publication time (publish.py), from which the worker's
 agent observes the queue wait (tap.py).
 
@@ -57,7 +57,6 @@ from celery_vitals import AGENT_CONF_KEY
 from celery_vitals.agent import beat
 from celery_vitals.agent.features import FeatureCollector, Features
 from celery_vitals.agent.pool import PoolWatch
-from celery_vitals.agent.publish import DISPATCH_UID as STAMP_DISPATCH_UID
 from celery_vitals.agent.publish import Stamper
 from celery_vitals.agent.tap import (
     DRAIN_INTERVAL,
@@ -135,8 +134,8 @@ log = logging.getLogger(__name__)
 rate_limited = RateLimitedLogger(log)
 
 _installed: list[tuple[Celery, str | None]] = []  # (app, listen_address) per install()
-#: the before_task_publish receiver: stamps what this process publishes
-stamper = Stamper(lambda: _installed)
+#: stamps what the installed apps publish (their task senders, wrapped)
+stamper = Stamper()
 
 
 class _Process:
@@ -156,8 +155,9 @@ _process = _Process()
 
 
 def install(app: Celery, listen_address: str | None = None) -> None:
-    """Serve this app's worker metrics from every ``celery worker`` of it, and stamp
-    every task this process publishes with its publication time.
+    """Serve this app's worker metrics from every ``celery worker`` of it (and its
+    schedule from ``celery beat``), and stamp every task the app publishes with its
+    publication time.
 
     ``listen_address`` is ``HOST:PORT`` (``[::]:9809`` for IPv6); the
     environment variable CELERY_VITALS_AGENT_LISTEN_ADDRESS overrides it.
@@ -169,12 +169,18 @@ def install(app: Celery, listen_address: str | None = None) -> None:
             break
     else:
         _installed.append((app, listen_address))
+    try:
+        stamper.install(app)
+    except Exception:  # the app imports and publishes regardless, unstamped
+        log.warning(
+            "celery-vitals: tasks this app publishes cannot carry their publication time",
+            exc_info=True,
+        )
     _connect_signals()
 
 
 def _connect_signals() -> None:
     """Receivers for every installed app (dispatch_uid: connected once per process)."""
-    signals.before_task_publish.connect(stamper, weak=False, dispatch_uid=STAMP_DISPATCH_UID)
     signals.worker_init.connect(
         _on_worker_init, weak=False, dispatch_uid="celery-vitals-agent-worker-init"
     )
