@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
@@ -1386,8 +1387,7 @@ def test_install_stamps_what_celery_publishes_however_far_the_app_got(
     if built == "sender":
         assert sender.__wrapped__ is original
     else:
-        assert isinstance(app.amqp, AMQP)
-        assert type(app.amqp).__name__ == "AMQP"
+        assert type(app.amqp) is AMQP  # the app's classes stay what they were
     message = published_through_celery(app, f"stamped-{built}")
     assert message.headers[HEADER] == pytest.approx(1_700_000_123.75)
     assert message.properties["timestamp"] == 1_700_000_123
@@ -1401,10 +1401,21 @@ def test_install_keeps_the_apps_own_amqp_class(stamper: Stamper) -> None:
 
     app = Celery("unit-custom", broker="memory://", amqp=Custom, set_as_current=False)
     stamper.install(app)
-    assert isinstance(app.amqp, Custom)
-    assert type(app.amqp) is not Custom  # its stamping subclass
+    assert type(app.amqp) is Custom
     message = published_through_celery(app, "custom")
     assert message.headers[HEADER] == 1_700_000_123.75
+
+
+def test_an_installed_app_still_pickles_and_its_copy_stamps() -> None:
+    """Celery pickles an app with its amqp_cls (Celery.__reduce__): install() before
+    app.amqp exists leaves one that pickles, and the copy stamps too."""
+    app = Celery("unit-pickle", broker="memory://", set_as_current=False)
+    Stamper().install(app)
+    copy = pickle.loads(pickle.dumps(app))
+    assert isinstance(copy.amqp_cls, publish_module.StampingAMQP)
+    before = time.time()
+    message = published_through_celery(copy, "pickled")
+    assert before <= message.headers[HEADER] <= time.time()
 
 
 def test_the_agents_install_stamps_with_the_clock(installed: Celery) -> None:

@@ -25,10 +25,12 @@ dispatch of a signal to a receiver costs 1.9-3.6 us a publish by itself
 
 How the wrapper gets there depends on how far the app got when ``install(app)`` runs
 (``app.amqp`` and its ``send_task_message`` are cached properties, built at first use):
-before ``app.amqp`` exists, the app's ``amqp_cls`` becomes a subclass whose
-``_create_task_sender`` wraps what Celery builds; once it exists, its class is swapped for
-that subclass; once the sender exists, the sender itself is wrapped. Either way the
-sender is built by Celery from the app's configuration as it is at first publish.
+before ``app.amqp`` exists, the app's ``amqp_cls`` becomes a StampingAMQP, which builds
+the app's AMQP (Celery's, or the app's own class) and hooks it; once it exists, the
+instance is hooked: its ``_create_task_sender`` wraps what Celery builds; once the sender
+exists, the sender itself is wrapped. Either way the sender is built by Celery from the
+app's configuration as it is at first publish, and the app's classes stay what they
+were (an app pickles its ``amqp_cls``: a StampingAMQP pickles too).
 
 No thread, no server, no state beyond each app's "RabbitMQ?" decision (made at its first
 publish, when its configuration is complete) and a count of failures: a stamp that
@@ -59,48 +61,31 @@ class Stamper:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.failures = 0  # stamps not written; the first is logged
-        self._classes: dict[type, type] = {}  # Celery's AMQP class -> its stamping subclass
 
     def install(self, app: Any) -> None:
         """Stamps every task ``app`` publishes from now on (idempotent)."""
         amqp = app.__dict__.get("amqp")  # Celery's cached property: built at first use
-        if amqp is None:
-            from celery.utils.imports import symbol_by_name
+        if amqp is not None:
+            self.hook(amqp)
+        elif not isinstance(app.amqp_cls, StampingAMQP):
+            app.amqp_cls = StampingAMQP(app.amqp_cls, self)
 
-            app.amqp_cls = self.stamping_class(symbol_by_name(app.amqp_cls))
-            return
+    def hook(self, amqp: Any) -> None:
+        """Makes an app's AMQP build (or, built already, use) a stamping task sender."""
         sender = amqp.__dict__.get("send_task_message")
         if sender is not None:  # built already: wrap it where it is cached
             if not getattr(sender, MARK, False):
-                amqp.__dict__["send_task_message"] = self.wrap(sender, app)
-        elif not getattr(type(amqp), MARK, False):
-            amqp.__class__ = self.stamping_class(type(amqp))
+                amqp.__dict__["send_task_message"] = self.wrap(sender, amqp.app)
+            return
+        if getattr(amqp.__dict__.get("_create_task_sender"), MARK, False):
+            return
+        create = amqp._create_task_sender  # Celery's, bound to this instance
 
-    def stamping_class(self, base: type) -> type:
-        """``base`` (Celery's AMQP, or the app's own subclass of it) with a task sender
-        that stamps."""
-        if getattr(base, MARK, False):
-            return base
-        derived = self._classes.get(base)
-        if derived is None:
-            stamper = self
+        def _create_task_sender() -> Sender:
+            return self.wrap(create(), amqp.app)
 
-            def _create_task_sender(amqp: Any) -> Sender:
-                sender: Sender = super(derived, amqp)._create_task_sender()  # type: ignore[arg-type]
-                return stamper.wrap(sender, amqp.app)
-
-            derived = type(
-                base.__name__,
-                (base,),
-                {
-                    "__module__": base.__module__,
-                    "__qualname__": base.__qualname__,
-                    "_create_task_sender": _create_task_sender,
-                    MARK: True,
-                },
-            )
-            self._classes[base] = derived
-        return derived
+        setattr(_create_task_sender, MARK, True)
+        amqp._create_task_sender = _create_task_sender  # the instance's, before the class's
 
     def wrap(self, send: Sender, app: Any) -> Sender:
         """``send`` (an app's ``send_task_message``), stamping each message first."""
@@ -150,3 +135,24 @@ def _write_url(app: Any) -> str:
     if isinstance(url, (list, tuple)):  # a failover list
         url = url[0] if url else ""
     return str(url).split(";", 1)[0]
+
+
+class StampingAMQP:
+    """An app's ``amqp_cls`` while ``app.amqp`` is not built yet: builds the AMQP the app
+    had (a class, or Celery's ``module:Class`` string) and hooks it. A plain object of
+    this module, so an app that pickles its ``amqp_cls`` (Celery's ``__reduce__``) still
+    pickles."""
+
+    def __init__(self, base: Any, stamper: Stamper) -> None:
+        self.base = base
+        self.stamper = stamper
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from celery.utils.imports import symbol_by_name
+
+        amqp = symbol_by_name(self.base)(*args, **kwargs)
+        try:
+            self.stamper.hook(amqp)
+        except Exception:  # the app publishes regardless, unstamped
+            self.stamper.failed()
+        return amqp
