@@ -5,11 +5,16 @@ Redis deployments do by hand (Redis has no dead-lettering), publishes the
 failed message to the dead-letter queue ``dead``; ``alerts.refuse`` fails at once, without
 retrying, and is dead-lettered the same way. ``alerts.crash`` kills its
 own pool process, as the OOM killer would: Celery reports WorkerLostError.
-``alerts.storm`` retries forever: a retry storm (``hopeless`` and the demo's
-``flaky`` retry a bounded few times, which is none). For benchmarks/time_to_page.py:
+``alerts.storm`` retries forever: a retry storm; ``alerts.storm_bounded`` retries fifty
+times a second apart (``autoretry_for``), a storm too, bounded (``hopeless`` and the demo's
+``flaky`` retry a few times, which is none). For benchmarks/time_to_page.py:
 ``alerts.charge`` fails when its caller says so (one task name whose failure share
-the caller chooses), ``alerts.hang`` blocks its pool process, and ``alerts.backoff``
-retries a few times with exponential backoff before it succeeds.
+the caller chooses), ``alerts.hang`` blocks its pool process, ``alerts.backoff``
+retries a few times with exponential backoff before it succeeds, ``alerts.slow``
+sleeps without a time limit (the demo's ``demo.slow`` has a 1 s hard limit) and
+``alerts.leak`` makes its pool process grow at a steady rate.
+With DEMO_AGENT=1 in a worker's environment the demo app runs the celery-vitals
+agent and sends no task events: the same tasks serve the agent setup.
 The worker declares ``dead`` (bound, empty) when it is ready, so the exporter
 sees the queue before the first dead letter and counts it as ingress.
 Broker from CELERY_BROKER_URL.
@@ -74,6 +79,21 @@ def storm(self: Task) -> None:
     raise self.retry(exc=ConnectionError("dependency down"), countdown=0.5)
 
 
+STORM_MAX_RETRIES = 50
+
+
+@app.task(
+    name="alerts.storm_bounded",
+    autoretry_for=(ConnectionError,),
+    max_retries=STORM_MAX_RETRIES,
+    default_retry_delay=1,
+)
+def storm_bounded() -> None:
+    """Fails against a dependency that never answers; ``autoretry_for`` retries it 50 times,
+    1 s apart, then it fails for good: 51 runs per new task, a storm although bounded."""
+    raise ConnectionError("dependency down")
+
+
 @app.task(name="alerts.charge")
 def charge(fail: bool = False) -> str:
     """Succeeds, or fails with ValueError when ``fail``: the caller sets the failure share."""
@@ -86,6 +106,29 @@ def charge(fail: bool = False) -> str:
 def hang(seconds: float) -> None:
     """Blocks its pool process (no time limit) while the main process keeps heartbeating."""
     time.sleep(seconds)
+
+
+@app.task(name="alerts.slow")
+def slow(seconds: float) -> None:
+    """Runs ``seconds`` (no time limit): slow work that keeps a pool process busy."""
+    time.sleep(seconds)
+
+
+LEAKED: list[bytes] = []  # what alerts.leak keeps: the pool process' memory grows
+MIB = 1024 * 1024
+
+
+@app.task(name="alerts.leak")
+def leak(mib_per_minute: float, seconds: float) -> int:
+    """Keeps ``mib_per_minute`` / 60 more MiB a second, for ``seconds``, in its pool
+    process (written, so resident), and never frees it: a leak in one child.
+    Returns the MiB kept."""
+    chunk = max(int(mib_per_minute * MIB / 60), 1)
+    start = time.monotonic()
+    for second in range(int(seconds)):
+        LEAKED.append(b"\x01" * chunk)
+        time.sleep(max(start + second + 1 - time.monotonic(), 0))
+    return len(LEAKED) * chunk // MIB
 
 
 @app.task(name="alerts.backoff", bind=True, max_retries=3, retry_backoff=True)
