@@ -373,6 +373,11 @@ def _task_alerts(c: RulesConfig) -> list[Alert]:
             "A Celery task fails often.",
             failure_description,
             _task_dashboard(),
+        ).unless(
+            # its failed messages land in a dead-letter queue: that queue's alert pages
+            "broker, name",
+            _dead_lettered_tasks(c),
+            "CeleryDeadLetterQueueGrowing",
         )
         for severity, key in (
             ("warning", "failure_ratio_warning"),
@@ -626,6 +631,11 @@ def _queue_alerts(c: RulesConfig) -> list[Alert]:
             f"minute over the last {c.text('queue_climb_window')} while workers took tasks "
             "from it: more arrives than the workers finish.",
             _queue_dashboard(),
+        ).unless(
+            # its every consumer's pool is saturated: the workers' lack of capacity pages
+            QUEUE,
+            _saturated_consumers(c),
+            "CeleryWorkerPoolSaturated",
         ),
         Alert(
             "CeleryQueueSlowDrain",
@@ -736,6 +746,35 @@ def _dead_letters_explained(c: RulesConfig) -> str:
         f"count by ({QUEUE}) {grown}\n"
         f"== count by ({QUEUE}) (\n{_indent(grown)}\n  and on (broker, name) "
         f"{exhausted.replace(chr(10), chr(10) + '  ')}\n)"
+    )
+
+
+def _dead_lettered_tasks(c: RulesConfig) -> str:
+    """Tasks whose dead letters grew in the event window (``celery_dlq_messages`` by name,
+    sampled by the exporter): their failures reach a dead-letter queue, whose growth is
+    CeleryDeadLetterQueueGrowing's incident."""
+    ew = c.text("event_window")
+    by = "broker, name"
+    now = f"max by ({by}) (celery_dlq_messages)"
+    then = f"max by ({by}) (celery_dlq_messages offset {ew})"
+    return f"{now} > {then}\nor ({now} unless {then})"
+
+
+def _saturated_consumers(c: RulesConfig) -> str:
+    """Queues whose every consumer (a scrape target whose workers received from the queue
+    in the climb's short window) has a saturated pool: the climb is those workers' lack of
+    capacity, CeleryWorkerPoolSaturated's incident (agent setup; without pool series,
+    nothing)."""
+    window = c.text("queue_trend_window")
+    consumers = (
+        f"max by (broker, queue_name, job, instance) "
+        f"(increase(celery_task_received_total[{window}]) > 0)"
+    )
+    saturated = f"{pool_busy_ratio(c.text('rate_window'))} >= {c.text('pool_saturation_ratio')}"
+    return (
+        f"count by ({QUEUE}) ({consumers})\n"
+        f"== count by ({QUEUE}) (\n  {consumers}\n  and on (job, instance) (\n"
+        f"{_indent(_indent(saturated))}\n  )\n)"
     )
 
 
@@ -902,14 +941,17 @@ def _worker_alerts(c: RulesConfig) -> list[Alert]:
         Alert(
             "CeleryWorkerPoolSaturated",
             "warning",
-            "5m",
+            "2m",
             f"{pool_busy_ratio(w)} >= {c.text('pool_saturation_ratio')}\n"
             "and on (broker) (sum by (broker) (queue_name:celery_queue_length:sum)"
-            f" >= {c.text('queue_min_backlog')})",
+            f" >= {c.text('queue_min_backlog')})\n"
+            # it still starts tasks: a pool that starts none hangs (CeleryQueueNotDraining)
+            f"and on ({WORKER}) (delta(celery_worker_tasks_processed[{w}]) > 0)",
             "A Celery worker's pool is saturated while a backlog waits.",
             "{{ $value | humanizePercentage }} of the pool processes of worker "
-            f"{{{{ $labels.hostname }}}} were busy over the last {w} while messages wait in "
-            "the broker's queues: add workers or concurrency, or look for tasks that hang.",
+            f"{{{{ $labels.hostname }}}} were busy over the last {w}, starting tasks as they "
+            "finish others, while messages wait in the broker's queues: add workers or "
+            "concurrency, or make the tasks faster.",
             _worker_dashboard(),
         ).unless(
             # a worker hoarding prefetched tasks while another idles: one incident, one page

@@ -210,7 +210,7 @@ THRESHOLDS: dict[str, Threshold] = {
         "(concurrency + 1)), or under the memory the host can spare it.",
     ),
     "memory_fast_window": Threshold(
-        "10m",
+        "5m",
         DURATION,
         "Window of a worker process' short memory trend (deriv), which sees fast leaks.",
     ),
