@@ -1,5 +1,6 @@
 """Integration tests use the shared fixtures of tests/conftest.py (harness, process logs),
-and these module-scoped servers: one per test module, stopped by pid after it."""
+these module-scoped servers (one per test module, stopped by pid after it), and
+``broker_url``, which runs a test on each broker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from stack.moto import MotoServer
 from stack.rabbitmq import RabbitMQServer
+from tests.support.harness import Harness
 
 
 class _Server(Protocol):
@@ -40,3 +42,12 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """moto's SQS-compatible server on a free loopback port (its state: in memory only)."""
     yield from _running(MotoServer, tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, harness: Harness) -> str:
+    """The test once on a fresh redis-server, once on the module's RabbitMQ node."""
+    if request.param == "redis":
+        return harness.redis().url()
+    server: RabbitMQServer = request.getfixturevalue("rabbit")
+    return server.url

@@ -22,7 +22,6 @@ import pytest
 
 from stack.net import LOOPBACK, free_port, http_get, port_open, wait_until
 from stack.processes import REPO_ROOT, ManagedProcess, venv_executable
-from stack.rabbitmq import RabbitMQServer
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
 
@@ -30,14 +29,6 @@ pytestmark = pytest.mark.integration
 
 APP = "tests.support.agent_app"
 POOL_ARGS = {"prefork": ["--max-tasks-per-child=2"], "threads": [], "solo": [], "gevent": []}
-
-
-@pytest.fixture(params=["redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, harness: Harness) -> str:
-    if request.param == "redis":
-        return harness.redis().url()
-    server: RabbitMQServer = request.getfixturevalue("rabbit")
-    return server.url
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from celery_vitals.agent.features import FEATURES
-from stack.rabbitmq import RabbitMQServer
 from tests.support import celery_versions
 from tests.support.agent_workers import AgentWorkers, AppWorker
 from tests.support.celery_versions import CeleryVenv
@@ -38,14 +37,6 @@ ALL_UP = {frozenset({("feature", feature)}): 1.0 for feature in FEATURES}
 def celery_venv(request: pytest.FixtureRequest) -> CeleryVenv:
     """The minor's venv: built by scripts/celery_versions.sh in CI, else here."""
     return celery_versions.ensure(request.param)
-
-
-@pytest.fixture(params=["redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, harness: Harness) -> str:
-    if request.param == "redis":
-        return harness.redis().url()
-    server: RabbitMQServer = request.getfixturevalue("rabbit")
-    return server.url
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from stack.rabbitmq import RabbitMQServer
 from tests.support.harness import Harness
 from tests.support.metrics import Scrape
 
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.integration
 EXITS = "celery_worker_pool_process_exits_total"
 FAILED = "celery_task_failed_total"
 WAIT = "agent.wait_for_file"
-
-
-@pytest.fixture(params=["redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, harness: Harness) -> str:
-    if request.param == "redis":
-        return harness.redis().url()
-    server: RabbitMQServer = request.getfixturevalue("rabbit")
-    return server.url
 
 
 def children(pid: int) -> list[int]:

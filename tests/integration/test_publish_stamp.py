@@ -39,6 +39,8 @@ COUNTDOWN = 1.0
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker_url(request: pytest.FixtureRequest, harness: Harness) -> str:
+    """As the conftest's, with a virtual host of its own on RabbitMQ (queue contents
+    compared exactly)."""
     if request.param == "redis":
         return harness.redis().url()
     server: RabbitMQServer = request.getfixturevalue("rabbit")
